@@ -1,0 +1,3 @@
+from nfdeploy.cli import main
+
+main()

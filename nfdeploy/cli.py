@@ -1,0 +1,113 @@
+"""`nfdeploy` command line: a thin typer layer; every command calls library functions."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train NF-ResNets, fold them into static weights, export and prove parity.")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from nfdeploy.errors import USER_ERRORS
+    from nfdeploy.train import TrainError
+
+    return USER_ERRORS + (TrainError,)
+
+
+def friendly(fn):
+    """Known user errors → one line on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly
+def train(
+    recipe: str = typer.Argument("nf_digits", help="Recipe name (models/NAME.toml) or path to a .toml file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir (default runs/MODEL-DATASET-TIME)."),
+    model: Optional[str] = typer.Option(None, help="Override model.name."),
+    dataset: Optional[str] = typer.Option(None, help="Override data.dataset."),
+    data_path: Optional[str] = typer.Option(None, help="Override data.path."),
+    epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Override train.batch_size (global batch)."),
+    lr: Optional[float] = typer.Option(None, help="Override train.lr."),
+    seed: Optional[int] = typer.Option(None, help="Override train.seed."),
+    set_: List[str] = typer.Option([], "--set", help="Override any recipe key: section.key=value (TOML value)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this run dir."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Train a recipe; prints the run dir."""
+    from nfdeploy.config import load_recipe
+    from nfdeploy.train import resume_training, train as train_recipe
+
+    if resume is not None:
+        result = resume_training(resume, progress=progress)
+    else:
+        flags = {"model.name": model, "data.dataset": dataset, "data.path": data_path, "train.epochs": epochs,
+                 "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed}
+        from nfdeploy.config import parse_override
+
+        overrides = dict(parse_override(s) for s in set_)
+        overrides.update({k: v for k, v in flags.items() if v is not None})
+        result = train_recipe(load_recipe(recipe, overrides), out, progress=progress)
+    s = result.summary
+    typer.echo(f"test accuracy {s['test_accuracy']:.2%}, {s['images_per_second']:.0f} img/s")
+    typer.echo(f"run dir: {result.run_dir}")
+
+
+@app.command()
+@friendly
+def spp(
+    model: str = typer.Argument(..., help="NF model name (its BN twin is measured too)."),
+    out: Path = typer.Option(Path("spp"), "--out", "-o", help="Output directory for spp.csv and spp.png."),
+    batch: int = typer.Option(8, help="Batch of N(0,1) inputs."),
+    input_size: Optional[int] = typer.Option(None, help="Input size (default: the config's)."),
+    skip_gain: float = typer.Option(1.0, help="Value given to NF skip gains (0 at init makes blocks identities)."),
+    seed: int = typer.Option(0),
+):
+    """Signal propagation at init: per block average channel squared mean and variance."""
+    from nfdeploy.models import list_models
+    from nfdeploy.spp import spp_report
+
+    if model not in list_models() or not model.startswith("nf_"):
+        raise typer.BadParameter(f"unknown NF model {model!r}; known: {', '.join(m for m in list_models() if m.startswith('nf_'))}")
+    rep = spp_report(model, out, batch=batch, input_size=input_size, skip_gain=skip_gain, seed=seed)
+    nf = [r for r in rep["rows"] if r["model"] == model]
+    worst = max(abs(r["avg_var"] / r["expected_var"] - 1) for r in nf)
+    typer.echo(f"{model}: {len(nf)} blocks, worst |measured/analytic - 1| variance = {worst:.1%}")
+    typer.echo(f"wrote {rep['csv']} and {rep['png']}")
+
+
+@app.command("models")
+def list_models_cmd():
+    """List the named model configs."""
+    from nfdeploy.models import get_config, list_models
+
+    for name in list_models():
+        c = get_config(name)
+        typer.echo(f"{name:20s} {c.block:10s} depths={c.depths} channels={c.channels} input={c.input_size}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

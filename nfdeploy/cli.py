@@ -15,9 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from nfdeploy.errors import USER_ERRORS
+    from nfdeploy.export import ExportError
     from nfdeploy.train import TrainError
 
-    return USER_ERRORS + (TrainError,)
+    return USER_ERRORS + (TrainError, ExportError)
 
 
 def friendly(fn):
@@ -93,6 +94,43 @@ def spp(
     worst = max(abs(r["avg_var"] / r["expected_var"] - 1) for r in nf)
     typer.echo(f"{model}: {len(nf)} blocks, worst |measured/analytic - 1| variance = {worst:.1%}")
     typer.echo(f"wrote {rep['csv']} and {rep['png']}")
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Optional[Path] = typer.Argument(None, help="Training run dir (weights.safetensors + config.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export dir (replaced atomically if it holds an export)."),
+    timm: Optional[str] = typer.Option(None, "--timm", help="Export one of timm's NormFreeNet models instead."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Weights for --timm (.safetensors; .pth via weights_only)."),
+    preset: str = typer.Option("default", help="Export preset: export/NAME.toml or a path."),
+    precision: Optional[str] = typer.Option(None, help="Comma list of fp32,fp16,bf16 (overrides the preset)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18; 20 for GELU models)."),
+    io_dtype: Optional[str] = typer.Option(None, help="float32 (Cast at the edges) or native I/O for fp16/bf16."),
+    input_size: Optional[int] = typer.Option(None, help="Static spatial input size (default: the model's)."),
+    check: Optional[bool] = typer.Option(None, "--check/--no-check", help="ONNX Runtime parity check (default on)."),
+):
+    """Fold a trained run (or a timm NFNet) into static weights and export ONNX + manifest."""
+    from nfdeploy.export import ExportOptions, export_run, export_timm, load_preset
+
+    if (run_dir is None) == (timm is None):
+        raise typer.BadParameter("give either RUN_DIR or --timm NAME")
+    cfg = load_preset(preset)["onnx"]
+    if precision is not None:
+        cfg["precisions"] = [p.strip() for p in precision.split(",") if p.strip()]
+    for key, val in (("opset", opset), ("io_dtype", io_dtype), ("check", check)):
+        if val is not None:
+            cfg[key] = val
+    opts = ExportOptions(**cfg, input_size=input_size)
+    if timm is not None:
+        res = export_timm(timm, out, checkpoint, opts)
+    else:
+        res = export_run(run_dir, out, opts)
+    m = res.manifest
+    totals = m["fold"]["totals"]
+    typer.echo(f"folded {totals['weight_standardizations']} WS convs, {totals['scalars_folded']} scalars, "
+               f"{totals['batchnorms_folded']} BNs; {totals['explicit']} explicit ops left")
+    typer.echo(f"export dir: {res.out_dir}")
 
 
 @app.command("models")

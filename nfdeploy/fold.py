@@ -215,10 +215,11 @@ def _explicit_bn(bn: nn.Module, name: str, section: dict, dtype: torch.dtype) ->
     return out
 
 
-def _fold_block(b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype) -> FoldedBlock:
+def _fold_block(b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype,
+                norm1_folded: bool = False) -> FoldedBlock:
     p = f"blocks.{i}"
     sec: dict[str, Any] = {"block": i, "transition": b.shortcut is not None, "folded": [], "explicit": []}
-    norm1 = _explicit_bn(b.norm1, f"{p}.norm1", sec, dtype)
+    norm1 = nn.Identity() if norm1_folded else _explicit_bn(b.norm1, f"{p}.norm1", sec, dtype)
     convs = [_Conv(c, f"{p}.convs.{k}", sec) for k, c in enumerate(b.convs)]
     m1 = b.act1.multiplier
     label1 = "1/beta*gamma" if b.nf else "act1.multiplier"  # the twin's multipliers are 1: no entry
@@ -268,15 +269,24 @@ def fold_model(model: NFResNet, dtype: torch.dtype = torch.float32) -> tuple[Fol
     float64, the result cast to `dtype`; `model` is not modified."""
     cfg = model.cfg
     report = FoldReport(norm=cfg.norm, dtype=str(dtype).removeprefix("torch."))
+    # The twin's first norm1 reads the stem conv's output directly (no pool between them) and, in a
+    # transition block, nothing else reads that output (the shortcut takes act(norm1(x))): it is an
+    # ordinary conv -> BN pair and folds into the stem conv.
+    b0 = model.blocks[0]
+    stem_bn = (isinstance(b0.norm1, nn.BatchNorm2d) and b0.shortcut is not None
+               and isinstance(model.stem[-1], nn.Conv2d))
     stem_mods = []
     for k, m in enumerate(model.stem):
         if isinstance(m, nn.Conv2d):
-            stem_mods.append(_Conv(m, f"stem.{k}", report.stem).build(dtype))
+            conv = _Conv(m, f"stem.{k}", report.stem)
+            if stem_bn and k == len(model.stem) - 1:
+                _fold_bn(conv, b0.norm1, "blocks.0.norm1", report.stem)
+            stem_mods.append(conv.build(dtype))
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             stem_mods.append(copy.deepcopy(m))
         else:
             raise TypeError(f"stem.{k}: cannot fold {type(m).__name__}")
-    blocks = [_fold_block(b, i, report, dtype) for i, b in enumerate(model.blocks)]
+    blocks = [_fold_block(b, i, report, dtype, norm1_folded=stem_bn and i == 0) for i, b in enumerate(model.blocks)]
     final_norm = _explicit_bn(model.final_norm, "final_norm", report.head, dtype)
     # final_act's scalar passes through the global average pool (linear) into fc.weight.
     m = model.final_act.multiplier

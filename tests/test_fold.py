@@ -53,9 +53,10 @@ def _check_structure(model, folded) -> None:
     if model.cfg.norm == "nf":
         assert set(ops) <= ALLOWED_NF_OPS, ops
         assert "BatchNorm2d" not in ops
-    else:  # only the residual-stream BNs survive: one per block (norm1) + final_norm
+    else:  # only the residual-stream BNs survive: one per block (norm1) + final_norm, except that
+        # with a conv-only stem, block 0's norm1 reads the stem conv alone and folds into it
         assert set(ops) <= ALLOWED_NF_OPS | {"BatchNorm2d"}, ops
-        assert ops["BatchNorm2d"] == n_blocks + 1
+        assert ops["BatchNorm2d"] == n_blocks + 1 - (model.cfg.stem == "small")
         assert all(not m.training for m in folded.modules() if isinstance(m, nn.BatchNorm2d))
     n_src_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert ops["Conv2d"] == n_src_convs
@@ -198,9 +199,13 @@ def test_report_bn_twin():
     _, report = fold_model(model)
     d = report.to_dict()
     n = len(model.blocks)
-    assert d["totals"]["explicit"] == n + 1 and d["totals"]["batchnorms_folded"] == 2 * n
+    # small stem: blocks.0.norm1 folds into the stem conv; every other norm1 stays explicit
+    assert d["totals"]["explicit"] == n and d["totals"]["batchnorms_folded"] == 2 * n + 1
+    assert d["stem"]["folded"][0]["into"] == ["stem.0.weight", "stem.0.bias"]
+    assert d["stem"]["folded"][0]["constant"] == "BatchNorm(blocks.0.norm1)"
     assert d["totals"]["scalars_folded"] == 0 and d["totals"]["weight_standardizations"] == 0
-    for i, entry in enumerate(d["blocks"]):
+    assert d["blocks"][0]["explicit"] == []
+    for i, entry in enumerate(d["blocks"][1:], start=1):
         (bn,) = entry["explicit"]
         assert bn["op"] == "BatchNormalization" and bn["where"] == f"blocks.{i}.norm1" and "residual" in bn["reason"]
         assert [e["into"] for e in entry["folded"]] == [[f"blocks.{i}.convs.{k}.weight", f"blocks.{i}.convs.{k}.bias"]

@@ -23,14 +23,14 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _numpy_act(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    from scipy.special import erf
+    from scipy.special import erf, expit
 
     if name == "relu":
         return lambda z: np.maximum(z, 0.0)
     if name == "gelu":
         return lambda z: 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
     if name == "silu":
-        return lambda z: z / (1.0 + np.exp(-z))
+        return lambda z: z * expit(z)
     raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
 
 

@@ -1,0 +1,178 @@
+"""ONNX graph level: export a folded torch module, fuse static pads, lint, metadata.
+
+The lint enforces what folding promises: no op computes on constants at run time (weight
+standardization, BN statistics), no scalar Mul left from NF constants, every Conv weight is a plain
+initializer, only the ops an inference ResNet needs.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfdeploy.errors import require
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Ops a folded NF-ResNet may contain. Mul only between two run-time tensors (SE gate, SiLU);
+# ReduceMean only on activations (global average pool); Cast only at the graph's I/O.
+NF_ALLOWED_OPS = {"Conv", "Relu", "Gelu", "Sigmoid", "Mul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
+                  "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Cast"}
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class IOCast(nn.Module):
+    """Runs `net` in its own dtype behind float32 inputs/outputs (Cast nodes at the graph's edges)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.dtype)).float()
+
+
+def export_module(net: nn.Module, path: str | Path, input_shape: tuple[int, int, int], opset: int = 18,
+                  io_dtype: torch.dtype | None = torch.float32, example_batch: int = 2) -> dict[str, Any]:
+    """torch.onnx.export (dynamo) with a dynamic batch dimension; one self-contained file.
+
+    The dynamo exporter specialises a dimension whose example size is 1, so the example batch is 2.
+    io_dtype float32 wraps a reduced-precision net in Cast nodes; None keeps the net's own dtype."""
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    net_dtype = next(net.parameters()).dtype
+    module = (IOCast(net, net_dtype) if io_dtype is not None and io_dtype != net_dtype else net).eval()
+    x = torch.randn(example_batch, *input_shape, dtype=io_dtype or net_dtype)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                                 opset_version=opset, external_data=False, optimize=True, verbose=False)
+    model = prog.model_proto
+    fuse_pad_into_conv(model)
+    seconds = time.perf_counter() - t0
+    onnx.save_model(model, str(path))
+    return {"export_seconds": seconds, "nodes": len(model.graph.node),
+            "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items()))}
+
+
+def _const_value(model, name: str):
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def fuse_pad_into_conv(model) -> int:
+    """Pad(constant 0, spatial only) -> Conv  ==>  Conv with (asymmetric) pads. Returns fusions.
+
+    'Same' padding at a fixed input size is a static, possibly asymmetric pad; ONNX Conv's `pads`
+    attribute holds it directly, so the separate Pad node (and TensorRT's padding layer) goes."""
+    from onnx import helper
+
+    g = model.graph
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    fused, remove = 0, []
+    for pad in list(g.node):
+        if pad.op_type != "Pad" or len(consumers.get(pad.output[0], [])) != 1:
+            continue
+        conv = consumers[pad.output[0]][0]
+        if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+            continue
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        pads = _const_value(model, pad.input[1]) if len(pad.input) > 1 else None
+        value = _const_value(model, pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0
+        axes = _const_value(model, pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
+        if mode != b"constant" or pads is None or value is None or float(value) != 0.0 or axes is not None:
+            continue
+        pads = [int(p) for p in pads]
+        if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or any(p < 0 for p in pads):
+            continue
+        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in conv.attribute):
+            continue
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        for a in list(conv.attribute):
+            if a.name == "pads":
+                conv.attribute.remove(a)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        remove.append(pad)
+        fused += 1
+    for n in remove:
+        g.node.remove(n)
+    return fused
+
+
+def lint_graph(model, *, allow_batchnorm: bool = False, allowed_ops: set[str] | None = None) -> dict[str, Any]:
+    """Check a folded graph. Returns {"ok", "errors", "nodes", "ops"}; errors name the node."""
+    allowed = set(allowed_ops or NF_ALLOWED_OPS) | ({"BatchNormalization"} if allow_batchnorm else set())
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    const = set(inits)
+    graph_in = {i.name for i in g.input}
+    graph_out = {o.name for o in g.output}
+    errors: list[str] = []
+    for n in g.node:
+        where = f"{n.name or '?'} ({n.op_type})"
+        if n.op_type == "Constant":
+            const.update(n.output)
+            continue
+        if n.op_type not in allowed:
+            errors.append(f"{where}: op {n.op_type} is not allowed in a folded graph")
+        inputs = [i for i in n.input if i]
+        if inputs and all(i in const for i in inputs):
+            errors.append(f"{where}: computes on constants at run time (unfolded weight math)")
+            const.update(n.output)
+        if n.op_type == "Mul" and any(i in const for i in inputs):
+            errors.append(f"{where}: Mul by a constant left in the graph (an unfolded scalar)")
+        if n.op_type == "Conv":
+            if len(n.input) < 2 or n.input[1] not in inits:
+                errors.append(f"{where}: Conv weight is not a plain initializer")
+            if len(n.input) > 2 and n.input[2] and n.input[2] not in inits:
+                errors.append(f"{where}: Conv bias is not a plain initializer")
+        if n.op_type == "Cast" and not (set(n.input) & graph_in or set(n.output) & graph_out):
+            errors.append(f"{where}: Cast inside the graph (only allowed at its inputs/outputs)")
+    ops = Counter(n.op_type for n in g.node if n.op_type != "Constant")
+    return {"ok": not errors, "errors": errors, "nodes": sum(ops.values()), "ops": dict(sorted(ops.items()))}
+
+
+def check_model(path: str | Path) -> None:
+    """onnx.checker full check plus strict shape inference; raises ValueError with one line."""
+    onnx = require("onnx", "onnx")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", check_type=True, strict_mode=True)
+    except Exception as e:
+        raise ValueError(f"ONNX check failed for {path}: {' '.join(str(e).split())[:300]}") from None
+    finally:
+        Path(str(path) + ".inferred").unlink(missing_ok=True)
+
+
+def set_metadata(path: str | Path, props: dict[str, str]) -> None:
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, str(v)
+    onnx.save_model(model, str(path))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    onnx = require("onnx", "onnx")
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

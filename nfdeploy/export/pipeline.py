@@ -1,0 +1,360 @@
+"""Export pipeline: unfolded model → fold (float64) → ONNX per precision → check → manifest.
+
+Everything is written into a staging directory beside EXPORT_DIR and swapped in only when all
+steps (and the parity check, when on) succeed, so EXPORT_DIR always holds one complete export:
+the old one or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import nfdeploy
+from nfdeploy.artifacts import ArtifactError, atomic_write_json, make_staging_dir, read_json, sha256_file
+from nfdeploy.export.onnx_graph import TORCH_DTYPES, check_model, export_module, lint_graph, set_metadata
+from nfdeploy.fold import FoldReport, compare_outputs, fold_model
+
+MANIFEST = "manifest.json"
+FOLD_REPORT = "fold_report.json"
+PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "export"
+# Parity tolerances of the export check (ONNX Runtime CPU vs the float64 unfolded PyTorch model).
+TOLERANCES = {"fp32": {"rel_l2": 1e-5, "top1_agreement": 1.0}, "fp16": {"rel_l2": 1e-2, "top1_agreement": None},
+              "bf16": {"rel_l2": 1e-2, "top1_agreement": None}}
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "bf16": "model.bf16.onnx"}
+
+
+class ExportError(RuntimeError):
+    """Export failed (bad input, lint or check failure); the message is one line."""
+
+
+@dataclass
+class ExportOptions:
+    opset: int | None = None  # None: 18, or 20 when the model uses GELU (native Gelu op)
+    precisions: tuple[str, ...] = ("fp32",)
+    io_dtype: str = "float32"  # float32: Cast nodes at the edges of fp16/bf16 graphs; native: I/O in that type
+    check: bool = True
+    check_samples: int = 512
+    input_size: int | None = None  # default: the model's own
+
+    def __post_init__(self) -> None:
+        self.precisions = tuple(self.precisions)
+        bad = [p for p in self.precisions if p not in ONNX_FILES]
+        if bad or not self.precisions:
+            raise ExportError(f"precision {bad or '(none)'} not supported; choose from {list(ONNX_FILES)}")
+        if "fp32" not in self.precisions:
+            self.precisions = ("fp32",) + self.precisions  # the fp32 graph is the reference export
+        if self.io_dtype not in ("float32", "native"):
+            raise ExportError(f"io_dtype must be float32 or native, got {self.io_dtype!r}")
+        if self.opset is not None and not 17 <= self.opset <= 23:
+            raise ExportError(f"opset {self.opset} outside the supported range 17..23")
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Export preset (export/NAME.toml): [onnx] opset, precisions, io_dtype, check, check_samples."""
+    p = Path(name_or_path)
+    if not p.suffix == ".toml":
+        p = PRESET_DIR / f"{name_or_path}.toml"
+    if not p.is_file():
+        known = sorted(q.stem for q in PRESET_DIR.glob("*.toml"))
+        raise ExportError(f"unknown export preset {name_or_path!r}; bundled: {', '.join(known)}")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ExportError(f"{p} is not valid TOML: {e}") from None
+    onnx_sec = raw.get("onnx", {})
+    allowed = {f for f in ExportOptions.__dataclass_fields__ if f != "input_size"}
+    unknown = set(onnx_sec) - allowed
+    if unknown:
+        raise ExportError(f"unknown key(s) {sorted(unknown)} in [onnx] of {p}")
+    return {**raw, "onnx": onnx_sec}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def _tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"nfdeploy": nfdeploy.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("onnx", "onnxscript", "onnxruntime", "timm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ExportError(f"output dir {out_dir} is not empty and holds no nfdeploy export; refusing to replace it")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return make_staging_dir(out_dir)
+    except OSError as e:
+        raise ExportError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        old.rmdir()
+        out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except OSError:
+        if old is not None:
+            old.rename(out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: np.ndarray | None,
+           log: Callable[[str], None]) -> dict[str, Any]:
+    """ONNX Runtime CPU EP per precision vs the float64 unfolded PyTorch model."""
+    from nfdeploy.runtime.base import BackendUnavailable, run_batched
+    from nfdeploy.runtime.ort import OrtBackend
+
+    ref = torch.cat([reference(torch.from_numpy(x[i:i + 64]).double()) for i in range(0, len(x), 64)])
+    results: dict[str, Any] = {"reference": "unfolded PyTorch model, float64, CPU", "samples": int(len(x)),
+                               "data": "labelled test split" if labels is not None else "N(0,1) random inputs"}
+    for prec, path in files.items():
+        tol = TOLERANCES[prec]
+        try:
+            backend = OrtBackend(path, precision=prec)
+        except BackendUnavailable as e:
+            results[prec] = {"status": "unchecked", "reason": str(e)}
+            log(f"  {prec}: unchecked ({e})")
+            continue
+        out = torch.from_numpy(run_batched(backend, x))
+        row: dict[str, Any] = {"backend": backend.describe(), **compare_outputs(ref, out)}
+        row["top1_agreement"] = float((out.argmax(1) == ref.argmax(1)).double().mean())
+        if labels is not None:
+            lab = torch.from_numpy(labels)
+            row["accuracy"] = float((out.argmax(1) == lab).double().mean())
+            row["reference_accuracy"] = float((ref.argmax(1) == lab).double().mean())
+        ok = row["rel_l2"] <= tol["rel_l2"] and (tol["top1_agreement"] is None or row["top1_agreement"] >= tol["top1_agreement"])
+        row.update(tolerance=tol, status="pass" if ok else "FAIL")
+        results[prec] = row
+        log(f"  {prec}: rel L2 {row['rel_l2']:.2e} (≤ {tol['rel_l2']:g}), max abs {row['max_abs']:.2e}, "
+            f"top-1 agreement {row['top1_agreement']:.2%} → {row['status']}")
+    return results
+
+
+def export_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    fold: Callable[[torch.dtype], tuple[nn.Module, FoldReport]],
+    name: str,
+    input_shape: tuple[int, int, int],
+    norm: str,
+    source: dict[str, Any],
+    preprocessing: dict[str, Any],
+    check_data: tuple[np.ndarray, np.ndarray | None] | None = None,
+    twin: Callable[[], tuple[nn.Module, FoldReport]] | None = None,
+    opts: ExportOptions | None = None,
+    uses_gelu: bool = False,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """The core: `model` is the unfolded eval-mode reference; `fold(dtype)` returns its folded net."""
+    from nfdeploy.errors import require
+
+    opts = opts or ExportOptions()
+    onnx = require("onnx", "onnx")
+    opset = opts.opset or (20 if uses_gelu else 18)
+    if uses_gelu and opset < 20:
+        raise ExportError(f"GELU needs opset >= 20 (native Gelu); at opset {opset} it decomposes into Mul/Div by constants")
+    out_dir = Path(out_dir)
+    staging = _staging_dir(out_dir)
+    try:
+        t_start = time.perf_counter()
+        files: dict[str, Path] = {}
+        onnx_entries: dict[str, Any] = {}
+        report = None
+        for prec in opts.precisions:
+            dtype = TORCH_DTYPES[prec]
+            t0 = time.perf_counter()
+            folded, rep = fold(dtype)
+            fold_s = time.perf_counter() - t0
+            report = report or rep
+            path = staging / ONNX_FILES[prec]
+            io = torch.float32 if opts.io_dtype == "float32" else None
+            # bfloat16 Conv/pooling entered the ONNX standard at opset 22; below it the graph is invalid.
+            p_opset = max(opset, 22) if prec == "bf16" else opset
+            info = export_module(folded, path, input_shape, opset=p_opset, io_dtype=io)
+            check_model(path)
+            lint = lint_graph(onnx.load(str(path)), allow_batchnorm=norm == "bn")
+            if not lint["ok"]:
+                raise ExportError(f"{prec} graph failed the lint ({len(lint['errors'])} problems): {lint['errors'][0]}")
+            files[prec] = path
+            onnx_entries[prec] = {"file": path.name, "opset": p_opset, "io_dtype": "float32" if io else prec,
+                                  "fold_seconds": fold_s, **info, "lint": lint}
+            log(f"  {prec}: {path.name}, {info['nodes']} nodes, exported in {info['export_seconds']:.1f} s, lint ok")
+        twin_entry = None
+        if twin is not None:
+            tnet, trep = twin()
+            tpath = staging / ".twin.onnx"
+            tinfo = export_module(tnet, tpath, input_shape, opset=opset)
+            tlint = lint_graph(onnx.load(str(tpath)), allow_batchnorm=True)
+            tpath.unlink()
+            fp32 = onnx_entries["fp32"]
+            bn_left = tlint["ops"].get("BatchNormalization", 0)
+            twin_entry = {"nodes": tinfo["nodes"], "ops": tinfo["ops"], "residual_stream_batchnorms": bn_left,
+                          "nf_nodes": fp32["nodes"], "nf_equals_twin_minus_residual_bns":
+                              {k: v for k, v in tinfo["ops"].items() if k != "BatchNormalization"} == fp32["ops"]}
+            log(f"  BN twin (folded): {tinfo['nodes']} nodes, of which {bn_left} residual-stream BatchNormalization")
+        meta = {"nfdeploy.model": name, "nfdeploy.version": nfdeploy.__version__,
+                "nfdeploy.input_shape": json.dumps(["batch", *input_shape]),
+                "nfdeploy.mean": json.dumps(preprocessing.get("mean")), "nfdeploy.std": json.dumps(preprocessing.get("std")),
+                "nfdeploy.class_names": json.dumps(preprocessing.get("class_names")),
+                "nfdeploy.source_sha256": source.get("weights_sha256") or "",
+                "nfdeploy.pixel_scale": "1/255"}
+        for path in files.values():
+            set_metadata(path, meta)
+            check_model(path)
+        checks: dict[str, Any] = {}
+        if opts.check:
+            if check_data is None:
+                g = torch.Generator().manual_seed(0)
+                check_data = (torch.randn(min(opts.check_samples, 16), *input_shape, generator=g).numpy(), None)
+            x, y = check_data
+            checks = _check(files, model, x[:opts.check_samples], None if y is None else y[:opts.check_samples], log)
+        atomic_write_json(staging / FOLD_REPORT, report.to_dict())
+        manifest = {
+            "format": "nfdeploy-export-v1",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": name, "norm": norm,
+            "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32" if opts.io_dtype == "float32" else "per-precision",
+                      **preprocessing},
+            "output": {"name": "logits"},
+            "source": source,
+            "fold": {"report": FOLD_REPORT, "totals": report.totals},
+            "onnx": {p: {**e, "sha256": sha256_file(files[p])} for p, e in onnx_entries.items()},
+            "bn_twin": twin_entry,
+            "checks": checks,
+            "tools": _tool_versions(),
+            "export_seconds": time.perf_counter() - t_start,
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        failed = [p for p, r in checks.items() if isinstance(r, dict) and r.get("status") == "FAIL"]
+        if failed:
+            nums = "; ".join(f"{p}: rel L2 {checks[p]['rel_l2']:.3e} (tol {checks[p]['tolerance']['rel_l2']:g}), "
+                             f"top-1 agreement {checks[p]['top1_agreement']:.2%}" for p in failed)
+            raise ExportError(f"parity check failed, nothing written to {out_dir}: {nums}")
+        _swap_into_place(staging, out_dir)
+        return ExportResult(out_dir, manifest, checks)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _dataset_check_data(resolved: dict[str, Any], samples: int):
+    from nfdeploy.config import recipe_from_resolved
+    from nfdeploy.data import load_dataset
+
+    d = recipe_from_resolved(resolved["recipe"]).data
+    data = load_dataset(d.dataset, d.path or None, input_size=d.input_size, seed=d.seed, test_fraction=d.test_fraction,
+                        synthetic_size=d.synthetic_size, num_classes=d.num_classes, in_chans=d.in_chans)
+    n = min(samples, len(data.test))
+    x, y = data.batch(data.test, torch.arange(n))
+    return data, (x.numpy(), y.numpy())
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | None = None,
+               log: Callable[[str], None] = print) -> ExportResult:
+    """Export a training run dir (weights.safetensors + config.json)."""
+    from nfdeploy.models import NFResNet, twin_name
+    from nfdeploy.train import load_run_model
+    from nfdeploy.train.loop import WEIGHTS
+
+    opts = opts or ExportOptions()
+    run_dir = Path(run_dir)
+    model, resolved = load_run_model(run_dir)
+    model = model.double().eval()
+    cfg = model.cfg
+    if opts.input_size and opts.input_size != cfg.input_size:
+        cfg_size = opts.input_size
+    else:
+        cfg_size = cfg.input_size
+    data, check_data = _dataset_check_data(resolved, opts.check_samples) if opts.check else (None, None)
+    desc = resolved.get("dataset", {})
+    name = resolved["recipe"]["model"]["name"]
+
+    def twin():
+        from dataclasses import replace
+
+        return fold_model(NFResNet(replace(cfg, norm="bn" if cfg.norm == "nf" else "nf")).eval())
+
+    log(f"exporting {name} from {run_dir} → {out_dir}")
+    return export_model(
+        model, out_dir, fold=lambda dtype: fold_model(model, dtype=dtype), name=name,
+        input_shape=(cfg.in_chans, cfg_size, cfg_size), norm=cfg.norm,
+        source={"kind": "run", "run_dir": str(run_dir.resolve()), "weights": WEIGHTS,
+                "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg),
+                "twin": twin_name(name) if name[:3] in ("nf_", "bn_") else None},
+        preprocessing={"mean": desc.get("mean"), "std": desc.get("std"), "class_names": desc.get("class_names"),
+                       "dataset": desc.get("name")},
+        check_data=check_data, twin=twin if cfg.norm == "nf" else None, opts=opts,
+        uses_gelu=cfg.act == "gelu", log=log)
+
+
+def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = None,
+                opts: ExportOptions | None = None, log: Callable[[str], None] = print) -> ExportResult:
+    """Fold and export one of timm's NormFreeNet models (random init unless a checkpoint is given)."""
+    from nfdeploy.interop.timm import create_timm_model, fold_timm_model, timm_input_size
+
+    opts = opts or ExportOptions()
+    try:
+        model = create_timm_model(name, checkpoint)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    model = model.double().eval()
+    c, h, w = timm_input_size(model)
+    if opts.input_size:
+        h = w = opts.input_size
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    act_names = {type(m).__name__.lower() for m in model.modules()}
+    log(f"exporting timm {name} ({'checkpoint ' + str(checkpoint) if checkpoint else 'random init'}) → {out_dir}")
+    return export_model(
+        model, out_dir, fold=lambda dtype: fold_timm_model(model, input_size=(h, w), dtype=dtype), name=name,
+        input_shape=(c, h, w), norm="nf",
+        source={"kind": "timm", "timm_model": name, "checkpoint": str(checkpoint) if checkpoint else None,
+                "weights_sha256": sha256_file(checkpoint) if checkpoint else None},
+        preprocessing={"mean": list(cfg.get("mean", ())) or None, "std": list(cfg.get("std", ())) or None,
+                       "class_names": None, "dataset": "imagenet"},
+        check_data=None, opts=opts, uses_gelu=any("gelu" in a for a in act_names), log=log)
+
+
+def load_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """Read manifest.json and verify every ONNX file against its recorded sha256."""
+    export_dir = Path(export_dir)
+    manifest = read_json(export_dir / MANIFEST, "export manifest")
+    for prec, entry in manifest.get("onnx", {}).items():
+        path = export_dir / entry["file"]
+        if not path.is_file():
+            raise ArtifactError(f"{path} listed in the manifest is missing")
+        if sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): re-export it")
+    return manifest

@@ -227,3 +227,19 @@ def test_reexport_replaces_the_whole_dir(digits_run, tmp_path):
     m = load_manifest(out)
     assert list(m["onnx"]) == ["fp32"] and m["checks"] == {}
     _no_leftovers(tmp_path)
+
+
+def test_failed_parity_check_exits_with_numbers_and_writes_nothing(tmp_path):
+    """fp16 overflow is a real failure mode: logits beyond 65504 become inf in an fp16 graph."""
+    model = randomize_(create_model("nf_resnet_c8"), seed=1).double().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e6)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
+    with pytest.raises(ExportError) as e:
+        export_model(model, tmp_path / "out", fold=lambda dt: fold_model(model, dtype=dt), name="overflow",
+                     input_shape=(3, 32, 32), norm="nf", source={"kind": "test"}, preprocessing={},
+                     check_data=(x, None), opts=ExportOptions(precisions=("fp32", "fp16")), log=quiet)
+    msg = str(e.value)
+    assert "parity check failed" in msg and "fp16: rel L2" in msg and "fp32:" not in msg  # fp32 passed
+    assert not (tmp_path / "out").exists()
+    _no_leftovers(tmp_path)

@@ -1,0 +1,151 @@
+"""Folded nfdeploy ONNX vs plain `torch.onnx.export` (dynamo) of the unfolded model, side by side.
+
+Rows: the digits-trained run (nf_resnet_c8), nfdeploy's nf_resnet50 (randomised gains), timm's
+nf_resnet50 and dm_nfnet_f0 (randomised gains; timm's init zeroes the skip gains, which would make
+parity vacuous). Per row: ONNX node count and op histogram, export seconds, ONNX Runtime CPU parity
+against the float64 unfolded PyTorch model (relative L2, top-1 agreement) and ORT CPU latency at
+batch 1 (host wall time, median).
+
+    python bench/export_compare.py [--run RUN_DIR] [--size 224] [--timm nf_resnet50,dm_nfnet_f0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.export import ExportOptions, export_model
+from nfdeploy.fold import compare_outputs, fold_model, randomize_
+from nfdeploy.models import create_model
+from nfdeploy.reports import markdown_table
+from nfdeploy.runtime.ort import OrtBackend
+
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def ort_latency_ms(path: Path, shape: tuple[int, ...], seconds: float = 3.0) -> float:
+    b = OrtBackend(path, threads=torch.get_num_threads())
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    end = time.perf_counter() + 1.0
+    while time.perf_counter() < end:
+        b.run(x)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 5:
+        t0 = time.perf_counter()
+        b.run(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def parity(path: Path, ref: torch.Tensor, x: np.ndarray) -> dict:
+    out = torch.from_numpy(OrtBackend(path).run(x))
+    r = compare_outputs(ref, out)
+    return {"rel_l2": r["rel_l2"], "top1_agreement": float((out.argmax(1) == ref.argmax(1)).double().mean())}
+
+
+def plain_export(model: torch.nn.Module, shape, path: Path) -> dict:
+    """What a user gets today: torch.onnx.export (dynamo) of the unfolded float32 model."""
+    x = torch.randn(2, *shape)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.float().eval(), (x,), str(path), dynamo=True, input_names=["input"],
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                          opset_version=18, external_data=False, verbose=False)
+    seconds = time.perf_counter() - t0
+    m = onnx.load(str(path))
+    ops = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"nodes": len(m.graph.node), "ops": dict(sorted(ops.items())), "export_seconds": seconds}
+
+
+def top_ops(ops: dict, k: int = 6) -> str:
+    return ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda t: -t[1])[:k])
+
+
+def bench_one(label: str, model: torch.nn.Module, fold, shape, x: np.ndarray, tmp: Path, norm: str = "nf") -> list[dict]:
+    model = model.double().eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).double())
+    rows = []
+    res = export_model(model, tmp / label, fold=fold, name=label, input_shape=shape, norm=norm, source={"kind": "bench"},
+                       preprocessing={}, check_data=None, opts=ExportOptions(precisions=("fp32",), check=False), log=quiet)
+    e = res.manifest["onnx"]["fp32"]
+    path = tmp / label / "model.onnx"
+    rows.append({"model": label, "variant": "nfdeploy folded", "nodes": e["nodes"], "top ops": top_ops(e["ops"]),
+                 "export_s": e["export_seconds"] + e["fold_seconds"], **parity(path, ref, x),
+                 "ort_cpu_ms_b1": ort_latency_ms(path, shape)})
+    ppath = tmp / f"{label}-plain.onnx"
+    p = plain_export(model, shape, ppath)
+    rows.append({"model": label, "variant": "plain torch.onnx.export", "nodes": p["nodes"], "top ops": top_ops(p["ops"]),
+                 "export_s": p["export_seconds"], **parity(ppath, ref, x), "ort_cpu_ms_b1": ort_latency_ms(ppath, shape)})
+    print(markdown_table(rows, floatfmt="{:.3g}"), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a digits run dir (default: train nf_digits for 30 epochs first)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--timm", default="nf_resnet50,dm_nfnet_f0")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        run = args.run
+        if run is None:
+            from nfdeploy.config import load_recipe
+            from nfdeploy.train import train
+
+            run = train(load_recipe("nf_digits"), tmp / "digits-run", progress=False, log=quiet).run_dir
+        from nfdeploy.train import load_run_model
+
+        digits, _ = load_run_model(run)
+        c = digits.cfg
+        x = np.random.default_rng(1).standard_normal((args.samples, c.in_chans, c.input_size, c.input_size)).astype(np.float32)
+        rows += bench_one("digits nf_resnet_c8 (trained)", digits, lambda dt: fold_model(digits, dtype=dt),
+                          (c.in_chans, c.input_size, c.input_size), x, tmp)
+        shape = (3, args.size, args.size)
+        x = np.random.default_rng(2).standard_normal((args.samples, *shape)).astype(np.float32)
+        r50 = randomize_(create_model("nf_resnet50"), seed=0)
+        rows += bench_one("nfdeploy nf_resnet50 (randomised)", r50, lambda dt: fold_model(r50, dtype=dt), shape, x, tmp)
+        if args.timm:
+            from nfdeploy.interop.timm import create_timm_model, fold_timm_model, randomize_timm_
+
+            for name in args.timm.split(","):
+                m = randomize_timm_(create_timm_model(name), seed=0)
+                rows += bench_one(f"timm {name} (randomised)", m,
+                                  lambda dt, m=m: fold_timm_model(m, input_size=(args.size, args.size), dtype=dt), shape, x, tmp)
+    meta = {"date": date.today().isoformat(), "device": "cpu", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "onnx": onnx.__version__, "input": f"batch x 3 x {args.size} x {args.size} (digits: 1x32x32)",
+            "parity": f"ONNX Runtime CPU EP vs float64 unfolded PyTorch, {args.samples} N(0,1) inputs",
+            "latency": "ONNX Runtime CPU EP, batch 1, host wall time, median after 1 s warm-up",
+            "opset": 18}
+    md = (f"# Folded nfdeploy export vs plain torch.onnx.export ({meta['date']}, CPU)\n\n"
+          f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset 18, dynamic batch. "
+          f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n" + markdown_table(rows, floatfmt="{:.3g}")
+          + "\n`python bench/export_compare.py`\n")
+    stem = f"export_compare-cpu-{meta['date']}"
+    atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "rows": rows})
+    atomic_write_text(args.out / f"{stem}.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,9 @@ against the float64 unfolded PyTorch model (relative L2, top-1 agreement) and OR
 batch 1 (host wall time, median).
 
     python bench/export_compare.py [--run RUN_DIR] [--size 224] [--timm nf_resnet50,dm_nfnet_f0]
+
+On this project's CPU machines timm only imports with the test shim:
+    PYTHONPATH=tests/torchvision_shim python bench/export_compare.py
 """
 
 from __future__ import annotations

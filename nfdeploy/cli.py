@@ -109,19 +109,31 @@ def export(
     io_dtype: Optional[str] = typer.Option(None, help="float32 (Cast at the edges) or native I/O for fp16/bf16."),
     input_size: Optional[int] = typer.Option(None, help="Static spatial input size (default: the model's)."),
     check: Optional[bool] = typer.Option(None, "--check/--no-check", help="ONNX Runtime parity check (default on)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build one TensorRT engine per precision."),
+    trt_flavour: Optional[str] = typer.Option(None, help="auto (tensorrt, else tensorrt_rtx), tensorrt or rtx."),
+    batch: List[str] = typer.Option([], "--batch", help="Optimization profile MIN:OPT:MAX (repeatable)."),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TF32 in fp32 engines (default on)."),
+    opt_level: Optional[int] = typer.Option(None, help="Builder optimization level 0-5 (default 3)."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Persistent timing cache file (TensorRT proper)."),
+    compute_capability: List[str] = typer.Option([], "--cc", help="TensorRT-RTX target compute capability (repeatable)."),
 ):
-    """Fold a trained run (or a timm NFNet) into static weights and export ONNX + manifest."""
+    """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
     from nfdeploy.export import ExportOptions, export_run, export_timm, load_preset
 
     if (run_dir is None) == (timm is None):
         raise typer.BadParameter("give either RUN_DIR or --timm NAME")
-    cfg = load_preset(preset)["onnx"]
+    preset_cfg = load_preset(preset)
+    cfg = preset_cfg["onnx"]
+    if trt:
+        cfg["trt"] = _trt_options(preset_cfg["tensorrt"], trt_flavour, batch, tf32, opt_level, timing_cache,
+                                  compute_capability)
     if precision is not None:
         cfg["precisions"] = [p.strip() for p in precision.split(",") if p.strip()]
     for key, val in (("opset", opset), ("io_dtype", io_dtype), ("check", check)):
         if val is not None:
             cfg[key] = val
-    opts = ExportOptions(**cfg, input_size=input_size)
+    trt_opts = cfg.pop("trt", None)
+    opts = ExportOptions(**cfg, input_size=input_size, trt=trt_opts)
     if timm is not None:
         res = export_timm(timm, out, checkpoint, opts)
     else:
@@ -131,6 +143,95 @@ def export(
     typer.echo(f"folded {totals['weight_standardizations']} WS convs, {totals['scalars_folded']} scalars, "
                f"{totals['batchnorms_folded']} BNs; {totals['explicit']} explicit ops left")
     typer.echo(f"export dir: {res.out_dir}")
+
+
+def _trt_options(preset: dict, flavour, batch, tf32, opt_level, timing_cache, ccs):
+    """TrtBuildOptions from the preset's [tensorrt] table, overridden by flags."""
+    from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions
+
+    kw = dict(preset)
+    profiles = batch or kw.pop("profiles", None)
+    try:
+        if profiles:
+            kw["profiles"] = tuple(BatchProfile.parse(p) for p in profiles)
+        for key, val in (("flavour", flavour), ("tf32", tf32), ("optimization_level", opt_level)):
+            if val is not None:
+                kw[key] = val
+        if ccs:
+            kw["compute_capabilities"] = tuple(ccs)
+        elif "compute_capabilities" in kw:
+            kw["compute_capabilities"] = tuple(kw["compute_capabilities"])
+        kw["timing_cache"] = timing_cache or _default_timing_cache()
+        return TrtBuildOptions(**kw)
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _default_timing_cache() -> Path:
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "nfdeploy" / "tensorrt-timing.cache"
+
+
+@app.command()
+@friendly
+def engine(
+    onnx_file: Path = typer.Argument(..., help="ONNX file to build."),
+    out: Path = typer.Option(..., "--out", "-o", help="Engine file to write (atomically)."),
+    precision: str = typer.Option("fp32", help="Precision of the ONNX graph: fp32, fp16 or bf16 (strongly typed)."),
+    batch: List[str] = typer.Option([], "--batch", help="Optimization profile MIN:OPT:MAX (repeatable)."),
+    trt_flavour: Optional[str] = typer.Option(None, help="auto, tensorrt or rtx."),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32"),
+    opt_level: Optional[int] = typer.Option(None, help="Builder optimization level 0-5."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Persistent timing cache file."),
+    compute_capability: List[str] = typer.Option([], "--cc", help="TensorRT-RTX target compute capability."),
+):
+    """Build one TensorRT engine from an ONNX file; parser errors are listed one per line."""
+    import json
+
+    from nfdeploy.export.onnx_graph import read_input_shape
+    from nfdeploy.export.tensorrt import EngineBuildError, build_engine
+
+    opts = _trt_options({}, trt_flavour, batch, tf32, opt_level, timing_cache, compute_capability)
+    try:
+        shape = read_input_shape(onnx_file)
+        rec = build_engine(onnx_file, out, precision, shape, opts)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except EngineBuildError as e:
+        typer.echo(f"error: {e}", err=True)
+        for x in e.errors:
+            typer.echo(f"  node {x.get('node') or '?'} ({x.get('op') or '?'}): {x.get('message')}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({k: rec[k] for k in ("flavour", "version", "precision", "network_layers", "engine_bytes",
+                                                "build_seconds", "engine_sha256")}, indent=1))
+    typer.echo(f"engine: {out}")
+
+
+@app.command()
+@friendly
+def inspect(
+    engine_file: Path = typer.Argument(..., help="A TensorRT engine (its export dir's manifest is read if present)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-layer JSON (default ENGINE.layers.json)."),
+):
+    """Build record of an engine; on a GPU also the engine inspector's per-layer JSON and fused layer count."""
+    import json
+
+    from nfdeploy.export.pipeline import MANIFEST
+    from nfdeploy.export.tensorrt import inspect_engine
+
+    record = None
+    manifest = engine_file.parent / MANIFEST
+    if manifest.is_file():
+        engines = json.loads(manifest.read_text()).get("engines") or {}
+        record = next((e for e in engines.values() if e.get("file") == engine_file.name), None)
+    try:
+        info = inspect_engine(engine_file, record, out_json=out or engine_file.with_suffix(".layers.json"))
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(json.dumps(info, indent=1))
 
 
 @app.command("models")

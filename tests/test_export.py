@@ -243,3 +243,22 @@ def test_failed_parity_check_exits_with_numbers_and_writes_nothing(tmp_path):
     assert "parity check failed" in msg and "fp16: rel L2" in msg and "fp32:" not in msg  # fp32 passed
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
+
+
+def test_cli_exports_a_timm_model(tmp_path):
+    """`nfdeploy export --timm`: timm needs the test-only torchvision shim in this environment."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:  # not imported here: importing it needs the shim
+        pytest.skip("timm is not installed (nfdeploy[timm])")
+    shim = str(Path(__file__).parent / "torchvision_shim")
+    out = tmp_path / "timm"
+    proc = run_cli("export", "--timm", "dm_nfnet_f0", "--input-size", "65", "--precision", "fp32", "--out", str(out),
+                   env={"PYTHONPATH": shim})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = load_manifest(out)
+    assert m["source"]["kind"] == "timm" and m["input"]["shape"] == ["batch", 3, 65, 65]
+    assert m["onnx"]["fp32"]["lint"]["ok"] and "Pad" not in m["onnx"]["fp32"]["ops"]
+    assert m["checks"]["fp32"]["rel_l2"] <= FP32_REL_L2 and m["checks"]["fp32"]["status"] == "pass"
+    _one_line_error(run_cli("export", "--timm", "nfnet_zz", "--out", str(tmp_path / "x"), env={"PYTHONPATH": shim}),
+                    "nfnet_zz")

@@ -176,3 +176,19 @@ def set_metadata(path: str | Path, props: dict[str, str]) -> None:
 def read_metadata(path: str | Path) -> dict[str, str]:
     onnx = require("onnx", "onnx")
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def read_input_shape(path: str | Path) -> tuple[int, int, int]:
+    """(C, H, W) of the graph's first input; a file that is not a readable ONNX model → ValueError."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        shape = tuple(int(d.dim_value) for d in dims[1:])
+    except FileNotFoundError:
+        raise ValueError(f"ONNX file not found: {path}") from None
+    except Exception as e:  # protobuf DecodeError and friends for truncated files
+        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(f"{path}: expected a static C x H x W input after the batch dimension, got {shape}")
+    return shape

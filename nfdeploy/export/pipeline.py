@@ -48,6 +48,7 @@ class ExportOptions:
     check: bool = True
     check_samples: int = 512
     input_size: int | None = None  # default: the model's own
+    trt: Any = None  # TrtBuildOptions: build one TensorRT engine per precision when set
 
     def __post_init__(self) -> None:
         self.precisions = tuple(self.precisions)
@@ -63,7 +64,8 @@ class ExportOptions:
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
-    """Export preset (export/NAME.toml): [onnx] opset, precisions, io_dtype, check, check_samples."""
+    """Export preset (export/NAME.toml): [onnx] opset, precisions, io_dtype, check, check_samples;
+    [tensorrt] profiles ("MIN:OPT:MAX" strings), optimization_level, tf32, flavour, workspace_mb."""
     p = Path(name_or_path)
     if not p.suffix == ".toml":
         p = PRESET_DIR / f"{name_or_path}.toml"
@@ -75,11 +77,16 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ExportError(f"{p} is not valid TOML: {e}") from None
     onnx_sec = raw.get("onnx", {})
-    allowed = {f for f in ExportOptions.__dataclass_fields__ if f != "input_size"}
+    allowed = {f for f in ExportOptions.__dataclass_fields__ if f not in ("input_size", "trt")}
     unknown = set(onnx_sec) - allowed
     if unknown:
         raise ExportError(f"unknown key(s) {sorted(unknown)} in [onnx] of {p}")
-    return {**raw, "onnx": onnx_sec}
+    trt_sec = raw.get("tensorrt", {})
+    unknown = set(trt_sec) - {"profiles", "optimization_level", "tf32", "flavour", "workspace_mb",
+                              "detailed_profiling", "compute_capabilities"}
+    if unknown:
+        raise ExportError(f"unknown key(s) {sorted(unknown)} in [tensorrt] of {p}")
+    return {**raw, "onnx": onnx_sec, "tensorrt": trt_sec}
 
 
 @dataclass
@@ -183,9 +190,6 @@ def export_model(
 
     opts = opts or ExportOptions()
     onnx = require("onnx", "onnx")
-    opset = opts.opset or (20 if uses_gelu else 18)
-    if uses_gelu and opset < 20:
-        raise ExportError(f"GELU needs opset >= 20 (native Gelu); at opset {opset} it decomposes into Mul/Div by constants")
     out_dir = Path(out_dir)
     staging = _staging_dir(out_dir)
     try:
@@ -198,7 +202,13 @@ def export_model(
             t0 = time.perf_counter()
             folded, rep = fold(dtype)
             fold_s = time.perf_counter() - t0
-            report = report or rep
+            if report is None:
+                report = rep
+                uses_gelu = uses_gelu or any(isinstance(m, nn.GELU) for m in folded.modules())
+                opset = opts.opset or (20 if uses_gelu else 18)
+                if uses_gelu and opset < 20:
+                    raise ExportError(f"GELU needs opset >= 20 (native Gelu op); at opset {opset} it decomposes "
+                                      "into Mul/Div by constants")
             path = staging / ONNX_FILES[prec]
             io = torch.float32 if opts.io_dtype == "float32" else None
             # bfloat16 Conv/pooling entered the ONNX standard at opset 22; below it the graph is invalid.
@@ -241,6 +251,7 @@ def export_model(
                 check_data = (torch.randn(min(opts.check_samples, 16), *input_shape, generator=g).numpy(), None)
             x, y = check_data
             checks = _check(files, model, x[:opts.check_samples], None if y is None else y[:opts.check_samples], log)
+        engines = _build_engines(files, staging, input_shape, opts.trt, log) if opts.trt is not None else {}
         atomic_write_json(staging / FOLD_REPORT, report.to_dict())
         manifest = {
             "format": "nfdeploy-export-v1",
@@ -253,6 +264,7 @@ def export_model(
             "fold": {"report": FOLD_REPORT, "totals": report.totals},
             "onnx": {p: {**e, "sha256": sha256_file(files[p])} for p, e in onnx_entries.items()},
             "bn_twin": twin_entry,
+            "engines": engines,
             "checks": checks,
             "tools": _tool_versions(),
             "export_seconds": time.perf_counter() - t_start,
@@ -268,6 +280,29 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+ENGINE_FILES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "bf16": "model.bf16.engine"}
+
+
+def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int, int, int], trt_opts: Any,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """One strongly typed engine per ONNX precision variant (precision comes from the graph)."""
+    from nfdeploy.export.tensorrt import EngineBuildError, build_engine
+
+    engines = {}
+    for prec, onnx_path in files.items():
+        path = staging / ENGINE_FILES[prec]
+        try:
+            rec = build_engine(onnx_path, path, prec, input_shape, trt_opts)
+        except EngineBuildError as e:
+            listing = "; ".join(f"{x.get('node') or '?'} ({x.get('op') or '?'}): {x.get('message')}" for x in e.errors[:5])
+            raise ExportError(f"TensorRT build of {onnx_path.name} failed: {e}" + (f" [{listing}]" if listing else "")) from None
+        engines[prec] = {"file": path.name, **rec}
+        where = rec.get("gpu") or f"no GPU, targets {','.join(rec.get('compute_capabilities') or [])}"
+        log(f"  engine {prec}: {path.name} ({rec['flavour']} {rec['version']}), {rec['network_layers']} network layers, "
+            f"{rec['engine_bytes'] / 2**20:.1f} MiB, built in {rec['build_seconds']:.1f} s ({where})")
+    return engines
 
 
 def _dataset_check_data(resolved: dict[str, Any], samples: int):
@@ -335,7 +370,6 @@ def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = 
     if opts.input_size:
         h = w = opts.input_size
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    act_names = {type(m).__name__.lower() for m in model.modules()}
     log(f"exporting timm {name} ({'checkpoint ' + str(checkpoint) if checkpoint else 'random init'}) → {out_dir}")
     return export_model(
         model, out_dir, fold=lambda dtype: fold_timm_model(model, input_size=(h, w), dtype=dtype), name=name,
@@ -344,7 +378,7 @@ def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = 
                 "weights_sha256": sha256_file(checkpoint) if checkpoint else None},
         preprocessing={"mean": list(cfg.get("mean", ())) or None, "std": list(cfg.get("std", ())) or None,
                        "class_names": None, "dataset": "imagenet"},
-        check_data=None, opts=opts, uses_gelu=any("gelu" in a for a in act_names), log=log)
+        check_data=None, opts=opts, log=log)
 
 
 def load_manifest(export_dir: str | Path) -> dict[str, Any]:
@@ -357,4 +391,10 @@ def load_manifest(export_dir: str | Path) -> dict[str, Any]:
             raise ArtifactError(f"{path} listed in the manifest is missing")
         if sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{path} does not match its manifest (sha256 differs): re-export it")
+    for prec, entry in (manifest.get("engines") or {}).items():
+        path = export_dir / entry["file"]
+        if not path.is_file():
+            raise ArtifactError(f"{path} listed in the manifest is missing")
+        if sha256_file(path) != entry["engine_sha256"]:
+            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): rebuild it")
     return manifest

@@ -138,9 +138,9 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "onnx": onnx.__version__, "input": f"batch x 3 x {args.size} x {args.size} (digits: 1x32x32)",
             "parity": f"ONNX Runtime CPU EP vs float64 unfolded PyTorch, {args.samples} N(0,1) inputs",
             "latency": "ONNX Runtime CPU EP, batch 1, host wall time, median after 1 s warm-up",
-            "opset": 18}
+            "opset": "18 (20 for GELU models: native Gelu)"}
     md = (f"# Folded nfdeploy export vs plain torch.onnx.export ({meta['date']}, CPU)\n\n"
-          f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset 18, dynamic batch. "
+          f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset {meta['opset']}, dynamic batch. "
           f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n" + markdown_table(rows, floatfmt="{:.3g}")
           + "\n`python bench/export_compare.py`\n")
     stem = f"export_compare-cpu-{meta['date']}"

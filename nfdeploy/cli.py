@@ -16,9 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _user_errors() -> tuple[type[BaseException], ...]:
     from nfdeploy.errors import USER_ERRORS
     from nfdeploy.export import ExportError
+    from nfdeploy.parity import ParityError
     from nfdeploy.train import TrainError
 
-    return USER_ERRORS + (TrainError, ExportError)
+    return USER_ERRORS + (TrainError, ExportError, ParityError)
 
 
 def friendly(fn):
@@ -232,6 +233,28 @@ def inspect(
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e)) from None
     typer.echo(json.dumps(info, indent=1))
+
+
+@app.command()
+@friendly
+def parity(
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR/reports)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset (default: the run's): digits, cifar10, imagefolder, synthetic."),
+    data_path: Optional[str] = typer.Option(None, help="Path for cifar10 / imagefolder."),
+    only: List[str] = typer.Option([], "--only", help="Run only backends whose name contains this (repeatable)."),
+    max_samples: int = typer.Option(512, help="Test images used."),
+):
+    """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
+    from nfdeploy.parity import parity_report
+
+    rep = parity_report(export_dir, out, dataset=dataset, data_path=data_path, only=only or None,
+                        max_samples=max_samples)
+    where = out or export_dir / "reports"
+    typer.echo(f"reports: {where / 'parity.md'} {where / 'parity.json'} {where / 'parity.png'}")
+    if not rep["ok"]:
+        typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("models")

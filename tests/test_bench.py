@@ -1,0 +1,99 @@
+"""Latency report: real timing on CPU with tiny settings (structure, not speed: targets live in bench/)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nfdeploy.bench import bench_report, time_backend
+from nfdeploy.config import load_recipe
+from nfdeploy.export import ExportOptions, export_run
+from nfdeploy.train import train
+
+quiet = lambda *a, **k: None  # noqa: E731
+BATCHES = (1, 4)
+STATS = ("min", "median", "p90", "p99", "mean")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    run = train(load_recipe("nf_digits", {"train.epochs": 1, "train.threads": 2}), root / "run", progress=False,
+                log=quiet).run_dir
+    export_run(run, root / "export", ExportOptions(precisions=("fp32", "fp16")), log=quiet)
+    out = root / "bench"
+    rep = bench_report(root / "export", out, batches=BATCHES, min_time=0.2, warmup=0.1, log=quiet)
+    return out, rep
+
+
+def test_files_written(report):
+    out, rep = report
+    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency_vs_batch.png",
+                                               "throughput_vs_batch.png"}
+    for png in ("latency_vs_batch.png", "throughput_vs_batch.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(rep))
+    md = (out / "bench.md").read_text()
+    for text in ("## Machine", "## Timing method", "host wall time", "CUDA events", "folded speedup", "NF/BN folded",
+                 "### Skipped", "onnxruntime"):
+        assert text in md
+
+
+def test_rows_and_stats(report):
+    _, rep = report
+    names = {r["name"] for r in rep["results"]}
+    assert {"torch-cpu-fp64-unfolded", "torch-cpu-fp32-unfolded", "torch-cpu-fp32-folded", "onnxruntime-cpu-fp32",
+            "onnxruntime-cpu-fp16"} <= names
+    for r in rep["results"] + rep["comparison"]["results"]:
+        assert r["device"] == "cpu" and r["device_ms"] is None and r["primary"] == "host_ms"
+        assert r["batch"] in BATCHES and r["input_shape"] == [1, 32, 32]
+        s = r["host_ms"]
+        assert all(k in s for k in STATS)
+        assert 0 < s["min"] <= s["median"] <= s["p99"] and s["median"] <= s["p90"] <= s["p99"]
+        assert r["median_ms"] == s["median"]
+        assert r["throughput_ips"] == pytest.approx(r["batch"] / (s["median"] / 1e3), rel=1e-12)
+        assert r["iterations"] >= 10 and r["timed_s"] >= 0.2 and not r["truncated"]
+        assert r["peak_memory_mb"] > 0 and "RSS" in r["peak_memory_kind"]
+        assert isinstance(r["threads"], int) and r["threads"] >= 1
+        assert "host wall time" in r["timing"]["host_ms"] and r["timing"]["device_ms"] is None
+    assert {(r["name"], r["batch"]) for r in rep["results"]} == {(n, b) for n in names for b in BATCHES}
+    assert not rep["failed"] and not rep["over_budget"]
+    m = rep["machine"]
+    assert m["cpu"]["model"] and m["torch_threads"] >= 1 and m["gpu"] is None
+    assert "torch" in m["versions"] and "onnxruntime" in m["versions"]
+
+
+def test_skipped_backends_have_reasons(report):
+    _, rep = report
+    skipped = {s["name"]: s["reason"] for s in rep["skipped"]}
+    assert skipped["torch-cuda-fp32-folded-eager"] == "no CUDA device visible to torch"
+    assert "CUDAExecutionProvider" in skipped["onnxruntime-cuda-fp32"]
+    assert "engines" in skipped["tensorrt"]
+    assert all(reason for reason in skipped.values())
+    comp_skipped = {s["name"]: s["reason"] for s in rep["comparison"]["skipped"]}
+    assert "CUDA" in comp_skipped["torch-cuda-fp32 (comparison)"]
+
+
+def test_comparison_has_both_ratios(report):
+    _, rep = report
+    rows = {(r["backend_type"], r["batch"]): r for r in rep["comparison"]["rows"]}
+    for group in ("torch-cpu-fp32", "onnxruntime-cpu-fp32"):
+        for b in BATCHES:
+            r = rows[(group, b)]
+            assert r["model"] == "nf"
+            assert r["speedup_folded_vs_unfolded"] == pytest.approx(r["unfolded_ms"] / r["nf_folded_ms"])
+            assert r["ratio_nf_folded_to_bn_folded"] == pytest.approx(r["nf_folded_ms"] / r["bn_folded_ms"])
+    variants = {(r["group"], r["variant"]) for r in rep["comparison"]["results"]}
+    assert ("onnxruntime-cpu-fp32", "bn-folded") in variants and ("torch-cpu-fp32", "nf-unfolded") in variants
+
+
+def test_time_backend_max_time_truncates():
+    import torch
+
+    from nfdeploy.runtime.torch_backend import TorchBackend
+
+    b = TorchBackend(torch.nn.Conv2d(3, 4, 3), "tiny", "cpu", "fp32")
+    r = time_backend(b, 2, (3, 8, 8), warmup_s=0.0, min_time_s=0.01, min_iters=5, max_iters=7)
+    assert 5 <= r["iterations"] <= 7 and r["warmup_iterations"] == 1
+    r = time_backend(b, 2, (3, 8, 8), warmup_s=0.0, min_time_s=10.0, min_iters=10**6, max_time_s=0.05)
+    assert r["truncated"] and r["timed_s"] < 5

@@ -362,8 +362,7 @@ def _versions() -> dict[str, Any]:
 
     v: dict[str, Any] = {"nfdeploy": nfdeploy.__version__, "python": platform.python_version(),
                          "torch": torch.__version__}
-    for pkg in ("numpy", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt_rtx",
-                "tensorrt-rtx"):
+    for pkg in ("numpy", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx"):
         try:
             v[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -550,7 +549,7 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"cuDNN {gpu['cudnn']})" + (f"; nvidia-smi as found: {gpu['nvidia_smi_as_found']}"
                                           if gpu.get("nvidia_smi_as_found") else "")},
              {"item": "versions", "value": ", ".join(f"{k} {v}" for k, v in ver.items()
-                                                     if k != "onnxruntime_providers")},
+                                                     if k not in ("onnxruntime_providers", "onnxruntime_module"))},
              {"item": "ONNX Runtime providers", "value": ", ".join(ver.get("onnxruntime_providers") or []) or "n/a"},
              {"item": "platform", "value": m["platform"]}]
     lines += [markdown_table(mrows), "## Timing method", ""]
@@ -606,6 +605,8 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 def _plots(r: dict[str, Any], out_dir: Path) -> None:
     plt = _pyplot()
+    from matplotlib import ticker
+
     panels = [("backends", r["results"], lambda x: x["name"]),
               ("unfolded / folded / twin", r["comparison"]["results"], lambda x: f"{x['group']}/{x['variant']}")]
     for fname, key, ylabel in ((LATENCY_PNG, "median_ms", "median latency (ms)"),
@@ -624,6 +625,8 @@ def _plots(r: dict[str, Any], out_dir: Path) -> None:
             bs = sorted({x["batch"] for x in rows}) or r["batches"]
             ax.set_xticks(bs)
             ax.set_xticklabels([str(b) for b in bs])
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_xlabel("batch size")
             ax.set_ylabel(ylabel)
             ax.set_title(f"{r['model']}: {title}", fontsize=10)

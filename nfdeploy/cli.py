@@ -257,6 +257,76 @@ def parity(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly
+def bench(
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR/reports)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Comma list of batch sizes."),
+    only: List[str] = typer.Option([], "--only", help="Time only backends whose name contains this (repeatable)."),
+    min_time: float = typer.Option(2.0, help="Seconds of timed iterations per backend and batch (at least 10 runs)."),
+    warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
+):
+    """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
+    from nfdeploy.bench import bench_report
+
+    try:
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--batch must be a comma list of integers, got {batch!r}") from None
+    if not batches or min(batches) < 1:
+        raise typer.BadParameter("--batch needs positive batch sizes")
+    where = out or export_dir / "reports"
+    bench_report(export_dir, where, batches=batches, only=only or None, min_time=min_time, warmup=warmup)
+    typer.echo(f"reports: {where / 'bench.md'} {where / 'bench.json'} {where / 'latency_vs_batch.png'}")
+
+
+@app.command()
+@friendly
+def pipeline(
+    recipe: str = typer.Argument("nf_digits", help="Recipe name or path."),
+    out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Root dir: run/, export/, reports/."),
+    epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
+    trt: Optional[bool] = typer.Option(None, "--trt/--no-trt", help="Build TensorRT engines (default: when a flavour is installed)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Bench batch sizes."),
+    min_time: float = typer.Option(1.0, help="Bench seconds per backend and batch."),
+):
+    """The whole pipeline: train → export (ONNX; TensorRT engine when installed) → parity → bench."""
+    import importlib.util
+    import shutil
+
+    from nfdeploy.bench import bench_report
+    from nfdeploy.config import load_recipe
+    from nfdeploy.export import ExportOptions, export_run, load_preset
+    from nfdeploy.parity import parity_report
+    from nfdeploy.train import train as train_recipe
+
+    if out.exists() and any(out.iterdir()):
+        if not (out / "run").is_dir():
+            raise typer.BadParameter(f"{out} is not empty and is not a previous pipeline dir")
+        shutil.rmtree(out)
+    overrides = {"train.epochs": epochs} if epochs else {}
+    typer.echo("[1/4] train")
+    run = train_recipe(load_recipe(recipe, overrides), out / "run")
+    typer.echo(f"test accuracy {run.summary['test_accuracy']:.2%}")
+    typer.echo("[2/4] export")
+    preset = load_preset("default")
+    have_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
+    trt_opts = _trt_options(preset["tensorrt"], None, [], None, None, None, []) if (have_trt if trt is None else trt) else None
+    export_run(run.run_dir, out / "export", ExportOptions(**preset["onnx"], trt=trt_opts))
+    typer.echo("[3/4] parity")
+    rep = parity_report(out / "export", out / "reports")
+    typer.echo("[4/4] bench")
+    bench_report(out / "export", out / "reports", batches=tuple(int(b) for b in batch.split(",")), min_time=min_time,
+                 warmup=min(1.0, min_time))
+    typer.echo(f"run dir:    {run.run_dir}")
+    typer.echo(f"export dir: {out / 'export'}")
+    typer.echo(f"reports:    {out / 'reports'} (parity.md, bench.md, *.png)")
+    if not rep["ok"]:
+        typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command("models")
 def list_models_cmd():
     """List the named model configs."""

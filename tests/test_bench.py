@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from nfdeploy.bench import bench_report, time_backend
 from nfdeploy.config import load_recipe
@@ -22,7 +23,12 @@ def report(tmp_path_factory):
                 log=quiet).run_dir
     export_run(run, root / "export", ExportOptions(precisions=("fp32", "fp16")), log=quiet)
     out = root / "bench"
-    rep = bench_report(root / "export", out, batches=BATCHES, min_time=0.2, warmup=0.1, log=quiet)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one OpenMP thread: robust against a busy 2-core machine (numbers are not checked)
+    try:
+        rep = bench_report(root / "export", out, batches=BATCHES, min_time=0.2, warmup=0.1, log=quiet)
+    finally:
+        torch.set_num_threads(threads)
     return out, rep
 
 
@@ -88,8 +94,6 @@ def test_comparison_has_both_ratios(report):
 
 
 def test_time_backend_max_time_truncates():
-    import torch
-
     from nfdeploy.runtime.torch_backend import TorchBackend
 
     b = TorchBackend(torch.nn.Conv2d(3, 4, 3), "tiny", "cpu", "fp32")
@@ -97,3 +101,41 @@ def test_time_backend_max_time_truncates():
     assert 5 <= r["iterations"] <= 7 and r["warmup_iterations"] == 1
     r = time_backend(b, 2, (3, 8, 8), warmup_s=0.0, min_time_s=10.0, min_iters=10**6, max_time_s=0.05)
     assert r["truncated"] and r["timed_s"] < 5
+
+
+def test_time_backend_cuda_path_with_fake_events(monkeypatch):
+    """The CUDA branch (events, device_ms as the primary metric, torch allocator peak), without a GPU."""
+    import numpy as np
+
+    from nfdeploy.runtime.base import Backend
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 1.5
+
+    class FakeOrt(Backend):
+        name, device, precision = "onnxruntime-cuda-fp32", "cuda", "fp32"
+
+        def run(self, batch):
+            return np.zeros((len(batch), 10), np.float32)
+
+    c = torch.cuda
+    for attr, value in {"is_available": lambda: True, "current_stream": lambda: object(), "Event": FakeEvent,
+                        "synchronize": lambda: None, "memory_allocated": lambda: 2**20,
+                        "reset_peak_memory_stats": lambda: None, "max_memory_allocated": lambda: 3 * 2**20}.items():
+        monkeypatch.setattr(c, attr, value)
+    r = time_backend(FakeOrt(), 4, (1, 8, 8), warmup_s=0.0, min_time_s=0.0, min_iters=5)
+    assert r["primary"] == "device_ms" and r["device_ms"]["median"] == 1.5 and r["median_ms"] == 1.5
+    assert r["throughput_ips"] == pytest.approx(4 / 1.5e-3) and r["host_ms"]["median"] > 0
+    assert r["scope"] == "run() incl. copies" and "copies" in r["timing"]["device_ms"]
+    assert r["peak_memory_mb"] == 3.0 and r["peak_memory_above_start_mb"] == 2.0
+    assert "max_memory_allocated" in r["peak_memory_kind"] and r["warmup_iterations"] == 2

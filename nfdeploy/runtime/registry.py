@@ -69,13 +69,17 @@ def load_export_source(export_dir: str | Path) -> ExportSource:
 
 
 def _folded(source: ExportSource, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Fold a float64 copy of the source model (Module.double() works in place: never on the shared one)."""
+    import copy
+
+    model64 = copy.deepcopy(source.model).double()
     if source.manifest["source"].get("kind") == "timm":
         from nfdeploy.interop.timm import fold_timm_model
 
-        return fold_timm_model(source.model.double(), input_size=source.input_shape[1:], dtype=dtype)[0]
+        return fold_timm_model(model64, input_size=source.input_shape[1:], dtype=dtype)[0]
     from nfdeploy.fold import fold_model
 
-    return fold_model(source.model.double(), dtype=dtype)[0]
+    return fold_model(model64, dtype=dtype)[0]
 
 
 def backend_factories(source: ExportSource, *, cuda: bool | None = None, compile: bool = True,

@@ -27,11 +27,10 @@ import numpy as np
 import onnx
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.export import ExportOptions, export_model
 from nfdeploy.fold import compare_outputs, fold_model, randomize_
 from nfdeploy.models import create_model
-from nfdeploy.reports import markdown_table
+from nfdeploy.reports import markdown_table, write_bench_result
 from nfdeploy.runtime.ort import OrtBackend
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -143,10 +142,7 @@ def main(argv=None) -> int:
           f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset {meta['opset']}, dynamic batch. "
           f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n" + markdown_table(rows, floatfmt="{:.3g}")
           + "\n`python bench/export_compare.py`\n")
-    stem = f"export_compare-cpu-{meta['date']}"
-    atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "rows": rows})
-    atomic_write_text(args.out / f"{stem}.md", md)
-    print(md)
+    write_bench_result(args.out, f"export_compare-cpu-{meta['date']}", meta, rows, md)
     return 0
 
 

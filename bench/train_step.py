@@ -9,7 +9,6 @@ same input size, same thread count.  The goal (issue 2): NF <= 1.25x the BN twin
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.models import create_model, twin_name
 from nfdeploy.nn import adaptive_grad_clip_
-from nfdeploy.reports import markdown_table
+from nfdeploy.reports import markdown_table, write_bench_result
 
 
 def step_times(name: str, batch: int, size: int, in_chans: int, min_time: float, warmup: float) -> list[float]:
@@ -81,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# NF vs BN-twin training step, CPU ({meta['date']})\n\n"
           f"torch {meta['torch']}, {meta['threads']} threads. {meta['step']}; {meta['timing']}.\n\n"
           + markdown_table(rows, floatfmt="{:.3f}") + "\n`python bench/train_step.py`\n")
-    stem = f"train_step-cpu-{meta['date']}"
-    atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "rows": rows})
-    atomic_write_text(args.out / f"{stem}.md", md)
-    print(md)
+    write_bench_result(args.out, f"train_step-cpu-{meta['date']}", meta, rows, md)
     return 0
 
 

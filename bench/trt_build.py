@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.export.onnx_graph import export_module
 from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions, build_engine
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
-from nfdeploy.reports import markdown_table
+from nfdeploy.reports import markdown_table, write_bench_result
 
 
 def plain_export(model: torch.nn.Module, path: Path, shape, dtype) -> None:
@@ -80,10 +79,7 @@ def main(argv=None) -> int:
           f"input {meta['input']}, profile {meta['profiles']}, strongly typed (fp16 = the fp16 ONNX variant). "
           "network_layers = parsed network before fusion.\n\n"
           + markdown_table(rows, floatfmt="{:.3g}") + "\n`PYTHONPATH=tests/torchvision_shim python bench/trt_build.py`\n")
-    stem = f"trt_build-{'cpu' if meta['built_without_gpu'] else 'gpu'}-{meta['date']}"
-    atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "rows": rows})
-    atomic_write_text(args.out / f"{stem}.md", md)
-    print(md)
+    write_bench_result(args.out, f"trt_build-{'cpu' if meta['built_without_gpu'] else 'gpu'}-{meta['date']}", meta, rows, md)
     return 0
 
 

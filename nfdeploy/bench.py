@@ -338,12 +338,13 @@ def _cpu_info() -> dict[str, Any]:
 
 
 def _gpu_info() -> dict[str, Any] | None:
-    if not torch.cuda.is_available():
+    from nfdeploy.runtime.base import cuda_gpu
+
+    base = cuda_gpu()
+    if base is None:
         return None
-    major, minor = torch.cuda.get_device_capability(0)
     p = torch.cuda.get_device_properties(0)
-    g: dict[str, Any] = {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
-                         "memory_gib": p.total_memory / 2**30, "multiprocessors": p.multi_processor_count,
+    g: dict[str, Any] = {**base, "memory_gib": p.total_memory / 2**30, "multiprocessors": p.multi_processor_count,
                          "cuda_runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     if shutil.which("nvidia-smi"):
         q = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"

@@ -54,3 +54,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_bench_result(out_dir: str | Path, stem: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]],
+                       markdown: str) -> None:
+    """bench/results/STEM.json ({"meta", "rows"}) and STEM.md, atomically; prints the Markdown."""
+    from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+
+    atomic_write_json(Path(out_dir) / f"{stem}.json", {"meta": meta, "rows": list(rows)})
+    atomic_write_text(Path(out_dir) / f"{stem}.md", markdown)
+    print(markdown)

@@ -1,7 +1,6 @@
 """Latency report: real timing on CPU with tiny settings (structure, not speed: targets live in bench/)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

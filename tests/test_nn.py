@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from nfdeploy.nn import GammaAct, ScaledStdConv2d, activation_gamma, adaptive_grad_clip_, standardize_weight, unitwise_norm
 

@@ -2,7 +2,6 @@
 gradient-accumulation invariance (NF exact, BN twin not), recipe and data errors."""
 
 import json
-import math
 import os
 import signal
 import subprocess

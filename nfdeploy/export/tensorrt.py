@@ -160,15 +160,10 @@ def default_rtx_ccs(trt) -> list[str]:
 
 
 def _gpu_info() -> dict[str, Any] | None:
-    try:
-        import torch
+    from nfdeploy.runtime.base import cuda_gpu
 
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-        return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # noqa: BLE001 - a broken CUDA setup counts as no GPU here
-        return None
+    g = cuda_gpu()
+    return None if g is None else {"gpu": g["name"], "compute_capability": g["compute_capability"]}
 
 
 def _one_line(msg: Any, limit: int = 300) -> str:

@@ -16,7 +16,7 @@ has gamma*act/beta, plain convs where NF has WS convs, no alpha/skip gain, SE ga
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch

@@ -27,5 +27,18 @@ class Backend(abc.ABC):
         return {"name": self.name, "device": self.device, "precision": self.precision, "math_mode": self.math_mode}
 
 
+def cuda_gpu() -> dict[str, Any] | None:
+    """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - a broken driver/runtime is "no usable GPU"
+        return None
+
+
 def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate([backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -22,22 +22,9 @@ import numpy as np
 
 from nfdeploy.artifacts import ArtifactError, sha256_file
 from nfdeploy.errors import MissingExtraError
-from nfdeploy.runtime.base import Backend, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendUnavailable, cuda_gpu
 
 RTX_KERNEL_STRATEGIES = ("eager", "lazy", "none")
-
-
-def cuda_gpu() -> dict[str, Any] | None:
-    """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # noqa: BLE001 - a broken driver/runtime is "no usable GPU"
-        return None
 
 
 def check_compatible(entry: dict[str, Any] | None, flavour: str, version: str, gpu: dict[str, Any]) -> None:

@@ -13,13 +13,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train NF-ResNets, fold them into static weights, export and prove parity.")
 
 
+class CliError(ValueError):
+    """A bad command-line value: reported like every user error, on one line."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from nfdeploy.errors import USER_ERRORS
     from nfdeploy.export import ExportError
     from nfdeploy.parity import ParityError
     from nfdeploy.train import TrainError
 
-    return USER_ERRORS + (TrainError, ExportError, ParityError)
+    return USER_ERRORS + (TrainError, ExportError, ParityError, CliError)
 
 
 def friendly(fn):
@@ -89,7 +93,7 @@ def spp(
     from nfdeploy.spp import spp_report
 
     if model not in list_models() or not model.startswith("nf_"):
-        raise typer.BadParameter(f"unknown NF model {model!r}; known: {', '.join(m for m in list_models() if m.startswith('nf_'))}")
+        raise CliError(f"unknown NF model {model!r}; known: {', '.join(m for m in list_models() if m.startswith('nf_'))}")
     rep = spp_report(model, out, batch=batch, input_size=input_size, skip_gain=skip_gain, seed=seed)
     nf = [r for r in rep["rows"] if r["model"] == model]
     worst = max(abs(r["avg_var"] / r["expected_var"] - 1) for r in nf)
@@ -122,7 +126,7 @@ def export(
     from nfdeploy.export import ExportOptions, export_run, export_timm, load_preset
 
     if (run_dir is None) == (timm is None):
-        raise typer.BadParameter("give either RUN_DIR or --timm NAME")
+        raise CliError("give either RUN_DIR or --timm NAME")
     preset_cfg = load_preset(preset)
     cfg = preset_cfg["onnx"]
     if trt:
@@ -165,7 +169,7 @@ def _trt_options(preset: dict, flavour, batch, tf32, opt_level, timing_cache, cc
         kw["timing_cache"] = timing_cache or _default_timing_cache()
         return TrtBuildOptions(**kw)
     except (ValueError, TypeError) as e:
-        raise typer.BadParameter(str(e)) from None
+        raise CliError(str(e)) from None
 
 
 def _default_timing_cache() -> Path:
@@ -231,7 +235,7 @@ def inspect(
     try:
         info = inspect_engine(engine_file, record, out_json=out or engine_file.with_suffix(".layers.json"))
     except FileNotFoundError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise CliError(str(e)) from None
     typer.echo(json.dumps(info, indent=1))
 
 
@@ -273,9 +277,9 @@ def bench(
     try:
         batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
-        raise typer.BadParameter(f"--batch must be a comma list of integers, got {batch!r}") from None
+        raise CliError(f"--batch must be a comma list of integers, got {batch!r}") from None
     if not batches or min(batches) < 1:
-        raise typer.BadParameter("--batch needs positive batch sizes")
+        raise CliError("--batch needs positive batch sizes")
     where = out or export_dir / "reports"
     bench_report(export_dir, where, batches=batches, only=only or None, min_time=min_time, warmup=warmup)
     typer.echo(f"reports: {where / 'bench.md'} {where / 'bench.json'} {where / 'latency_vs_batch.png'}")
@@ -303,7 +307,7 @@ def pipeline(
 
     if out.exists() and any(out.iterdir()):
         if not (out / "run").is_dir():
-            raise typer.BadParameter(f"{out} is not empty and is not a previous pipeline dir")
+            raise CliError(f"{out} is not empty and is not a previous pipeline dir")
         shutil.rmtree(out)
     overrides = {"train.epochs": epochs} if epochs else {}
     typer.echo("[1/4] train")

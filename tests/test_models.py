@@ -97,3 +97,13 @@ def test_spp_bn_twin_contrast_and_report(tmp_path):
         assert nf[first + 2]["avg_var"] / nf[first]["avg_var"] < 1.15
     assert (tmp_path / "spp.csv").read_text().count("\n") == 19
     assert (tmp_path / "spp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spp_cli(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("spp", "nf_resnet_c20", "--out", str(tmp_path), "--batch", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "9 blocks" in proc.stdout and (tmp_path / "spp.csv").is_file() and (tmp_path / "spp.png").is_file()
+    bad = run_cli("spp", "resnet50")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown NF model")

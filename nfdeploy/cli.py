@@ -86,6 +86,7 @@ def spp(
     batch: int = typer.Option(8, help="Batch of N(0,1) inputs."),
     input_size: Optional[int] = typer.Option(None, help="Input size (default: the config's)."),
     skip_gain: float = typer.Option(1.0, help="Value given to NF skip gains (0 at init makes blocks identities)."),
+    downsample: Optional[str] = typer.Option(None, help="Shortcut downsampling: avg (default) or stride."),
     seed: int = typer.Option(0),
 ):
     """Signal propagation at init: per block average channel squared mean and variance."""
@@ -94,7 +95,10 @@ def spp(
 
     if model not in list_models() or not model.startswith("nf_"):
         raise CliError(f"unknown NF model {model!r}; known: {', '.join(m for m in list_models() if m.startswith('nf_'))}")
-    rep = spp_report(model, out, batch=batch, input_size=input_size, skip_gain=skip_gain, seed=seed)
+    if downsample not in (None, "avg", "stride"):
+        raise CliError(f"--downsample must be avg or stride, got {downsample!r}")
+    extra = {"downsample": downsample} if downsample else {}
+    rep = spp_report(model, out, batch=batch, input_size=input_size, skip_gain=skip_gain, seed=seed, **extra)
     nf = [r for r in rep["rows"] if r["model"] == model]
     worst = max(abs(r["avg_var"] / r["expected_var"] - 1) for r in nf)
     typer.echo(f"{model}: {len(nf)} blocks, worst |measured/analytic - 1| variance = {worst:.1%}")

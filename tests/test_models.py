@@ -64,7 +64,7 @@ def test_betas_follow_the_variance_recurrence():
 def test_spp_nf_variance_follows_analytic_recurrence():
     """Deep NF config, skip gains 1: Var after block = 1 + k alpha^2 since the last transition,
     within 15%.  DeepMind's strided-conv shortcut keeps the reset exact; see the next test."""
-    rows = measure_spp("nf_resnet101", batch=8, input_size=128, downsample="stride")
+    rows = measure_spp("nf_resnet101", batch=8, input_size=160, downsample="stride")  # worst block ~9% off
     assert len(rows) == 33
     ratios = [r["avg_var"] / r["expected_var"] for r in rows]
     assert max(abs(q - 1) for q in ratios) <= 0.15, ratios

@@ -191,21 +191,12 @@ def time_backend(backend: Backend, batch_size: int, input_shape: Sequence[int], 
 
 # ----------------------------------------------------------------------------- NF vs BN, side by side
 
-def _twin_cfg(source: ExportSource) -> tuple[Any, str]:
-    from nfdeploy.models import NFResNetCfg
-
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in source.manifest["source"]["model_config"].items()}
-    own = cfg.get("norm", "nf")
-    return NFResNetCfg(**{**cfg, "norm": "bn" if own == "nf" else "nf"}), own
-
-
 def _folded_twin(source: ExportSource) -> torch.nn.Module:
     """The BN (or NF) twin of the export's model: same topology, random constants, folded."""
     from nfdeploy.fold import fold_model, randomize_
-    from nfdeploy.models.nf_resnet import NFResNet
+    from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
 
-    cfg, _ = _twin_cfg(source)
-    twin = randomize_(NFResNet(cfg).eval())
+    twin = randomize_(NFResNet(NFResNetCfg.from_dict(source.manifest["source"]["model_config"]).twin()).eval())
     return fold_model(twin.double(), dtype=torch.float32)[0]
 
 

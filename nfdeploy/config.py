@@ -47,6 +47,14 @@ class DataSection:
     num_classes: int = 10  # synthetic only
     in_chans: int = 3  # synthetic / imagefolder
 
+    def load(self, input_size: int | None = None):
+        """The dataset this section names, resized to `input_size` (default: the section's)."""
+        from nfdeploy.data import load_dataset
+
+        return load_dataset(self.dataset, self.path or None, input_size=input_size or self.input_size, seed=self.seed,
+                            test_fraction=self.test_fraction, synthetic_size=self.synthetic_size,
+                            num_classes=self.num_classes, in_chans=self.in_chans)
+
 
 @dataclass
 class TrainSection:

@@ -25,7 +25,7 @@ from torch import nn
 import nfdeploy
 from nfdeploy.artifacts import ArtifactError, atomic_write_json, make_staging_dir, read_json, sha256_file
 from nfdeploy.export.onnx_graph import TORCH_DTYPES, check_model, export_module, lint_graph, set_metadata
-from nfdeploy.fold import FoldReport, compare_outputs, fold_model
+from nfdeploy.fold import FoldReport, fold_model
 
 MANIFEST = "manifest.json"
 FOLD_REPORT = "fold_report.json"
@@ -140,10 +140,11 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: np.ndarray | None,
            log: Callable[[str], None]) -> dict[str, Any]:
     """ONNX Runtime CPU EP per precision vs the float64 unfolded PyTorch model."""
+    from nfdeploy.parity import compare_to_reference
     from nfdeploy.runtime.base import BackendUnavailable, run_batched
     from nfdeploy.runtime.ort import OrtBackend
 
-    ref = torch.cat([reference(torch.from_numpy(x[i:i + 64]).double()) for i in range(0, len(x), 64)])
+    ref = torch.cat([reference(torch.from_numpy(x[i:i + 64]).double()) for i in range(0, len(x), 64)]).numpy()
     results: dict[str, Any] = {"reference": "unfolded PyTorch model, float64, CPU", "samples": int(len(x)),
                                "data": "labelled test split" if labels is not None else "N(0,1) random inputs"}
     for prec, path in files.items():
@@ -154,15 +155,7 @@ def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: 
             results[prec] = {"status": "unchecked", "reason": str(e)}
             log(f"  {prec}: unchecked ({e})")
             continue
-        out = torch.from_numpy(run_batched(backend, x))
-        row: dict[str, Any] = {"backend": backend.describe(), **compare_outputs(ref, out)}
-        row["top1_agreement"] = float((out.argmax(1) == ref.argmax(1)).double().mean())
-        if labels is not None:
-            lab = torch.from_numpy(labels)
-            row["accuracy"] = float((out.argmax(1) == lab).double().mean())
-            row["reference_accuracy"] = float((ref.argmax(1) == lab).double().mean())
-        ok = row["rel_l2"] <= tol["rel_l2"] and (tol["top1_agreement"] is None or row["top1_agreement"] >= tol["top1_agreement"])
-        row.update(tolerance=tol, status="pass" if ok else "FAIL")
+        row = {"backend": backend.describe(), **compare_to_reference(run_batched(backend, x), ref, labels, prec, tol)}
         results[prec] = row
         log(f"  {prec}: rel L2 {row['rel_l2']:.2e} (≤ {tol['rel_l2']:g}), max abs {row['max_abs']:.2e}, "
             f"top-1 agreement {row['top1_agreement']:.2%} → {row['status']}")
@@ -182,7 +175,6 @@ def export_model(
     check_data: tuple[np.ndarray, np.ndarray | None] | None = None,
     twin: Callable[[], tuple[nn.Module, FoldReport]] | None = None,
     opts: ExportOptions | None = None,
-    uses_gelu: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """The core: `model` is the unfolded eval-mode reference; `fold(dtype)` returns its folded net."""
@@ -204,7 +196,8 @@ def export_model(
             fold_s = time.perf_counter() - t0
             if report is None:
                 report = rep
-                uses_gelu = uses_gelu or any(isinstance(m, nn.GELU) for m in folded.modules())
+                # GELU has a native ONNX op from opset 20 on; below it decomposes into constant Mul/Div.
+                uses_gelu = any(isinstance(m, nn.GELU) for m in folded.modules())
                 opset = opts.opset or (20 if uses_gelu else 18)
                 if uses_gelu and opset < 20:
                     raise ExportError(f"GELU needs opset >= 20 (native Gelu op); at opset {opset} it decomposes "
@@ -305,16 +298,13 @@ def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int
     return engines
 
 
-def _dataset_check_data(resolved: dict[str, Any], samples: int):
+def _dataset_check_data(resolved: dict[str, Any], samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` images of the run's test split, normalised, with labels."""
     from nfdeploy.config import recipe_from_resolved
-    from nfdeploy.data import load_dataset
 
-    d = recipe_from_resolved(resolved["recipe"]).data
-    data = load_dataset(d.dataset, d.path or None, input_size=d.input_size, seed=d.seed, test_fraction=d.test_fraction,
-                        synthetic_size=d.synthetic_size, num_classes=d.num_classes, in_chans=d.in_chans)
-    n = min(samples, len(data.test))
-    x, y = data.batch(data.test, torch.arange(n))
-    return data, (x.numpy(), y.numpy())
+    data = recipe_from_resolved(resolved["recipe"]).data.load()
+    x, y = data.batch(data.test, torch.arange(min(samples, len(data.test))))
+    return x.numpy(), y.numpy()
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | None = None,
@@ -329,30 +319,24 @@ def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | N
     model, resolved = load_run_model(run_dir)
     model = model.double().eval()
     cfg = model.cfg
-    if opts.input_size and opts.input_size != cfg.input_size:
-        cfg_size = opts.input_size
-    else:
-        cfg_size = cfg.input_size
-    data, check_data = _dataset_check_data(resolved, opts.check_samples) if opts.check else (None, None)
+    size = opts.input_size or cfg.input_size
+    check_data = _dataset_check_data(resolved, opts.check_samples) if opts.check else None
     desc = resolved.get("dataset", {})
     name = resolved["recipe"]["model"]["name"]
 
     def twin():
-        from dataclasses import replace
-
-        return fold_model(NFResNet(replace(cfg, norm="bn" if cfg.norm == "nf" else "nf")).eval())
+        return fold_model(NFResNet(cfg.twin()).eval())
 
     log(f"exporting {name} from {run_dir} → {out_dir}")
     return export_model(
         model, out_dir, fold=lambda dtype: fold_model(model, dtype=dtype), name=name,
-        input_shape=(cfg.in_chans, cfg_size, cfg_size), norm=cfg.norm,
+        input_shape=(cfg.in_chans, size, size), norm=cfg.norm,
         source={"kind": "run", "run_dir": str(run_dir.resolve()), "weights": WEIGHTS,
                 "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg),
                 "twin": twin_name(name) if name[:3] in ("nf_", "bn_") else None},
         preprocessing={"mean": desc.get("mean"), "std": desc.get("std"), "class_names": desc.get("class_names"),
                        "dataset": desc.get("name")},
-        check_data=check_data, twin=twin if cfg.norm == "nf" else None, opts=opts,
-        uses_gelu=cfg.act == "gelu", log=log)
+        check_data=check_data, twin=twin if cfg.norm == "nf" else None, opts=opts, log=log)
 
 
 def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = None,
@@ -382,19 +366,15 @@ def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = 
 
 
 def load_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """Read manifest.json and verify every ONNX file against its recorded sha256."""
+    """Read manifest.json and verify every ONNX file and engine against its recorded sha256."""
     export_dir = Path(export_dir)
     manifest = read_json(export_dir / MANIFEST, "export manifest")
-    for prec, entry in manifest.get("onnx", {}).items():
+    listed = [(e, e["sha256"], "re-export it") for e in manifest.get("onnx", {}).values()]
+    listed += [(e, e["engine_sha256"], "rebuild it") for e in (manifest.get("engines") or {}).values()]
+    for entry, digest, remedy in listed:
         path = export_dir / entry["file"]
         if not path.is_file():
             raise ArtifactError(f"{path} listed in the manifest is missing")
-        if sha256_file(path) != entry["sha256"]:
-            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): re-export it")
-    for prec, entry in (manifest.get("engines") or {}).items():
-        path = export_dir / entry["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{path} listed in the manifest is missing")
-        if sha256_file(path) != entry["engine_sha256"]:
-            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): rebuild it")
+        if sha256_file(path) != digest:
+            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): {remedy}")
     return manifest

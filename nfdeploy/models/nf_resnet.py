@@ -16,7 +16,7 @@ has gamma*act/beta, plain convs where NF has WS convs, no alpha/skip gain, SE ga
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -54,6 +54,15 @@ class NFResNetCfg:
 
     def stage_strides(self) -> tuple[int, ...]:
         return self.strides or (1,) + (2,) * (len(self.depths) - 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NFResNetCfg":
+        """From `asdict(cfg)` as read back from JSON (lists become tuples again)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def twin(self) -> "NFResNetCfg":
+        """The same topology and widths with the other normalisation (nf <-> bn)."""
+        return replace(self, norm="bn" if self.norm == "nf" else "nf")
 
 
 def _conv(cfg: NFResNetCfg, cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:

@@ -120,8 +120,10 @@ def backend_factories(source: ExportSource, *, cuda: bool | None = None, compile
     if tensorrt:
         engines = m.get("engines") or {}
         if not engines:
-            f.append(("tensorrt", lambda: (_ for _ in ()).throw(BackendUnavailable(
-                "no engines in this export (export with --trt)"))))
+            def no_engines() -> Backend:
+                raise BackendUnavailable("no engines in this export (export with --trt)")
+
+            f.append(("tensorrt", no_engines))
         for prec, entry in engines.items():
             def make_trt(entry=entry, prec=prec) -> Backend:
                 from nfdeploy.runtime.tensorrt import TensorRTBackend

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 import nfdeploy
 from nfdeploy.artifacts import ArtifactError, atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
 from nfdeploy.config import Recipe, recipe_from_resolved
-from nfdeploy.data import ImageDataset, load_dataset
+from nfdeploy.data import ImageDataset
 from nfdeploy.models import NFResNet, NFResNetCfg, create_model
 from nfdeploy.nn import adaptive_grad_clip_
 from nfdeploy.reports import plot_training_curves
@@ -178,9 +178,7 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
         raise TrainError(f"run dir {run_dir} already exists and is not empty; use --resume or another --out")
 
     d = recipe.data
-    data = load_dataset(d.dataset, d.path or None, input_size=d.input_size, seed=d.seed,
-                        test_fraction=d.test_fraction, synthetic_size=d.synthetic_size,
-                        num_classes=d.num_classes, in_chans=d.in_chans)
+    data = d.load()
     B, local_B = t.batch_size, t.batch_size // info.world_size
     micro = local_B // t.grad_accum
     steps_per_epoch = len(data.train) // B
@@ -345,7 +343,7 @@ def load_run_model(run_dir: str | Path) -> tuple[NFResNet, dict[str, Any]]:
     resolved = read_json(run_dir / CONFIG, "run config")
     try:
         cfg_dict = dict(resolved["model_config"])
-        cfg = NFResNetCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+        cfg = NFResNetCfg.from_dict(cfg_dict)
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"run config {run_dir / CONFIG} has no valid model_config ({e})") from None
     tensors, _ = load_tensors(run_dir / WEIGHTS)

@@ -19,7 +19,7 @@ from typing import Any
 from nfdeploy.models import CFG_FIELDS, get_config, list_models
 
 DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "models"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: ships in the wheel
 DEFAULT_RECIPE = "nf_digits"
 # Fields that come from the data, not the recipe.
 _DERIVED_MODEL_FIELDS = {"num_classes", "in_chans", "input_size"}

@@ -209,7 +209,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_bundled_recipes_are_valid():
-    recipes = sorted((REPO / "models").glob("*.toml"))
+    recipes = sorted((REPO / "nfdeploy" / "recipes").glob("*.toml"))
     assert len(recipes) >= 2
     for path in recipes:
         load_recipe(str(path))

@@ -29,7 +29,7 @@ from nfdeploy.fold import FoldReport, fold_model
 
 MANIFEST = "manifest.json"
 FOLD_REPORT = "fold_report.json"
-PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "export"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"  # package data: ships in the wheel
 # Parity tolerances of the export check (ONNX Runtime CPU vs the float64 unfolded PyTorch model).
 TOLERANCES = {"fp32": {"rel_l2": 1e-5, "top1_agreement": 1.0}, "fp16": {"rel_l2": 1e-2, "top1_agreement": None},
               "bf16": {"rel_l2": 1e-2, "top1_agreement": None}}

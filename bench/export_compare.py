@@ -28,7 +28,8 @@ import onnx
 import torch
 
 from nfdeploy.export import ExportOptions, export_model
-from nfdeploy.fold import compare_outputs, fold_model, randomize_
+from nfdeploy.fold import fold_model, randomize_
+from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model
 from nfdeploy.reports import markdown_table, write_bench_result
 from nfdeploy.runtime.ort import OrtBackend
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
             from nfdeploy.train import train
 
             run = train(load_recipe("nf_digits"), tmp / "digits-run", progress=False, log=quiet).run_dir
-        from nfdeploy.train import load_run_model
+        from nfdeploy.runs import load_run_model
 
         digits, _ = load_run_model(run)
         c = digits.cfg

@@ -15,8 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from nfdeploy.errors import UserError
 
-class ArtifactError(RuntimeError):
+
+class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or mismatched artifact; the message is one line."""
 
 

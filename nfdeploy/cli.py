@@ -9,21 +9,14 @@ from typing import List, Optional
 
 import typer
 
+from nfdeploy.errors import UserError, one_line
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train NF-ResNets, fold them into static weights, export and prove parity.")
 
 
-class CliError(ValueError):
+class CliError(UserError, ValueError):
     """A bad command-line value: reported like every user error, on one line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from nfdeploy.errors import USER_ERRORS
-    from nfdeploy.export import ExportError
-    from nfdeploy.parity import ParityError
-    from nfdeploy.train import TrainError
-
-    return USER_ERRORS + (TrainError, ExportError, ParityError, CliError)
 
 
 def friendly(fn):
@@ -33,8 +26,8 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as e:
-            typer.echo(f"error: {e}", err=True)
+        except UserError as e:
+            typer.echo(f"error: {one_line(e, 2000, with_type=False)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -112,75 +105,38 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Export dir (replaced atomically if it holds an export)."),
     timm: Optional[str] = typer.Option(None, "--timm", help="Export one of timm's NormFreeNet models instead."),
     checkpoint: Optional[Path] = typer.Option(None, help="Weights for --timm (.safetensors; .pth via weights_only)."),
-    preset: str = typer.Option("default", help="Export preset: export/NAME.toml or a path."),
+    preset: str = typer.Option("default", help="Export preset: a bundled name (nfdeploy/presets) or a .toml path."),
     precision: Optional[str] = typer.Option(None, help="Comma list of fp32,fp16,bf16 (overrides the preset)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18; 20 for GELU models)."),
     io_dtype: Optional[str] = typer.Option(None, help="float32 (Cast at the edges) or native I/O for fp16/bf16."),
     input_size: Optional[int] = typer.Option(None, help="Static spatial input size (default: the model's)."),
     check: Optional[bool] = typer.Option(None, "--check/--no-check", help="ONNX Runtime parity check (default on)."),
     trt: bool = typer.Option(False, "--trt", help="Also build one TensorRT engine per precision."),
-    trt_flavour: Optional[str] = typer.Option(None, help="auto (tensorrt, else tensorrt_rtx), tensorrt or rtx."),
-    batch: List[str] = typer.Option([], "--batch", help="Optimization profile MIN:OPT:MAX (repeatable)."),
+    trt_flavour: Optional[str] = typer.Option(None, help="auto (tensorrt, else tensorrt-rtx), tensorrt or tensorrt-rtx."),
+    profile: List[str] = typer.Option([], "--profile", help="TensorRT optimization profile MIN:OPT:MAX (repeatable)."),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TF32 in fp32 engines (default on)."),
     opt_level: Optional[int] = typer.Option(None, help="Builder optimization level 0-5 (default 3)."),
     timing_cache: Optional[Path] = typer.Option(None, help="Persistent timing cache file (TensorRT proper)."),
     compute_capability: List[str] = typer.Option([], "--cc", help="TensorRT-RTX target compute capability (repeatable)."),
 ):
     """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
-    from nfdeploy.export import ExportOptions, export_run, export_timm, load_preset
+    from nfdeploy.export import export_options, export_run, export_timm
 
     if (run_dir is None) == (timm is None):
         raise CliError("give either RUN_DIR or --timm NAME")
-    preset_cfg = load_preset(preset)
-    cfg = preset_cfg["onnx"]
-    if trt:
-        cfg["trt"] = _trt_options(preset_cfg["tensorrt"], trt_flavour, batch, tf32, opt_level, timing_cache,
-                                  compute_capability)
-    if precision is not None:
-        cfg["precisions"] = [p.strip() for p in precision.split(",") if p.strip()]
-    for key, val in (("opset", opset), ("io_dtype", io_dtype), ("check", check)):
-        if val is not None:
-            cfg[key] = val
-    trt_opts = cfg.pop("trt", None)
-    opts = ExportOptions(**cfg, input_size=input_size, trt=trt_opts)
-    if timm is not None:
-        res = export_timm(timm, out, checkpoint, opts)
-    else:
-        res = export_run(run_dir, out, opts)
-    m = res.manifest
-    totals = m["fold"]["totals"]
+    opts = export_options(preset, precisions=_split(precision), opset=opset, io_dtype=io_dtype, check=check,
+                          input_size=input_size, trt=trt, trt_flavour=trt_flavour, profiles=profile, tf32=tf32,
+                          optimization_level=opt_level, timing_cache=timing_cache,
+                          compute_capabilities=compute_capability)
+    res = export_timm(timm, out, checkpoint, opts) if timm is not None else export_run(run_dir, out, opts)
+    totals = res.manifest["fold"]["totals"]
     typer.echo(f"folded {totals['weight_standardizations']} WS convs, {totals['scalars_folded']} scalars, "
                f"{totals['batchnorms_folded']} BNs; {totals['explicit']} explicit ops left")
     typer.echo(f"export dir: {res.out_dir}")
 
 
-def _trt_options(preset: dict, flavour, batch, tf32, opt_level, timing_cache, ccs):
-    """TrtBuildOptions from the preset's [tensorrt] table, overridden by flags."""
-    from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions
-
-    kw = dict(preset)
-    profiles = batch or kw.pop("profiles", None)
-    try:
-        if profiles:
-            kw["profiles"] = tuple(BatchProfile.parse(p) for p in profiles)
-        for key, val in (("flavour", flavour), ("tf32", tf32), ("optimization_level", opt_level)):
-            if val is not None:
-                kw[key] = val
-        if ccs:
-            kw["compute_capabilities"] = tuple(ccs)
-        elif "compute_capabilities" in kw:
-            kw["compute_capabilities"] = tuple(kw["compute_capabilities"])
-        kw["timing_cache"] = timing_cache or _default_timing_cache()
-        return TrtBuildOptions(**kw)
-    except (ValueError, TypeError) as e:
-        raise CliError(str(e)) from None
-
-
-def _default_timing_cache() -> Path:
-    import os
-
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "nfdeploy" / "tensorrt-timing.cache"
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
 
 
 @app.command()
@@ -189,8 +145,8 @@ def engine(
     onnx_file: Path = typer.Argument(..., help="ONNX file to build."),
     out: Path = typer.Option(..., "--out", "-o", help="Engine file to write (atomically)."),
     precision: str = typer.Option("fp32", help="Precision of the ONNX graph: fp32, fp16 or bf16 (strongly typed)."),
-    batch: List[str] = typer.Option([], "--batch", help="Optimization profile MIN:OPT:MAX (repeatable)."),
-    trt_flavour: Optional[str] = typer.Option(None, help="auto, tensorrt or rtx."),
+    profile: List[str] = typer.Option([], "--profile", help="Optimization profile MIN:OPT:MAX (repeatable)."),
+    trt_flavour: Optional[str] = typer.Option(None, help="auto, tensorrt or tensorrt-rtx."),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32"),
     opt_level: Optional[int] = typer.Option(None, help="Builder optimization level 0-5."),
     timing_cache: Optional[Path] = typer.Option(None, help="Persistent timing cache file."),
@@ -199,16 +155,16 @@ def engine(
     """Build one TensorRT engine from an ONNX file; parser errors are listed one per line."""
     import json
 
+    from nfdeploy.export import trt_options
     from nfdeploy.export.onnx_graph import read_input_shape
     from nfdeploy.export.tensorrt import EngineBuildError, build_engine
 
-    opts = _trt_options({}, trt_flavour, batch, tf32, opt_level, timing_cache, compute_capability)
+    opts = trt_options(flavour=trt_flavour, profiles=profile, tf32=tf32, optimization_level=opt_level,
+                       timing_cache=timing_cache, compute_capabilities=compute_capability)
     try:
-        shape = read_input_shape(onnx_file)
-        rec = build_engine(onnx_file, out, precision, shape, opts)
+        rec = build_engine(onnx_file, out, precision, read_input_shape(onnx_file), opts)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise CliError(str(e)) from None
     except EngineBuildError as e:
         typer.echo(f"error: {e}", err=True)
         for x in e.errors:
@@ -228,13 +184,14 @@ def inspect(
     """Build record of an engine; on a GPU also the engine inspector's per-layer JSON and fused layer count."""
     import json
 
-    from nfdeploy.export.pipeline import MANIFEST
+    from nfdeploy.artifacts import read_json
+    from nfdeploy.export import MANIFEST
     from nfdeploy.export.tensorrt import inspect_engine
 
     record = None
     manifest = engine_file.parent / MANIFEST
     if manifest.is_file():
-        engines = json.loads(manifest.read_text()).get("engines") or {}
+        engines = read_json(manifest, "export manifest").get("engines") or {}
         record = next((e for e in engines.values() if e.get("file") == engine_file.name), None)
     try:
         info = inspect_engine(engine_file, record, out_json=out or engine_file.with_suffix(".layers.json"))
@@ -245,9 +202,31 @@ def inspect(
 
 @app.command()
 @friendly
+def backends(
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table."),
+):
+    """Every backend the export could run on: name, device, precision, math mode, tolerance, availability."""
+    import json
+
+    from nfdeploy.backends import describe_backends, export_backends, load_export_source
+    from nfdeploy.reports import markdown_table
+
+    rows = describe_backends(export_backends(load_export_source(export_dir)))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = [{"name": r["name"], "device": r["device"], "precision": r["precision"], "math mode": r["math_mode"],
+              "tolerance": f"rel L2 ≤ {r['tolerance']['rel_l2']:g}, top-1 ≥ {r['tolerance']['top1_agreement']:.1%}",
+              "available": "yes" if r["status"] == "available" else f"no: {r['reason']}"} for r in rows]
+    typer.echo(markdown_table(table))
+
+
+@app.command()
+@friendly
 def parity(
     export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR/reports)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
     dataset: Optional[str] = typer.Option(None, help="Dataset (default: the run's): digits, cifar10, imagefolder, synthetic."),
     data_path: Optional[str] = typer.Option(None, help="Path for cifar10 / imagefolder."),
     only: List[str] = typer.Option([], "--only", help="Run only backends whose name contains this (repeatable)."),
@@ -256,9 +235,11 @@ def parity(
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
     from nfdeploy.parity import parity_report
 
+    if max_samples < 1:
+        raise CliError(f"--max-samples must be positive, got {max_samples}")
     rep = parity_report(export_dir, out, dataset=dataset, data_path=data_path, only=only or None,
                         max_samples=max_samples)
-    where = out or export_dir / "reports"
+    where = Path(rep["out_dir"])
     typer.echo(f"reports: {where / 'parity.md'} {where / 'parity.json'} {where / 'parity.png'}")
     if not rep["ok"]:
         typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
@@ -269,23 +250,18 @@ def parity(
 @friendly
 def bench(
     export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR/reports)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Comma list of batch sizes."),
     only: List[str] = typer.Option([], "--only", help="Time only backends whose name contains this (repeatable)."),
     min_time: float = typer.Option(2.0, help="Seconds of timed iterations per backend and batch (at least 10 runs)."),
     warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
 ):
     """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
-    from nfdeploy.bench import bench_report
+    from nfdeploy.bench import bench_report, parse_batches
 
-    try:
-        batches = tuple(int(b) for b in batch.split(",") if b.strip())
-    except ValueError:
-        raise CliError(f"--batch must be a comma list of integers, got {batch!r}") from None
-    if not batches or min(batches) < 1:
-        raise CliError("--batch needs positive batch sizes")
-    where = out or export_dir / "reports"
-    bench_report(export_dir, where, batches=batches, only=only or None, min_time=min_time, warmup=warmup)
+    rep = bench_report(export_dir, out, batches=parse_batches(batch), only=only or None, min_time=min_time,
+                       warmup=warmup)
+    where = Path(rep["out_dir"])
     typer.echo(f"reports: {where / 'bench.md'} {where / 'bench.json'} {where / 'latency_vs_batch.png'}")
 
 
@@ -296,53 +272,36 @@ def pipeline(
     out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Root dir: run/, export/, reports/."),
     epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
     trt: Optional[bool] = typer.Option(None, "--trt/--no-trt", help="Build TensorRT engines (default: when a flavour is installed)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="Bench batch sizes."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Bench batch sizes (comma list)."),
     min_time: float = typer.Option(1.0, help="Bench seconds per backend and batch."),
+    progress: bool = typer.Option(True, help="Show a progress bar while training."),
 ):
     """The whole pipeline: train → export (ONNX; TensorRT engine when installed) → parity → bench."""
-    import importlib.util
-    import shutil
+    from nfdeploy.pipeline import run_pipeline
 
-    from nfdeploy.bench import bench_report
-    from nfdeploy.config import load_recipe
-    from nfdeploy.export import ExportOptions, export_run, load_preset
-    from nfdeploy.parity import parity_report
-    from nfdeploy.train import train as train_recipe
-
-    if out.exists() and any(out.iterdir()):
-        if not (out / "run").is_dir():
-            raise CliError(f"{out} is not empty and is not a previous pipeline dir")
-        shutil.rmtree(out)
-    overrides = {"train.epochs": epochs} if epochs else {}
-    typer.echo("[1/4] train")
-    run = train_recipe(load_recipe(recipe, overrides), out / "run")
-    typer.echo(f"test accuracy {run.summary['test_accuracy']:.2%}")
-    typer.echo("[2/4] export")
-    preset = load_preset("default")
-    have_trt = any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx"))
-    trt_opts = _trt_options(preset["tensorrt"], None, [], None, None, None, []) if (have_trt if trt is None else trt) else None
-    export_run(run.run_dir, out / "export", ExportOptions(**preset["onnx"], trt=trt_opts))
-    typer.echo("[3/4] parity")
-    rep = parity_report(out / "export", out / "reports")
-    typer.echo("[4/4] bench")
-    bench_report(out / "export", out / "reports", batches=tuple(int(b) for b in batch.split(",")), min_time=min_time,
-                 warmup=min(1.0, min_time))
-    typer.echo(f"run dir:    {run.run_dir}")
-    typer.echo(f"export dir: {out / 'export'}")
-    typer.echo(f"reports:    {out / 'reports'} (parity.md, bench.md, *.png)")
-    if not rep["ok"]:
-        typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
+    res = run_pipeline(recipe, out, overrides={"train.epochs": epochs} if epochs is not None else None, trt=trt,
+                       batches=batch, min_time=min_time, progress=progress, log=typer.echo)
+    typer.echo(f"run dir:    {res.run_dir}")
+    typer.echo(f"export dir: {res.export_dir}")
+    typer.echo(f"reports:    {res.reports_dir} (parity.md, bench.md, *.png)")
+    if not res.ok:
+        typer.echo(f"error: backends outside tolerance: {', '.join(res.parity['failed'])}", err=True)
         raise typer.Exit(1)
 
 
 @app.command("models")
 def list_models_cmd():
-    """List the named model configs."""
+    """List the named model configs and the bundled training recipes."""
+    from nfdeploy.config import list_recipes
     from nfdeploy.models import get_config, list_models
 
+    typer.echo("models (nfdeploy train --model NAME):")
     for name in list_models():
         c = get_config(name)
-        typer.echo(f"{name:20s} {c.block:10s} depths={c.depths} channels={c.channels} input={c.input_size}")
+        typer.echo(f"  {name:20s} {c.block:10s} depths={c.depths} channels={c.channels} input={c.input_size}")
+    typer.echo("recipes (nfdeploy train NAME):")
+    for name, desc in list_recipes().items():
+        typer.echo(f"  {name:28s} {desc}")
 
 
 def main() -> None:

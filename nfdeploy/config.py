@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nfdeploy.errors import UserError
 from nfdeploy.models import CFG_FIELDS, get_config, list_models
 
 DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
@@ -25,7 +26,7 @@ DEFAULT_RECIPE = "nf_digits"
 _DERIVED_MODEL_FIELDS = {"num_classes", "in_chans", "input_size"}
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """Invalid recipe; the message names the offending key."""
 
 
@@ -208,7 +209,11 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Recipe:
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
-    """A path to a .toml file, or a recipe name looked up in ./models and the bundled models/."""
+    """The recipe file for `name_or_path`.
+
+    A path ending in .toml, or any existing path, is taken as is (it must be a file). Otherwise it
+    is a recipe name: NAME.toml in ./models under the current working directory if that exists,
+    else in the bundled nfdeploy/recipes/ (RECIPE_DIR); RecipeError lists the bundled names."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
@@ -220,6 +225,24 @@ def resolve_recipe_path(name_or_path: str) -> Path:
             return cand
     known = sorted(q.stem for q in RECIPE_DIR.glob("*.toml"))
     raise RecipeError(f"unknown recipe {name_or_path!r}; bundled recipes: {', '.join(known) or 'none'}")
+
+
+def list_recipes() -> dict[str, str]:
+    """The bundled recipes (nfdeploy/recipes/*.toml): name → one line, e.g.
+    'nf_resnet_c8 on digits, 32x32, 30 epochs'. Reads the files' [model]/[data]/[train] tables
+    without validating them; defaults fill what a recipe leaves out."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.toml")):
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise RecipeError(f"{path} is not valid TOML: {e}") from None
+        tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
+        model, data, train = (tables.get(k, {}) for k in ("model", "data", "train"))
+        size = data.get("input_size", DataSection.input_size)
+        out[path.stem] = (f"{model.get('name', ModelSection.name)} on {data.get('dataset', DataSection.dataset)}, "
+                          f"{size}x{size}, {train.get('epochs', TrainSection.epochs)} epochs")
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -260,6 +283,6 @@ def recipe_from_resolved(resolved: dict[str, Any]) -> Recipe:
 
 __all__ = [
     "DATASETS", "DEFAULT_RECIPE", "RECIPE_DIR", "DataSection", "ModelSection", "Recipe", "RecipeError",
-    "TrainSection", "load_recipe", "parse_override", "recipe_from_dict", "recipe_from_resolved",
+    "TrainSection", "list_recipes", "load_recipe", "parse_override", "recipe_from_dict", "recipe_from_resolved",
     "resolve_recipe_path",
 ]

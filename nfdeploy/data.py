@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nfdeploy.errors import UserError, one_line
+
 __all__ = [
     "DataError",
     "ImageSplit",
@@ -44,16 +46,11 @@ _ALIASES = {"cifar-10": "cifar10", "cifar_10": "cifar10", "image_folder": "image
 _CHUNK = 4096  # images per chunk for resizing / statistics (bounds temporary memory)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad/missing/corrupt dataset; message is one line naming the path and what is wrong."""
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- containers
@@ -204,7 +201,7 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int, what:
     try:
         tr, te = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
     except ValueError as exc:
-        raise DataError(f"{what}: cannot make a stratified split with test_fraction={test_fraction}: {_one_line(exc)}") from None
+        raise DataError(f"{what}: cannot make a stratified split with test_fraction={test_fraction}: {one_line(exc)}") from None
     return np.sort(tr), np.sort(te)
 
 
@@ -289,13 +286,13 @@ def safe_unpickle(path: Path) -> object:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise DataError(f"cannot read {path}: {one_line(exc)}") from None
     try:
         return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except _ForbiddenGlobal as exc:
         raise DataError(f"refusing to load {path}: not a plain CIFAR-10 pickle ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(f"corrupt or truncated CIFAR-10 file {path}: {_one_line(exc)}") from None
+        raise DataError(f"corrupt or truncated CIFAR-10 file {path}: {one_line(exc)}") from None
 
 
 def _get(d: dict, key: str):
@@ -316,7 +313,7 @@ def _read_cifar_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndar
         data = np.asarray(data)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"corrupt CIFAR-10 batch {path}: {_one_line(exc)}") from None
+        raise DataError(f"corrupt CIFAR-10 batch {path}: {one_line(exc)}") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
         raise DataError(
             f"corrupt CIFAR-10 batch {path}: data shape {tuple(data.shape)} with {labels.shape[0]} labels "
@@ -398,7 +395,7 @@ def _load_image(f: Path, input_size: int, mode: str) -> np.ndarray:
             im = im.crop((left, top, left + input_size, top + input_size))
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise DataError(f"corrupt or unreadable image file {f}: {_one_line(exc)}") from None
+        raise DataError(f"corrupt or unreadable image file {f}: {one_line(exc)}") from None
     if arr.ndim == 2:
         arr = arr[None]
     else:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nfdeploy.metrics import compare_outputs
 from nfdeploy.models.nf_resnet import NFResNet, ResidualBlock
 from nfdeploy.nn import GammaAct, ScaledStdConv2d, standardize_weight
 from nfdeploy.nn.layers import SqueezeExcite
@@ -316,16 +317,6 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
 
 
 @torch.no_grad()
-def compare_outputs(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
-    """max_rel = max|out - ref| / max|ref|,  rel_l2 = ||out - ref|| / ||ref||  (in float64)."""
-    ref, out = ref.double(), out.double()
-    d = out - ref
-    return {"max_abs": float(d.abs().max()), "max_rel": float(d.abs().max() / ref.abs().max()),
-            "rel_l2": float(d.norm() / ref.norm()),
-            "cosine": float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))}
-
-
-@torch.no_grad()
 def unfolded_equivalence(model: nn.Module, folded: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Run model (in eval mode, restored afterwards) and folded on x, each cast to its own
     parameter dtype, and compare the outputs (see compare_outputs)."""
@@ -371,5 +362,5 @@ def randomize_(model: NFResNet, seed: int = 0) -> NFResNet:
     return model
 
 
-__all__ = ["FoldReport", "FoldedBlock", "FoldedNet", "FoldedSE", "FoldedShortcut", "compare_outputs",
+__all__ = ["FoldReport", "FoldedBlock", "FoldedNet", "FoldedSE", "FoldedShortcut",
            "count_ops", "fold_model", "randomize_", "unfolded_equivalence"]

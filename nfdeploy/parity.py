@@ -1,9 +1,10 @@
 """Parity: every backend against the float64 unfolded PyTorch model, on real labelled data.
 
 Per backend: max |error|, relative L2 error, cosine similarity, top-1 agreement, accuracy and its
-delta, judged against the tolerance of its precision.  Batch invariance: each sample's output alone
-vs inside batches of several sizes and shuffled batches (an NF net has no batch statistics; the
-BatchNorm twin in training mode is the contrast).  Cross-hardware: every pair of backends.
+delta, judged by the precision table (nfdeploy/precision.py). Batch invariance: each sample's output
+alone vs inside batches of several sizes and shuffled batches (an NF net has no batch statistics; the
+BatchNorm twin in training mode is the contrast). Cross-backend: every pair of backends that ran.
+One backend is active at a time.
 """
 
 from __future__ import annotations
@@ -11,75 +12,54 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.fold import compare_outputs
-from nfdeploy.reports import _pyplot, markdown_table, save_figure
-from nfdeploy.runtime.base import Backend, run_batched
-from nfdeploy.runtime.registry import REFERENCE, ExportSource, Skipped, load_export_source, make_backends
+from nfdeploy.backends import (REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source,
+                               select_backends)
+from nfdeploy.errors import UserError, one_line
+from nfdeploy.metrics import compare_outputs, judge, top1_agreement
+from nfdeploy.precision import describe_tolerances, tolerances
+from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.runtime.base import Backend, BackendUnavailable, run_batched
 
-# Tolerances per precision: relative L2 error vs the float64 reference, and minimum top-1 agreement.
-TOLERANCES: dict[str, dict[str, float | None]] = {
-    "fp64": {"rel_l2": 1e-5, "top1_agreement": 1.0},
-    "fp32": {"rel_l2": 1e-5, "top1_agreement": 1.0},
-    "tf32": {"rel_l2": 1e-3, "top1_agreement": None},
-    "fp16": {"rel_l2": 1e-2, "top1_agreement": 0.995},
-    "bf16": {"rel_l2": 1e-2, "top1_agreement": 0.995},
-}
 INVARIANCE_BATCHES = (3, 16, 64)
 
 
-class ParityError(RuntimeError):
+class ParityError(UserError, RuntimeError):
     """Bad parity input (data that does not fit the model); one line."""
 
 
 def load_parity_data(source: ExportSource, dataset: str | None = None, path: str | None = None,
-                     max_samples: int = 512) -> tuple[np.ndarray, np.ndarray, str]:
-    """Normalised test images and labels: the run's dataset by default, or another one `train` reads."""
-    from nfdeploy.config import recipe_from_resolved
+                     max_samples: int = 512) -> tuple[np.ndarray, np.ndarray | None, str, str | None]:
+    """Normalised test images, their labels (None when they are not the model's classes), a description,
+    and the reason accuracy is not applicable (or None)."""
+    from nfdeploy.config import DataSection, recipe_from_resolved
 
     if source.resolved is None and dataset is None:
         raise ParityError("this export has no training run to take data from; pass --dataset (and --data-path)")
     c, h, _ = source.input_shape
-    if source.resolved is not None:
-        d = recipe_from_resolved(source.resolved["recipe"]).data
-    else:
-        from nfdeploy.config import DataSection
-
-        d = DataSection(input_size=h, in_chans=c)
+    d = recipe_from_resolved(source.resolved["recipe"]).data if source.resolved is not None else \
+        DataSection(input_size=h, in_chans=c)
     if dataset is not None:
         d = replace(d, dataset=dataset, path=path or "")
     data = d.load(input_size=h)
     if data.in_chans != c:
         raise ParityError(f"dataset {data.name} has {data.in_chans} channels, the model expects {c}")
-    classes = source.manifest["source"].get("model_config", {}).get("num_classes")
-    if classes is not None and data.num_classes != classes:
-        raise ParityError(f"dataset {data.name} has {data.num_classes} classes, the model has {classes}")
     n = min(max_samples, len(data.test))
     x, y = data.batch(data.test, torch.arange(n))
-    return x.numpy(), y.numpy(), f"{data.name} test split ({n} images)"
-
-
-def compare_to_reference(out: np.ndarray, ref: np.ndarray, labels: np.ndarray | None, precision: str,
-                         tolerance: dict[str, float | None] | None = None) -> dict[str, Any]:
-    """Errors, top-1 agreement and accuracy of `out` against `ref`, judged against `tolerance`
-    (default: TOLERANCES[precision])."""
-    o, r = torch.from_numpy(out).double(), torch.from_numpy(ref).double()
-    row = compare_outputs(r, o)
-    row["top1_agreement"] = float((o.argmax(1) == r.argmax(1)).double().mean())
-    if labels is not None:
-        lab = torch.from_numpy(labels)
-        row["accuracy"] = float((o.argmax(1) == lab).double().mean())
-        row["reference_accuracy"] = float((r.argmax(1) == lab).double().mean())
-        row["accuracy_delta"] = row["accuracy"] - row["reference_accuracy"]
-    tol = tolerance or TOLERANCES[precision]
-    ok = row["rel_l2"] <= tol["rel_l2"] and (tol["top1_agreement"] is None or row["top1_agreement"] >= tol["top1_agreement"])
-    row.update(tolerance=tol, status="pass" if ok else "FAIL")
-    return row
+    desc = f"{data.name} test split ({n} images)"
+    own_names = source.manifest.get("input", {}).get("class_names")
+    trained_on = source.manifest.get("input", {}).get("dataset")
+    same_classes = (list(data.class_names) == list(own_names)) if own_names and getattr(data, "class_names", None) \
+        else data.name == trained_on
+    if not same_classes:
+        return x.numpy(), None, desc, (f"the labels of {data.name} are not the model's classes (trained on "
+                                       f"{trained_on or 'unknown data'}): accuracy is not applicable")
+    return x.numpy(), y.numpy(), desc, None
 
 
 def batch_invariance(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, seed: int = 0) -> dict[str, Any]:
@@ -124,10 +104,10 @@ def _bn_twin_contrast(source: ExportSource, x: np.ndarray) -> dict[str, Any]:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     ran = [r for r in rows if r.get("status") in ("pass", "FAIL") and r["name"] != REFERENCE]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ran) + 2), 4))
-    vals = [max(r["rel_l2"], 1e-17) for r in ran]
+    vals = [max(r["rel_l2"], 1e-17) if np.isfinite(r["rel_l2"]) else 1.0 for r in ran]
     colors = ["tab:green" if r["status"] == "pass" else "tab:red" for r in ran]
     ax.bar(range(len(ran)), vals, color=colors)
     for i, r in enumerate(ran):
@@ -139,73 +119,85 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, dataset: str | None = None,
-                  data_path: str | None = None, only: list[str] | None = None, max_samples: int = 512,
-                  invariance_samples: int = 64, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every backend on the data, compare, write parity.json / parity.md / parity.png to out_dir."""
+                  data_path: str | None = None, only: Sequence[str] | None = None, max_samples: int = 512,
+                  invariance_samples: int = 64, log: Callable[[str], None] = print,
+                  backends: Sequence[Backend] | None = None) -> dict[str, Any]:
+    """Run every backend on the data, one active at a time, compare with the reference, and write
+    parity.json / parity.md / parity.png to out_dir (default: beside the export dir, see
+    default_report_dir). `backends`: a list already made by export_backends (default: all of them)."""
     export_dir = Path(export_dir)
-    out_dir = Path(out_dir) if out_dir is not None else export_dir / "reports"
     source = load_export_source(export_dir)
-    x, y, data_desc = load_parity_data(source, dataset, data_path, max_samples)
-    backends = make_backends(source, only)
-    ref_backend = backends[0]
-    assert isinstance(ref_backend, Backend) and ref_backend.name == REFERENCE
+    all_backends = list(backends) if backends is not None else export_backends(source)
+    chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
+    ref_backend = next(b for b in all_backends if b.name == REFERENCE)
+    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
+    x, y, data_desc, accuracy_na = load_parity_data(source, dataset, data_path, max_samples)
     log(f"parity of {source.manifest['model']} on {data_desc}; reference {REFERENCE}")
-    ref = run_batched(ref_backend, x)
-    rows: list[dict[str, Any]] = []
+    if accuracy_na:
+        log(f"  {accuracy_na}")
+    with ref_backend:
+        ref = run_batched(ref_backend, x)
+    rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
     outputs: dict[str, np.ndarray] = {}
-    for b in backends:
-        if isinstance(b, Skipped):
-            rows.append(b.describe())
-            log(f"  {b.name}: skipped ({b.reason})")
+    invariance: dict[str, Any] = {}
+    xi = x[:invariance_samples]
+    for b in chosen:
+        reason = b.unavailable_reason()
+        if reason:
+            rows.append({**b.spec.describe(), "status": "skipped", "reason": reason})
+            log(f"  {b.name}: skipped ({reason})")
             continue
         try:
-            out = ref if b is ref_backend else run_batched(b, x)
-        except Exception as e:  # a runtime failing at run time is a finding, not a crash of the report
-            rows.append({**b.describe(), "status": "error", "reason": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"})
+            with b:
+                out = run_batched(b, x)
+                inv = batch_invariance(b.run, xi)
+        except BackendUnavailable as e:
+            rows.append({**b.spec.describe(), "status": "skipped", "reason": str(e)})
+            log(f"  {b.name}: skipped ({e})")
+            continue
+        except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
+            rows.append({**b.spec.describe(), "status": "error", "reason": one_line(e, 240)})
             log(f"  {b.name}: error {rows[-1]['reason']}")
             continue
         outputs[b.name] = out
-        row = {**b.describe(), **compare_to_reference(out, ref, y, b.precision)}
+        invariance[b.name] = inv
+        row = {**b.describe(), **judge(out, ref, b.precision, y)}
         rows.append(row)
+        acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
         log(f"  {b.name}: rel L2 {row['rel_l2']:.2e} (≤ {row['tolerance']['rel_l2']:g}), top-1 agreement "
-            f"{row['top1_agreement']:.2%}, accuracy {row.get('accuracy', float('nan')):.2%} → {row['status']}")
-    xi = x[:invariance_samples]
-    invariance = {}
-    for b in backends:
-        if isinstance(b, Backend) and b.name in outputs and b.name != REFERENCE and (
-                b.name in ("torch-cpu-fp32-folded", "onnxruntime-cpu-fp32") or b.device == "cuda"):
-            invariance[b.name] = batch_invariance(b.run, xi)
+            f"{row['top1_agreement']:.2%}{acc} → {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
     contrast = _bn_twin_contrast(source, xi)
-    names = [n for n in outputs if n != REFERENCE]
     pairs = []
-    for a, b in itertools.combinations(names, 2):
-        r = compare_outputs(torch.from_numpy(outputs[a]), torch.from_numpy(outputs[b]))
-        agree = float((outputs[a].argmax(1) == outputs[b].argmax(1)).mean())
-        pairs.append({"a": a, "b": b, "rel_l2": r["rel_l2"], "max_abs": r["max_abs"], "top1_agreement": agree})
+    for a, b in itertools.combinations(outputs, 2):
+        r = compare_outputs(outputs[a], outputs[b])
+        pairs.append({"a": a, "b": b, "rel_l2": r["rel_l2"], "max_abs": r["max_abs"],
+                      "top1_agreement": top1_agreement(outputs[a], outputs[b])})
     failed = [r["name"] for r in rows if r.get("status") in ("FAIL", "error")]
     report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
-              "reference": REFERENCE, "tolerances": TOLERANCES, "backends": rows, "batch_invariance": invariance,
-              "bn_twin_contrast": contrast, "pairwise": pairs, "ok": not failed, "failed": failed}
-    _write(report, out_dir)
+              "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
+              "tolerances": tolerances(), "backends": rows, "batch_invariance": invariance,
+              "bn_twin_contrast": contrast, "pairwise": pairs, "ok": not failed, "failed": failed,
+              "out_dir": str(out_dir)}
+    write_parity_report(report, out_dir)
     return report
 
 
-def _write(report: dict[str, Any], out_dir: Path) -> None:
+def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     atomic_write_json(out_dir / "parity.json", report)
     ran = [r for r in report["backends"] if r.get("status") in ("pass", "FAIL")]
     skipped = [r for r in report["backends"] if r.get("status") in ("skipped", "error")]
-    cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "cosine", "top1_agreement", "accuracy",
-            "accuracy_delta", "status"]
-    tol = "; ".join(f"{p}: rel L2 ≤ {t['rel_l2']:g}" + (f", top-1 agreement ≥ {t['top1_agreement']:.1%}"
-                                                         if t["top1_agreement"] else "") for p, t in TOLERANCES.items())
+    cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "cosine", "top1_agreement"]
+    cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
+    cols += ["status"]
     inv_rows = [{"backend": k, "max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"],
                  **v["per_setting"]} for k, v in report["batch_invariance"].items()]
     c = report["bn_twin_contrast"]
     if "train" in c:
         inv_rows += [{"backend": f"BN twin ({mode} mode)", "max_abs_deviation": c[mode]["max_abs_deviation"],
                       "bitwise_identical": c[mode]["bitwise_identical"], **c[mode]["per_setting"]} for mode in ("train", "eval")]
-    md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Reference: {report['reference']} "
-          f"(the unfolded model in float64 on CPU). Tolerances — {tol}.\n",
+    md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
+          f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
+          f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
           f"**{'All backends within tolerance' if report['ok'] else 'FAILED: ' + ', '.join(report['failed'])}**\n",
           "## Backends\n", markdown_table(ran, cols, floatfmt="{:.3g}"),
           "\n## Skipped\n", markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
@@ -215,3 +207,7 @@ def _write(report: dict[str, Any], out_dir: Path) -> None:
           if report["pairwise"] else "(fewer than two backends ran)\n"]
     atomic_write_text(out_dir / "parity.md", "\n".join(md))
     _plot(report["backends"], out_dir / "parity.png")
+
+
+__all__ = ["INVARIANCE_BATCHES", "ParityError", "batch_invariance", "load_parity_data", "parity_report",
+           "write_parity_report"]

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 from nfdeploy.artifacts import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _pyplot():
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -26,7 +27,7 @@ def save_figure(fig: Any, path: str | Path) -> None:
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """Loss (train/test) and accuracy (train/test) per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(ep, [h["train_loss"] for h in history], label="train")

@@ -13,7 +13,7 @@ import torch
 
 from nfdeploy.artifacts import atomic_write_text
 from nfdeploy.models import create_model, twin_name
-from nfdeploy.reports import _pyplot, save_figure
+from nfdeploy.reports import pyplot, save_figure
 
 
 def measure_spp(name: str, batch: int = 8, input_size: int | None = None, seed: int = 0,
@@ -45,7 +45,7 @@ def spp_report(name: str, out_dir: str | Path, **kwargs) -> dict[str, Any]:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out_dir / "spp.csv", buf.getvalue())
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for model in (name, twin_name(name)):
         rs = [r for r in rows if r["model"] == model]

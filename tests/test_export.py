@@ -85,7 +85,7 @@ def test_metadata_props(digits_export):
 
 
 def test_dynamic_batch_matches_folded_torch(digits_export, digits_run):
-    from nfdeploy.train import load_run_model
+    from nfdeploy.runs import load_run_model
 
     model, _ = load_run_model(digits_run)
     folded, _ = fold_model(model)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nfdeploy.fold import FoldedNet, compare_outputs, count_ops, fold_model, randomize_, unfolded_equivalence
+from nfdeploy.fold import FoldedNet, count_ops, fold_model, randomize_, unfolded_equivalence
+from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model, list_models
 from nfdeploy.nn import GammaAct, ScaledStdConv2d, activation_gamma
 from nfdeploy.nn.layers import DropPath, SqueezeExcite

@@ -21,7 +21,8 @@ import sitecustomize  # noqa: E402,F401  (test-only torchvision shim: see its do
 timm = pytest.importorskip("timm", reason="timm is not importable (install nfdeploy[timm]); the timm interop is untested")
 
 from nfdeploy.artifacts import ArtifactError, save_tensors  # noqa: E402
-from nfdeploy.fold import compare_outputs, count_ops  # noqa: E402
+from nfdeploy.fold import count_ops  # noqa: E402
+from nfdeploy.metrics import compare_outputs  # noqa: E402
 from nfdeploy.interop.timm import (SUPPORTED_PREFIXES, ExplicitScale, FoldedTimmNet, create_timm_model,  # noqa: E402
                                    fold_timm_model, is_plain, is_supported, randomize_timm_, timm_input_size)
 from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame  # noqa: E402

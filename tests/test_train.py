@@ -17,7 +17,8 @@ from conftest import REPO, run_cli, write_recipe
 from nfdeploy.artifacts import load_tensors
 from nfdeploy.config import RecipeError, load_recipe
 from nfdeploy.models import create_model
-from nfdeploy.train import load_run_model, train
+from nfdeploy.runs import load_run_model
+from nfdeploy.train import train
 from nfdeploy.train.loop import evaluate, lr_at, param_groups
 
 

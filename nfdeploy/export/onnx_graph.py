@@ -23,7 +23,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # ReduceMean only on activations (global average pool); Cast only at the graph's I/O.
 NF_ALLOWED_OPS = {"Conv", "Relu", "Gelu", "Sigmoid", "Mul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
                   "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Cast"}
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class IOCast(nn.Module):

@@ -12,7 +12,6 @@ import platform
 import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,19 +23,18 @@ from torch import nn
 
 import nfdeploy
 from nfdeploy.artifacts import ArtifactError, atomic_write_json, make_staging_dir, read_json, sha256_file
-from nfdeploy.export.onnx_graph import TORCH_DTYPES, check_model, export_module, lint_graph, set_metadata
+from nfdeploy.errors import UserError, require
+from nfdeploy.export.onnx_graph import check_model, export_module, lint_graph, set_metadata
 from nfdeploy.fold import FoldReport, fold_model
+from nfdeploy.metrics import judge
+from nfdeploy.precision import EXPORT_PRECISIONS, PRECISIONS
+from nfdeploy.runtime.base import BackendSpec, BackendUnavailable, run_batched
+from nfdeploy.runtime.ort import OrtBackend
+from nfdeploy.runs import WEIGHTS, load_run_model
 
 MANIFEST = "manifest.json"
 FOLD_REPORT = "fold_report.json"
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"  # package data: ships in the wheel
-# Parity tolerances of the export check (ONNX Runtime CPU vs the float64 unfolded PyTorch model).
-TOLERANCES = {"fp32": {"rel_l2": 1e-5, "top1_agreement": 1.0}, "fp16": {"rel_l2": 1e-2, "top1_agreement": None},
-              "bf16": {"rel_l2": 1e-2, "top1_agreement": None}}
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "bf16": "model.bf16.onnx"}
-
-
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """Export failed (bad input, lint or check failure); the message is one line."""
 
 
@@ -52,41 +50,15 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         self.precisions = tuple(self.precisions)
-        bad = [p for p in self.precisions if p not in ONNX_FILES]
+        bad = [p for p in self.precisions if p not in EXPORT_PRECISIONS]
         if bad or not self.precisions:
-            raise ExportError(f"precision {bad or '(none)'} not supported; choose from {list(ONNX_FILES)}")
+            raise ExportError(f"precision {bad or '(none)'} not supported; choose from {list(EXPORT_PRECISIONS)}")
         if "fp32" not in self.precisions:
             self.precisions = ("fp32",) + self.precisions  # the fp32 graph is the reference export
         if self.io_dtype not in ("float32", "native"):
             raise ExportError(f"io_dtype must be float32 or native, got {self.io_dtype!r}")
         if self.opset is not None and not 17 <= self.opset <= 23:
             raise ExportError(f"opset {self.opset} outside the supported range 17..23")
-
-
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """Export preset (export/NAME.toml): [onnx] opset, precisions, io_dtype, check, check_samples;
-    [tensorrt] profiles ("MIN:OPT:MAX" strings), optimization_level, tf32, flavour, workspace_mb."""
-    p = Path(name_or_path)
-    if not p.suffix == ".toml":
-        p = PRESET_DIR / f"{name_or_path}.toml"
-    if not p.is_file():
-        known = sorted(q.stem for q in PRESET_DIR.glob("*.toml"))
-        raise ExportError(f"unknown export preset {name_or_path!r}; bundled: {', '.join(known)}")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ExportError(f"{p} is not valid TOML: {e}") from None
-    onnx_sec = raw.get("onnx", {})
-    allowed = {f for f in ExportOptions.__dataclass_fields__ if f not in ("input_size", "trt")}
-    unknown = set(onnx_sec) - allowed
-    if unknown:
-        raise ExportError(f"unknown key(s) {sorted(unknown)} in [onnx] of {p}")
-    trt_sec = raw.get("tensorrt", {})
-    unknown = set(trt_sec) - {"profiles", "optimization_level", "tf32", "flavour", "workspace_mb",
-                              "detailed_profiling", "compute_capabilities"}
-    if unknown:
-        raise ExportError(f"unknown key(s) {sorted(unknown)} in [tensorrt] of {p}")
-    return {**raw, "onnx": onnx_sec, "tensorrt": trt_sec}
 
 
 @dataclass
@@ -139,25 +111,22 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 @torch.no_grad()
 def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: np.ndarray | None,
            log: Callable[[str], None]) -> dict[str, Any]:
-    """ONNX Runtime CPU EP per precision vs the float64 unfolded PyTorch model."""
-    from nfdeploy.parity import compare_to_reference
-    from nfdeploy.runtime.base import BackendUnavailable, run_batched
-    from nfdeploy.runtime.ort import OrtBackend
-
+    """ONNX Runtime CPU EP per precision vs the float64 unfolded PyTorch model, judged by the precision table."""
     ref = torch.cat([reference(torch.from_numpy(x[i:i + 64]).double()) for i in range(0, len(x), 64)]).numpy()
     results: dict[str, Any] = {"reference": "unfolded PyTorch model, float64, CPU", "samples": int(len(x)),
                                "data": "labelled test split" if labels is not None else "N(0,1) random inputs"}
     for prec, path in files.items():
-        tol = TOLERANCES[prec]
+        backend = OrtBackend(BackendSpec("onnxruntime", "cpu", prec), tuple(x.shape[1:]), path)
         try:
-            backend = OrtBackend(path, precision=prec)
+            with backend:
+                out = run_batched(backend, x)
         except BackendUnavailable as e:
             results[prec] = {"status": "unchecked", "reason": str(e)}
             log(f"  {prec}: unchecked ({e})")
             continue
-        row = {"backend": backend.describe(), **compare_to_reference(run_batched(backend, x), ref, labels, prec, tol)}
+        row = {"backend": backend.describe(), **judge(out, ref, prec, labels)}
         results[prec] = row
-        log(f"  {prec}: rel L2 {row['rel_l2']:.2e} (≤ {tol['rel_l2']:g}), max abs {row['max_abs']:.2e}, "
+        log(f"  {prec}: rel L2 {row['rel_l2']:.2e} (≤ {row['tolerance']['rel_l2']:g}), max abs {row['max_abs']:.2e}, "
             f"top-1 agreement {row['top1_agreement']:.2%} → {row['status']}")
     return results
 
@@ -178,8 +147,6 @@ def export_model(
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """The core: `model` is the unfolded eval-mode reference; `fold(dtype)` returns its folded net."""
-    from nfdeploy.errors import require
-
     opts = opts or ExportOptions()
     onnx = require("onnx", "onnx")
     out_dir = Path(out_dir)
@@ -190,7 +157,7 @@ def export_model(
         onnx_entries: dict[str, Any] = {}
         report = None
         for prec in opts.precisions:
-            dtype = TORCH_DTYPES[prec]
+            dtype = PRECISIONS[prec].torch_dtype
             t0 = time.perf_counter()
             folded, rep = fold(dtype)
             fold_s = time.perf_counter() - t0
@@ -202,7 +169,7 @@ def export_model(
                 if uses_gelu and opset < 20:
                     raise ExportError(f"GELU needs opset >= 20 (native Gelu op); at opset {opset} it decomposes "
                                       "into Mul/Div by constants")
-            path = staging / ONNX_FILES[prec]
+            path = staging / PRECISIONS[prec].onnx_file
             io = torch.float32 if opts.io_dtype == "float32" else None
             # bfloat16 Conv/pooling entered the ONNX standard at opset 22; below it the graph is invalid.
             p_opset = max(opset, 22) if prec == "bf16" else opset
@@ -265,17 +232,13 @@ def export_model(
         atomic_write_json(staging / MANIFEST, manifest)
         failed = [p for p, r in checks.items() if isinstance(r, dict) and r.get("status") == "FAIL"]
         if failed:
-            nums = "; ".join(f"{p}: rel L2 {checks[p]['rel_l2']:.3e} (tol {checks[p]['tolerance']['rel_l2']:g}), "
-                             f"top-1 agreement {checks[p]['top1_agreement']:.2%}" for p in failed)
+            nums = "; ".join(f"{p}: {checks[p]['reason']}" for p in failed)
             raise ExportError(f"parity check failed, nothing written to {out_dir}: {nums}")
         _swap_into_place(staging, out_dir)
         return ExportResult(out_dir, manifest, checks)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-ENGINE_FILES = {"fp32": "model.engine", "fp16": "model.fp16.engine", "bf16": "model.bf16.engine"}
 
 
 def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int, int, int], trt_opts: Any,
@@ -285,7 +248,7 @@ def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int
 
     engines = {}
     for prec, onnx_path in files.items():
-        path = staging / ENGINE_FILES[prec]
+        path = staging / PRECISIONS[prec].engine_file
         try:
             rec = build_engine(onnx_path, path, prec, input_shape, trt_opts)
         except EngineBuildError as e:
@@ -311,8 +274,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | N
                log: Callable[[str], None] = print) -> ExportResult:
     """Export a training run dir (weights.safetensors + config.json)."""
     from nfdeploy.models import NFResNet, twin_name
-    from nfdeploy.train import load_run_model
-    from nfdeploy.train.loop import WEIGHTS
 
     opts = opts or ExportOptions()
     run_dir = Path(run_dir)

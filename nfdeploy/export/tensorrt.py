@@ -1,7 +1,7 @@
 """Build TensorRT engines from the exported ONNX variants (library; no CLI here).
 
 Two flavours share one builder/parser API: `tensorrt` (TensorRT 10.12+ / 11, needs a CUDA GPU to
-build, installed from NVIDIA's index) and `tensorrt_rtx` (TensorRT-RTX, on PyPI, builds ahead of time
+build, installed from NVIDIA's index) and `tensorrt-rtx` (TensorRT-RTX, module tensorrt_rtx, on PyPI, builds ahead of time
 *without* a GPU for a list of target compute capabilities; its engines do not run on Hopper).
 
 Networks are strongly typed: precision comes from the ONNX variant (model.onnx fp32,
@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts import atomic_path, atomic_write_bytes, sha256_file
-from nfdeploy.errors import MissingExtraError
+from nfdeploy.errors import MissingExtraError, one_line
+from nfdeploy.precision import EXPORT_PRECISIONS
+from nfdeploy.runtime.base import cuda_gpu
+from nfdeploy.runtime.tensorrt import import_tensorrt
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-FLAVOURS = {"tensorrt": "tensorrt", "trt": "tensorrt", "rtx": "tensorrt_rtx", "tensorrt_rtx": "tensorrt_rtx"}
-PRECISIONS = ("fp32", "fp16", "bf16")
 # TensorRT-RTX targets skipped by default: Turing (SM 7.5) is opt-in per NVIDIA (a portable engine
 # that includes it is slower everywhere); Hopper (9.x) is not an RTX target at all.
 RTX_DEFAULT_EXCLUDE = {"SM75"}
@@ -41,29 +42,6 @@ class EngineBuildError(RuntimeError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None):
         super().__init__(message)
         self.errors: list[dict[str, Any]] = list(errors or [])
-
-
-def import_tensorrt(flavour: str = "auto"):
-    """Return (module, "tensorrt" | "tensorrt_rtx"). "auto" tries tensorrt, then tensorrt_rtx."""
-    import importlib
-
-    if flavour == "auto":
-        candidates = ["tensorrt", "tensorrt_rtx"]
-    elif flavour in FLAVOURS:
-        candidates = [FLAVOURS[flavour]]
-    else:
-        raise ValueError(f"unknown TensorRT flavour {flavour!r}; choose auto, tensorrt or rtx")
-    reasons = []
-    for name in candidates:
-        try:
-            return importlib.import_module(name), name
-        except Exception as e:  # noqa: BLE001 - a broken install raises OSError/RuntimeError, not only ImportError
-            reasons.append(f"{name}: {' '.join(str(e).split())[:160] or type(e).__name__}")
-    hint = {"tensorrt": "pip install 'nfdeploy[trt]' (TensorRT; its library wheels come from NVIDIA's index, "
-                        "pypi.nvidia.com)",
-            "tensorrt_rtx": "pip install 'nfdeploy[rtx]' (TensorRT-RTX; builds engines without a GPU)"}
-    raise MissingExtraError(f"no TensorRT flavour importable ({'; '.join(reasons)}); install one with: "
-                            + " or ".join(hint[c] for c in candidates))
 
 
 @dataclass(frozen=True)
@@ -160,14 +138,8 @@ def default_rtx_ccs(trt) -> list[str]:
 
 
 def _gpu_info() -> dict[str, Any] | None:
-    from nfdeploy.runtime.base import cuda_gpu
-
     g = cuda_gpu()
     return None if g is None else {"gpu": g["name"], "compute_capability": g["compute_capability"]}
-
-
-def _one_line(msg: Any, limit: int = 300) -> str:
-    return " ".join(str(msg).split())[:limit]
 
 
 def _parser_errors(parser) -> list[dict[str, Any]]:
@@ -187,7 +159,7 @@ def _parser_errors(parser) -> list[dict[str, Any]]:
             row[key] = getattr(val, "name", val) if key == "code" else val
         row["node"] = row["node"] or None
         row["op"] = row["op"] or None
-        row["message"] = _one_line(row["message"] or "unknown parser error", 500)
+        row["message"] = one_line(row["message"] or "unknown parser error", 500)
         out.append(row)
     return out
 
@@ -203,9 +175,9 @@ def _make_logger(trt):
 
         def log(self, severity, msg):
             if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(_one_line(msg, 500))
+                self.errors.append(one_line(msg, 500))
             elif severity == trt.ILogger.Severity.WARNING:
-                self.warnings.append(_one_line(msg, 500))
+                self.warnings.append(one_line(msg, 500))
 
     return _Logger()
 
@@ -265,21 +237,21 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     """Parse `onnx_path` into a strongly typed network and build a serialized engine to `engine_path`
     (written atomically: a failure never leaves a partial file). Returns the build record."""
     opts = opts or TrtBuildOptions()
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not supported; choose from {list(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision {precision!r} not supported; choose from {list(EXPORT_PRECISIONS)}")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     c, h, w = (int(v) for v in input_shape)
     trt, flavour = import_tensorrt(opts.flavour)
     gpu = _gpu_info()
     if opts.flavour == "auto" and flavour == "tensorrt" and gpu is None:
         try:  # TensorRT proper cannot build without a GPU; TensorRT-RTX can
-            trt, flavour = import_tensorrt("rtx")
+            trt, flavour = import_tensorrt("tensorrt-rtx")
         except MissingExtraError:
             pass
     version = str(trt.__version__)
     if flavour == "tensorrt" and gpu is None:
         raise EngineBuildError("TensorRT needs a CUDA GPU to build an engine and none is visible; "
-                               "TensorRT-RTX (flavour rtx) builds without one")
+                               "TensorRT-RTX (flavour tensorrt-rtx) builds without one")
     if not onnx_path.is_file():
         raise EngineBuildError(f"ONNX file not found: {onnx_path}")
 
@@ -344,7 +316,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
 
     device: dict[str, Any] = {"built_without_gpu": gpu is None, "gpu": gpu["gpu"] if gpu else None,
                               "gpu_compute_capability": gpu["compute_capability"] if gpu else None}
-    if flavour == "tensorrt_rtx":
+    if flavour == "tensorrt-rtx":
         supported = rtx_supported_ccs(trt)
         if opts.compute_capabilities is not None:
             targets = [_cc_enum_name(x) for x in opts.compute_capabilities]
@@ -372,7 +344,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     cache = None
     if opts.timing_cache is None:
         timing_cache: dict[str, Any] = {"path": None, "used": False}
-    elif flavour == "tensorrt_rtx":
+    elif flavour == "tensorrt-rtx":
         timing_cache = {"path": str(opts.timing_cache), "supported": False, "used": False, "note": RTX_TIMING_CACHE_NOTE}
     elif not hasattr(config, "create_timing_cache"):
         timing_cache = {"path": str(opts.timing_cache), "supported": False, "used": False,
@@ -385,7 +357,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     try:
         serialized = builder.build_serialized_network(network, config)
     except Exception as e:  # noqa: BLE001 - bindings raise plain RuntimeError/TypeError on builder failure
-        serialized, logger.errors = None, logger.errors + [_one_line(e)]
+        serialized, logger.errors = None, logger.errors + [one_line(e, with_type=False)]
     build_seconds = time.perf_counter() - t1
     if serialized is None or serialized.nbytes == 0:
         errs = [{"node": None, "op": None, "message": m} for m in logger.errors] or \
@@ -414,7 +386,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     }
 
 
-__all__ = ["BatchProfile", "EngineBuildError", "TrtBuildOptions", "build_engine", "import_tensorrt",
+__all__ = ["BatchProfile", "EngineBuildError", "TrtBuildOptions", "build_engine",
            "load_timing_cache", "save_timing_cache", "cc_to_str", "default_rtx_ccs", "rtx_supported_ccs"]
 
 
@@ -439,7 +411,7 @@ def inspect_engine(engine_path: str | Path, record: dict[str, Any] | None = None
         info["inspector"] = {"status": "skipped", "reason": "no CUDA GPU: an engine can only be deserialized "
                                                              "(and inspected) on a GPU"}
         return info
-    trt, name = import_tensorrt(flavour if not record else {"tensorrt_rtx": "rtx"}.get(record.get("flavour"), flavour))
+    trt, name = import_tensorrt((record or {}).get("flavour") or flavour)
     logger = _make_logger(trt)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:

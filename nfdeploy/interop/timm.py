@@ -88,7 +88,6 @@ class _T:
         self.head, self.select_pool = ClassifierHead, SelectAdaptivePool2d
         self.net, self.block, self.gamma_act, self.downsample = (nfnet.NormFreeNet, nfnet.NormFreeBlock,
                                                                  nfnet.GammaAct, nfnet.DownsampleAvg)
-        self.model_cfgs = nfnet.model_cfgs
         self.sigmoids = (nn.Sigmoid, acts.Sigmoid)
         # activation modules / functional forms -> the plain module class
         self.act_modules = {nn.ReLU: nn.ReLU, nn.SiLU: nn.SiLU, acts.Swish: nn.SiLU, acts.GELU: nn.GELU}
@@ -99,19 +98,9 @@ class _T:
 # Model creation
 
 
-def _arch(name: str) -> str:
-    return name.split(".", 1)[0]  # "eca_nfnet_l0.ra2_in1k" -> "eca_nfnet_l0"
-
-
-def is_supported(name: str) -> bool:
-    """Whether `name` (a timm model name, optionally with a ".tag") is of a supported family;
-    does not import timm."""
-    arch = _arch(name)
-    return any(arch.startswith(p) and arch[len(p):].isdigit() for p in SUPPORTED_PREFIXES)
-
-
-def _unsupported(name: str) -> ValueError:
-    return ValueError(f"unsupported timm model {name!r}: supported are timm NormFreeNet models of the families {_FAMILIES}")
+def _unsupported(name: str, what: str) -> ValueError:
+    return ValueError(f"unsupported timm model {name!r} ({what}): nfdeploy folds timm's NormFreeNet models "
+                      f"(families {_FAMILIES}, and any other NormFreeNet config)")
 
 
 def create_timm_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
@@ -126,15 +115,14 @@ def create_timm_model(name: str, checkpoint: str | Path | None = None) -> nn.Mod
     The file may hold a plain state dict or a dict with a "state_dict" or "model" entry (a
     "module." prefix from DistributedDataParallel is stripped).  Unknown or unsupported name ->
     ValueError; unreadable file or keys/shapes that do not match the model -> ArtifactError."""
-    if not is_supported(name):
-        raise _unsupported(name)
     timm = _import_timm()
     t = _T()
-    if _arch(name) not in t.model_cfgs or not timm.is_model(name):
-        raise _unsupported(name)
+    if not timm.is_model(name):
+        raise _unsupported(name, "timm has no model of that name")
+    # What the model is decides, not its name: any NormFreeNet (timm's small test_nfnet too).
     model = timm.create_model(name, pretrained=False)
     if not isinstance(model, t.net):
-        raise _unsupported(name)
+        raise _unsupported(name, f"a {type(model).__name__}, not a NormFreeNet")
     if checkpoint is not None:
         _load_checkpoint(model, Path(checkpoint), name)
     return model.eval()
@@ -664,4 +652,4 @@ def is_plain(module: nn.Module) -> list[str]:
 
 
 __all__ = ["ExplicitScale", "FoldedECA", "FoldedTimmBlock", "FoldedTimmNet", "SUPPORTED_PREFIXES",
-           "create_timm_model", "fold_timm_model", "is_plain", "is_supported", "randomize_timm_", "timm_input_size"]
+           "create_timm_model", "fold_timm_model", "is_plain", "randomize_timm_", "timm_input_size"]

@@ -1,37 +1,173 @@
-"""The Backend interface every runtime implements; comparison and timing code is generic over it."""
+"""The Backend interface every runtime implements; comparison and timing code is generic over it.
+
+A backend's identity is its `BackendSpec` (runtime, device, precision, variant, execution mode),
+fixed at construction; its name is derived from it and is unique among the backends of an export.
+The lifecycle follows Polygraphy's runners: construction is cheap and never touches a device;
+`activate()` does the heavy setup (sessions, device copies, CUDA graphs), `run()` needs an active
+backend, `deactivate()` frees what activate made. `with backend:` does both. Parity and bench hold
+one backend active at a time, so GPU memory and peak-memory numbers belong to that backend alone.
+"""
 
 from __future__ import annotations
 
 import abc
+import gc
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+
+from nfdeploy.errors import UserError
+from nfdeploy.precision import get_precision
+
+RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+DEVICES = ("cpu", "cuda")
+TORCH_MODES = ("eager", "compile", "cudagraph")
 
 
 class BackendUnavailable(RuntimeError):
     """This backend cannot run here; the message is the reason (reported as 'skipped')."""
 
 
-class Backend(abc.ABC):
-    """run(batch) maps a float32 NCHW numpy batch to float32 logits (numpy)."""
+class BackendInputError(UserError, ValueError):
+    """A batch that does not fit the backend's input spec; one line."""
 
-    name: str = "backend"
-    device: str = "cpu"
-    precision: str = "fp32"  # fp64 | fp32 | tf32 | fp16 | bf16
-    math_mode: str = "ieee"  # e.g. "ieee", "tf32", "fp16 storage+compute"
 
-    @abc.abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend is. `precision` is a key of the precision table and judges its outputs;
+    `variant` says which model it runs where that is not the export's own graph (torch: unfolded or
+    folded); `mode` is the execution mode (torch on CUDA: eager, compile or cudagraph)."""
+
+    runtime: str
+    device: str
+    precision: str
+    variant: str = ""
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} not in {RUNTIMES}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} not in {DEVICES}")
+        get_precision(self.precision)
+
+    @property
+    def name(self) -> str:
+        # TensorRT runs only on CUDA devices: the device would say nothing.
+        parts = [self.runtime] + ([] if self.runtime.startswith("tensorrt") else [self.device])
+        parts += [get_precision(self.precision).tag, self.variant, self.mode]
+        return "-".join(p for p in parts if p)
+
+    @property
+    def math_mode(self) -> str:
+        mode = get_precision(self.precision).math_mode
+        return f"{mode} (TF32 off)" if self.precision == "fp32" and self.device == "cuda" else mode
+
+    @property
+    def tolerance(self) -> dict[str, float]:
+        return get_precision(self.precision).tolerance()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "device": self.device, "precision": self.precision, "math_mode": self.math_mode}
+        return {"name": self.name, "runtime": self.runtime, "device": self.device, "precision": self.precision,
+                "math_mode": self.math_mode, "variant": self.variant or None, "mode": self.mode or None}
+
+
+class Backend(abc.ABC):
+    """run(batch) maps a float32 N×C×H×W numpy batch to float32 logits (numpy); run_tensor maps a
+    torch tensor (on `input_device`, in `input_dtype`) to a torch tensor without leaving the device
+    where the runtime allows it."""
+
+    # Where run_tensor wants its input; bench allocates its input there once, outside the timing.
+    input_device: str = "cpu"
+    input_dtype: torch.dtype = torch.float32
+    # True when run()/run_tensor() include host<->device copies (ONNX Runtime, TensorRT on CUDA).
+    copies_in_run: bool = False
+
+    def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int]):
+        self._spec = spec
+        self._input_shape = tuple(int(s) for s in input_shape)
+        self._active = False
+
+    # ----------------------------------------------------------------------------- identity
+    spec = property(lambda self: self._spec)
+    name = property(lambda self: self._spec.name)
+    device = property(lambda self: self._spec.device)
+    precision = property(lambda self: self._spec.precision)
+    math_mode = property(lambda self: self._spec.math_mode)
+    input_shape = property(lambda self: self._input_shape)
+    active = property(lambda self: self._active)
+
+    @property
+    def stream(self) -> Any:
+        """The CUDA stream the runtime executes on (None: torch's current stream)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return self._spec.describe()
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here (cheap: no session, no device memory), or None."""
+        return None
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate(self) -> None: ...
+
+    def activate(self) -> "Backend":
+        if not self._active:
+            reason = self.unavailable_reason()
+            if reason:
+                raise BackendUnavailable(reason)
+            self._activate()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._active = False
+            self._deactivate()
+            gc.collect()
+            if self.device == "cuda" and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Backend":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    # -------------------------------------------------------------------------------- running
+    def check_input(self, batch: Any) -> np.ndarray:
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+            got = f"{batch.dtype} array" if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise BackendInputError(f"{self.name} takes float32 numpy batches, got {got}")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self._input_shape or batch.shape[0] < 1:
+            raise BackendInputError(f"{self.name} takes batches of shape (N, {', '.join(map(str, self._input_shape))}) "
+                                    f"with N >= 1, got {tuple(batch.shape)}")
+        return np.ascontiguousarray(batch)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = self.check_input(batch)
+        if not self._active:
+            raise RuntimeError(f"{self.name} is not active: use `with backend:` or backend.activate()")
+        return self._run(x)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_tensor(torch.from_numpy(batch)).float().cpu().numpy()
+
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Default: a numpy round trip through run()."""
+        return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
 
 
 def cuda_gpu() -> dict[str, Any] | None:
     """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
     try:
-        import torch
-
         if not torch.cuda.is_available():
             return None
         major, minor = torch.cuda.get_device_capability(0)
@@ -42,3 +178,7 @@ def cuda_gpu() -> dict[str, Any] | None:
 
 def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate([backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+__all__ = ["Backend", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
+           "cuda_gpu", "run_batched"]

@@ -8,54 +8,86 @@ from typing import Any
 
 import numpy as np
 
-from nfdeploy.errors import require
-from nfdeploy.runtime.base import Backend, BackendUnavailable
+from nfdeploy.errors import MissingExtraError, one_line, require
+from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _ort():
+    ort = require("onnxruntime", "onnx")
+    if hasattr(ort, "preload_dlls"):
+        try:  # onnxruntime-gpu finds the CUDA/cuDNN libraries that torch's wheels brought
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - a failed preload shows up as a missing provider
+            pass
+    return ort
 
 
 class OrtBackend(Backend):
-    """`tf32` applies to the CUDA EP only (its default is TF32 on; nfdeploy sets it explicitly)."""
+    """Runs the ONNX file `path` on spec.device. On CUDA, spec.precision "tf32" runs the fp32 graph
+    with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly."""
 
-    def __init__(self, path: str | Path, provider: str = "CPUExecutionProvider", precision: str = "fp32",
-                 threads: int | None = None, tf32: bool = False):
-        ort = require("onnxruntime", "onnx")
-        cuda = provider == "CUDAExecutionProvider"
-        if cuda and hasattr(ort, "preload_dlls"):
-            try:  # onnxruntime-gpu finds the CUDA/cuDNN libraries that torch's wheels brought
-                ort.preload_dlls()
-            except Exception:  # noqa: BLE001 - a failed preload shows up as a missing provider below
-                pass
+    def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int], path: str | Path,
+                 threads: int | None = None):
+        if spec.runtime != "onnxruntime":
+            raise ValueError(f"OrtBackend needs runtime 'onnxruntime', got {spec.runtime!r}")
+        super().__init__(spec, input_shape)
+        self.path = Path(path)
+        self.threads = threads
+        self.copies_in_run = spec.device == "cuda"
+        self.session = None
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            ort = _ort()
+        except MissingExtraError as e:
+            return str(e)
+        provider = PROVIDERS[self.device]
         if provider not in ort.get_available_providers():
-            raise BackendUnavailable(f"{provider} is not available (providers: {', '.join(ort.get_available_providers())}); "
-                                     "for CUDA install nfdeploy[gpu]")
+            return (f"{provider} is not available (providers: {', '.join(ort.get_available_providers())})"
+                    + ("; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""))
+        if self.precision == "tf32" and self.device != "cuda":
+            return "TF32 exists only on CUDA devices"
+        if not self.path.is_file():
+            return f"{self.path} does not exist"
+        return None
+
+    def _activate(self) -> None:
+        ort = _ort()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        providers: list[Any] = [(provider, {"use_tf32": "1" if tf32 else "0"})] if cuda else [provider]
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        cuda = self.device == "cuda"
+        provider = PROVIDERS[self.device]
+        providers: list[Any] = [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented)
-            raise BackendUnavailable(f"ONNX Runtime cannot load {Path(path).name}: {' '.join(str(e).split())[:240]}") from None
-        if cuda and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise BackendUnavailable(f"ONNX Runtime cannot load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
+        if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise BackendUnavailable("the CUDA EP could not be initialised (no GPU or CUDA libraries missing)")
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        self.name = f"onnxruntime-{'cuda' if cuda else 'cpu'}-{precision}"
-        self.device = "cuda" if cuda else "cpu"
-        self.precision = "tf32" if cuda and tf32 and precision == "fp32" else precision
-        self.math_mode = {"fp32": "ieee fp32" + (" (TF32 off)" if cuda else ""), "tf32": "tf32 conv/matmul",
-                          "fp16": "fp16 weights and compute", "bf16": "bf16"}.get(self.precision, self.precision)
-        self.threads = (threads or os.cpu_count()) if not cuda else None
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, np.float32)
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cuda":
             binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, x)
+            binding.bind_cpu_input(self.input_name, batch)
             binding.bind_output(self.output_name, "cuda")
             self.session.run_with_iobinding(binding)
             return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.threads, "providers": self.session.get_providers()}
+        return {**super().describe(), "file": self.path.name,
+                "threads": (self.threads or os.cpu_count()) if self.device == "cpu" else None,
+                "providers": self.session.get_providers() if self.session is not None else None}
+
+
+__all__ = ["OrtBackend", "PROVIDERS"]

@@ -21,17 +21,42 @@ from typing import Any
 import numpy as np
 
 from nfdeploy.artifacts import ArtifactError, sha256_file
-from nfdeploy.errors import MissingExtraError
-from nfdeploy.runtime.base import Backend, BackendUnavailable, cuda_gpu
+from nfdeploy.errors import MissingExtraError, one_line
+from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable, cuda_gpu
+
+# The flavours, as nfdeploy spells them everywhere (names, build records, --trt-flavour), and their modules.
+FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+_INSTALL_HINTS = {"tensorrt": "pip install 'nfdeploy[trt]' (TensorRT; its library wheels come from NVIDIA's own index)",
+                  "tensorrt-rtx": "pip install 'nfdeploy[rtx]' (TensorRT-RTX; builds engines without a GPU)"}
 
 RTX_KERNEL_STRATEGIES = ("eager", "lazy", "none")
+
+
+def import_tensorrt(flavour: str = "auto"):
+    """Return (module, flavour) with flavour "tensorrt" or "tensorrt-rtx"; "auto" tries tensorrt first."""
+    import importlib
+
+    if flavour == "auto":
+        candidates = list(FLAVOUR_MODULES)
+    elif flavour in FLAVOUR_MODULES:
+        candidates = [flavour]
+    else:
+        raise ValueError(f"unknown TensorRT flavour {flavour!r}; choose auto, {' or '.join(FLAVOUR_MODULES)}")
+    reasons = []
+    for fl in candidates:
+        try:
+            return importlib.import_module(FLAVOUR_MODULES[fl]), fl
+        except Exception as e:  # noqa: BLE001 - a broken install raises OSError/RuntimeError, not only ImportError
+            reasons.append(f"{fl}: {one_line(e, 160, with_type=False) or type(e).__name__}")
+    raise MissingExtraError(f"no TensorRT flavour importable ({'; '.join(reasons)}); install one with: "
+                            + " or ".join(_INSTALL_HINTS[c] for c in candidates))
 
 
 def check_compatible(entry: dict[str, Any] | None, flavour: str, version: str, gpu: dict[str, Any]) -> None:
     """Raise BackendUnavailable when an engine described by `entry` (its build record) cannot run with
     `flavour` `version` on `gpu`. Pure: testable without a GPU."""
     cc = str(gpu["compute_capability"])
-    if flavour == "tensorrt_rtx" and cc.split(".")[0] == "9":
+    if flavour == "tensorrt-rtx" and cc.split(".")[0] == "9":
         raise BackendUnavailable(f"TensorRT-RTX engines do not run on Hopper GPUs ({gpu.get('name', 'GPU')}, "
                                  f"compute capability {cc}); build the engine with TensorRT (flavour tensorrt) there")
     if not entry:
@@ -72,57 +97,86 @@ class _Slot:
     graph: Any = None
 
 
+def engine_precision(entry: dict[str, Any]) -> str:
+    """The precision-table key an engine's outputs are judged by: an fp32 engine built with TF32
+    allowed (TensorRT's default) computes in TF32."""
+    prec = entry.get("precision", "fp32")
+    if prec == "fp32" and (entry.get("tf32") or {}).get("effective") is not False:
+        return "tf32"
+    return prec
+
+
+def engine_spec(entry: dict[str, Any]) -> BackendSpec:
+    """The identity of the backend that runs the engine described by its build record."""
+    return BackendSpec(entry.get("flavour") or "tensorrt", "cuda", engine_precision(entry))
+
+
 class TensorRTBackend(Backend):
-    def __init__(self, engine_path: str | Path, manifest_entry: dict[str, Any] | None = None, flavour: str = "auto",
+    """Runs one engine file. `entry` is its build record (manifest "engines" entry): flavour, version,
+    precision, TF32, target compute capabilities and sha256 are checked before the engine is loaded."""
+
+    copies_in_run = True
+    input_device = "cpu"
+
+    def __init__(self, input_shape: tuple[int, int, int], engine_path: str | Path, entry: dict[str, Any] | None = None,
                  cuda_graph: bool = False, *, kernel_specialization: str = "eager"):
-        gpu = cuda_gpu()
-        if gpu is None:
-            raise BackendUnavailable("TensorRT needs a CUDA GPU and torch sees none (torch.cuda.is_available() is "
-                                     "False); engines can be built here (TensorRT-RTX) but not run")
         if kernel_specialization not in RTX_KERNEL_STRATEGIES:
             raise ValueError(f"kernel_specialization must be one of {RTX_KERNEL_STRATEGIES}")
-        from nfdeploy.export.tensorrt import import_tensorrt
+        self.entry = dict(entry or {})
+        super().__init__(engine_spec(self.entry), input_shape)
+        self.engine_path = Path(engine_path)
+        self.cuda_graph = bool(cuda_graph)
+        self.kernel_specialization_wanted = kernel_specialization
+        self._stream = None
 
-        entry = dict(manifest_entry or {})
-        want = flavour if flavour != "auto" else entry.get("flavour") or "auto"
+    @property
+    def stream(self) -> Any:
+        return self._stream
+
+    def unavailable_reason(self) -> str | None:
+        gpu = cuda_gpu()
+        if gpu is None:
+            return ("TensorRT needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+                    "engines can be built here (TensorRT-RTX) but not run")
         try:
-            trt, fl = import_tensorrt(want)
-        except MissingExtraError as e:
-            raise BackendUnavailable(str(e)) from None
-        check_compatible(entry, fl, str(trt.__version__), gpu)
+            trt, fl = import_tensorrt(self.spec.runtime)
+            check_compatible(self.entry, fl, str(trt.__version__), gpu)
+        except (MissingExtraError, BackendUnavailable) as e:
+            return str(e)
+        if not self.engine_path.is_file():
+            return f"TensorRT engine not found: {self.engine_path}"
+        return None
 
-        engine_path = Path(engine_path)
-        if not engine_path.is_file():
-            raise ArtifactError(f"TensorRT engine not found: {engine_path}")
-        if entry.get("engine_sha256") and sha256_file(engine_path) != entry["engine_sha256"]:
-            raise ArtifactError(f"{engine_path} does not match its build record (sha256 differs): rebuild it")
-
+    def _activate(self) -> None:
         import torch
 
-        self.trt, self.flavour, self.version, self.gpu, self.entry = trt, fl, str(trt.__version__), gpu, entry
-        self.engine_path = engine_path
+        trt, fl = import_tensorrt(self.spec.runtime)
+        gpu = cuda_gpu()
+        if self.entry.get("engine_sha256") and sha256_file(self.engine_path) != self.entry["engine_sha256"]:
+            raise ArtifactError(f"{self.engine_path} does not match its build record (sha256 differs): rebuild it")
+        self.trt, self.flavour, self.version, self.gpu = trt, fl, str(trt.__version__), gpu
         torch.cuda.set_device(0)
         torch.cuda.init()  # torch creates (and owns) the primary CUDA context before TensorRT touches the GPU
-        self.stream = torch.cuda.Stream()
+        self._stream = torch.cuda.Stream()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        blob = engine_path.read_bytes()
+        blob = self.engine_path.read_bytes()
         self._check_validity(blob)
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise BackendUnavailable(f"{fl} {self.version} could not deserialize {engine_path.name} on {gpu['name']} "
+            raise BackendUnavailable(f"{fl} {self.version} could not deserialize {self.engine_path.name} on {gpu['name']} "
                                      f"(CC {gpu['compute_capability']})")
         del blob
 
-        self.cuda_graph = bool(cuda_graph)
         self.graph_mode = "off"
         self.kernel_specialization = None
-        if fl == "tensorrt_rtx" and hasattr(self.engine, "create_runtime_config"):
+        if fl == "tensorrt-rtx" and hasattr(self.engine, "create_runtime_config"):
             rc = self.engine.create_runtime_config()
             strategy = getattr(trt, "DynamicShapesKernelSpecializationStrategy", None)
             if strategy is not None:
-                rc.dynamic_shapes_kernel_specialization_strategy = getattr(strategy, kernel_specialization.upper())
-                self.kernel_specialization = kernel_specialization
+                rc.dynamic_shapes_kernel_specialization_strategy = getattr(
+                    strategy, self.kernel_specialization_wanted.upper())
+                self.kernel_specialization = self.kernel_specialization_wanted
             if self.cuda_graph and hasattr(trt, "CudaGraphStrategy"):
                 rc.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
                 self.graph_mode = "tensorrt-rtx built-in (WHOLE_GRAPH_CAPTURE)"
@@ -133,7 +187,7 @@ class TensorRTBackend(Backend):
             if self.cuda_graph:
                 self.graph_mode = "torch.cuda.CUDAGraph per input shape"
         if self.context is None:
-            raise BackendUnavailable(f"{fl} could not create an execution context for {engine_path.name} "
+            raise BackendUnavailable(f"{fl} could not create an execution context for {self.engine_path.name} "
                                      "(out of GPU memory?)")
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -141,7 +195,7 @@ class TensorRTBackend(Backend):
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         if len(self.input_names) != 1 or not self.output_names:
-            raise BackendUnavailable(f"{engine_path.name} has inputs {self.input_names} and outputs "
+            raise BackendUnavailable(f"{self.engine_path.name} has inputs {self.input_names} and outputs "
                                      f"{self.output_names}; expected one image input and a logits output")
         self.input_name = self.input_names[0]
         self.output_name = "logits" if "logits" in self.output_names else self.output_names[0]
@@ -150,22 +204,16 @@ class TensorRTBackend(Backend):
         for k in range(self.engine.num_optimization_profiles):
             lo, opt, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, k))
             self.profiles.append({"min": lo, "opt": opt, "max": hi})
-        self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))  # (-1, C, H, W)
+        self.engine_input_shape = tuple(self.engine.get_tensor_shape(self.input_name))  # (-1, C, H, W)
         self._slots: dict[tuple[int, ...], _Slot] = {}
-        self._active: _Slot | None = None
+        self._bound: _Slot | None = None
         self._profile = 0
 
-        prec = entry.get("precision", "fp32")
-        tf32 = (entry.get("tf32") or {}).get("effective")
-        self.name = "tensorrt-rtx" if fl == "tensorrt_rtx" else "tensorrt"
-        self.device = "cuda"
-        if prec == "fp32":
-            self.precision = "fp32" if tf32 is False else "tf32"
-            self.math_mode = ("ieee fp32 (TF32 flag cleared at build)" if tf32 is False else
-                              "tf32 (TF32 flag set at build)" if tf32 else "tf32 (TensorRT default; build record unknown)")
-        else:
-            self.precision = prec
-            self.math_mode = f"{prec} weights and compute (strongly typed ONNX variant)"
+    def _deactivate(self) -> None:
+        self._slots = {}
+        self._bound = None
+        self.context = self.engine = self.runtime = self._runtime_config = None
+        self._stream = None
 
     # --------------------------------------------------------------------------------- internals
 
@@ -196,7 +244,7 @@ class TensorRTBackend(Backend):
 
     def _bind(self, slot: _Slot) -> None:
         if slot.profile != self._profile:
-            if not self.context.set_optimization_profile_async(slot.profile, self.stream.cuda_stream):
+            if not self.context.set_optimization_profile_async(slot.profile, self._stream.cuda_stream):
                 raise RuntimeError(f"could not switch to optimization profile {slot.profile}")
             self._profile = slot.profile
         if not self.context.set_input_shape(self.input_name, slot.shape):
@@ -204,10 +252,10 @@ class TensorRTBackend(Backend):
         for name, t in slot.tensors.items():
             if not self.context.set_tensor_address(name, t.data_ptr()):
                 raise RuntimeError(f"TensorRT rejected the address of tensor {name!r}")
-        self._active = slot
+        self._bound = slot
 
     def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"{self.flavour} execute_async_v3 failed for {self.engine_path.name}")
 
     def _slot(self, shape: tuple[int, ...]) -> _Slot:
@@ -222,7 +270,7 @@ class TensorRTBackend(Backend):
         slot = _Slot(shape, profile, tensors, host_in, None)
         # Output shapes are known once the input shape is set on the context.
         if slot.profile != self._profile:
-            self.context.set_optimization_profile_async(slot.profile, self.stream.cuda_stream)
+            self.context.set_optimization_profile_async(slot.profile, self._stream.cuda_stream)
             self._profile = slot.profile
         if not self.context.set_input_shape(self.input_name, shape):
             raise RuntimeError(f"TensorRT rejected input shape {shape}")
@@ -234,14 +282,14 @@ class TensorRTBackend(Backend):
         slot.host_out = torch.empty(tuple(tensors[self.output_name].shape), dtype=torch.float32, pin_memory=True)
         self._bind(slot)
         if self.cuda_graph and self.flavour == "tensorrt":
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.stream(self._stream):
                 tensors[self.input_name].zero_()
                 self._execute()  # warm-up: lets TensorRT finish shape-dependent setup before capture
-            self.stream.synchronize()
+            self._stream.synchronize()
             capturable = getattr(self.context, "is_stream_capturable", None)
-            if capturable is None or capturable(self.stream.cuda_stream):
+            if capturable is None or capturable(self._stream.cuda_stream):
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
+                with torch.cuda.graph(graph, stream=self._stream):
                     self._execute()
                 slot.graph = graph
             else:
@@ -251,18 +299,18 @@ class TensorRTBackend(Backend):
 
     # --------------------------------------------------------------------------------------- API
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        want = self.input_shape[1:]
-        if x.ndim != len(self.input_shape) or any(w not in (-1, d) for w, d in zip(want, x.shape[1:])):
-            raise ValueError(f"input batch shape {x.shape} does not fit the engine input {self.input_shape}")
+        x = batch
+        want = self.engine_input_shape[1:]
+        if any(w not in (-1, d) for w, d in zip(want, x.shape[1:])):
+            raise ValueError(f"input batch shape {x.shape} does not fit the engine input {self.engine_input_shape}")
         slot = self._slot(tuple(int(d) for d in x.shape))
-        if self._active is not slot:
+        if self._bound is not slot:
             self._bind(slot)
         slot.host_in.copy_(torch.from_numpy(x))  # float32 -> the engine's input type, on the CPU
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self._stream):
             slot.tensors[self.input_name].copy_(slot.host_in, non_blocking=True)
             if slot.graph is not None:
                 slot.graph.replay()
@@ -270,14 +318,16 @@ class TensorRTBackend(Backend):
                 self._execute()
             out = slot.tensors[self.output_name]
             slot.host_out.copy_(out if out.dtype == torch.float32 else out.float(), non_blocking=True)
-        self.stream.synchronize()
+        self._stream.synchronize()
         return slot.host_out.numpy().copy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "flavour": self.flavour, "version": self.version, "engine": self.engine_path.name,
-                "gpu": self.gpu["name"], "compute_capability": self.gpu["compute_capability"],
-                "cuda_graph": self.graph_mode, "rtx_kernel_specialization": self.kernel_specialization,
-                "profiles": [f"{p['min'][0]}:{p['opt'][0]}:{p['max'][0]}" for p in self.profiles]}
+        d = {**super().describe(), "engine": self.engine_path.name, "built_by": self.entry.get("version")}
+        if self.active:
+            d.update(version=self.version, gpu=self.gpu["name"], compute_capability=self.gpu["compute_capability"],
+                     cuda_graph=self.graph_mode, rtx_kernel_specialization=self.kernel_specialization,
+                     profiles=[f"{p['min'][0]}:{p['opt'][0]}:{p['max'][0]}" for p in self.profiles])
+        return d
 
 
-__all__ = ["TensorRTBackend", "check_compatible", "cuda_gpu"]
+__all__ = ["FLAVOUR_MODULES", "TensorRTBackend", "check_compatible", "engine_precision", "engine_spec", "import_tensorrt"]

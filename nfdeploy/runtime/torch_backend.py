@@ -1,71 +1,82 @@
-"""PyTorch backends: CPU float64/float32 (unfolded or folded), CUDA with TF32 on/off, fp16/bf16,
-eager or torch.compile, optionally replayed through a CUDA graph."""
+"""PyTorch backends: CPU float64/float32 (unfolded or folded model), CUDA with TF32 on or off,
+fp16/bf16, eager or torch.compile, optionally replayed through a CUDA graph."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from nfdeploy.runtime.base import Backend, BackendUnavailable
-
-DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from nfdeploy.precision import get_precision
+from nfdeploy.runtime.base import Backend, BackendSpec
 
 
 class TorchBackend(Backend):
-    """`module` runs on `device` in `precision`; "tf32" = float32 storage with TF32 convolutions and
-    matmuls (CUDA only); "fp32" on CUDA switches TF32 off explicitly."""
+    """`model()` returns the module to run (shared, never modified: activate copies it to the device
+    and dtype). spec.precision "tf32" = float32 storage with TF32 convolutions and matmuls (CUDA only);
+    "fp32" on CUDA switches TF32 off explicitly. spec.mode: "" or "eager", "compile", "cudagraph"."""
 
-    def __init__(self, module: nn.Module, name: str, device: str = "cpu", precision: str = "fp32",
-                 compile: bool = False, cuda_graph: bool = False):
-        if precision not in DTYPES:
-            raise ValueError(f"precision {precision!r} not in {list(DTYPES)}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("no CUDA device visible to torch")
-        if precision == "tf32" and device != "cuda":
-            raise BackendUnavailable("TF32 exists only on CUDA devices")
-        if cuda_graph and device != "cuda":
-            raise BackendUnavailable("CUDA graphs need a CUDA device")
-        self.dtype = DTYPES[precision]
-        self.module = copy.deepcopy(module).to(device=device, dtype=self.dtype).eval()
-        self.tf32 = precision == "tf32"
-        self.name, self.device, self.precision = name, device, precision
-        self.math_mode = {"fp64": "ieee fp64", "fp32": "ieee fp32 (TF32 off)" if device == "cuda" else "ieee fp32",
-                          "tf32": "tf32 conv/matmul", "fp16": "fp16", "bf16": "bf16"}[precision]
-        self.compiled = compile
-        self.cuda_graph = cuda_graph
-        self._fn = torch.compile(self.module, dynamic=False) if compile else self.module
+    def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int], model: Callable[[], nn.Module]):
+        if spec.runtime != "torch":
+            raise ValueError(f"TorchBackend needs runtime 'torch', got {spec.runtime!r}")
+        super().__init__(spec, input_shape)
+        self._model = model
+        self.input_dtype = get_precision(spec.precision).torch_dtype
+        self.input_device = spec.device
+        self._tf32 = spec.precision == "tf32"
+        self._stream = None
+
+    @property
+    def stream(self) -> Any:
+        return self._stream
+
+    def unavailable_reason(self) -> str | None:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device visible to torch"
+        if self.device != "cuda" and (self._tf32 or self.spec.mode == "cudagraph"):
+            return f"{'TF32' if self._tf32 else 'CUDA graphs'} need a CUDA device"
+        return None
+
+    def _activate(self) -> None:
+        self.module = copy.deepcopy(self._model()).to(device=self.device, dtype=self.input_dtype).eval()
+        self._fn = torch.compile(self.module, dynamic=False) if self.spec.mode == "compile" else self.module
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
-        if device == "cuda":
-            self.device_name = torch.cuda.get_device_name()
-            self.stream = torch.cuda.Stream()
-        else:
-            self.device_name = "cpu"
-
-    def _math_flags(self):
         if self.device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
-            torch.backends.cudnn.allow_tf32 = self.tf32
+            self._stream = torch.cuda.Stream()
+
+    def _deactivate(self) -> None:
+        self.module = self._fn = None
+        self._graphs = {}
+        self._stream = None
+        if self.spec.mode == "compile":
+            torch._dynamo.reset()  # compiled graphs hold their own references to the weights
+
+    def _math_flags(self) -> None:
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self._tf32
+            torch.backends.cudnn.allow_tf32 = self._tf32
 
     @torch.inference_mode()
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Device tensor in (any float dtype), device tensor out (the backend's dtype)."""
+        """Tensor in (any float dtype, any device), tensor out on the backend's device and dtype."""
+        if not self.active:
+            raise RuntimeError(f"{self.name} is not active: use `with backend:` or backend.activate()")
         self._math_flags()
-        x = x.to(self.device, self.dtype)
-        if not self.cuda_graph:
+        x = x.to(self.device, self.input_dtype)
+        if self.spec.mode != "cudagraph":
             return self._fn(x)
         key = tuple(x.shape)
         if key not in self._graphs:
             static_in = x.clone()
-            with torch.cuda.stream(self.stream):
-                for _ in range(2):  # warm-up (and compile) outside capture
+            with torch.cuda.stream(self._stream):
+                for _ in range(2):  # warm-up outside capture
                     self._fn(static_in)
-            self.stream.synchronize()
+            self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            with torch.cuda.graph(graph, stream=self._stream):
                 static_out = self._fn(static_in)
             self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[key]
@@ -73,10 +84,13 @@ class TorchBackend(Backend):
         graph.replay()
         return static_out
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.run_tensor(torch.from_numpy(np.ascontiguousarray(batch)))
-        return out.float().cpu().numpy()
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_tensor(torch.from_numpy(batch)).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "device_name": self.device_name, "compiled": self.compiled,
-                "cuda_graph": self.cuda_graph, "threads": torch.get_num_threads() if self.device == "cpu" else None}
+        return {**super().describe(),
+                "device_name": torch.cuda.get_device_name() if self.device == "cuda" and torch.cuda.is_available()
+                else "cpu", "threads": torch.get_num_threads() if self.device == "cpu" else None}
+
+
+__all__ = ["TorchBackend"]

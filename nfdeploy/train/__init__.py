@@ -1,5 +1,5 @@
 """Training: single process, gradient accumulation and torchrun data-parallel; resumable."""
 
-from nfdeploy.train.loop import TrainError, TrainResult, build_model, load_run_model, resume_training, train
+from nfdeploy.train.loop import TrainError, TrainResult, build_model, resume_training, train
 
-__all__ = ["TrainError", "TrainResult", "build_model", "load_run_model", "resume_training", "train"]
+__all__ = ["TrainError", "TrainResult", "build_model", "resume_training", "train"]

@@ -29,20 +29,17 @@ import nfdeploy
 from nfdeploy.artifacts import ArtifactError, atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
 from nfdeploy.config import Recipe, recipe_from_resolved
 from nfdeploy.data import ImageDataset
+from nfdeploy.errors import UserError
 from nfdeploy.models import NFResNet, NFResNetCfg, create_model
 from nfdeploy.nn import adaptive_grad_clip_
 from nfdeploy.reports import plot_training_curves
+from nfdeploy.runs import CONFIG, CURVES, METRICS, SUMMARY, WEIGHTS
 from nfdeploy.train import distributed as D
 from nfdeploy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
-WEIGHTS = "weights.safetensors"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-CURVES = "curves.png"
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A training set-up problem; the message is one line."""
 
 
@@ -333,25 +330,3 @@ def resume_training(run_dir: str | Path, *, progress: bool = True, log=print) ->
     except (ArtifactError, KeyError, TypeError) as e:
         raise TrainError(f"cannot resume {run_dir}: {e}") from None
     return train(recipe, run_dir, resume=True, progress=progress, log=log)
-
-
-def load_run_model(run_dir: str | Path) -> tuple[NFResNet, dict[str, Any]]:
-    """Rebuild the trained model of a run dir from config.json and weights.safetensors (eval mode)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError(f"run dir not found: {run_dir}")
-    resolved = read_json(run_dir / CONFIG, "run config")
-    try:
-        cfg_dict = dict(resolved["model_config"])
-        cfg = NFResNetCfg.from_dict(cfg_dict)
-    except (KeyError, TypeError) as e:
-        raise ArtifactError(f"run config {run_dir / CONFIG} has no valid model_config ({e})") from None
-    tensors, _ = load_tensors(run_dir / WEIGHTS)
-    model = NFResNet(cfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()
-        detail = "; ".join(s.strip() for s in first[1:3]) if len(first) > 1 else first[0]
-        raise ArtifactError(f"weights in {run_dir / WEIGHTS} do not match the config: {detail[:300]}") from None
-    return model.eval(), resolved

@@ -1,0 +1,155 @@
+"""The backends of an export dir: read its manifest, rebuild the reference, make every runtime.
+
+One list for `nfdeploy backends`, parity, bench and the GPU suite: torch on CPU (float64 reference =
+the unfolded model; float32 unfolded and folded), torch on CUDA (folded; fp32 with TF32 off, TF32,
+fp16, bf16; eager, torch.compile, CUDA graph), ONNX Runtime (CPU EP per ONNX precision; CUDA EP per
+ONNX precision, plus the fp32 graph with TF32) and one TensorRT backend per engine. Every backend is
+constructed (cheap, nothing on a device) whether or not it can run here; `unavailable_reason()` says
+why one cannot, and activation can still fail with a reason (reported as skipped).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from nfdeploy.artifacts import ArtifactError, sha256_file
+from nfdeploy.errors import UserError
+from nfdeploy.export import load_manifest
+from nfdeploy.precision import PRECISIONS
+from nfdeploy.runs import load_run_model
+from nfdeploy.runtime.base import TORCH_MODES, Backend, BackendSpec
+from nfdeploy.runtime.ort import OrtBackend
+from nfdeploy.runtime.tensorrt import TensorRTBackend
+from nfdeploy.runtime.torch_backend import TorchBackend
+
+REFERENCE_SPEC = BackendSpec("torch", "cpu", "fp64", "unfolded")
+REFERENCE = REFERENCE_SPEC.name
+
+
+class BackendSelectionError(UserError, ValueError):
+    """--only matched no backend; one line."""
+
+
+@dataclass
+class ExportSource:
+    """What an export dir was made from: the unfolded model (the reference) and its data. The folded
+    model is made once per dtype and shared by every backend that runs it."""
+
+    manifest: dict[str, Any]
+    model: nn.Module  # unfolded, eval, float32
+    export_dir: Path
+    resolved: dict[str, Any] | None = None  # the run's config.json, when the export came from a run
+    _folded_cache: dict[torch.dtype, nn.Module] = field(default_factory=dict, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["input"]["shape"][1:])
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["source"].get("kind", "?")
+
+    def folded(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The folded model in `dtype` (folded in float64 from a copy: the shared model is never changed)."""
+        if dtype not in self._folded_cache:
+            model64 = copy.deepcopy(self.model).double()
+            if self.kind == "timm":
+                from nfdeploy.interop.timm import fold_timm_model
+
+                net = fold_timm_model(model64, input_size=self.input_shape[1:], dtype=dtype)[0]
+            else:
+                from nfdeploy.fold import fold_model
+
+                net = fold_model(model64, dtype=dtype)[0]
+            self._folded_cache[dtype] = net.eval()
+        return self._folded_cache[dtype]
+
+
+def load_export_source(export_dir: str | Path) -> ExportSource:
+    """Verify the export dir against its manifest and rebuild the unfolded model it came from."""
+    export_dir = Path(export_dir)
+    manifest = load_manifest(export_dir)
+    src = manifest["source"]
+    if src.get("kind") == "run":
+        run_dir = Path(src["run_dir"])
+        model, resolved = load_run_model(run_dir)
+        if sha256_file(run_dir / src["weights"]) != src["weights_sha256"]:
+            raise ArtifactError(f"weights in {run_dir} changed since the export (sha256 differs): re-export")
+        return ExportSource(manifest, model.float().eval(), export_dir, resolved)
+    if src.get("kind") == "timm" and src.get("checkpoint"):
+        from nfdeploy.interop.timm import create_timm_model
+
+        return ExportSource(manifest, create_timm_model(src["timm_model"], src["checkpoint"]).float().eval(), export_dir)
+    raise ArtifactError(f"{export_dir}: the reference model cannot be rebuilt (source {src.get('kind')!r} without "
+                        "weights on disk); export from a run dir or a timm checkpoint")
+
+
+def default_report_dir(export_dir: str | Path) -> Path:
+    """Reports go beside the export dir, never inside it: an export dir is replaced whole on re-export."""
+    export_dir = Path(export_dir)
+    return export_dir.parent / f"{export_dir.name}-reports"
+
+
+def torch_backend(source: ExportSource, spec: BackendSpec) -> TorchBackend:
+    """A torch backend of the source: the unfolded model or the folded one in the spec's dtype."""
+    dtype = PRECISIONS[spec.precision].torch_dtype
+    model = (lambda: source.model) if spec.variant == "unfolded" else (lambda: source.folded(dtype))
+    return TorchBackend(spec, source.input_shape, model)
+
+
+def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: bool = True) -> list[Backend]:
+    """Every backend of the export, the reference first; none active."""
+    shape = source.input_shape
+    out: list[Backend] = [torch_backend(source, REFERENCE_SPEC),
+                          torch_backend(source, BackendSpec("torch", "cpu", "fp32", "unfolded")),
+                          torch_backend(source, BackendSpec("torch", "cpu", "fp32", "folded"))]
+    for prec in ("fp32", "tf32", "fp16", "bf16"):
+        for mode in TORCH_MODES:
+            if mode != "compile" or compile:
+                out.append(torch_backend(source, BackendSpec("torch", "cuda", prec, "folded", mode)))
+    onnx = source.manifest.get("onnx") or {}
+    for device in ("cpu", "cuda"):
+        for prec, entry in onnx.items():
+            path = source.export_dir / entry["file"]
+            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path))
+            if prec == "fp32" and device == "cuda":
+                out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path))
+    if tensorrt:
+        for entry in (source.manifest.get("engines") or {}).values():
+            out.append(TensorRTBackend(shape, source.export_dir / entry["file"], entry))
+    names = [b.name for b in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:  # two backends under one name would merge their rows in every report
+        raise RuntimeError(f"backend names are not unique: {dupes}")
+    return out
+
+
+def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> list[Backend]:
+    """The backends whose name contains one of `only` (all when `only` is empty); matching none is an error."""
+    if not only:
+        return list(backends)
+    picked = [b for b in backends if any(o in b.name for o in only)]
+    if not picked:
+        raise BackendSelectionError(f"--only {' '.join(only)} matches no backend of this export; "
+                                    f"names: {', '.join(b.name for b in backends)}")
+    return picked
+
+
+def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:
+    """One row per backend: identity, tolerance, and "available" or the reason it is not."""
+    rows = []
+    for b in backends:
+        reason = b.unavailable_reason()
+        rows.append({**b.spec.describe(), "tolerance": b.spec.tolerance,
+                     "status": "available" if reason is None else "unavailable", "reason": reason})
+    return rows
+
+
+__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "default_report_dir", "describe_backends",
+           "export_backends", "load_export_source", "select_backends", "torch_backend"]

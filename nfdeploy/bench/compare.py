@@ -1,0 +1,117 @@
+"""Side by side on one backend type: the unfolded model, the folded model and the folded twin
+(same topology with the other norm, random constants: its speed does not depend on their values)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from nfdeploy.backends import ExportSource
+from nfdeploy.errors import one_line, require
+from nfdeploy.export.onnx_graph import export_module
+from nfdeploy.fold import fold_model, randomize_
+from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
+from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.ort import OrtBackend
+from nfdeploy.runtime.torch_backend import TorchBackend
+
+
+def _folded_twin(source: ExportSource) -> torch.nn.Module:
+    """The BN (or NF) twin of the export's model: same topology, random constants, folded."""
+    twin = randomize_(NFResNet(NFResNetCfg.from_dict(source.manifest["source"]["model_config"]).twin()).eval())
+    return fold_model(twin.double(), dtype=torch.float32)[0]
+
+
+def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: str | Path,
+                        only: Sequence[str] | None = None) -> tuple[dict[str, Backend], list[dict[str, Any]]]:
+    """Unfolded model, folded model and folded twin on each backend type of `device`, none active.
+
+    Returns ({"GROUP/VARIANT": backend}, skipped rows with their reasons); GROUP is e.g. "torch-cpu-fp32",
+    VARIANT "nf-unfolded", "nf-folded" or "bn-folded". ONNX Runtime runs the export's own model.onnx for
+    the folded model and graphs of the unfolded model and the twin exported under `tmp_dir` (which
+    must live as long as the backends)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    own = source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+    other = "bn" if own == "nf" else "nf"
+    roles = {f"{own}-unfolded": "unfolded", f"{own}-folded": "folded", f"{other}-folded": "twin"}
+    cache: dict[str, Any] = {}
+
+    def net_for(role: str) -> torch.nn.Module:
+        if role == "unfolded":
+            return source.model
+        if role == "folded":
+            return source.folded()
+        if source.kind != "run":
+            raise BackendUnavailable(f"no {other.upper()} twin for a {source.kind!r} source (the twin is built from "
+                                     "a run's model_config)")
+        if "twin" not in cache:
+            cache["twin"] = _folded_twin(source)
+        return cache["twin"]
+
+    def onnx_file(variant: str, role: str) -> Path:
+        if role == "folded":  # the export's own graph
+            entry = (source.manifest.get("onnx") or {}).get("fp32")
+            path = source.export_dir / entry["file"] if entry else None
+            if path is None or not path.is_file():
+                raise BackendUnavailable("the export has no fp32 ONNX file")
+            return path
+        net = net_for(role)  # the twin raises its reason here, before any export work
+        require("onnxscript", "onnx")  # torch.onnx's dynamo exporter needs it
+        path = Path(tmp_dir) / f"{device}-{variant}.onnx"
+        if not path.is_file():
+            opset = ((source.manifest.get("onnx") or {}).get("fp32") or {}).get("opset", 18)
+            export_module(copy.deepcopy(net).float().eval(), path, source.input_shape, opset=opset)
+        return path
+
+    out: dict[str, Backend] = {}
+    skipped: list[dict[str, Any]] = []
+    for runtime in ("torch", "onnxruntime"):
+        for variant, role in roles.items():
+            spec = BackendSpec(runtime, device, "fp32", variant)
+            key = f"{runtime}-{device}-fp32/{variant}"
+            if only and not any(o in spec.name for o in only):
+                continue
+            if device == "cuda" and not torch.cuda.is_available():
+                skipped.append({"name": spec.name, "key": key, "reason": "no CUDA device visible to torch"})
+                continue
+            try:
+                if runtime == "torch":
+                    b: Backend = TorchBackend(spec, source.input_shape, lambda role=role: net_for(role))
+                else:
+                    b = OrtBackend(spec, source.input_shape, onnx_file(variant, role))
+                reason = b.unavailable_reason()
+                if reason is None and runtime == "torch":
+                    net_for(role)  # the twin's reason, if any, before timing starts
+            except BackendUnavailable as e:
+                reason = str(e)
+            except Exception as e:  # noqa: BLE001 - an export failure is a reason, not a crash of the report
+                reason = one_line(e)
+            if reason:
+                skipped.append({"name": spec.name, "key": key, "reason": reason})
+            else:
+                out[key] = b
+    return out, skipped
+
+
+def ratio_rows(comp_results: list[dict[str, Any]], own: str) -> list[dict[str, Any]]:
+    other = "bn" if own == "nf" else "nf"
+    by: dict[tuple[str, int], dict[str, float]] = {}
+    for r in comp_results:
+        by.setdefault((r["group"], r["batch"]), {})[r["variant"]] = r["median_ms"]
+    rows = []
+    for (group, batch), m in by.items():
+        unf, fol, twin = m.get(f"{own}-unfolded"), m.get(f"{own}-folded"), m.get(f"{other}-folded")
+        nf_fol = fol if own == "nf" else twin
+        bn_fol = twin if own == "nf" else fol
+        rows.append({"backend_type": group, "batch": batch, "model": own, "unfolded_ms": unf,
+                     "nf_folded_ms": nf_fol, "bn_folded_ms": bn_fol,
+                     "speedup_folded_vs_unfolded": unf / fol if unf and fol else None,
+                     "ratio_nf_folded_to_bn_folded": nf_fol / bn_fol if nf_fol and bn_fol else None})
+    return rows
+
+
+__all__ = ["comparison_backends", "ratio_rows"]

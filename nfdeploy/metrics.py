@@ -1,0 +1,63 @@
+"""Comparing outputs with a reference, and judging them by the precision table.
+
+All errors are computed in float64 on the logits: max_abs = max|out - ref|, max_rel = max_abs / max|ref|,
+rel_l2 = ||out - ref|| / ||ref||, cosine similarity, top-1 agreement = share of samples whose arg-max
+equals the reference's. A non-finite value in the output fails the comparison, whatever the tolerance
+(`nan <= tol` is False, but the failure must be explicit, with its count).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfdeploy.precision import get_precision
+
+
+def _to_double(a: Any) -> torch.Tensor:
+    return (torch.from_numpy(np.asarray(a)) if not isinstance(a, torch.Tensor) else a.detach().cpu()).double()
+
+
+@torch.no_grad()
+def compare_outputs(ref: Any, out: Any) -> dict[str, float]:
+    """max_abs, max_rel, rel_l2 and cosine of `out` against `ref` (tensors or arrays), in float64."""
+    r, o = _to_double(ref), _to_double(out)
+    d = o - r
+    return {"max_abs": float(d.abs().max()), "max_rel": float(d.abs().max() / r.abs().max()),
+            "rel_l2": float(d.norm() / r.norm()),
+            "cosine": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0))}
+
+
+def top1_agreement(a: Any, b: Any) -> float:
+    return float((_to_double(a).argmax(1) == _to_double(b).argmax(1)).double().mean())
+
+
+def judge(out: Any, ref: Any, precision: str, labels: Any = None,
+          tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+    """Errors, top-1 agreement and (with labels) accuracy of `out` against `ref`, with
+    status "pass" or "FAIL" by the tolerance of `precision` in the precision table."""
+    o, r = _to_double(out), _to_double(ref)
+    tol = tolerance or get_precision(precision).tolerance()
+    nonfinite = int((~torch.isfinite(o)).sum())
+    row: dict[str, Any] = {**compare_outputs(r, o), "top1_agreement": top1_agreement(o, r)}
+    if labels is not None:
+        lab = torch.as_tensor(np.asarray(labels))
+        row["accuracy"] = float((o.argmax(1) == lab).double().mean())
+        row["reference_accuracy"] = float((r.argmax(1) == lab).double().mean())
+        row["accuracy_delta"] = row["accuracy"] - row["reference_accuracy"]
+    reasons = []
+    if nonfinite:
+        reasons.append(f"{nonfinite} non-finite output values")
+    if not row["rel_l2"] <= tol["rel_l2"]:
+        reasons.append(f"rel L2 {row['rel_l2']:.3g} > {tol['rel_l2']:g}")
+    if not row["top1_agreement"] >= tol["top1_agreement"]:
+        reasons.append(f"top-1 agreement {row['top1_agreement']:.2%} < {tol['top1_agreement']:.1%}")
+    row.update(nonfinite=nonfinite, tolerance=dict(tol), status="FAIL" if reasons else "pass")
+    if reasons:
+        row["reason"] = "; ".join(reasons)
+    return row
+
+
+__all__ = ["compare_outputs", "judge", "top1_agreement"]

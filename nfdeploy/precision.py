@@ -1,0 +1,67 @@
+"""The precision table: one definition per precision, read by export, runtimes, parity, bench and tests.
+
+A precision says how numbers are stored and computed (torch dtype, math mode), where its artifacts
+live (ONNX file, TensorRT engine file) and how close its outputs must come to the float64 reference
+(relative L2 error of the logits, minimum top-1 agreement). A non-finite output fails whatever the
+tolerance.
+
+tf32 is float32 storage with TF32 convolutions and matmuls (CUDA only): it has no files of its own,
+it is how a GPU runs the fp32 graph unless TF32 is switched off, so its backends are named
+"...-fp32-tf32-..." and judged by tf32's tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    torch_dtype: torch.dtype
+    tag: str  # how the precision appears in a backend name
+    rel_l2: float  # ||out - ref|| / ||ref|| of the logits vs the float64 reference, at most
+    top1_agreement: float  # share of samples whose arg-max equals the reference's, at least
+    onnx_file: str | None = None  # the export's ONNX variant (None: runs another precision's graph)
+    engine_file: str | None = None  # the export's TensorRT engine built from that graph
+    graph: str | None = None  # the precision of the graph it runs when it has no file of its own
+    math_mode: str = ""
+
+    def tolerance(self) -> dict[str, float]:
+        return {"rel_l2": self.rel_l2, "top1_agreement": self.top1_agreement}
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp64", torch.float64, "fp64", 1e-10, 1.0, math_mode="ieee fp64"),
+    Precision("fp32", torch.float32, "fp32", 1e-5, 1.0, "model.onnx", "model.engine", math_mode="ieee fp32"),
+    Precision("tf32", torch.float32, "fp32-tf32", 1e-3, 0.995, graph="fp32", math_mode="tf32 conv/matmul"),
+    Precision("fp16", torch.float16, "fp16", 1e-2, 0.995, "model.fp16.onnx", "model.fp16.engine",
+              math_mode="fp16 storage and compute"),
+    Precision("bf16", torch.bfloat16, "bf16", 1e-2, 0.995, "model.bf16.onnx", "model.bf16.engine",
+              math_mode="bf16 storage and compute"),
+)}
+# The precisions an export writes files for, in order (fp32 always first: the others are checked against it).
+EXPORT_PRECISIONS: tuple[str, ...] = tuple(p for p, v in PRECISIONS.items() if v.onnx_file)
+
+
+def get_precision(name: str) -> Precision:
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown precision {name!r}; known: {', '.join(PRECISIONS)}") from None
+
+
+def tolerances() -> dict[str, dict[str, Any]]:
+    """{precision: {"rel_l2", "top1_agreement"}} for reports."""
+    return {p.name: p.tolerance() for p in PRECISIONS.values()}
+
+
+def describe_tolerances() -> str:
+    return "; ".join(f"{p.name}: rel L2 ≤ {p.rel_l2:g}, top-1 agreement ≥ {p.top1_agreement:.1%}"
+                     for p in PRECISIONS.values())
+
+
+__all__ = ["EXPORT_PRECISIONS", "PRECISIONS", "Precision", "describe_tolerances", "get_precision", "tolerances"]

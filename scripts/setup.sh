@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+    # pyproject.toml: requires-python >= 3.11 (tomllib); say so before pip does, less cryptically.
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "setup.sh: nfdeploy needs Python >= 3.11; $PY is $("$PY" -V 2>&1) (set PYTHON=...)" >&2; exit 1; }
     "$PY" -m venv .venv
 fi
 stamp=.venv/.nfdeploy-installed

@@ -32,13 +32,18 @@ from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model
 from nfdeploy.reports import markdown_table, write_bench_result
+from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
 
 quiet = lambda *a, **k: None  # noqa: E731
 
 
+def _ort(path: Path, shape: tuple[int, ...]) -> OrtBackend:
+    return OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), shape, path, threads=torch.get_num_threads()).activate()
+
+
 def ort_latency_ms(path: Path, shape: tuple[int, ...], seconds: float = 3.0) -> float:
-    b = OrtBackend(path, threads=torch.get_num_threads())
+    b = _ort(path, shape)
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     end = time.perf_counter() + 1.0
     while time.perf_counter() < end:
@@ -53,7 +58,7 @@ def ort_latency_ms(path: Path, shape: tuple[int, ...], seconds: float = 3.0) -> 
 
 
 def parity(path: Path, ref: torch.Tensor, x: np.ndarray) -> dict:
-    out = torch.from_numpy(OrtBackend(path).run(x))
+    out = torch.from_numpy(_ort(path, tuple(x.shape[1:])).run(x))
     r = compare_outputs(ref, out)
     return {"rel_l2": r["rel_l2"], "top1_agreement": float((out.argmax(1) == ref.argmax(1)).double().mean())}
 

@@ -39,7 +39,7 @@ def friendly(fn):
 @app.command()
 @friendly
 def train(
-    recipe: str = typer.Argument("nf_digits", help="Recipe name (models/NAME.toml) or path to a .toml file."),
+    recipe: str = typer.Argument("nf_digits", help="Recipe name (bundled, see nfdeploy models; or ./models/NAME.toml) or a .toml path."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir (default runs/MODEL-DATASET-TIME)."),
     model: Optional[str] = typer.Option(None, help="Override model.name."),
     dataset: Optional[str] = typer.Option(None, help="Override data.dataset."),

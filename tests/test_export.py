@@ -19,9 +19,10 @@ from nfdeploy.export import ExportError, ExportOptions, export_model, export_run
 from nfdeploy.export.onnx_graph import export_module, lint_graph, read_metadata
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
+from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 
-FP32_REL_L2, FP16_REL_L2 = 1e-5, 1e-2
+FP32_REL_L2, FP16_REL_L2 = PRECISIONS["fp32"].rel_l2, PRECISIONS["fp16"].rel_l2
 quiet = lambda *a, **k: None  # noqa: E731
 
 
@@ -53,6 +54,7 @@ def test_export_dir_manifest_and_checks(digits_export, digits_run):
     assert c["samples"] == 360 and c["data"] == "labelled test split"
     assert c["fp32"]["rel_l2"] <= FP32_REL_L2 and c["fp32"]["top1_agreement"] == 1.0 and c["fp32"]["status"] == "pass"
     assert c["fp16"]["rel_l2"] <= FP16_REL_L2 and c["fp16"]["status"] == "pass"
+    assert c["fp16"]["top1_agreement"] >= PRECISIONS["fp16"].top1_agreement  # the same rule as parity's
     assert c["bf16"]["status"] == "unchecked" and "Conv" in c["bf16"]["reason"]
     assert abs(c["fp32"]["accuracy"] - c["fp32"]["reference_accuracy"]) < 1e-12
 
@@ -164,11 +166,20 @@ def test_nf_resnet50_randomised_export_parity(tmp_path):
 
 
 def test_presets():
+    from nfdeploy.export import export_options
+
     assert "fp16" in load_preset("default")["onnx"]["precisions"]
     with pytest.raises(ExportError, match="unknown export preset"):
         load_preset("nope")
     with pytest.raises(ExportError, match="not supported"):
         ExportOptions(precisions=("int4",))
+    opts = export_options("all_precisions", precisions=["fp32", "fp16"], opset=20, trt=True, profiles=["1:4:8"])
+    assert opts.precisions == ("fp32", "fp16") and opts.opset == 20 and str(opts.trt.profiles[0]) == "1:4:8"
+    assert export_options("default").trt is None
+    with pytest.raises(ExportError, match="only apply to TensorRT engines: add --trt"):
+        export_options("default", profiles=["1:8:32"])  # a TensorRT setting without --trt is not silently ignored
+    with pytest.raises(ExportError, match="batch profile"):
+        export_options("default", trt=True, profiles=["0:1:2"])
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -210,7 +221,9 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(digits_run, digits_exp
     (bad_weights / "weights.safetensors").write_bytes(b"\x00" * 64)
     _one_line_error(run_cli("export", str(bad_weights), "--out", str(digits_export)), "corrupt weights file")
     assert {p.name: p.read_bytes() for p in digits_export.iterdir()} == before
-    for name in ("e1", "e2", "e3", "e4", "e5"):
+    _one_line_error(run_cli("export", str(digits_run), "--out", str(tmp_path / "e6"), "--profile", "0:1:2"),
+                    "add --trt")
+    for name in ("e1", "e2", "e3", "e4", "e5", "e6"):
         assert not (tmp_path / name).exists()
     _no_leftovers(tmp_path)
     _no_leftovers(digits_export.parent)
@@ -240,7 +253,7 @@ def test_failed_parity_check_exits_with_numbers_and_writes_nothing(tmp_path):
                      input_shape=(3, 32, 32), norm="nf", source={"kind": "test"}, preprocessing={},
                      check_data=(x, None), opts=ExportOptions(precisions=("fp32", "fp16")), log=quiet)
     msg = str(e.value)
-    assert "parity check failed" in msg and "fp16: rel L2" in msg and "fp32:" not in msg  # fp32 passed
+    assert "parity check failed" in msg and "fp16: " in msg and "non-finite" in msg and "fp32:" not in msg  # fp32 passed
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
 

@@ -16,9 +16,10 @@ from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model, list_models
 from nfdeploy.nn import GammaAct, ScaledStdConv2d, activation_gamma
 from nfdeploy.nn.layers import DropPath, SqueezeExcite
+from nfdeploy.precision import PRECISIONS
 
-TOL64_MAX_REL = 1e-10  # float64 folded vs unfolded, max |diff| / max |ref|
-TOL32_REL_L2 = 1e-5  # float32 folded vs float64 unfolded
+TOL64_MAX_REL = PRECISIONS["fp64"].rel_l2  # float64 folded vs unfolded, here as max |diff| / max |ref| (stricter)
+TOL32_REL_L2 = PRECISIONS["fp32"].rel_l2  # float32 folded vs float64 unfolded
 ALLOWED_NF_OPS = {"Conv2d", "ReLU", "GELU", "SiLU", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Sigmoid"}
 
 

@@ -12,16 +12,26 @@ import torch
 
 from nfdeploy.artifacts import sha256_file
 from nfdeploy.errors import MissingExtraError
-from nfdeploy.export.tensorrt import (BatchProfile, EngineBuildError, TrtBuildOptions, build_engine, import_tensorrt,
+from nfdeploy.export.tensorrt import (BatchProfile, EngineBuildError, TrtBuildOptions, build_engine,
                                       load_timing_cache, save_timing_cache)
+from nfdeploy.metrics import judge
 from nfdeploy.runtime.base import BackendUnavailable
-from nfdeploy.runtime.tensorrt import TensorRTBackend, check_compatible
+from nfdeploy.runtime.tensorrt import TensorRTBackend, check_compatible, engine_spec, import_tensorrt
 
-pytest.importorskip("onnxscript", reason="ONNX export needs nfdeploy[onnx]")
-trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (pip install 'nfdeploy[rtx]') builds engines without a GPU")
-
-RTX = TrtBuildOptions(flavour="rtx")
+RTX = TrtBuildOptions(flavour="tensorrt-rtx")
 HAS_GPU = torch.cuda.is_available()
+
+
+def _rtx():
+    """TensorRT-RTX (a dev dependency: installed wherever the tests run) for the tests that build engines;
+    the pure tests below (profiles, compatibility, names) need no TensorRT at all."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs nfdeploy[onnx]")
+    return pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (pip install 'nfdeploy[rtx]') builds engines")
+
+
+@pytest.fixture(scope="module")
+def trt():
+    return _rtx()
 
 
 def _export(name: str, path: Path, shape: tuple[int, int, int], dtype=torch.float32, opset: int = 18, **overrides) -> Path:
@@ -36,7 +46,7 @@ def _export(name: str, path: Path, shape: tuple[int, int, int], dtype=torch.floa
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> dict[str, Path]:
+def small(tmp_path_factory, trt) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("c8")
     return {"rgb": _export("nf_resnet_c8", d / "c8_rgb.onnx", (3, 32, 32), in_chans=3),
             "gray": _export("nf_resnet_c8", d / "c8_gray.onnx", (1, 32, 32), in_chans=1),
@@ -49,7 +59,7 @@ def _check_record(r: dict, engine: Path, precision: str) -> None:
     assert engine.is_file() and engine.stat().st_size > 0
     assert r["engine_bytes"] == engine.stat().st_size
     assert r["engine_sha256"] == sha256_file(engine)
-    assert r["flavour"] == "tensorrt_rtx" and r["version"] == trt.__version__
+    assert r["flavour"] == "tensorrt-rtx" and r["version"] == _rtx().__version__
     assert r["precision"] == precision and r["strongly_typed"] is True
     assert r["network_layers"] > 0 and sum(r["layer_types"].values()) == r["network_layers"]
     assert r["build_seconds"] > 0
@@ -75,18 +85,19 @@ def test_batch_profile_parse_and_validation():
         TrtBuildOptions(optimization_level=9)
 
 
-def test_import_tensorrt_flavours():
-    mod, name = import_tensorrt("rtx")
-    assert name == "tensorrt_rtx" and mod is trt
+def test_import_tensorrt_flavours(trt):
+    mod, name = import_tensorrt("tensorrt-rtx")
+    assert name == "tensorrt-rtx" and mod is trt
     _, auto = import_tensorrt("auto")
-    assert auto in ("tensorrt", "tensorrt_rtx")
+    assert auto in ("tensorrt", "tensorrt-rtx")
     try:
         import tensorrt  # noqa: F401
     except Exception:  # noqa: BLE001
         with pytest.raises(MissingExtraError, match=r"nfdeploy\[trt\]"):
             import_tensorrt("tensorrt")
-    with pytest.raises(ValueError, match="unknown TensorRT flavour"):
-        import_tensorrt("onnxruntime")
+    for bad in ("onnxruntime", "rtx", "tensorrt_rtx"):  # one spelling per flavour
+        with pytest.raises(ValueError, match="unknown TensorRT flavour"):
+            import_tensorrt(bad)
 
 
 # ------------------------------------------------------------------------------ small models
@@ -108,7 +119,7 @@ def test_build_small_fp32_rgb(small, tmp_path):
 
 def test_build_small_gray_profiles_tf32_off_targets(small, tmp_path):
     engine = tmp_path / "gray.engine"
-    opts = TrtBuildOptions(flavour="rtx", profiles=(BatchProfile(1, 1, 4), BatchProfile(8, 64, 256)), tf32=False,
+    opts = TrtBuildOptions(flavour="tensorrt-rtx", profiles=(BatchProfile(1, 1, 4), BatchProfile(8, 64, 256)), tf32=False,
                            optimization_level=1, compute_capabilities=("8.6", "SM89"), detailed_profiling=False,
                            workspace_mb=256)
     r = build_engine(small["gray"], engine, "fp32", (1, 32, 32), opts)
@@ -137,14 +148,14 @@ def test_build_bf16_opset22(small, tmp_path):
     turing = tmp_path / "gray.bf16.sm75.engine"
     with pytest.raises(EngineBuildError, match="sm75") as ei:
         build_engine(small["gray_bf16"], turing, "bf16", (1, 32, 32),
-                     TrtBuildOptions(flavour="rtx", compute_capabilities=("7.5",)))
+                     TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("7.5",)))
     assert ei.value.errors and not turing.exists()
 
 
 def test_bad_compute_capability_and_precision(small, tmp_path):
     with pytest.raises(ValueError, match="not supported by TensorRT-RTX"):
         build_engine(small["rgb"], tmp_path / "x.engine", "fp32", (3, 32, 32),
-                     TrtBuildOptions(flavour="rtx", compute_capabilities=("9.0",)))
+                     TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("9.0",)))
     with pytest.raises(ValueError, match="precision"):
         build_engine(small["rgb"], tmp_path / "x.engine", "int8", (3, 32, 32), RTX)
     with pytest.raises(EngineBuildError, match="expected"):
@@ -200,12 +211,12 @@ def test_unsupported_op_names_the_node(tmp_path):
 def test_timing_cache_not_used_by_rtx(small, tmp_path):
     cache = tmp_path / "timing.cache"
     r = build_engine(small["rgb"], tmp_path / "c8.engine", "fp32", (3, 32, 32),
-                     TrtBuildOptions(flavour="rtx", timing_cache=cache))
+                     TrtBuildOptions(flavour="tensorrt-rtx", timing_cache=cache))
     assert r["timing_cache"]["supported"] is False and r["timing_cache"]["used"] is False
     assert "no-op" in r["timing_cache"]["note"] and not cache.exists()
 
 
-def test_timing_cache_file_roundtrip(tmp_path):
+def test_timing_cache_file_roundtrip(tmp_path, trt):
     """The load/save plumbing the TensorRT flavour uses, against the real (RTX) ITimingCache API."""
     cache_path = tmp_path / "sub" / "timing.cache"
     # RTX's timing-cache calls are no-ops that still try to create a CUDA stream: silence their errors.
@@ -238,7 +249,7 @@ def test_timing_cache_reused_by_tensorrt(small, tmp_path):
 # ---------------------------------------------------------------------------------- ResNet-50
 
 @pytest.mark.slow
-def test_resnet50_fp32_fp16_nf_vs_bn_twin(tmp_path):
+def test_resnet50_fp32_fp16_nf_vs_bn_twin(tmp_path, trt):
     """224x224 ResNet-50 builds (fold + export ~5 s each, RTX AOT build ~1 s each on 2 CPU cores).
     The folded NF network parses into fewer layers than its folded BN twin: the twin keeps one
     BatchNormalization (a TensorRT Scale layer) per residual-stream norm."""
@@ -264,25 +275,42 @@ def test_resnet50_fp32_fp16_nf_vs_bn_twin(tmp_path):
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the refusal on a machine without a CUDA GPU")
 def test_runner_refuses_without_gpu(tmp_path):
+    backend = TensorRTBackend((3, 32, 32), tmp_path / "missing.engine", {"flavour": "tensorrt-rtx", "precision": "fp16"})
+    assert "CUDA GPU" in backend.unavailable_reason()
     with pytest.raises(BackendUnavailable, match="CUDA GPU"):
-        TensorRTBackend(tmp_path / "missing.engine", None)
+        backend.activate()
+    assert not backend.active
+
+
+def test_engine_backend_identity_follows_the_build_record():
+    """An fp32 engine built with TF32 (TensorRT's default) is a TF32 backend, judged at TF32's tolerance;
+    with TF32 cleared it is fp32. The name carries flavour and precision, and never changes."""
+    tf32 = engine_spec({"flavour": "tensorrt-rtx", "precision": "fp32", "tf32": {"effective": True}})
+    ieee = engine_spec({"flavour": "tensorrt", "precision": "fp32", "tf32": {"effective": False}})
+    half = engine_spec({"flavour": "tensorrt-rtx", "precision": "fp16", "tf32": {"effective": True}})
+    assert (tf32.name, tf32.precision, tf32.tolerance["rel_l2"]) == ("tensorrt-rtx-fp32-tf32", "tf32", 1e-3)
+    assert (ieee.name, ieee.precision, ieee.tolerance["rel_l2"]) == ("tensorrt-fp32", "fp32", 1e-5)
+    assert (half.name, half.precision) == ("tensorrt-rtx-fp16", "fp16")
+    b = TensorRTBackend((3, 8, 8), "x.engine", {"flavour": "tensorrt-rtx", "precision": "fp32"})
+    with pytest.raises(AttributeError):
+        b.precision = "fp32"  # identity is read-only
 
 
 def test_runner_compatibility_checks():
-    entry = {"flavour": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]}
+    entry = {"flavour": "tensorrt-rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]}
     ada = {"name": "RTX 4090", "compute_capability": "8.9"}
-    check_compatible(entry, "tensorrt_rtx", "1.7.1.116", ada)
-    check_compatible(None, "tensorrt_rtx", "1.7.1.116", ada)
+    check_compatible(entry, "tensorrt-rtx", "1.7.1.116", ada)
+    check_compatible(None, "tensorrt-rtx", "1.7.1.116", ada)
     with pytest.raises(BackendUnavailable, match="Hopper"):
-        check_compatible(entry, "tensorrt_rtx", "1.7.1.116", {"name": "H100", "compute_capability": "9.0"})
+        check_compatible(entry, "tensorrt-rtx", "1.7.1.116", {"name": "H100", "compute_capability": "9.0"})
     with pytest.raises(BackendUnavailable, match="Hopper"):
-        check_compatible(None, "tensorrt_rtx", "1.7.1.116", {"name": "H100", "compute_capability": "9.0"})
-    with pytest.raises(BackendUnavailable, match="built by tensorrt_rtx"):
+        check_compatible(None, "tensorrt-rtx", "1.7.1.116", {"name": "H100", "compute_capability": "9.0"})
+    with pytest.raises(BackendUnavailable, match="built by tensorrt-rtx"):
         check_compatible(entry, "tensorrt", "10.13.0", ada)
     with pytest.raises(BackendUnavailable, match="only load in the version"):
-        check_compatible(entry, "tensorrt_rtx", "1.8.0", ada)
+        check_compatible(entry, "tensorrt-rtx", "1.8.0", ada)
     with pytest.raises(BackendUnavailable, match="compute capabilities"):
-        check_compatible(entry, "tensorrt_rtx", "1.7.1.116", {"name": "A100", "compute_capability": "8.0"})
+        check_compatible(entry, "tensorrt-rtx", "1.7.1.116", {"name": "A100", "compute_capability": "8.0"})
     trt_entry = {"flavour": "tensorrt", "version": "10.13.0", "compute_capabilities": ["9.0"]}
     check_compatible(trt_entry, "tensorrt", "10.13.0", {"name": "H100", "compute_capability": "9.0"})
 
@@ -290,22 +318,25 @@ def test_runner_compatibility_checks():
 @pytest.mark.skipif(not HAS_GPU, reason="running an engine needs a CUDA GPU")
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_runner_matches_onnxruntime(small, tmp_path, cuda_graph):
-    from nfdeploy.runtime.base import run_batched
+    """On a GPU this runs: a flavour that cannot serve this GPU (an RTX engine on Hopper) or an engine that
+    fails to deserialize FAILS the test with the runtime's reason; it is not skipped."""
+    from nfdeploy.runtime.base import BackendSpec, run_batched
     from nfdeploy.runtime.ort import OrtBackend
 
     engine = tmp_path / "c8.engine"
     r = build_engine(small["rgb"], engine, "fp32", (3, 32, 32), TrtBuildOptions(flavour="auto", tf32=False))
-    try:
-        backend = TensorRTBackend(engine, r, cuda_graph=cuda_graph)
-    except BackendUnavailable as e:  # e.g. an RTX engine on a Hopper GPU
-        pytest.skip(str(e))
+    backend = TensorRTBackend((3, 32, 32), engine, r, cuda_graph=cuda_graph)
+    assert backend.unavailable_reason() is None, backend.unavailable_reason()
     x = np.random.default_rng(0).standard_normal((37, 3, 32, 32)).astype(np.float32)
-    ref = run_batched(OrtBackend(small["rgb"]), x, 16)
-    for _ in range(2):  # the second pass replays captured graphs
-        out = run_batched(backend, x, 16)
-        assert out.shape == ref.shape and out.dtype == np.float32
-        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
-    assert backend.describe()["precision"] == "fp32"
+    with OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), (3, 32, 32), small["rgb"]) as ort_cpu:
+        ref = run_batched(ort_cpu, x, 16)
+    with backend:
+        for _ in range(2):  # the second pass replays captured graphs
+            out = run_batched(backend, x, 16)
+            assert out.shape == ref.shape and out.dtype == np.float32
+            row = judge(out, ref, backend.precision)
+            assert row["status"] == "pass", row
+    assert backend.precision == "fp32" and backend.name.endswith("-fp32")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -319,7 +350,7 @@ def _digits_run(tmp_path: Path) -> Path:
     return train(recipe, tmp_path / "run", progress=False, log=lambda *a, **k: None).run_dir
 
 
-def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path):
+def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path, trt):
     import json
 
     from conftest import run_cli
@@ -327,13 +358,13 @@ def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path):
 
     run = _digits_run(tmp_path)
     out = tmp_path / "exp"
-    proc = run_cli("export", str(run), "--out", str(out), "--trt", "--trt-flavour", "rtx", "--precision", "fp32,fp16",
-                   "--batch", "1:8:32", "--batch", "64:64:128", "--no-tf32", "--opt-level", "2")
+    proc = run_cli("export", str(run), "--out", str(out), "--trt", "--trt-flavour", "tensorrt-rtx", "--precision",
+                   "fp32,fp16", "--profile", "1:8:32", "--profile", "64:64:128", "--no-tf32", "--opt-level", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = load_manifest(out)  # verifies every ONNX and engine sha256
     assert set(m["engines"]) == {"fp32", "fp16"}
     e = m["engines"]["fp32"]
-    assert e["flavour"] == "tensorrt_rtx" and e["version"] == trt.__version__ and e["precision"] == "fp32"
+    assert e["flavour"] == "tensorrt-rtx" and e["version"] == trt.__version__ and e["precision"] == "fp32"
     assert e["profiles"] == [{"min": 1, "opt": 8, "max": 32}, {"min": 64, "opt": 64, "max": 128}]
     assert e["tf32"]["requested"] is False and e["optimization_level"] == 2 and e["network_layers"] > 0
     assert (out / e["file"]).stat().st_size == e["engine_bytes"] > 0
@@ -347,6 +378,14 @@ def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path):
     assert info["matches_record"] is True and info["record"]["network_layers"] == m["engines"]["fp16"]["network_layers"]
     if not HAS_GPU:
         assert info["inspector"]["status"] == "skipped" and "GPU" in info["inspector"]["reason"]
+    listing = run_cli("backends", str(out), "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert len(rows) == len(json.loads(listing.stdout))  # unique names
+    assert rows["tensorrt-rtx-fp32"]["precision"] == "fp32"  # built with --no-tf32: judged as fp32
+    assert rows["tensorrt-rtx-fp16"]["tolerance"]["rel_l2"] == 1e-2
+    if not HAS_GPU:
+        assert rows["tensorrt-rtx-fp16"]["status"] == "unavailable" and "CUDA GPU" in rows["tensorrt-rtx-fp16"]["reason"]
 
 
 def test_cli_engine_bad_onnx_and_missing_flavour(tmp_path, small):
@@ -354,10 +393,10 @@ def test_cli_engine_bad_onnx_and_missing_flavour(tmp_path, small):
 
     trunc = tmp_path / "trunc.onnx"
     trunc.write_bytes(small["rgb"].read_bytes()[:300])
-    proc = run_cli("engine", str(trunc), "--out", str(tmp_path / "x.engine"), "--trt-flavour", "rtx")
+    proc = run_cli("engine", str(trunc), "--out", str(tmp_path / "x.engine"), "--trt-flavour", "tensorrt-rtx")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "trunc.onnx" in proc.stderr
     assert not (tmp_path / "x.engine").exists()
-    ok = run_cli("engine", str(small["gray"]), "--out", str(tmp_path / "g.engine"), "--trt-flavour", "rtx")
+    ok = run_cli("engine", str(small["gray"]), "--out", str(tmp_path / "g.engine"), "--trt-flavour", "tensorrt-rtx")
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "g.engine").stat().st_size > 0
     try:

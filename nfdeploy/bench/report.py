@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import (REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source,
+from nfdeploy.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
                                select_backends)
 from nfdeploy.bench.compare import comparison_backends, ratio_rows
 from nfdeploy.bench.machine import machine_info
@@ -93,10 +93,7 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
         + (f" (CPU backends: {cpu_batches})" if cpu_batches != batches else ""))
 
     every = backends if backends is not None else export_backends(source, compile=compile, tensorrt=tensorrt)
-    if only:
-        main = [b for b in every if any(o in b.name for o in only)]
-    else:  # the float64 reference is timed only when asked for by name
-        main = [b for b in every if b.name != REFERENCE]
+    main = [b for b in every if any(o in b.name for o in only)] if only else list(every)
     skipped: list[dict[str, Any]] = []
     runnable: list[Backend] = []
     for b in main:

@@ -115,7 +115,10 @@ def create_timm_model(name: str, checkpoint: str | Path | None = None) -> nn.Mod
     The file may hold a plain state dict or a dict with a "state_dict" or "model" entry (a
     "module." prefix from DistributedDataParallel is stripped).  Unknown or unsupported name ->
     ValueError; unreadable file or keys/shapes that do not match the model -> ArtifactError."""
-    timm = _import_timm()
+    try:
+        timm = _import_timm()
+    except MissingExtraError as e:
+        raise MissingExtraError(f"cannot build timm model {name!r}: {e}") from None
     t = _T()
     if not timm.is_model(name):
         raise _unsupported(name, "timm has no model of that name")

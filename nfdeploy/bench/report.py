@@ -279,6 +279,12 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
               for k in RATIO_LABEL if r.get(f"{k}_noisy")]
     warnings = [w for w in (load_before.get("warning") and f"before: {load_before['warning']}",
                             load_after.get("warning") and f"after: {load_after['warning']}") if w]
+    above = sorted({r["name"] for r in results + comp_results if (r.get("peak_share") or 0) > 1.0})
+    if above:
+        warnings.append(f"achieved GFLOP/s above the measured peak ({', '.join(above)}): the sgemm peak of this run "
+                        "was measured low (a busy machine slows torch's threaded sgemm more than these backends); "
+                        "shares of peak are meaningful on a quiet machine only")
+        log(f"  WARNING {warnings[-1]}")
     if noisy:
         warnings.append(f"{len(noisy)} figure(s) did not settle within ±{100 * STABILITY_BAND:.0f}% "
                         f"(noisy): {', '.join(noisy)}")

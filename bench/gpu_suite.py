@@ -97,7 +97,7 @@ def write_random_run(run_dir: Path, model: str = "nf_resnet50", input_size: int 
     from nfdeploy.config import load_recipe
     from nfdeploy.fold import randomize_
     from nfdeploy.models import create_model
-    from nfdeploy.train.loop import CONFIG, WEIGHTS
+    from nfdeploy.runs import CONFIG, WEIGHTS
 
     recipe = load_recipe("nf_resnet50_imagefolder", {
         "model.name": model, "model.drop_rate": 0.0, "model.drop_path_rate": 0.0,
@@ -123,8 +123,8 @@ def export_random_run(run_dir: Path, out_dir: Path, precisions: tuple[str, ...],
     from nfdeploy.artifacts import sha256_file
     from nfdeploy.export import ExportOptions, export_model
     from nfdeploy.fold import fold_model
-    from nfdeploy.train import load_run_model
-    from nfdeploy.train.loop import WEIGHTS
+    from nfdeploy.runs import load_run_model
+    from nfdeploy.runs import WEIGHTS
 
     model, resolved = load_run_model(run_dir)
     model = model.double().eval()
@@ -140,8 +140,8 @@ def export_random_run(run_dir: Path, out_dir: Path, precisions: tuple[str, ...],
 
 def torch_only_source(run_dir: Path, export_dir: Path, reason: str):
     """An in-memory ExportSource for a run without an export (no ONNX, no engines): torch backends only."""
-    from nfdeploy.runtime.registry import ExportSource
-    from nfdeploy.train import load_run_model
+    from nfdeploy.backends import ExportSource
+    from nfdeploy.runs import load_run_model
 
     model, resolved = load_run_model(run_dir)
     cfg = model.cfg

@@ -255,10 +255,17 @@ def bench(
     only: List[str] = typer.Option([], "--only", help="Time only backends whose name contains this (repeatable)."),
     min_time: float = typer.Option(2.0, help="Seconds of timed iterations per backend and batch (at least 10 runs)."),
     warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
+    against: Optional[Path] = typer.Option(None, "--against", help="Another export dir: time both side by side, "
+                                           "report EXPORT_DIR / AGAINST per backend with a 95% interval."),
 ):
     """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
-    from nfdeploy.bench import bench_report, parse_batches
+    from nfdeploy.bench import bench_against, bench_report, parse_batches
 
+    if against is not None:
+        rep = bench_against(export_dir, against, out, batches=parse_batches(batch), only=only or None,
+                            min_time=min_time, warmup=warmup)
+        typer.echo(f"reports: {Path(rep['out_dir']) / 'against.md'} {Path(rep['out_dir']) / 'against.json'}")
+        return
     rep = bench_report(export_dir, out, batches=parse_batches(batch), only=only or None, min_time=min_time,
                        warmup=warmup)
     where = Path(rep["out_dir"])

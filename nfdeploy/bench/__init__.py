@@ -1,11 +1,19 @@
-"""Latency of every backend that can run an export dir: timing (timing.py), the machine it ran on
-(machine.py), unfolded vs folded vs twin side by side (compare.py), and the report (report.py)."""
+"""Latency of every backend that can run an export dir: interleaved rounds with stability windows and
+bootstrap intervals (rounds.py), timing one call and a backend's own memory (timing.py), the machine and
+its load (machine.py), multiply-accumulates (flops.py) and a measured peak (peak.py), unfolded vs folded
+vs twin side by side (compare.py), the report (report.py) and two exports side by side (against.py)."""
 
+from nfdeploy.bench.against import AGAINST_JSON, AGAINST_MD, bench_against
 from nfdeploy.bench.compare import comparison_backends
-from nfdeploy.bench.machine import machine_info
+from nfdeploy.bench.flops import onnx_macs
+from nfdeploy.bench.machine import machine_info, machine_load
+from nfdeploy.bench.peak import cpu_matmul_peak, cuda_matmul_peak
 from nfdeploy.bench.report import (BENCH_JSON, BENCH_MD, LATENCY_PNG, THROUGHPUT_PNG, BenchError, bench_report,
                                    parse_batches, render_markdown)
-from nfdeploy.bench.timing import time_backend
+from nfdeploy.bench.rounds import RoundPlan, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary
+from nfdeploy.bench.timing import time_backend, time_group
 
-__all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "THROUGHPUT_PNG", "BenchError", "bench_report", "parse_batches", "comparison_backends",
-           "machine_info", "render_markdown", "time_backend"]
+__all__ = ["AGAINST_JSON", "AGAINST_MD", "BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "THROUGHPUT_PNG", "BenchError",
+           "RoundPlan", "bench_against", "bench_report", "bootstrap_ci", "comparison_backends", "cpu_matmul_peak",
+           "cuda_matmul_peak", "interleaved_rounds", "is_settled", "machine_info", "machine_load", "onnx_macs",
+           "parse_batches", "ratio_summary", "render_markdown", "time_backend", "time_group"]

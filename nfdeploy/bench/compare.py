@@ -97,21 +97,35 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
     return out, skipped
 
 
-def ratio_rows(comp_results: list[dict[str, Any]], own: str) -> list[dict[str, Any]]:
-    other = "bn" if own == "nf" else "nf"
-    by: dict[tuple[str, int], dict[str, float]] = {}
-    for r in comp_results:
-        by.setdefault((r["group"], r["batch"]), {})[r["variant"]] = r["median_ms"]
-    rows = []
-    for (group, batch), m in by.items():
-        unf, fol, twin = m.get(f"{own}-unfolded"), m.get(f"{own}-folded"), m.get(f"{other}-folded")
-        nf_fol = fol if own == "nf" else twin
-        bn_fol = twin if own == "nf" else fol
-        rows.append({"backend_type": group, "batch": batch, "model": own, "unfolded_ms": unf,
-                     "nf_folded_ms": nf_fol, "bn_folded_ms": bn_fol,
-                     "speedup_folded_vs_unfolded": unf / fol if unf and fol else None,
-                     "ratio_nf_folded_to_bn_folded": nf_fol / bn_fol if nf_fol and bn_fol else None})
-    return rows
+def comparison_groups(backends: dict[str, Backend]) -> dict[str, dict[str, Backend]]:
+    """{"GROUP/VARIANT": backend} -> {GROUP: {VARIANT: backend}}: the members of one interleaved group."""
+    groups: dict[str, dict[str, Backend]] = {}
+    for key, b in backends.items():
+        group, variant = key.split("/", 1)
+        groups.setdefault(group, {})[variant] = b
+    return groups
 
 
-__all__ = ["comparison_backends", "ratio_rows"]
+def group_ratios(own: str, variants: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The ratios a group reports, as (numerator, denominator) variants present in `variants`:
+    folded speedup = unfolded / folded (> 1: folding is faster); NF/BN = NF folded / BN folded
+    (< 1: NF is faster)."""
+    pairs = {"speedup_folded_vs_unfolded": (f"{own}-unfolded", f"{own}-folded"),
+             "ratio_nf_folded_to_bn_folded": ("nf-folded", "bn-folded")}
+    return {k: p for k, p in pairs.items() if p[0] in variants and p[1] in variants}
+
+
+def main_name(group: str, variant: str, own: str) -> str | None:
+    """The export_backends name that measures the same thing as comparison member GROUP/VARIANT (its
+    row in the main table is this measurement), or None (the twin; ONNX Runtime's unfolded graph)."""
+    runtime, device, _ = group.split("-")
+    if variant == f"{own}-unfolded" and runtime == "torch":
+        return f"torch-{device}-fp32-unfolded"
+    if variant == f"{own}-folded":
+        if runtime == "torch":
+            return "torch-cpu-fp32-folded" if device == "cpu" else "torch-cuda-fp32-folded-eager"
+        return f"onnxruntime-{device}-fp32"
+    return None
+
+
+__all__ = ["comparison_backends", "comparison_groups", "group_ratios", "main_name"]

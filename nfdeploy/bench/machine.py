@@ -1,4 +1,5 @@
-"""What machine a number was measured on: CPU, GPU (clocks as found), thread counts, versions."""
+"""What machine a number was measured on: CPU, GPU (clocks as found), thread counts, versions; and
+how busy it was (machine_load: load average and the busiest other processes, before and after)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,4 +81,59 @@ def machine_info() -> dict[str, Any]:
             "torch_interop_threads": torch.get_num_interop_threads(), "gpu": _gpu_info(), "versions": _versions()}
 
 
-__all__ = ["machine_info"]
+# A machine counts as busy when other processes together use this share of one core or more, or the
+# 1-minute load average reaches the number of usable CPUs: either takes CPU time from the timed backends.
+BUSY_OTHER_CORES = 0.25
+
+
+def _proc_cpu_ticks() -> dict[int, tuple[str, int]]:
+    out: dict[int, tuple[str, int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # comm is in parentheses and may contain spaces; fields after it start at state (field 3).
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (name, int(rest[11]) + int(rest[12]))  # utime + stime
+    return out
+
+
+def machine_load(sample_s: float = 0.5, top: int = 5) -> dict[str, Any]:
+    """Load average and the `top` busiest other processes (CPU share of one core over `sample_s`,
+    read from /proc), this process excluded; "busy" and a one-line "warning" when the machine is
+    busy (BUSY_OTHER_CORES). Where /proc cannot be read, only the load average."""
+    usable = _cpu_info()["usable_cpus"] or 1
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    procs: list[dict[str, Any]] = []
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        a = _proc_cpu_ticks()
+        t0 = time.perf_counter()
+        time.sleep(sample_s)
+        b = _proc_cpu_ticks()
+        dt = time.perf_counter() - t0
+        me = os.getpid()
+        for pid, (name, ticks) in b.items():
+            if pid == me or pid not in a:
+                continue
+            share = (ticks - a[pid][1]) / hz / dt
+            if share > 0:
+                procs.append({"pid": pid, "name": name, "cpu_share": round(share, 3)})
+    except (OSError, ValueError, IndexError):
+        procs = []
+    procs.sort(key=lambda p: -p["cpu_share"])
+    others = sum(p["cpu_share"] for p in procs)
+    busy = others >= BUSY_OTHER_CORES or (load is not None and load[0] >= usable)
+    out: dict[str, Any] = {"loadavg_1_5_15": load, "usable_cpus": usable, "other_processes_cores": round(others, 3),
+                           "busiest_other_processes": procs[:top], "sample_s": sample_s, "busy": busy}
+    if busy:
+        out["warning"] = (f"busy machine: other processes use {others:.2f} of {usable} cores, load average "
+                          f"{load[0]:.2f}" if load else f"busy machine: other processes use {others:.2f} cores")
+    return out
+
+
+__all__ = ["BUSY_OTHER_CORES", "machine_info", "machine_load"]

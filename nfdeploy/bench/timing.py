@@ -1,22 +1,30 @@
-"""Timing one active backend at one batch size: warm-up by time, host wall time and CUDA events.
+"""Timing one call of an active backend (BatchTimer), its own memory, and one backend alone (time_backend).
 
 What a number is, is part of the number (HOST_TIMING, DEVICE_TIMING, SCOPE say it in the reports):
 host_ms is host wall time of one call, synchronisation included; device_ms (CUDA only) is the time
 between two CUDA events recorded around the same call. A backend whose run includes host<->device
 copies (ONNX Runtime, TensorRT on CUDA: `copies_in_run`) is timed through run(numpy); the others
 through run_tensor on an input already on their device.
+
+Memory of a backend ("own memory", MEMORY_KIND): on CPU, the growth of the process's resident set
+during activate() plus the peak growth during the first run at a batch size: VmRSS from
+/proc/self/status before, VmHWM after, with the high-water mark reset (/proc/self/clear_refs "5")
+just before, so one backend's peak does not leak into the next. Memory freed earlier and reused by
+the allocator is not counted. On CUDA: the same two growths of torch.cuda.max_memory_allocated
+(torch's allocator only; ONNX Runtime's arena and TensorRT's own allocations are not counted).
 """
 
 from __future__ import annotations
 
-import platform
-import resource
+import re
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from nfdeploy.bench.rounds import RoundPlan, interleaved_rounds
 from nfdeploy.runtime.base import Backend, BackendUnavailable
 
 HOST_TIMING = {
@@ -31,18 +39,104 @@ DEVICE_TIMING = {
 SCOPE = {"cpu": "run() host", "cuda-torch": "device compute", "cuda-run": "run() incl. copies"}
 
 
+MEMORY_KIND = {
+    "cpu": "RSS growth during activate() + peak RSS growth during the first run at this batch "
+           "(/proc/self/status VmRSS before, VmHWM after a /proc/self/clear_refs reset)",
+    "cuda": "torch.cuda.max_memory_allocated growth during activate() + during the first run at this batch "
+            "(torch's allocator only)",
+}
+
+
+# --------------------------------------------------------------------------------------- memory
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def memory_growth_mb(device: str, fn: Callable[[], Any]) -> float | None:
+    """Peak memory growth (MiB) while `fn()` runs: CPU resident set (VmHWM after a reset minus VmRSS
+    before; without a resettable VmHWM, VmRSS after minus before), CUDA torch allocator. None where
+    neither can be read."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - start) / 2**20
+    before = _proc_status_kib("VmRSS")
+    hwm = _reset_hwm()
+    fn()
+    after = _proc_status_kib("VmHWM" if hwm else "VmRSS")
+    if before is None or after is None:
+        return None
+    return max(0, after - before) / 1024
+
+
 # --------------------------------------------------------------------------------------- timing
 
-def _stats(ms: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    return {"min": float(a.min()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+class BatchTimer:
+    """One timed call of an active backend on a fixed random N(0,1) float32 batch: returns
+    (host_ms, device_ms or None). `mode` keys HOST_TIMING / DEVICE_TIMING / SCOPE; `primary` is the
+    timing that latencies use (device_ms on CUDA, host_ms on CPU)."""
+
+    def __init__(self, backend: Backend, batch_size: int, input_shape: Sequence[int], seed: int = 0):
+        self.backend, self.batch = backend, int(batch_size)
+        self.input_shape = [int(s) for s in input_shape]
+        x = np.random.default_rng(seed).standard_normal((self.batch, *self.input_shape)).astype(np.float32)
+        self.cuda = backend.device == "cuda"
+        if self.cuda:
+            if not torch.cuda.is_available():
+                raise BackendUnavailable("CUDA backend but torch sees no CUDA device")
+            self.mode = "cuda-run" if backend.copies_in_run else "cuda-torch"
+            if backend.copies_in_run:
+                self._call: Callable[[], Any] = lambda: backend.run(x)
+                self._stream = backend.stream or torch.cuda.current_stream()
+            else:  # the input lives on the device, outside the timing; the events bracket device work only
+                xd = torch.from_numpy(x).to(device=backend.input_device, dtype=backend.input_dtype)
+                self._call = lambda: backend.run_tensor(xd)
+                self._stream = torch.cuda.current_stream()
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        else:
+            self.mode = "cpu"
+            self._call = lambda: backend.run(x)
+        self.primary = "device_ms" if self.cuda else "host_ms"
+        self.scope = SCOPE[self.mode]
+
+    def __call__(self) -> tuple[float, float | None]:
+        if self.cuda:
+            e0, e1 = self._events
+            t0 = time.perf_counter()
+            e0.record(self._stream)
+            self._call()
+            e1.record(self._stream)
+            e1.synchronize()
+            t1 = time.perf_counter()
+            return (t1 - t0) * 1e3, e0.elapsed_time(e1)
+        t0 = time.perf_counter()
+        self._call()
+        return (time.perf_counter() - t0) * 1e3, None
+
+    def first_run_memory_mb(self) -> float | None:
+        """Peak memory growth of one (untimed) call: the batch's activations and workspaces."""
+        return memory_growth_mb(self.backend.device, self._call)
 
 
-def _max_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if platform.system() == "Darwin" else r / 1024
+def activate_measured(backend: Backend) -> float | None:
+    """backend.activate(), returning the memory growth (MiB) it caused (see MEMORY_KIND)."""
+    return memory_growth_mb(backend.device, backend.activate)
 
 
 def _threads(backend: Backend) -> int | None:
@@ -52,102 +146,74 @@ def _threads(backend: Backend) -> int | None:
         return None
 
 
-def time_backend(backend: Backend, batch_size: int, input_shape: Sequence[int], warmup_s: float = 1.0,
-                 min_time_s: float = 2.0, min_iters: int = 10, max_iters: int = 10_000, *,
-                 max_time_s: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Time `backend` on a random N(0,1) float32 batch of `batch_size` x `input_shape`.
-
-    Warm-up: calls until `warmup_s` has passed (at least one; two on CUDA, where the first may
-    compile or capture a graph). Timed: calls until both `min_time_s` and `min_iters` are reached,
-    or `max_iters`; `max_time_s` (optional) stops a very slow backend early, after at least 3 calls
-    ("truncated": true in the result). See the module docstring for what host_ms / device_ms mean."""
-    x = np.random.default_rng(seed).standard_normal((batch_size, *input_shape)).astype(np.float32)
-    cuda = backend.device == "cuda"
-    events = stream = None
-    if cuda:
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("CUDA backend but torch sees no CUDA device")
-        mode = "cuda-run" if backend.copies_in_run else "cuda-torch"
-        if backend.copies_in_run:
-            call = lambda: backend.run(x)  # noqa: E731
-            stream = backend.stream or torch.cuda.current_stream()
-        else:  # the input lives on the device, outside the timing; the events bracket device work only
-            xd = torch.from_numpy(x).to(device=backend.input_device, dtype=backend.input_dtype)
-            call: Callable[[], Any] = lambda: backend.run_tensor(xd)  # noqa: E731
-            stream = torch.cuda.current_stream()
-        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        sync = events[1].synchronize
-    else:
-        mode = "cpu"
-        call = lambda: backend.run(x)  # noqa: E731
-        sync = lambda: None  # noqa: E731
-
-    # Warm-up by time.
-    t_w0 = time.perf_counter()
-    n_warm, min_warm = 0, 2 if cuda else 1
-    while True:
-        call()
-        if cuda:
-            torch.cuda.synchronize()
-        n_warm += 1
-        if time.perf_counter() - t_w0 >= warmup_s and n_warm >= min_warm:
-            break
-    warm_s = time.perf_counter() - t_w0
-
-    if cuda:
-        torch.cuda.synchronize()
-        start_alloc = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    host: list[float] = []
-    dev: list[float] = []
-    truncated = False
-    t0_all = time.perf_counter()
-    while len(host) < max_iters:
-        if cuda:
-            t0 = time.perf_counter()
-            events[0].record(stream)
-            call()
-            events[1].record(stream)
-            sync()
-            t1 = time.perf_counter()
-            dev.append(events[0].elapsed_time(events[1]))
-        else:
-            t0 = time.perf_counter()
-            call()
-            t1 = time.perf_counter()
-        host.append((t1 - t0) * 1e3)
-        elapsed = t1 - t0_all
-        if elapsed >= min_time_s and len(host) >= min_iters:
-            break
-        if max_time_s is not None and elapsed >= max_time_s and len(host) >= 3:
-            truncated = len(host) < min_iters
-            break
-    timed_s = time.perf_counter() - t0_all
-
+def member_row(timer: BatchTimer, m: dict[str, Any], memory_mb: float | None) -> dict[str, Any]:
+    """A report row of one backend at one batch from its interleaved_rounds member result."""
+    b = timer.backend
     row: dict[str, Any] = {
-        "name": backend.name, "device": backend.device, "precision": backend.precision,
-        "math_mode": backend.math_mode, "batch": int(batch_size), "input_shape": [int(s) for s in input_shape],
-        "iterations": len(host), "warmup_iterations": n_warm, "warmup_s": warm_s, "timed_s": timed_s,
-        "truncated": truncated,
-        "host_ms": _stats(host), "device_ms": _stats(dev) if dev else None,
-        "primary": "device_ms" if dev else "host_ms",
-        "timing": {"host_ms": HOST_TIMING[mode], "device_ms": DEVICE_TIMING.get(mode)},
-        "scope": SCOPE[mode],
-        "threads": _threads(backend),
+        "name": b.name, "device": b.device, "precision": b.precision, "math_mode": b.math_mode,
+        "batch": timer.batch, "input_shape": timer.input_shape,
+        **{k: m[k] for k in ("iterations", "rounds", "round_iters", "warmup_iterations", "warmup_s", "timed_s",
+                             "settled", "noisy", "cv", "median_ci95_ms", "window_medians_ms", "round_medians_ms")},
+        "truncated": m["iterations"] < 3,
+        "host_ms": m["host_ms"], "device_ms": m["device_ms"], "primary": timer.primary,
+        "timing": {"host_ms": HOST_TIMING[timer.mode], "device_ms": DEVICE_TIMING.get(timer.mode)},
+        "scope": timer.scope, "threads": _threads(b),
+        "median_ms": m["median_ms"],
+        "memory_mb": memory_mb, "memory_kind": MEMORY_KIND["cuda" if timer.cuda else "cpu"],
     }
-    med = row[row["primary"]]["median"]
-    row["median_ms"] = med
-    row["throughput_ips"] = batch_size / (med / 1e3)
-    row["host_throughput_ips"] = batch_size / (row["host_ms"]["median"] / 1e3)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-        row.update(peak_memory_mb=peak / 2**20, peak_memory_above_start_mb=max(0, peak - start_alloc) / 2**20,
-                   peak_memory_kind="torch.cuda.max_memory_allocated (torch's allocator, whole process; "
-                                    "ONNX Runtime / TensorRT internal allocations not counted)")
-    else:
-        row.update(peak_memory_mb=_max_rss_mb(), peak_memory_kind="process max RSS (getrusage ru_maxrss; "
-                                                                   "monotonic over the whole process)")
+    row["throughput_ips"] = timer.batch / (row["median_ms"] / 1e3)
+    row["host_throughput_ips"] = timer.batch / (row["host_ms"]["median"] / 1e3)
     return row
 
 
-__all__ = ["DEVICE_TIMING", "HOST_TIMING", "SCOPE", "time_backend"]
+def time_backend(backend: Backend, batch_size: int, input_shape: Sequence[int], warmup_s: float = 1.0,
+                 min_time_s: float = 2.0, min_iters: int = 10, max_iters: int = 100_000, *,
+                 max_time_s: float | None = None, seed: int = 0, activation_memory_mb: float | None = 0.0,
+                 budget_end: float | None = None) -> dict[str, Any]:
+    """Time one active `backend` alone at `batch_size` in rounds until stable (rounds.py; a
+    one-member group): warm-up by time, then rounds until min_time_s, min_iters and stability, or
+    the max_time_s cap ("noisy": true when it did not settle). `activation_memory_mb` is added to the
+    first run's memory growth to give the row's memory_mb."""
+    timer = BatchTimer(backend, batch_size, input_shape, seed)
+    run_mb = timer.first_run_memory_mb()
+    plan = RoundPlan(warmup_s=warmup_s, min_time_s=min_time_s, min_iters=min_iters, max_time_s=max_time_s,
+                     max_iters=max_iters, min_warmup_calls=2 if timer.cuda else 1)
+    res = interleaved_rounds({backend.name: timer}, plan, primary=timer.primary, budget_end=budget_end)
+    mem = None if run_mb is None or activation_memory_mb is None else activation_memory_mb + run_mb
+    row = member_row(timer, res["members"][backend.name], mem)
+    row["stopped_by"] = res["stopped_by"]
+    return row
+
+
+def time_group(backends: dict[str, Backend], batch_size: int, input_shape: Sequence[int], plan: RoundPlan, *,
+               ratios: dict[str, tuple[str, str]] | None = None, activation_memory_mb: dict[str, float | None] | None = None,
+               budget_end: float | None = None, seed: int = 0) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Time active `backends` ({label: backend}) side by side in interleaved rounds at one batch size.
+
+    `ratios`: {ratio name: (label A, label B)}, each reported as A/B from paired rounds.
+    Returns ({label: row}, {ratio name: ratio_summary}, {"rounds", "settled", "stopped_by", ...}).
+    Each row's memory_mb is its activation memory (from `activation_memory_mb`) plus its first run's."""
+    ratios = ratios or {}
+    timers = {k: BatchTimer(b, batch_size, input_shape, seed) for k, b in backends.items()}
+    run_mb = {k: t.first_run_memory_mb() for k, t in timers.items()}
+    primaries = {t.primary for t in timers.values()}
+    primary = primaries.pop() if len(primaries) == 1 else "host_ms"  # mixed devices: compare host time
+    res = interleaved_rounds(timers, plan, ratios=list(ratios.values()), primary=primary, budget_end=budget_end)
+    act = activation_memory_mb or {}
+    rows = {}
+    for k, t in timers.items():
+        a = act.get(k, 0.0)
+        mem = None if run_mb[k] is None or a is None else a + run_mb[k]
+        rows[k] = member_row(t, res["members"][k], mem)
+        rows[k]["stopped_by"] = res["stopped_by"]
+        if primary != t.primary:
+            rows[k]["primary"] = primary
+    out_ratios = {name: res["ratios"][f"{a}/{b}"] for name, (a, b) in ratios.items()}
+    info = {k: res[k] for k in ("rounds", "settled", "stopped_by", "warmup_s", "timed_s", "cap_s", "band",
+                                "window_rounds", "windows", "order")}
+    info["members"] = list(backends)
+    return rows, out_ratios, info
+
+
+__all__ = ["DEVICE_TIMING", "HOST_TIMING", "MEMORY_KIND", "SCOPE", "BatchTimer", "activate_measured", "member_row",
+           "memory_growth_mb", "time_backend", "time_group"]

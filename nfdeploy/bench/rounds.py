@@ -1,0 +1,232 @@
+"""Interleaved rounds, stability windows, and ratios with bootstrap intervals.
+
+Everything that is compared in a ratio is timed in alternating rounds: each round runs every member
+for a fixed number of iterations (fixed per member after warm-up), so a slow phase of a shared
+machine hits all members alike instead of whichever happened to be timed then. The start of each
+round rotates (A B C, B C A, C A B, ...) so no member always follows the same one. While a group is
+timed, all its members are active at once (for the comparison groups: three small models in memory
+together); their memory is measured one by one at activation (see timing.py).
+
+A member's latency is the median of its per-round medians; a ratio A/B is the median of the per-round
+ratios (A's round median / B's round median of the same round); both come with a 95% percentile
+bootstrap interval over rounds (BOOTSTRAP_SAMPLES resamples, fixed seed: the same data give the same
+interval). Timing goes on until the medians of the last WINDOWS windows of WINDOW_ROUNDS rounds agree
+within +-band (STABILITY_BAND) for every member and every ratio, or a time cap passes; a quantity whose
+windows did not agree is "noisy", reported with its coefficient of variation over rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+# +-3% (the band issue 10 names): tight enough for the ratios this project reports (folded vs unfolded
+# differ by tens of percent), loose enough that a quiet 2-core machine settles in a few seconds.
+STABILITY_BAND = 0.03
+WINDOW_ROUNDS = 4  # rounds per stability window
+WINDOWS = 3  # windows that must agree
+BOOTSTRAP_SAMPLES = 2000
+CI_LEVEL = 0.95
+
+Timer = Callable[[], tuple[float, float | None]]  # one timed call -> (host_ms, device_ms or None)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """warmup_s and min_time_s are per member; max_time_s caps the timed phase of the whole group
+    (None: 5 x min_time_s per member, at least 2 s). The iterations of a member in one round are fixed
+    after warm-up so that a round takes about min_time_s / min_rounds per member, and all rounds
+    together give at least min_iters iterations."""
+
+    warmup_s: float = 1.0
+    min_time_s: float = 2.0
+    min_iters: int = 10
+    max_time_s: float | None = None
+    max_iters: int = 100_000
+    band: float = STABILITY_BAND
+    window_rounds: int = WINDOW_ROUNDS
+    windows: int = WINDOWS
+    min_warmup_calls: int = 1
+
+    @property
+    def min_rounds(self) -> int:
+        return self.window_rounds * self.windows
+
+    def cap_s(self, members: int) -> float:
+        return self.max_time_s if self.max_time_s is not None else max(5.0 * self.min_time_s * members, 2.0)
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+def window_medians(values: Sequence[float], window_rounds: int, windows: int) -> list[float]:
+    """Medians of the last `windows` consecutive windows of `window_rounds` values (oldest first);
+    [] when there are fewer than window_rounds * windows values."""
+    n = window_rounds * windows
+    if len(values) < n:
+        return []
+    tail = np.asarray(values[-n:], dtype=np.float64)
+    return [float(np.median(tail[i * window_rounds:(i + 1) * window_rounds])) for i in range(windows)]
+
+
+def is_settled(values: Sequence[float], band: float = STABILITY_BAND, window_rounds: int = WINDOW_ROUNDS,
+               windows: int = WINDOWS) -> bool:
+    """True when the medians of the last `windows` windows all lie within +-band of their own median."""
+    meds = window_medians(values, window_rounds, windows)
+    if not meds:
+        return False
+    center = float(np.median(meds))
+    return center > 0 and all(abs(m / center - 1.0) <= band for m in meds)
+
+
+def cv(values: Sequence[float]) -> float | None:
+    """Coefficient of variation (sample standard deviation / mean); None for fewer than two values."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size < 2 or a.mean() == 0:
+        return None
+    return float(a.std(ddof=1) / a.mean())
+
+
+def bootstrap_ci(values: Sequence[float], level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of `values` (resampled with replacement)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("bootstrap of no values")
+    if a.size == 1:
+        return float(a[0]), float(a[0])
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
+    meds = np.median(a[idx], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(values: Sequence[float], plan: RoundPlan | None = None) -> dict[str, Any]:
+    """Median, bootstrap interval, CV and stability of per-round values (latencies or ratios)."""
+    plan = plan or RoundPlan()
+    a = [float(v) for v in values]
+    settled = is_settled(a, plan.band, plan.window_rounds, plan.windows)
+    c = cv(a)
+    return {"median": float(np.median(a)), "ci95": list(bootstrap_ci(a)), "rounds": len(a), "cv": c,
+            "window_medians": window_medians(a, plan.window_rounds, plan.windows), "settled": settled,
+            "noisy": not settled}
+
+
+def ratio_summary(a_rounds: Sequence[float], b_rounds: Sequence[float], plan: RoundPlan | None = None) -> dict[str, Any]:
+    """A/B from paired rounds: the median of the per-round ratios, its bootstrap interval, CV, stability."""
+    if len(a_rounds) != len(b_rounds) or not a_rounds:
+        raise ValueError(f"ratio needs paired rounds, got {len(a_rounds)} and {len(b_rounds)}")
+    ratios = np.asarray(a_rounds, dtype=np.float64) / np.asarray(b_rounds, dtype=np.float64)
+    out = summarize(ratios.tolist(), plan)
+    out["ratio"] = out.pop("median")
+    return out
+
+
+def stats(ms: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"min": float(a.min()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+
+
+# ------------------------------------------------------------------------------------------ rounds
+
+def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
+                       ratios: Sequence[tuple[str, str]] = (), primary: str = "host_ms",
+                       budget_end: float | None = None) -> dict[str, Any]:
+    """Time every member of `timers` in alternating rounds until stable (see the module docstring).
+
+    `ratios`: (A, B) member pairs whose per-round ratio must settle too. `primary`: "host_ms" or
+    "device_ms" (the value of each call that the rounds, latencies and ratios use). `budget_end`: a
+    perf_counter() time after which no new round starts (whatever the stability).
+    Returns {"members": {name: {...}}, "ratios": {"A/B": {...}}, "rounds", "settled", "stopped_by",
+    "warmup_s", "timed_s"}."""
+    names = list(timers)
+    if not names:
+        raise ValueError("no members to time")
+    pick = 1 if primary == "device_ms" else 0
+
+    # Warm-up, interleaved as well: every member until it has had warmup_s and min_warmup_calls.
+    warm_t = {n: 0.0 for n in names}
+    warm_n = {n: 0 for n in names}
+    warm_last: dict[str, list[float]] = {n: [] for n in names}
+    t_w0 = time.perf_counter()
+    while any(warm_t[n] < plan.warmup_s or warm_n[n] < plan.min_warmup_calls for n in names):
+        for n in names:
+            if warm_t[n] >= plan.warmup_s and warm_n[n] >= plan.min_warmup_calls:
+                continue
+            t0 = time.perf_counter()
+            v = timers[n]()
+            warm_t[n] += time.perf_counter() - t0
+            warm_n[n] += 1
+            warm_last[n] = (warm_last[n] + [v[pick] if v[pick] is not None else v[0]])[-5:]
+        if budget_end is not None and time.perf_counter() > budget_end:
+            break
+    warmup_s = time.perf_counter() - t_w0
+
+    # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds.
+    round_s = plan.min_time_s / plan.min_rounds
+    iters = {}
+    for n in names:
+        est_ms = max(float(np.median(warm_last[n])), 1e-6)
+        iters[n] = int(min(max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1),
+                           10_000))
+
+    host: dict[str, list[float]] = {n: [] for n in names}
+    dev: dict[str, list[float]] = {n: [] for n in names}
+    round_medians: dict[str, list[float]] = {n: [] for n in names}
+    timed = {n: 0.0 for n in names}
+    cap = plan.cap_s(len(names))
+    t0_all = time.perf_counter()
+    r = 0
+    stopped_by = "settled"
+    while True:
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            vals = []
+            for _ in range(iters[n]):
+                h, d = timers[n]()
+                host[n].append(h)
+                if d is not None:
+                    dev[n].append(d)
+                vals.append(d if pick and d is not None else h)
+                timed[n] += h / 1e3
+            round_medians[n].append(float(np.median(vals)))
+        r += 1
+        elapsed = time.perf_counter() - t0_all
+        enough = r >= plan.min_rounds and all(timed[n] >= plan.min_time_s for n in names)
+        settled = (all(is_settled(round_medians[n], plan.band, plan.window_rounds, plan.windows) for n in names)
+                   and all(is_settled((np.asarray(round_medians[a]) / np.asarray(round_medians[b])).tolist(),
+                                      plan.band, plan.window_rounds, plan.windows) for a, b in ratios))
+        if enough and settled:
+            break
+        if elapsed >= cap and r >= 3:
+            stopped_by = "time cap"
+            break
+        if budget_end is not None and time.perf_counter() >= budget_end and r >= 3:
+            stopped_by = "time budget"
+            break
+        if sum(len(v) for v in host.values()) >= plan.max_iters:
+            stopped_by = "max iterations"
+            break
+    timed_s = time.perf_counter() - t0_all
+
+    members = {}
+    for n in names:
+        s = summarize(round_medians[n], plan)
+        members[n] = {"median_ms": s["median"], "median_ci95_ms": s["ci95"], "cv": s["cv"], "settled": s["settled"],
+                      "noisy": s["noisy"], "window_medians_ms": s["window_medians"], "round_medians_ms": round_medians[n],
+                      "rounds": r, "round_iters": iters[n], "iterations": len(host[n]),
+                      "warmup_iterations": warm_n[n], "warmup_s": warm_t[n], "timed_s": timed[n],
+                      "host_ms": stats(host[n]), "device_ms": stats(dev[n]) if dev[n] else None}
+    ratio_out = {f"{a}/{b}": ratio_summary(round_medians[a], round_medians[b], plan) for a, b in ratios}
+    return {"members": members, "ratios": ratio_out, "rounds": r, "order": "rotating (A B C, B C A, ...)",
+            "settled": stopped_by == "settled", "stopped_by": stopped_by, "warmup_s": warmup_s, "timed_s": timed_s,
+            "cap_s": cap, "band": plan.band, "window_rounds": plan.window_rounds, "windows": plan.windows}
+
+
+__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
+           "bootstrap_ci", "cv", "interleaved_rounds", "is_settled", "ratio_summary", "stats", "summarize",
+           "window_medians"]

@@ -17,6 +17,6 @@ have=$(ls "$wheel".* 2>/dev/null | wc -l)
 if [ "$have" -lt "$n" ]; then echo "have $have of $n parts: $(ls "$wheel".* | xargs -n1 basename | tr '\n' ' ')"; exit 3; fi
 cat $(ls "$wheel".* | sort) > "/tmp/$wheel"
 echo "$(cat SHA256)  /tmp/$wheel" | sha256sum -c - || exit 4
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ortgpu "/tmp/$wheel" || exit 5
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --target /tmp/ortgpu "/tmp/$wheel" || exit 5
 rm -f "/tmp/$wheel"
 echo "onnxruntime-gpu installed in /tmp/ortgpu"

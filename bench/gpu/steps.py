@@ -106,7 +106,10 @@ class Phase:
         except StepTimeout as e:
             rec.update(status=TIMEOUT, reason=str(e))
         except Exception as e:  # noqa: BLE001 - a failed step is a finding; the phase goes on
-            rec.update(status=FAILED, reason=one_line(e))
+            # Some libraries (torch.onnx's exporter) catch the alarm's StepTimeout and raise their own error.
+            timed_out = time.perf_counter() - t >= allowed - 0.5
+            rec.update(status=TIMEOUT if timed_out else FAILED,
+                       reason=(f"exceeded its time limit of {allowed:.0f} s, surfacing as " if timed_out else "") + one_line(e))
             (self.dir / f"traceback-{len(self.summary['steps'])}.txt").write_text(traceback.format_exc())
         rec["seconds"] = round(time.perf_counter() - t, 2)
         if isinstance(value, dict):

@@ -1,31 +1,25 @@
-"""One command for a GPU machine: train, export, parity and latency for two models, in a time budget.
+"""The GPU evidence suite (issue 12): parity, batch invariance and latency on a real GPU, in phases.
 
-    python bench/gpu_suite.py --out OUT [--budget-s 420] [--work DIR] [--pack] [--trt auto|off] [--compile]
+    python bench/gpu_suite.py --bundle .gpu/bundle --out OUT --work /tmp/gs-work --phase 1,2 [--deadline-s 540]
 
-Steps (each timed, each allowed to fail or be skipped with its reason, none taking the others down):
+Phases, most valuable first; each writes OUT/phaseN.json and OUT/phaseN.tar.gz (its reports, saved outputs,
+log) after every step, so a run cut short returns every step it finished (at most 8 files come back):
 
-1. environment: device, GPU, versions, what the export needs (onnx, onnxscript for torch.onnx's dynamo
-   exporter, onnxruntime for the export check and the ORT backends, ONNX Runtime's CUDA EP, TensorRT);
-2. train the digits model (recipe nf_digits, a few epochs, on whatever device there is);
-3. export it (fp32, fp16; TensorRT engines too with --trt auto when a usable TensorRT is importable);
-4. nf_resnet50 with random (randomize_) weights: a minimal run dir (config.json with model_config and
-   recipe, weights.safetensors: what load_run_model reads), exported with export_model, so parity and
-   bench can rebuild the unfolded reference from it. On a GPU: 224x224 input, batches 1, 8, 32, 128
-   (CPU backends: 1, 8). Without one: 64x64, batches 1, 8;
-5. parity (nfdeploy.parity.parity_report) of both exports, when that module is importable;
-6. latency (nfdeploy.bench.bench_report) of both exports.
+1. torch parity: every torch backend (CPU fp32; CUDA fp32 with TF32 off, TF32, fp16, bf16; eager and CUDA
+   graph; torch.compile with --compile) against the float64 reference, on the carried digits export and on
+   nf_resnet50 (seeded random weights, 224²); ONNX Runtime CPU on the same carried ONNX; outputs saved for
+   the CPU-vs-GPU comparison; the batch-invariance matrix (NF folded beside the folded BN twin, per
+   precision and mode); a few epochs of digits training on the GPU if time is left.
+2. latency: unfolded NF, folded NF and folded BN twin on torch CUDA, fp32/TF32/fp16/bf16, eager and CUDA
+   graph, batches 1..256, CUDA-event device time (nfdeploy.bench.bench_report); model TFLOP/s and its
+   share of a matmul peak measured in the same run for the same precision.
+3. ONNX Runtime CUDA EP (fp32, TF32, fp16 ONNX; IO binding): parity and latency. Needs onnxruntime-gpu on
+   PYTHONPATH (docs/gpu-runbook.md); nf_resnet50's ONNX is exported here, from the same seeded weights.
+4. TensorRT-RTX: what the builder said on the CPU machine (the bundle's trt_rtx.json) and what the runtime
+   says on this GPU, when tensorrt_rtx is importable here.
 
-Without onnxscript (or onnx) there is no export: the suite says so, builds the digits and nf_resnet50
-sources in memory and benchmarks the torch backends only. torch.compile backends are left out unless
---compile (each precision x batch size recompiles: tens of seconds each).
-
-Everything is written under --out (heavy artifacts under --work, default OUT/work): suite.json (summary:
-device, GPU, versions, wall time per step, what ran, what was skipped and why), suite.md, suite.log, the
-run dirs, export dirs, parity and bench reports. --pack also writes OUT/reports.tar.gz holding every
-JSON/Markdown/PNG/log file of the work dir (no weights, ONNX or engines): on the device machine, where
-only a few files come back, run
-
-    PYTHONUNBUFFERED=1 python bench/gpu_suite.py --out $OUT --work /tmp/gs-work --pack
+Without a GPU every CUDA backend is reported as skipped with its reason, and the CPU backends run: the
+same command rehearses the suite on a CPU machine. No number is written for anything that did not run.
 """
 
 from __future__ import annotations
@@ -34,17 +28,11 @@ import argparse
 import gc
 import json
 import os
-import shutil
-import signal
 import sys
-import tarfile
 import time
-import traceback
-from contextlib import contextmanager
-from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -52,535 +40,454 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-GPU_R50 = {"input_size": 224, "batches": (1, 8, 32, 128), "cpu_batches": (1, 8)}
-CPU_R50 = {"input_size": 64, "batches": (1, 8), "cpu_batches": (1, 8)}
-GPU_DIGITS = {"epochs": 8, "batches": (1, 8, 32, 128), "cpu_batches": (1, 8, 32, 128)}
-CPU_DIGITS = {"epochs": 4, "batches": (1, 8, 32), "cpu_batches": (1, 8, 32)}
-SMALL_SUFFIXES = (".json", ".md", ".png", ".log", ".jsonl")
+from bench.gpu.parity_outputs import run_parity  # noqa: E402
+from bench.gpu.sources import (matmul_peak, model_flops, read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
+                               unfolded_backends, write_random_run, write_torch_only_export)
+from bench.gpu.steps import Phase, one_line, write_json  # noqa: E402
+
+TITLES = {1: "torch parity and batch invariance", 2: "latency (torch CUDA)", 3: "ONNX Runtime CUDA EP",
+          4: "TensorRT-RTX"}
+DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0}
+TORCH_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+INVARIANCE_MODES = ("eager", "cudagraph")
 
 
-class StepTimeout(Exception):
-    pass
+class Plan:
+    """Sizes per device (GPU: the issue's settings; CPU: a rehearsal that exercises the same code)."""
+
+    def __init__(self, cuda: bool, tiny: bool):
+        self.cuda = cuda
+        self.r50_size = 64 if tiny else 224
+        self.r50_samples = 16 if tiny else (128 if cuda else 32)
+        self.r50_invariance = 8 if tiny else (32 if cuda else 8)
+        self.digits_samples = 64 if tiny else 512
+        self.digits_invariance = 16 if tiny else 64
+        self.batches = (1, 8, 32, 128, 256) if cuda else ((1, 4) if tiny else (1, 8))
+        self.bench_budget = {"nf_digits": 0.3, "nf_resnet50": 0.65}  # shares of what is left in phase 2/3
+        self.train_epochs = 5
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
 
 
-@contextmanager
-def time_limit(seconds: float | None):
-    """Raise StepTimeout in the main thread after `seconds` (SIGALRM; between Python bytecodes)."""
-    if seconds is None or not hasattr(signal, "setitimer"):
-        yield
-        return
+def capabilities() -> dict[str, Any]:
+    """What this machine can run, with the reason for each thing it cannot (recorded, and shown)."""
+    import importlib
 
-    def handler(signum, frame):
-        raise StepTimeout(f"exceeded its time share of {seconds:.0f} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, max(float(seconds), 1.0))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _one_line(e: BaseException, limit: int = 400) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-def write_random_run(run_dir: Path, model: str = "nf_resnet50", input_size: int = 224, seed: int = 0,
-                     num_classes: int = 1000) -> Path:
-    """A minimal run dir for a model with random (randomize_) weights: config.json (model_config,
-    recipe, dataset) and weights.safetensors, exactly what nfdeploy.train.load_run_model reads. The
-    recipe's data section names a synthetic dataset of the model's shape, so parity has labelled data."""
-    from nfdeploy.artifacts import atomic_write_json, save_tensors
-    from nfdeploy.config import load_recipe
-    from nfdeploy.fold import randomize_
-    from nfdeploy.models import create_model
-    from nfdeploy.runs import CONFIG, WEIGHTS
-
-    recipe = load_recipe("nf_resnet50_imagefolder", {
-        "model.name": model, "model.drop_rate": 0.0, "model.drop_path_rate": 0.0,
-        "data.dataset": "synthetic", "data.path": "", "data.input_size": input_size, "data.num_classes": num_classes,
-        "data.synthetic_size": 160, "data.in_chans": 3, "data.augment": False, "train.epochs": 1})
-    net = randomize_(create_model(model, num_classes=num_classes, in_chans=3, input_size=input_size,
-                                  **recipe.model.options), seed=seed).eval()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_tensors(run_dir / WEIGHTS, net.state_dict(), metadata={"note": f"random weights (randomize_, seed {seed})"})
-    atomic_write_json(run_dir / CONFIG, {
-        "recipe": recipe.to_dict(),
-        "model_config": asdict(net.cfg),
-        "dataset": {"name": "synthetic", "mean": None, "std": None, "class_names": None},
-        "environment": {"torch": torch.__version__, "note": "not trained: written by bench/gpu_suite.py"},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
-    return run_dir
-
-
-def export_random_run(run_dir: Path, out_dir: Path, precisions: tuple[str, ...], trt: Any, check: bool,
-                      log: Callable[[str], None]):
-    """export_model on fold_model(the run's randomised model), with a run source (load_export_source works)."""
-    from nfdeploy.artifacts import sha256_file
-    from nfdeploy.export import ExportOptions, export_model
-    from nfdeploy.fold import fold_model
-    from nfdeploy.runs import load_run_model
-    from nfdeploy.runs import WEIGHTS
-
-    model, resolved = load_run_model(run_dir)
-    model = model.double().eval()
-    cfg = model.cfg
-    return export_model(
-        model, out_dir, fold=lambda dtype: fold_model(model, dtype=dtype), name=resolved["recipe"]["model"]["name"],
-        input_shape=(cfg.in_chans, cfg.input_size, cfg.input_size), norm=cfg.norm,
-        source={"kind": "run", "run_dir": str(run_dir.resolve()), "weights": WEIGHTS,
-                "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg), "twin": None},
-        preprocessing={"mean": None, "std": None, "class_names": None, "dataset": "synthetic"},
-        check_data=None, opts=ExportOptions(precisions=precisions, check=check, check_samples=16, trt=trt), log=log)
-
-
-def torch_only_source(run_dir: Path, export_dir: Path, reason: str):
-    """An in-memory ExportSource for a run without an export (no ONNX, no engines): torch backends only."""
-    from nfdeploy.backends import ExportSource
-    from nfdeploy.runs import load_run_model
-
-    model, resolved = load_run_model(run_dir)
-    cfg = model.cfg
-    manifest = {"format": "nfdeploy-export-v1", "model": resolved["recipe"]["model"]["name"], "norm": cfg.norm,
-                "input": {"name": "input", "shape": ["batch", cfg.in_chans, cfg.input_size, cfg.input_size]},
-                "source": {"kind": "run", "run_dir": str(run_dir.resolve()), "model_config": asdict(cfg)},
-                "onnx": {}, "engines": {}, "note": f"not exported: {reason}"}
-    return ExportSource(manifest, model.float().eval(), export_dir, resolved)
-
-
-def _capabilities(cuda: bool) -> dict[str, Any]:
-    caps: dict[str, Any] = {}
-    for mod in ("onnx", "onnxscript", "onnxruntime"):
+    caps: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                            "cuda": torch.cuda.is_available()}
+    for mod in ("onnx", "onnxscript", "onnx_ir", "onnxruntime", "tensorrt_rtx", "tensorrt"):
         try:
-            m = __import__(mod)
-            caps[mod] = {"ok": True, "version": getattr(m, "__version__", "?")}
-        except Exception as e:  # noqa: BLE001 - a broken install is "not available"
-            caps[mod] = {"ok": False, "reason": _one_line(e, 200)}
-    if caps["onnx"]["ok"] and caps["onnxscript"]["ok"]:
-        caps["export"] = {"ok": True}
-    else:
-        missing = [m for m in ("onnx", "onnxscript") if not caps[m]["ok"]]
-        caps["export"] = {"ok": False, "reason": f"{' and '.join(missing)} not importable: torch.onnx.export(dynamo=True) "
-                                                 "needs onnx and onnxscript; no ONNX export, torch backends only"}
+            m = importlib.import_module(mod)
+            caps[mod] = {"ok": True, "version": getattr(m, "__version__", "?"), "file": getattr(m, "__file__", None)}
+        except Exception as e:  # noqa: BLE001 - a missing or broken install is "not available", with its reason
+            caps[mod] = {"ok": False, "reason": one_line(e, 200)}
     if caps["onnxruntime"]["ok"]:
         import onnxruntime as ort
 
         if hasattr(ort, "preload_dlls"):
             try:
                 ort.preload_dlls()
-            except Exception:  # noqa: BLE001
-                pass
-        provs = ort.get_available_providers()
-        caps["onnxruntime"]["providers"] = provs
-        caps["ort_cuda"] = {"ok": "CUDAExecutionProvider" in provs} | (
-            {} if "CUDAExecutionProvider" in provs else {"reason": "CUDAExecutionProvider not in " + ", ".join(provs)})
-    else:
-        caps["ort_cuda"] = {"ok": False, "reason": "onnxruntime not importable"}
-    if not cuda:
-        caps["tensorrt"] = {"ok": False, "reason": "no CUDA GPU: engines could be built (TensorRT-RTX) but not run"}
-    else:
-        try:
-            from nfdeploy.export.tensorrt import import_tensorrt
-
-            trt, flavour = import_tensorrt("auto")
-            cc = torch.cuda.get_device_capability(0)
-            if flavour == "tensorrt_rtx" and cc[0] == 9:
-                caps["tensorrt"] = {"ok": False, "reason": f"only TensorRT-RTX {trt.__version__} is importable and its "
-                                                           "engines do not run on Hopper GPUs"}
-            else:
-                caps["tensorrt"] = {"ok": True, "flavour": flavour, "version": str(trt.__version__)}
-        except Exception as e:  # noqa: BLE001
-            caps["tensorrt"] = {"ok": False, "reason": _one_line(e, 300)}
+            except Exception as e:  # noqa: BLE001
+                caps["onnxruntime"]["preload_dlls"] = one_line(e, 200)
+        caps["onnxruntime"]["providers"] = ort.get_available_providers()
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        caps["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
+                       "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+                       "cudnn": torch.backends.cudnn.version()}
     return caps
 
 
-PARITY_CHILD = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from nfdeploy.parity import parity_report
-parity_report(sys.argv[2], sys.argv[3], only=json.loads(sys.argv[4]), log=lambda m: print(m, flush=True))
-"""
-
-
-def run_child(code: str, argv: list[str], timeout: float, log: Callable[[str], None]) -> None:
-    """python -c CODE ARGV with a hard timeout; its output goes to `log` line by line."""
-    import subprocess
-    import threading
-
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    tail: list[str] = []
-
-    def pump():
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            del tail[:-20]
-            log(line)
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        t.join(5)
-        raise StepTimeout(f"exceeded its time share of {timeout:.0f} s (child process killed)") from None
-    finally:
-        t.join(5)
-    if rc != 0:
-        last = next((x for x in reversed(tail) if x.strip()), "")
-        raise RuntimeError(f"child process exited with {rc}: {last[:300]}")
-
-
-# ---------------------------------------------------------------------------------------- suite
-
 class Suite:
-    def __init__(self, out: Path, work: Path, budget_s: float):
-        self.out, self.work, self.budget_s = out, work, budget_s
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out: Path = args.out.resolve()
+        self.work: Path = args.work.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MPLCONFIGDIR", str(self.work / ".cache" / "matplotlib"))
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.work / ".cache" / "inductor"))
         self.t0 = time.perf_counter()
-        self.logfile = open(out / "suite.log", "w", encoding="utf-8")
-        self.summary: dict[str, Any] = {
-            "format": "nfdeploy-gpu-suite-v1", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "argv": sys.argv[1:], "budget_s": budget_s, "out": str(out), "work": str(work),
-            "steps": [], "skipped": [], "benches": {}, "parity": {}}
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def left(self) -> float:
-        return self.budget_s - self.elapsed()
+        self.deadline = self.t0 + args.deadline_s
+        self.logfile = open(self.out / "suite.log", "a", encoding="utf-8")
+        self.cuda = torch.cuda.is_available()
+        self.plan = Plan(self.cuda, args.tiny)
+        self.dev = "cuda" if self.cuda else "cpu"
+        self.exports = self.work / "exports"
+        self.runs = self.work / "runs"
 
     def log(self, msg: str) -> None:
-        line = f"[{datetime.now():%H:%M:%S} +{self.elapsed():6.1f}s] {msg}"
+        line = f"[{datetime.now():%H:%M:%S} +{time.perf_counter() - self.t0:6.1f}s] {msg}"
         print(line, flush=True)
         self.logfile.write(line + "\n")
         self.logfile.flush()
 
-    def skip(self, what: str, reason: str) -> None:
-        self.summary["skipped"].append({"what": what, "reason": reason})
-        self.log(f"SKIP {what}: {reason}")
+    def phase(self, n: int) -> Phase:
+        budget = self.args.budget.get(n, DEFAULT_BUDGET[n])
+        ph = Phase(n, TITLES[n], self.out, self.work, budget, self.deadline, self.log)
+        ph.summary["plan"] = self.plan.describe()
+        ph.summary["device"] = self.dev
+        return ph
 
-    def save(self) -> None:
-        from nfdeploy.artifacts import atomic_write_json
+    # ------------------------------------------------------------------------------- sources
+    def digits_export(self) -> Path:
+        """The carried digits export, relocated under the work dir (once per work dir)."""
+        export = self.exports / "nf_digits"
+        if not (export / "manifest.json").is_file():
+            relocate_bundle(self.args.bundle, self.work)
+        return export
 
-        self.summary["wall_seconds"] = self.elapsed()
-        atomic_write_json(self.out / "suite.json", self.summary)
+    def r50_run(self) -> Path:
+        run = self.runs / "nf_resnet50"
+        if not (run / "weights.safetensors").is_file():
+            write_random_run(run, "nf_resnet50", self.plan.r50_size)
+        return run
 
-    def step(self, name: str, fn: Callable[[], Any], limit: float | None = None) -> Any:
-        """Run one step under a time limit; record status, wall time and the reason of a failure."""
-        rec: dict[str, Any] = {"name": name, "limit_s": limit}
-        if limit is not None and limit < 2:
-            rec.update(status="skipped", seconds=0.0, reason="no time left in the budget")
-            self.summary["steps"].append(rec)
-            self.skip(name, rec["reason"])
-            self.save()
-            return None
-        self.log(f"== {name}" + (f" (time share {limit:.0f} s)" if limit else ""))
+    def r50_torch_export(self) -> Path:
+        """nf_resnet50 for the torch backends: a manifest without ONNX (export costs time phase 1 lacks)."""
+        export = self.exports / "nf_resnet50-torch"
+        if not (export / "manifest.json").is_file():
+            write_torch_only_export(self.r50_run(), export, "phase 1/2 run torch backends only; phase 3 exports ONNX")
+        return export
+
+    def r50_onnx_export(self, precisions: tuple[str, ...] = ("fp32", "fp16")) -> Path:
+        from nfdeploy.export import export_options, export_run
+
+        export = self.exports / "nf_resnet50"
+        if not (export / "manifest.json").is_file():
+            export_run(self.r50_run(), export, export_options("default", precisions=precisions, check=False),
+                       log=lambda m: self.log("   " + str(m)))
+        return export
+
+    def torch_only(self) -> list[str]:
+        """Backend-name substrings for the torch parity of phase 1."""
+        modes = ["eager", "cudagraph"] + (["compile"] if self.args.compile else [])
+        return ["torch-cpu-fp32"] + [f"torch-cuda-{t}-folded-{m}" for t in ("fp32", "fp32-tf32", "fp16", "bf16")
+                                     for m in modes]
+
+    # -------------------------------------------------------------------------------- phases
+    def phase1(self) -> None:
+        ph = self.phase(1)
+        caps = ph.step("environment", lambda: capabilities(), limit=60)
+        if caps:
+            write_json(ph.dir / "environment.json", {"capabilities": caps, "machine": _machine()})
+        if not self.cuda:
+            ph.skip("torch CUDA backends (all precisions and modes)", "no CUDA device visible to torch")
+        if not self.args.compile:
+            ph.skip("torch.compile backends", "left out (--compile): each precision x batch recompiles, tens of s each")
+        ph.summary["bundle"] = read_bundle_info(self.args.bundle)
+
+        def parity(name: str, export: Path, only: list[str], samples: int, inv: int, fallback: bool) -> dict[str, Any]:
+            from nfdeploy.backends import export_backends, load_export_source
+
+            backends = export_backends(load_export_source(export), compile=self.args.compile, tensorrt=False)
+            rep = run_parity(export, ph.dir / f"parity-{name}", only=only, backends=backends, max_samples=samples,
+                             invariance_samples=inv, fallback_outputs=fallback, log=lambda m: self.log("   " + str(m)))
+            ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
+            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"],
+                    "outputs_saved_by": rep.get("outputs_saved_by")}
+
+        p = self.plan
+        ph.step("parity nf_digits (carried export)", lambda: parity(
+            "nf_digits", self.digits_export(), self.torch_only() + ["onnxruntime-cpu"], p.digits_samples,
+            p.digits_invariance, True), limit=0.35 * ph.summary["budget_s"])
+        ph.step("batch invariance nf_digits (NF folded vs BN twin)",
+                lambda: self.invariance(ph, "nf_digits", self.digits_export(), p.digits_invariance), limit=40)
+        ph.step(f"parity nf_resnet50 (random weights, {p.r50_size}²)", lambda: parity(
+            "nf_resnet50", self.r50_torch_export(), self.torch_only(), p.r50_samples, p.r50_invariance, False),
+            limit=0.35 * ph.summary["budget_s"])
+        ph.step("batch invariance nf_resnet50 (NF folded vs BN twin)",
+                lambda: self.invariance(ph, "nf_resnet50", self.r50_torch_export(), p.r50_invariance), limit=60)
+        if self.cuda:
+            ph.step(f"train nf_digits on the GPU ({p.train_epochs} epochs)", self.train_digits, limit=60)
+        else:
+            ph.skip("train nf_digits on the GPU", "no CUDA device visible to torch")
+        ph.save()
+
+    def invariance(self, ph: Phase, name: str, export: Path, samples: int) -> dict[str, Any]:
+        """Batch invariance of the folded BN twin (eval mode) per precision and mode, beside the NF rows of
+        the parity report (each sample alone vs in batches of 3, 16, 64 and shuffled batches of 16)."""
+        from nfdeploy.backends import load_export_source
+        from nfdeploy.parity import load_parity_data
+
+        from nfdeploy.parity import batch_invariance
+
+        source = load_export_source(export)
+        x = load_parity_data(source, None, None, samples)[0][:samples]
+        precs = TORCH_PRECISIONS if self.cuda else ("fp32",)
+        rows = []
+        prep = ph.summary["results"].get(f"parity {name}", {}).get("batch_invariance", {})
+        for bname, v in prep.items():
+            rows.append({"model": "NF folded" if "folded" in bname else "NF", "backend": bname, **v})
+        for b in twin_backends(source, precs, INVARIANCE_MODES if self.cuda else ("",), self.dev):
+            if b.unavailable_reason():
+                continue
+            try:
+                with b:
+                    inv = batch_invariance(b.run, x)
+            except Exception as e:  # noqa: BLE001 - e.g. bf16 on a GPU without it: a finding
+                rows.append({"model": "BN twin folded (eval)", "backend": b.name, "error": one_line(e, 200)})
+                continue
+            rows.append({"model": "BN twin folded (eval)", "backend": b.name,
+                         "max_abs_deviation": inv["max_abs_deviation"], "bitwise_identical": inv["bitwise_identical"],
+                         **inv["per_setting"]})
+        write_json(ph.dir / f"invariance-{name}.json", rows)
+        from nfdeploy.reports import markdown_table
+
+        ph.summary["results"][f"batch invariance {name}"] = {"rows": rows, "markdown": markdown_table(rows, floatfmt="{:.3g}")}
+        return {"rows": len(rows)}
+
+    def train_digits(self) -> dict[str, Any]:
+        from nfdeploy.config import load_recipe
+        from nfdeploy.train import train
+
         t = time.perf_counter()
-        value = None
+        res = train(load_recipe("nf_digits", {"train.epochs": self.plan.train_epochs}), self.runs / "nf_digits-gpu",
+                    progress=False, log=lambda m: self.log("   " + str(m)))
+        return {"epochs": self.plan.train_epochs, "seconds": time.perf_counter() - t,
+                **{k: res.summary.get(k) for k in ("test_accuracy", "device", "best_test_accuracy") if k in res.summary}}
+
+    def phase2(self) -> None:
+        ph = self.phase(2)
+        precs = TORCH_PRECISIONS if self.cuda else ("fp32",)
+        peaks: dict[str, list[dict[str, Any]]] = {}
+
+        def measure_peaks(when: str) -> dict[str, Any]:
+            for prec in precs:
+                try:
+                    peaks.setdefault(prec, []).append({**matmul_peak(prec, self.dev), "when": when})
+                except Exception as e:  # noqa: BLE001
+                    ph.skip(f"matmul peak {prec} ({when})", one_line(e, 200))
+            ph.summary["results"]["matmul peak"] = peaks
+            return {p: round(v[-1]["tflops"], 2) for p, v in peaks.items()}
+
+        ph.step("matmul peak (before)", lambda: measure_peaks("before the model timings"), limit=40)
+        if not self.cuda:
+            ph.skip("torch CUDA latency", "no CUDA device visible to torch: the CPU fp32 backends stand in")
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
+            share = self.plan.bench_budget[name]
+            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn, share=share: self.bench_torch(
+                ph, name, export_fn(), max(ph.left() - 40, 10) * share), limit=None, reserve=35)
+            gc.collect()
+            if self.cuda:
+                torch.cuda.empty_cache()
+        ph.step("matmul peak (after)", lambda: measure_peaks("after the model timings"), limit=40, reserve=2)
+        ph.step("TFLOP/s and share of peak", lambda: self.flops_table(ph), limit=60, reserve=1)
+        ph.save()
+
+    def bench_torch(self, ph: Phase, name: str, export: Path, budget: float) -> dict[str, Any]:
+        from nfdeploy.backends import export_backends, load_export_source
+        from nfdeploy.bench import bench_report
+
+        source = load_export_source(export)
+        if self.cuda:
+            modes = INVARIANCE_MODES + (("compile",) if self.args.compile else ())
+            own = [b for b in export_backends(source, compile=self.args.compile, tensorrt=False)
+                   if b.name.startswith("torch-cuda")]
+            backends = unfolded_backends(source, TORCH_PRECISIONS, modes) + own + \
+                twin_backends(source, TORCH_PRECISIONS, modes, "cuda")
+        else:
+            own = [b for b in export_backends(source, compile=False, tensorrt=False)
+                   if b.name.startswith("torch-cpu-fp32")]
+            backends = own + twin_backends(source, ("fp32",), ("",), "cpu")
+        # Call as it is now; the parallel bench branch adds interleaved rounds (switch them on here after merging).
+        rep = bench_report(source, ph.dir / f"bench-{name}", batches=self.plan.batches, min_time=1.0, warmup=0.5,
+                           compare=False, budget_s=budget, backends=backends, log=lambda m: self.log("   " + str(m)))
+        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
+        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
+
+    def flops_table(self, ph: Phase) -> dict[str, Any]:
+        from nfdeploy.backends import load_export_source
+        from nfdeploy.reports import markdown_table
+
+        peaks = ph.summary["results"].get("matmul peak", {})
+        rows = []
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
+            lat = ph.summary["results"].get(f"latency {name}")
+            if not lat:
+                continue
+            source = load_export_source(export_fn())
+            # The unfolded model has the same Conv2d/Linear shapes as the folded one (WS convs are Conv2d).
+            gflop = model_flops(source.model, source.input_shape) / 1e9
+            for r in lat["results"]:
+                prec = r["precision"]
+                peak = [p["tflops"] for p in peaks.get(prec, [])]
+                tflops = gflop * r["batch"] / (r["median_ms"] * 1e-3) / 1e3
+                rows.append({"model": name, "backend": r["backend"], "batch": r["batch"], "GFLOP/img": round(gflop, 4),
+                             "median ms": r["median_ms"], "metric": r["metric"], "TFLOP/s": tflops,
+                             "matmul peak TFLOP/s": max(peak) if peak else None,
+                             "share of peak": tflops / max(peak) if peak else None})
+        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of Conv2d and Linear of the folded NF model per "
+                                                     "image (the twin has the same convs); peak = best of the matmul "
+                                                     "peaks measured before/after in this run, same precision",
+                                           "rows": rows})
+        ph.summary["results"]["TFLOP/s"] = {"rows": len(rows), "markdown": markdown_table(rows, floatfmt="{:.4g}")}
+        return {"rows": len(rows)}
+
+    def phase3(self) -> None:
+        ph = self.phase(3)
+        caps = ph.step("onnxruntime", lambda: capabilities()["onnxruntime"], limit=60)
+        cuda_ep = bool(caps and "CUDAExecutionProvider" in caps.get("providers", []))
+        if not cuda_ep:
+            ph.skip("ONNX Runtime CUDA EP", "CUDAExecutionProvider not available: " + json.dumps(caps)[:300]
+                    + " (install onnxruntime-gpu first: docs/gpu-runbook.md)")
+        only = ["onnxruntime-cuda"] if cuda_ep else ["onnxruntime-cpu"]
+
+        def parity(name: str, export: Path, samples: int, inv: int) -> dict[str, Any]:
+            rep = run_parity(export, ph.dir / f"parity-{name}", only=only + ["onnxruntime-cpu-fp32"], max_samples=samples,
+                             invariance_samples=inv, fallback_outputs=name == "nf_digits",
+                             log=lambda m: self.log("   " + str(m)))
+            ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
+            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
+
+        p = self.plan
+        ph.step("parity nf_digits (carried ONNX)", lambda: parity("nf_digits", self.digits_export(), p.digits_samples,
+                                                                  p.digits_invariance), limit=60)
+        ph.step("export nf_resnet50 (fp32, fp16 ONNX)", lambda: {"dir": str(self.r50_onnx_export())}, limit=150)
+        if (self.exports / "nf_resnet50" / "manifest.json").is_file():
+            ph.step("parity nf_resnet50", lambda: parity("nf_resnet50", self.exports / "nf_resnet50", p.r50_samples,
+                                                         p.r50_invariance), limit=60)
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", lambda: self.exports / "nf_resnet50")):
+            if not (export_fn() / "manifest.json").is_file():
+                ph.skip(f"ONNX Runtime latency {name}", "no ONNX export")
+                continue
+            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn: self.bench_ort(
+                ph, name, export_fn(), only, max(ph.left() - 10, 5) * (0.4 if name == "nf_digits" else 1.0)),
+                reserve=5)
+        ph.save()
+
+    def bench_ort(self, ph: Phase, name: str, export: Path, only: list[str], budget: float) -> dict[str, Any]:
+        from nfdeploy.bench import bench_report
+
+        rep = bench_report(export, ph.dir / f"bench-{name}", batches=self.plan.batches, only=only, min_time=1.0,
+                           warmup=0.5, compare=False, budget_s=budget, log=lambda m: self.log("   " + str(m)))
+        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
+        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
+
+    def phase4(self) -> None:
+        ph = self.phase(4)
+        built = self.args.bundle / "trt_rtx.json"
+        if built.is_file():
+            ph.summary["results"]["TensorRT-RTX build (CPU machine)"] = json.loads(built.read_text())
+        else:
+            ph.skip("TensorRT-RTX build record", f"{built} not in the bundle")
+        ph.step("TensorRT-RTX runtime on this GPU", lambda: self.trt_rtx_runtime(ph), limit=60)
+        ph.save()
+
+    def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
+        """Deserialize the carried engine with tensorrt_rtx's own runtime and record every message it logs."""
         try:
-            with time_limit(limit):
-                value = fn()
-            rec["status"] = "ok"
-        except StepTimeout as e:
-            rec.update(status="timeout", reason=str(e))
-        except Exception as e:  # noqa: BLE001 - a failed step is a finding; the suite goes on
-            rec.update(status="failed", reason=_one_line(e))
-            self.logfile.write(traceback.format_exc())
-        rec["seconds"] = time.perf_counter() - t
-        if isinstance(value, dict) and "detail" in value:
-            rec["detail"] = value["detail"]
-        self.summary["steps"].append(rec)
-        self.log(f"   {name}: {rec['status']} in {rec['seconds']:.1f} s" + (f" ({rec['reason']})" if "reason" in rec else ""))
-        self.save()
-        return value
+            import tensorrt_rtx as trt
+        except Exception as e:  # noqa: BLE001
+            ph.skip("TensorRT-RTX runtime", f"tensorrt_rtx is not importable here ({one_line(e, 200)}); its wheels "
+                                            "were not carried (over 100 MB: see docs/gpu-runbook.md)")
+            return {"importable": False}
+        if not self.cuda:
+            ph.skip("TensorRT-RTX runtime", "no CUDA device visible to torch: an engine cannot be deserialized here")
+            return {"importable": True, "cuda": False}
+        messages: list[str] = []
+
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                messages.append(f"{severity}: {msg}")
+
+        engines = sorted((self.args.bundle / "rtx").glob("*.engine"))
+        out: dict[str, Any] = {"version": trt.__version__, "engines": {}}
+        for path in engines:
+            runtime = trt.Runtime(Logger())
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            out["engines"][path.name] = {"deserialized": engine is not None, "messages": messages[:]}
+            messages.clear()
+        ph.summary["results"]["TensorRT-RTX runtime"] = out
+        return {"engines": len(engines)}
 
 
-def _bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
-    rows = [{"backend": r["name"], "batch": r["batch"], "metric": r["primary"], "scope": r["scope"],
-             "median_ms": r["median_ms"], "p90_ms": r[r["primary"]]["p90"], "throughput_ips": r["throughput_ips"],
-             "truncated": r["truncated"]} for r in rep["results"]]
-    return {"results": rows, "comparison": rep["comparison"]["rows"],
-            "skipped": rep["skipped"] + rep["comparison"]["skipped"], "failed": rep["failed"],
-            "over_budget": rep["over_budget"], "settings": rep["settings"], "wall_seconds": rep["wall_seconds"]}
+def _machine() -> dict[str, Any]:
+    from nfdeploy.bench import machine_info
+
+    return machine_info()
 
 
 def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
-    rows = []
-    for r in rep.get("backends", []):
-        rows.append({k: r.get(k) for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "reason")
-                     if r.get(k) is not None})
-    return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"), "backends": rows}
-
-
-def render_md(s: dict[str, Any]) -> str:
     from nfdeploy.reports import markdown_table
 
-    m = s.get("machine") or {}
-    gpu = m.get("gpu")
-    lines = ["# nfdeploy GPU suite", "",
-             f"Started {s['started']}, wall time {s.get('wall_seconds', 0):.0f} s of a {s['budget_s']:.0f} s budget. "
-             f"Device: **{s.get('device', '?')}**" + (f" ({gpu['name']}, CC {gpu['compute_capability']})" if gpu else "")
-             + ".", ""]
-    if m:
-        v = m.get("versions", {})
-        lines += [f"CPU: {m['cpu']['model']} ({m['cpu']['usable_cpus']} usable CPUs), torch threads {m['torch_threads']}. "
-                  "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()
-                                           if k not in ("onnxruntime_providers", "onnxruntime_module")) + ".", ""]
-    lines += ["## Steps", "", markdown_table([{"step": r["name"], "status": r["status"], "seconds": f"{r['seconds']:.1f}",
-                                               "note": r.get("reason", "")} for r in s["steps"]])]
-    if s["skipped"]:
-        lines += ["## Skipped", "", markdown_table([{"what": r["what"], "reason": r["reason"]} for r in s["skipped"]])]
-    for name, p in s["parity"].items():
-        lines += [f"## Parity: {name}", "", f"ok: {p.get('ok')}; data: {p.get('data')}", "",
-                  markdown_table(p.get("backends") or [], ["name", "status", "rel_l2", "top1_agreement", "reason"])]
-    for name, b in s["benches"].items():
-        lines += [f"## Latency: {name}", "",
-                  f"Median of the primary timing (device_ms on CUDA, host_ms on CPU), ms; warm-up "
-                  f"{b['settings']['warmup_s']:.2g} s, min time {b['settings']['min_time_s']:.2g} s per cell.", ""]
-        batches = sorted({r["batch"] for r in b["results"]})
-        table: dict[str, dict[str, Any]] = {}
-        for r in b["results"]:
-            row = table.setdefault(r["backend"], {"backend": r["backend"], "scope": r["scope"]})
-            row[f"b{r['batch']} ms"] = f"{r['median_ms']:.4g}"
-            row[f"b{r['batch']} img/s"] = f"{r['throughput_ips']:.0f}"
-        cols = ["backend", "scope"] + [f"b{n} {k}" for n in batches for k in ("ms", "img/s")]
-        lines.append(markdown_table(list(table.values()), cols))
-        if b["comparison"]:
-            lines += ["Unfolded vs folded vs BN twin (same backend type):", "", markdown_table(
-                [{"backend type": r["backend_type"], "batch": r["batch"],
-                  "unfolded ms": f"{r['unfolded_ms']:.4g}" if r["unfolded_ms"] else "",
-                  "NF folded ms": f"{r['nf_folded_ms']:.4g}" if r["nf_folded_ms"] else "",
-                  "BN folded ms": f"{r['bn_folded_ms']:.4g}" if r["bn_folded_ms"] else "",
-                  "folded speedup": f"{r['speedup_folded_vs_unfolded']:.3f}×" if r["speedup_folded_vs_unfolded"] else "",
-                  "NF/BN folded": f"{r['ratio_nf_folded_to_bn_folded']:.3f}" if r["ratio_nf_folded_to_bn_folded"] else ""}
-                 for r in sorted(b["comparison"], key=lambda r: (r["backend_type"], r["batch"]))])]
-        if b["failed"] or b["over_budget"]:
-            lines += ["Failed / not run:", "", markdown_table(
-                [{"backend": r["name"], "batch": r["batch"], "reason": r["reason"]} for r in b["failed"] + b["over_budget"]])]
-        lines.append(f"Full report: `{b['dir']}/bench.md`.\n")
-    return "\n".join(lines)
+    rows = [{k: r.get(k) for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "accuracy", "reason")
+             if r.get(k) is not None} for r in rep.get("backends", [])]
+    inv = {k: {"max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"], **v["per_setting"]}
+           for k, v in rep.get("batch_invariance", {}).items()}
+    return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
+            "inputs_sha256": rep.get("inputs_sha256"), "outputs_saved_by": rep.get("outputs_saved_by"),
+            "backends": rows, "batch_invariance": inv,
+            "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}")}
 
 
-def pack(work: Path, dest: Path) -> int:
-    n = 0
-    with tarfile.open(dest, "w:gz") as tar:
-        for p in sorted(work.rglob("*")):
-            rel = p.relative_to(work)
-            if (p.is_file() and p.suffix in SMALL_SUFFIXES and not any(q.startswith(".") for q in rel.parts)
-                    and p.resolve() != dest.resolve()):
-                tar.add(p, arcname=str(rel))
-                n += 1
-    return n
+def _bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
+    from nfdeploy.reports import markdown_table
+
+    rows = [{"backend": r["name"], "precision": r["precision"], "batch": r["batch"], "metric": r["primary"],
+             "scope": r["scope"], "median_ms": r["median_ms"], "p90_ms": r[r["primary"]]["p90"],
+             "throughput_ips": r["throughput_ips"], "iterations": r["iterations"], "truncated": r["truncated"]}
+            for r in rep["results"]]
+    # unfolded / NF folded / BN folded side by side, per precision, mode and batch (same run, one backend at a time)
+    by: dict[tuple[str, str, int], dict[str, float]] = {}
+    for r in rep["results"]:
+        b = r["backend"]
+        variant = b.get("variant") or ""
+        key = (r["precision"], b.get("mode") or "", r["batch"])
+        by.setdefault(key, {})[variant] = r["median_ms"]
+    ratios = []
+    for (prec, mode, batch), m in sorted(by.items()):
+        unf, nf, bn = m.get("unfolded"), m.get("folded"), m.get("bn-folded")
+        if nf and (unf or bn):
+            ratios.append({"precision": prec, "mode": mode, "batch": batch, "unfolded_ms": unf, "nf_folded_ms": nf,
+                           "bn_folded_ms": bn, "folded_speedup": unf / nf if unf else None,
+                           "nf_over_bn": nf / bn if bn else None})
+    return {"results": rows, "ratios": ratios, "skipped": rep["skipped"], "failed": rep["failed"],
+            "over_budget": rep["over_budget"], "settings": rep["settings"], "wall_seconds": rep["wall_seconds"],
+            "markdown": markdown_table(rows, floatfmt="{:.4g}") + "\n\nUnfolded vs folded vs BN twin (medians from one "
+            "bench run, backends timed one after another, not interleaved):\n\n" + markdown_table(ratios, floatfmt="{:.4g}")}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=REPO / ".gpu" / "bundle", help="carried digits run + export")
+    ap.add_argument("--out", type=Path, required=True, help="where phaseN.json / phaseN.tar.gz / suite.log go")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gs-work"), help="exports, runs, reports (kept while "
+                                                                            "the machine stays warm)")
+    ap.add_argument("--phase", default="1,2,3,4", help="comma list of phases to run, in the order given")
+    ap.add_argument("--deadline-s", type=float, default=540.0, help="wall-time limit of this invocation")
+    ap.add_argument("--budget", action="append", default=[], metavar="N=S", help="phase N's budget in s (repeatable)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile backends")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes (tests)")
+    args = ap.parse_args(argv)
+    try:
+        args.phases = [int(p) for p in args.phase.split(",") if p.strip()]
+        args.budget = {int(k): float(v) for k, v in (b.split("=") for b in args.budget)}
+    except ValueError:
+        ap.error("--phase takes e.g. 1,2 and --budget N=SECONDS")
+    bad = [p for p in args.phases if p not in TITLES]
+    if bad:
+        ap.error(f"unknown phase(s) {bad}; phases: {sorted(TITLES)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--budget-s", type=float, default=420.0, help="total wall-time budget (default 7 min)")
-    ap.add_argument("--work", type=Path, default=None, help="heavy artifacts (runs, exports, reports); default OUT/work")
-    ap.add_argument("--pack", action="store_true", help="also write OUT/reports.tar.gz of the small report files")
-    ap.add_argument("--trt", choices=("auto", "off"), default="auto",
-                    help="build TensorRT engines when a TensorRT that runs on this GPU is importable")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile backends (slow: recompiles per batch)")
-    ap.add_argument("--min-time", type=float, default=1.0, help="timed seconds per backend and batch (shrinks to fit)")
-    ap.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per backend and batch (shrinks to fit)")
-    args = ap.parse_args(argv)
-
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work = (args.work or out / "work").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    # Caches that would land in the home directory or /tmp stay under the work dir too.
-    os.environ.setdefault("MPLCONFIGDIR", str(work / ".cache" / "matplotlib"))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / ".cache" / "torchinductor"))
-    S = Suite(out, work, args.budget_s)
-    summ = S.summary
-    for sub in ("runs", "exports", "parity", "bench"):  # a fresh start: these are the suite's own dirs
-        shutil.rmtree(work / sub, ignore_errors=True)
-
-    # 1. environment
-    cuda = torch.cuda.is_available()
-    from nfdeploy.bench import bench_report, machine_info
-
-    summ["device"] = "cuda" if cuda else "cpu"
-    summ["machine"] = machine_info()
-    caps = _capabilities(cuda)
-    summ["capabilities"] = caps
-    gpu = summ["machine"]["gpu"]
-    S.log(f"device {summ['device']}" + (f": {gpu['name']} (CC {gpu['compute_capability']})" if gpu else "")
-          + f"; torch {torch.__version__}; budget {args.budget_s:.0f} s; work dir {work}")
-    for k, v in caps.items():
-        S.log(f"  {k}: " + ("ok " + json.dumps({a: b for a, b in v.items() if a != 'ok'}) if v["ok"] else f"NOT available ({v['reason']})"))
-    if not caps["export"]["ok"]:
-        S.skip("ONNX export (both models)", caps["export"]["reason"])
-    digits_plan = GPU_DIGITS if cuda else CPU_DIGITS
-    r50_plan = GPU_R50 if cuda else CPU_R50
-    summ["plan"] = {"nf_digits": digits_plan, "nf_resnet50": r50_plan, "compile": args.compile, "trt": args.trt}
-    if not args.compile:
-        S.skip("torch.compile backends", "off in the suite (--compile to enable): each precision x batch size "
-                                         "recompiles, tens of seconds each")
-    trt_ok = args.trt == "auto" and caps["tensorrt"]["ok"]
-    if args.trt == "off":
-        S.skip("TensorRT engines", "--trt off")
-    elif not trt_ok:
-        S.skip("TensorRT engines", caps["tensorrt"]["reason"])
-    S.save()
-
-    from nfdeploy.config import load_recipe
-    from nfdeploy.export import ExportOptions, export_run
-    from nfdeploy.train import train
-
-    def trt_options(batches):
-        if not trt_ok:
-            return None
-        from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions
-
-        return TrtBuildOptions(flavour=caps["tensorrt"]["flavour"],
-                               profiles=(BatchProfile(min(batches), min(32, max(batches)), max(batches)),))
-
-    quiet_log = lambda m: S.log("   " + str(m))  # noqa: E731
-    dirs = {"digits_run": work / "runs" / "nf_digits", "digits_export": work / "exports" / "nf_digits",
-            "r50_run": work / "runs" / "nf_resnet50_random", "r50_export": work / "exports" / "nf_resnet50"}
-
-    # 2. train digits
-    def do_train():
-        recipe = load_recipe("nf_digits", {"train.epochs": digits_plan["epochs"]})
-        res = train(recipe, dirs["digits_run"], progress=False, log=quiet_log)
-        acc = res.summary.get("test_accuracy")
-        return {"detail": {"epochs": digits_plan["epochs"], "device": str(res.summary.get("device", summ["device"])),
-                           "test_accuracy": acc}}
-
-    S.step("train nf_digits", do_train, limit=min(0.15 * args.budget_s, S.left() - 30))
-    have_digits_run = (dirs["digits_run"] / "weights.safetensors").is_file()
-
-    # 3. export digits
-    def export_with_fallback(fn, what: str):
-        """Export; if the TensorRT build fails, say why and export again without engines."""
+    args = parse_args(argv)
+    suite = Suite(args)
+    suite.log(f"gpu suite: phases {args.phases}, device {suite.dev}, torch {torch.__version__}, bundle {args.bundle}, "
+              f"work {suite.work}, deadline {args.deadline_s:.0f} s")
+    for n in args.phases:
         try:
-            return fn(trt=True)
-        except StepTimeout:
-            raise
-        except Exception as e:  # noqa: BLE001
-            if not trt_ok or "TensorRT" not in str(e):
-                raise
-            S.skip(f"TensorRT engines for {what}", _one_line(e))
-            return fn(trt=False)
-
-    digits_exported = False
-    if not have_digits_run:
-        S.skip("export nf_digits", "no trained run (training failed)")
-    elif caps["export"]["ok"]:
-        def do_export_digits():
-            r = export_with_fallback(lambda trt: export_run(
-                dirs["digits_run"], dirs["digits_export"],
-                ExportOptions(precisions=("fp32", "fp16"), check=caps["onnxruntime"]["ok"],
-                              trt=trt_options(digits_plan["batches"]) if trt else None), log=quiet_log), "nf_digits")
-            return {"detail": {"files": sorted(p.name for p in r.out_dir.iterdir()),
-                               "checks": {k: v.get("status") for k, v in r.checks.items() if isinstance(v, dict)}}}
-
-        S.step("export nf_digits", do_export_digits, limit=min(0.15 * args.budget_s, S.left() - 30))
-        digits_exported = (dirs["digits_export"] / "manifest.json").is_file()
-
-    # 4. nf_resnet50 with random weights
-    size = r50_plan["input_size"]
-    S.step(f"nf_resnet50 random run dir ({size}x{size})",
-           lambda: {"detail": {"run_dir": str(write_random_run(dirs["r50_run"], "nf_resnet50", size))}},
-           limit=min(60, S.left() - 30))
-    have_r50_run = (dirs["r50_run"] / "weights.safetensors").is_file()
-    r50_exported = False
-    if have_r50_run and caps["export"]["ok"]:
-        def do_export_r50():
-            r = export_with_fallback(lambda trt: export_random_run(
-                dirs["r50_run"], dirs["r50_export"], ("fp32", "fp16"),
-                trt_options(r50_plan["batches"]) if trt else None, caps["onnxruntime"]["ok"], quiet_log), "nf_resnet50")
-            return {"detail": {"files": sorted(p.name for p in r.out_dir.iterdir()),
-                               "checks": {k: v.get("status") for k, v in r.checks.items() if isinstance(v, dict)}}}
-
-        S.step("export nf_resnet50", do_export_r50, limit=min(0.3 * args.budget_s, S.left() - 30))
-        r50_exported = (dirs["r50_export"] / "manifest.json").is_file()
-
-    # 5. parity, in a child process: a hard time limit that cannot leave this process's CUDA state broken
-    try:
-        import nfdeploy.parity  # noqa: F401
-        parity_ok = hasattr(nfdeploy.parity, "parity_report")
-        if not parity_ok:
-            S.skip("parity", "parity: not available (nfdeploy.parity has no parity_report)")
-    except Exception as e:  # noqa: BLE001 - written concurrently; absent or broken is "not available"
-        parity_ok = False
-        S.skip("parity", f"parity: not available ({_one_line(e, 200)})")
-    parity_only = None if args.compile else ["cpu", "eager", "cudagraph", "onnxruntime", "tensorrt"]
-    for name, exported, share in (("nf_digits", digits_exported, 0.08), ("nf_resnet50", r50_exported, 0.15)):
-        if not parity_ok:
-            continue
-        if not exported:
-            S.skip(f"parity {name}", "no export dir (see the export step)")
-            continue
-        key = "digits_export" if name == "nf_digits" else "r50_export"
-        limit = min(share * args.budget_s, S.left() - 60)
-
-        def do_parity(key=key, name=name, limit=limit):
-            pdir = work / "parity" / name
-            run_child(PARITY_CHILD, [str(REPO), str(dirs[key]), str(pdir), json.dumps(parity_only)],
-                      timeout=max(limit - 2, 1), log=quiet_log)
-            rep = json.loads((pdir / "parity.json").read_text())
-            summ["parity"][name] = {"dir": str(pdir), **_parity_digest(rep)}
-            return {"detail": {"ok": rep.get("ok"), "failed": rep.get("failed")}}
-
-        S.step(f"parity {name}", do_parity, limit=limit)
-
-    # 6. latency
-    def bench_source(name: str, run_key: str, export_key: str, exported: bool):
-        if exported:
-            return dirs[export_key]
-        reason = caps["export"]["reason"] if not caps["export"]["ok"] else "the export step failed"
-        return torch_only_source(dirs[run_key], dirs[export_key], reason)
-
-    for name, run_key, export_key, exported, have_run, plan, share in (
-            ("nf_digits", "digits_run", "digits_export", digits_exported, have_digits_run, digits_plan, 0.35),
-            ("nf_resnet50", "r50_run", "r50_export", r50_exported, have_r50_run, r50_plan, 1.0)):
-        if not have_run:
-            S.skip(f"bench {name}", "no run dir")
-            continue
-        budget = (S.left() - 15) * share
-        bdir = work / "bench" / name
-
-        def do_bench(name=name, run_key=run_key, export_key=export_key, exported=exported, plan=plan, budget=budget,
-                     bdir=bdir):
-            src = bench_source(name, run_key, export_key, exported)
-            rep = bench_report(src, bdir, batches=plan["batches"], cpu_batches=plan["cpu_batches"],
-                               min_time=args.min_time, warmup=args.warmup, compile=args.compile,
-                               budget_s=budget, log=quiet_log)
-            summ["benches"][name] = {"dir": str(bdir), **_bench_digest(rep)}
-            return {"detail": {"cells": len(rep["results"]) + len(rep["comparison"]["results"]),
-                               "over_budget": len(rep["over_budget"]), "failed": len(rep["failed"])}}
-
-        # bench_report keeps to its own budget; the alarm is a backstop (export of the comparison ONNX, a hang).
-        S.step(f"bench {name}", do_bench, limit=budget + 30 if budget > 5 else budget)
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-
-    summ["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    S.save()
-    from nfdeploy.artifacts import atomic_write_text
-
-    atomic_write_text(out / "suite.md", render_md(summ))
-    if args.pack:
-        n = pack(work, out / "reports.tar.gz")
-        S.log(f"packed {n} report files into {out / 'reports.tar.gz'}")
-    bad = [r["name"] for r in summ["steps"] if r["status"] not in ("ok", "skipped")]
-    S.log(f"done in {S.elapsed():.0f} s (budget {args.budget_s:.0f} s); steps not ok: {bad or 'none'}; "
-          f"summary {out / 'suite.json'}, {out / 'suite.md'}")
-    S.save()
-    atomic_write_text(out / "suite.md", render_md(summ))
-    S.logfile.close()
+            getattr(suite, f"phase{n}")()
+        except Exception as e:  # noqa: BLE001 - a phase that breaks outside its steps must not sink the next
+            suite.log(f"phase {n} broke: {one_line(e)}")
+    suite.log(f"done in {time.perf_counter() - suite.t0:.0f} s; files in {suite.out}: "
+              + ", ".join(sorted(p.name for p in suite.out.iterdir())))
+    suite.logfile.close()
     return 0
 
 

@@ -1,0 +1,203 @@
+"""What the suite runs on: the carried digits bundle (relocated), nf_resnet50 with seeded random weights,
+the folded BatchNorm twin as extra torch backends, model FLOPs and a matmul peak per precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Bundle layout, written by bench/gpu_prepare.py on the CPU machine and carried to the GPU machine.
+BUNDLE_RUN = Path("runs") / "nf_digits"
+BUNDLE_EXPORT = Path("exports") / "nf_digits"
+BUNDLE_INFO = "bundle.json"
+R50_SEED = 0  # nf_resnet50's weights: randomize_(seed) of a fresh model, rebuilt bit-identically anywhere
+
+
+def relocate_bundle(bundle: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy the carried run + export to `dest` and point the manifest at the copied run dir.
+
+    A manifest names its run dir by absolute path (where it was exported); on another machine that path
+    does not exist. Only manifest.json's source.run_dir changes: the ONNX files (checked against their
+    sha256 by load_manifest) and the weights (checked against weights_sha256) are the carried bytes."""
+    from nfdeploy.artifacts import atomic_write_json, read_json
+
+    if not (bundle / BUNDLE_EXPORT / "manifest.json").is_file():
+        raise FileNotFoundError(f"no digits bundle at {bundle} (run bench/gpu_prepare.py on the CPU machine and "
+                                f"carry its folder)")
+    run, export = dest / BUNDLE_RUN, dest / BUNDLE_EXPORT
+    for src, dst in ((bundle / BUNDLE_RUN, run), (bundle / BUNDLE_EXPORT, export)):
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    manifest = read_json(export / "manifest.json", "export manifest")
+    manifest["source"]["run_dir"] = str(run.resolve())
+    manifest["source"]["relocated_from"] = str(bundle.resolve())
+    atomic_write_json(export / "manifest.json", manifest)
+    return run, export
+
+
+def write_random_run(run_dir: Path, model: str = "nf_resnet50", input_size: int = 224, seed: int = R50_SEED,
+                     num_classes: int = 1000, synthetic_size: int = 160) -> Path:
+    """A run dir (config.json + weights.safetensors, what load_run_model reads) of `model` with
+    randomize_(seed) weights; its recipe's data is a synthetic dataset of the model's shape."""
+    from nfdeploy.artifacts import atomic_write_json, save_tensors
+    from nfdeploy.config import load_recipe
+    from nfdeploy.fold import randomize_
+    from nfdeploy.models import create_model
+    from nfdeploy.runs import CONFIG, WEIGHTS
+
+    recipe = load_recipe("nf_resnet50_imagefolder", {
+        "model.name": model, "model.drop_rate": 0.0, "model.drop_path_rate": 0.0, "data.dataset": "synthetic",
+        "data.path": "", "data.input_size": input_size, "data.num_classes": num_classes,
+        "data.synthetic_size": synthetic_size, "data.in_chans": 3, "data.augment": False, "train.epochs": 1})
+    torch.manual_seed(seed)
+    net = randomize_(create_model(model, num_classes=num_classes, in_chans=3, input_size=input_size,
+                                  **recipe.model.options), seed=seed).eval()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_tensors(run_dir / WEIGHTS, net.state_dict(), metadata={"note": f"random weights (randomize_, seed {seed})"})
+    atomic_write_json(run_dir / CONFIG, {
+        "recipe": recipe.to_dict(), "model_config": asdict(net.cfg),
+        "dataset": {"name": "synthetic", "mean": None, "std": None, "class_names": None},
+        "environment": {"torch": torch.__version__, "note": "not trained: written by bench/gpu/sources.py"},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return run_dir
+
+
+def write_torch_only_export(run_dir: Path, export_dir: Path, reason: str) -> Path:
+    """An export dir with a manifest and no ONNX file, so parity and bench can run the torch backends of
+    a run when ONNX export is impossible here. The manifest says why it holds no graph."""
+    from nfdeploy.artifacts import atomic_write_json, sha256_file
+    from nfdeploy.runs import WEIGHTS, load_run_model
+
+    model, resolved = load_run_model(run_dir)
+    cfg = model.cfg
+    export_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(export_dir / "manifest.json", {
+        "format": "nfdeploy-export-v1", "model": resolved["recipe"]["model"]["name"], "norm": cfg.norm,
+        "input": {"name": "input", "shape": ["batch", cfg.in_chans, cfg.input_size, cfg.input_size],
+                  **{k: resolved["dataset"].get(k) for k in ("mean", "std", "class_names")},
+                  "dataset": resolved["dataset"].get("name")},
+        "source": {"kind": "run", "run_dir": str(run_dir.resolve()), "weights": WEIGHTS,
+                   "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg)},
+        "onnx": {}, "engines": {}, "note": f"torch only, not exported: {reason}"})
+    return export_dir
+
+
+def twin_backends(source: Any, precisions: tuple[str, ...], modes: tuple[str, ...], device: str) -> list[Any]:
+    """The folded BatchNorm twin (same topology, randomize_ constants; its speed and its batch invariance
+    in eval mode do not depend on their values) as torch backends named ...-bn-folded-MODE."""
+    from nfdeploy.fold import fold_model, randomize_
+    from nfdeploy.models import NFResNet, NFResNetCfg
+    from nfdeploy.precision import PRECISIONS
+    from nfdeploy.runtime.base import BackendSpec
+    from nfdeploy.runtime.torch_backend import TorchBackend
+
+    cfg = NFResNetCfg.from_dict(source.manifest["source"]["model_config"])
+    other = "bn" if cfg.norm == "nf" else "nf"
+    cache: dict[torch.dtype, torch.nn.Module] = {}
+    twin64 = randomize_(NFResNet(cfg.twin()).eval()).double()
+
+    def folded(dtype: torch.dtype):
+        if dtype not in cache:
+            cache[dtype] = fold_model(twin64, dtype=dtype)[0].eval()
+        return cache[dtype]
+
+    out = []
+    for prec in precisions:
+        for mode in modes:
+            spec = BackendSpec("torch", device, prec, f"{other}-folded", mode if device == "cuda" else "")
+            out.append(TorchBackend(spec, source.input_shape, lambda d=PRECISIONS[prec].torch_dtype: folded(d)))
+    return out
+
+
+def unfolded_backends(source: Any, precisions: tuple[str, ...], modes: tuple[str, ...]) -> list[Any]:
+    """The export's unfolded model on CUDA per precision and mode (export_backends has it on CPU only)."""
+    from nfdeploy.runtime.base import BackendSpec
+    from nfdeploy.runtime.torch_backend import TorchBackend
+
+    return [TorchBackend(BackendSpec("torch", "cuda", p, "unfolded", m), source.input_shape, lambda: source.model)
+            for p in precisions for m in modes]
+
+
+def model_flops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> float:
+    """FLOPs of one image's forward pass, counted as 2 x multiply-accumulates of every Conv2d and Linear
+    (activations, adds and pooling are left out: they are a few percent of a ResNet's arithmetic)."""
+    macs = 0
+
+    def conv_hook(m, inp, out):
+        nonlocal macs
+        macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m, inp, out):
+        nonlocal macs
+        macs += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 2.0 * macs
+
+
+def matmul_peak(precision: str, device: str, n: int | None = None, reps: int = 10) -> dict[str, Any]:
+    """Achieved TFLOP/s of an n x n x n matmul in the precision's dtype and math mode (fp32: TF32 off;
+    tf32: TF32 on), on random N(0,1) data: the median of `reps` timed products after 3 warm-ups, CUDA
+    events on a GPU, perf_counter on the CPU. The ceiling against which a model's TFLOP/s is a share."""
+    from nfdeploy.precision import PRECISIONS
+
+    import statistics
+
+    dtype = PRECISIONS[precision].torch_dtype
+    n = n or (8192 if device == "cuda" else 1024)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        times = []
+        for i in range(3 + reps):
+            if device == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                torch.mm(a, b)
+                e.record()
+                e.synchronize()
+                ms = s.elapsed_time(e)
+            else:
+                t = time.perf_counter()
+                torch.mm(a, b)
+                ms = (time.perf_counter() - t) * 1e3
+            if i >= 3:
+                times.append(ms)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old[0]
+    med = statistics.median(times)
+    return {"precision": precision, "device": device, "n": n, "reps": reps, "median_ms": med,
+            "tflops": 2.0 * n ** 3 / (med * 1e-3) / 1e12, "timing": "CUDA events" if device == "cuda" else "perf_counter",
+            "data": "N(0,1), seed 0"}
+
+
+def read_bundle_info(bundle: Path) -> dict[str, Any]:
+    p = bundle / BUNDLE_INFO
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+__all__ = ["BUNDLE_EXPORT", "BUNDLE_INFO", "BUNDLE_RUN", "R50_SEED", "matmul_peak", "model_flops", "read_bundle_info",
+           "relocate_bundle", "twin_backends", "unfolded_backends", "write_random_run", "write_torch_only_export"]

@@ -78,6 +78,8 @@ def load_export_source(export_dir: str | Path) -> ExportSource:
     src = manifest["source"]
     if src.get("kind") == "run":
         run_dir = Path(src["run_dir"])
+        if not run_dir.is_dir() and src.get("run_dir_relative"):  # run and export dirs copied elsewhere together
+            run_dir = (export_dir / src["run_dir_relative"]).resolve()
         model, resolved = load_run_model(run_dir)
         if sha256_file(run_dir / src["weights"]) != src["weights_sha256"]:
             raise ArtifactError(f"weights in {run_dir} changed since the export (sha256 differs): re-export")

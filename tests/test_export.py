@@ -275,3 +275,22 @@ def test_cli_exports_a_timm_model(tmp_path):
     assert m["checks"]["fp32"]["rel_l2"] <= FP32_REL_L2 and m["checks"]["fp32"]["status"] == "pass"
     _one_line_error(run_cli("export", "--timm", "nfnet_zz", "--out", str(tmp_path / "x"), env={"PYTHONPATH": shim}),
                     "nfnet_zz")
+
+
+def test_a_copied_run_and_export_pair_finds_its_run(digits_run, digits_export, tmp_path):
+    """On another machine the absolute run_dir does not exist; the relative path recorded beside it does."""
+    from nfdeploy.backends import load_export_source
+
+    moved = tmp_path / "elsewhere"
+    run = shutil.copytree(digits_run, moved / digits_run.parent.name / digits_run.name)
+    exp = shutil.copytree(digits_export, moved / digits_export.parent.name / digits_export.name)
+    m = json.loads((exp / "manifest.json").read_text())
+    assert m["source"]["run_dir_relative"] == f"../../{digits_run.parent.name}/{digits_run.name}"
+    m["source"]["run_dir"] = "/nonexistent/machine/a/run"
+    (exp / "manifest.json").write_text(json.dumps(m))
+    src = load_export_source(exp)
+    assert src.resolved is not None and src.input_shape == (1, 32, 32)
+    weights = run / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ArtifactError):  # a relocated run is still checked against the export's sha256
+        load_export_source(exp)

@@ -166,19 +166,21 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
             break
     warmup_s = time.perf_counter() - t_w0
 
-    # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds.
+    # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds; but
+    # never so many that the 3 rounds the cap waits for would outlast the cap (the cap wins over min_iters).
     round_s = plan.min_time_s / plan.min_rounds
+    cap = plan.cap_s(len(names))
     iters = {}
     for n in names:
         est_ms = max(float(np.median(warm_last[n])), 1e-6)
-        iters[n] = int(min(max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1),
-                           10_000))
+        want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1)
+        fit = max(math.floor(cap * 1e3 / (3 * len(names) * est_ms)), 1)
+        iters[n] = int(min(want, fit, 10_000))
 
     host: dict[str, list[float]] = {n: [] for n in names}
     dev: dict[str, list[float]] = {n: [] for n in names}
     round_medians: dict[str, list[float]] = {n: [] for n in names}
     timed = {n: 0.0 for n in names}
-    cap = plan.cap_s(len(names))
     t0_all = time.perf_counter()
     r = 0
     stopped_by = "settled"

@@ -8,6 +8,7 @@ the old one or the new one, never a mix.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -292,7 +293,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | N
     return export_model(
         model, out_dir, fold=lambda dtype: fold_model(model, dtype=dtype), name=name,
         input_shape=(cfg.in_chans, size, size), norm=cfg.norm,
-        source={"kind": "run", "run_dir": str(run_dir.resolve()), "weights": WEIGHTS,
+        # The relative path lets a copied pair of run and export dirs (another machine) find each other.
+        source={"kind": "run", "run_dir": str(run_dir.resolve()),
+                "run_dir_relative": os.path.relpath(run_dir.resolve(), Path(out_dir).resolve()), "weights": WEIGHTS,
                 "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg),
                 "twin": twin_name(name) if name[:3] in ("nf_", "bn_") else None},
         preprocessing={"mean": desc.get("mean"), "std": desc.get("std"), "class_names": desc.get("class_names"),

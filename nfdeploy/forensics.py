@@ -172,6 +172,28 @@ def instrument_onnx(src: str | Path, dst: str | Path, points: Sequence[str], cla
     return {p: m["value"] for p, m in mapping.items()}
 
 
+def plant_conv_defect(src: str | Path, dst: str | Path, point: str, factor: float) -> str:
+    """Write a copy of `src` with the weights of the first Conv inside `point` (graph order: a transition
+    block's shortcut conv, else the branch's first conv) multiplied by `factor` (a planted defect, to check
+    that forensics localises it); returns the initializer's name. The shortcut carries the block's input at
+    full weight, while a branch conv is damped by the block's skip gain (small in a briefly trained model)."""
+    onnx = require("onnx", "onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    scope = onnx_point_values(model, [point])[point]
+    inits = {i.name: i for i in model.graph.initializer}
+    prefix = next((sc[:-4] for n in model.graph.node for sc in _scopes(n) if sc == "stem" or sc.endswith(".stem")), "")
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and prefix + point in _scopes(n) and n.input[1] in inits]
+    if not convs or not scope:
+        raise ForensicsError(f"no Conv with an initializer weight inside {point!r}")
+    init = inits[convs[0].input[1]]
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((w * np.asarray(factor, dtype=w.dtype)).astype(w.dtype), init.name))
+    onnx.save(model, str(dst))
+    return init.name
+
+
 # ------------------------------------------------------------------------------------------------
 # Capturing a backend's points
 
@@ -560,5 +582,5 @@ def compare_saved_runs(a: str | Path, b: str | Path, out_dir: str | Path | None 
 __all__ = ["FEATURES", "MATRIX_BATCHES", "OUTPUTS_FILE", "PROVENANCE_FILE", "ForensicsError", "array_sha256",
            "batch_invariance_matrix", "block_points", "bn_twin_matrix", "capture_points", "classifier_path",
            "compare_saved_runs", "first_diverging", "framework_error", "instrument_onnx", "load_saved_run",
-           "matrix_rows", "model_identity", "module_ops", "onnx_point_values", "onnx_points", "per_block_markdown",
+           "matrix_rows", "model_identity", "module_ops", "onnx_point_values", "onnx_points", "per_block_markdown", "plant_conv_defect",
            "per_block_report", "plot_batch_matrix", "plot_per_block", "point_errors", "save_outputs", "torch_points"]

@@ -14,7 +14,7 @@ from nfdeploy.backends import REFERENCE, export_backends, load_export_source
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.forensics import (FEATURES, ForensicsError, block_points, capture_points, compare_saved_runs,
-                                onnx_point_values, per_block_report)
+                                onnx_point_values, per_block_report, plant_conv_defect)
 from nfdeploy.metrics import judge, ulp_error
 from nfdeploy.parity import load_parity_data, parity_report
 from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
@@ -105,20 +105,12 @@ def test_onnx_mapping_names_every_block(export_dir):
 
 @pytest.mark.parametrize("where", ["stem", "middle", "last"])
 def test_planted_defect_is_localised(export_dir, tmp_path, where):
-    import onnx
-    from onnx import numpy_helper
-
     source = load_export_source(export_dir)
     blocks = [p for p, _ in block_points(source.folded()) if p.startswith("blocks.")]
     point = {"stem": "stem", "middle": blocks[len(blocks) // 2], "last": blocks[-1]}[where]
-    model = onnx.load(str(export_dir / "model.onnx"))
-    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1].startswith(point + ".")]
-    assert convs, f"no Conv initializer under {point}"
-    target = convs[-1].input[1]
-    init = next(i for i in model.graph.initializer if i.name == target)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1 + DEFECT), target))
     bad = tmp_path / "model.onnx"
-    onnx.save(model, str(bad))
+    target = plant_conv_defect(export_dir / "model.onnx", bad, point, 1 + DEFECT)
+    assert target.startswith(point + ".")
     backend = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, bad)
     ref_backend = next(b for b in export_backends(source, tensorrt=False) if b.name == REFERENCE)
     x, y, _, _ = load_parity_data(source, max_samples=32)

@@ -231,6 +231,10 @@ def parity(
     data_path: Optional[str] = typer.Option(None, help="Path for cifar10 / imagefolder."),
     only: List[str] = typer.Option([], "--only", help="Run only backends whose name contains this (repeatable)."),
     max_samples: int = typer.Option(512, help="Test images used."),
+    per_block: bool = typer.Option(False, "--per-block", help="Error at every block; the first diverging block."),
+    batch_matrix: bool = typer.Option(False, "--batch-matrix", help="Batch sizes 1..64 vs batch 1, beside the BN twin."),
+    save_outputs: bool = typer.Option(False, "--save-outputs", help="Save outputs + provenance for `nfdeploy compare`."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads and ONNX Runtime intra-op threads."),
 ):
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
     from nfdeploy.parity import parity_report
@@ -238,12 +242,30 @@ def parity(
     if max_samples < 1:
         raise CliError(f"--max-samples must be positive, got {max_samples}")
     rep = parity_report(export_dir, out, dataset=dataset, data_path=data_path, only=only or None,
-                        max_samples=max_samples)
+                        max_samples=max_samples, per_block=per_block, batch_matrix=batch_matrix,
+                        save_outputs=save_outputs, threads=threads)
     where = Path(rep["out_dir"])
     typer.echo(f"reports: {where / 'parity.md'} {where / 'parity.json'} {where / 'parity.png'}")
     if not rep["ok"]:
         typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def compare(
+    a: Path = typer.Argument(..., help="A parity report dir written with --save-outputs."),
+    b: Path = typer.Argument(..., help="Another one (another machine, thread count or GPU)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where compare.json/.md go (default: B)."),
+):
+    """Compare two saved parity runs of one export on the same inputs: bitwise share, max ULP, rel L2, top-1."""
+    from nfdeploy.forensics import compare_saved_runs
+
+    rep = compare_saved_runs(a, b, out or b)
+    for r in rep["same_backend"]:
+        typer.echo(f"{r['backend']}: {r['bitwise_share']:.0%} samples bitwise identical, max ULP {r['max_ulp']:.3g}, "
+                   f"rel L2 {r['rel_l2']:.3g}, top-1 agreement {r['top1_agreement']:.2%}")
+    typer.echo(f"reports: {Path(out or b) / 'compare.md'} {Path(out or b) / 'compare.json'}")
 
 
 @app.command()

@@ -30,6 +30,24 @@ def compare_outputs(ref: Any, out: Any) -> dict[str, float]:
             "cosine": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0))}
 
 
+def ulp_error(out: Any, ref: Any, dtype: torch.dtype) -> np.ndarray:
+    """|out - ref| in units in the last place of `dtype` at each reference value (float64 array):
+    ulp(r) = 2^floor(log2 |r|) × eps(dtype), with |r| below the smallest normal counted as the smallest
+    normal (subnormal spacing). 0 means identical; 1 is one step of `dtype` around the reference."""
+    o, r = np.asarray(_to_double(out).numpy()), np.asarray(_to_double(ref).numpy())
+    fi = torch.finfo(dtype)
+    mag = np.maximum(np.abs(r), fi.tiny)
+    ulp = np.exp2(np.floor(np.log2(mag))) * fi.eps
+    return np.abs(o - r) / ulp
+
+
+def sqnr_db(out: Any, ref: Any) -> float:
+    """Signal-to-quantisation-noise ratio, 10 log10(Σ ref² / Σ (out - ref)²) in dB (inf when equal)."""
+    r, d = _to_double(ref), _to_double(out) - _to_double(ref)
+    noise = float(d.pow(2).sum())
+    return float("inf") if noise == 0 else float(10 * np.log10(float(r.pow(2).sum()) / noise))
+
+
 def top1_agreement(a: Any, b: Any) -> float:
     return float((_to_double(a).argmax(1) == _to_double(b).argmax(1)).double().mean())
 
@@ -60,4 +78,4 @@ def judge(out: Any, ref: Any, precision: str, labels: Any = None,
     return row
 
 
-__all__ = ["compare_outputs", "judge", "top1_agreement"]
+__all__ = ["compare_outputs", "judge", "sqnr_db", "top1_agreement", "ulp_error"]

@@ -22,9 +22,10 @@ from nfdeploy.backends import (REFERENCE, ExportSource, default_report_dir, expo
                                select_backends)
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, judge, top1_agreement
-from nfdeploy.precision import describe_tolerances, tolerances
+from nfdeploy.precision import describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable, run_batched
+from nfdeploy.runtime.ort import OrtBackend
 
 INVARIANCE_BATCHES = (3, 16, 64)
 
@@ -121,13 +122,28 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, dataset: str | None = None,
                   data_path: str | None = None, only: Sequence[str] | None = None, max_samples: int = 512,
                   invariance_samples: int = 64, log: Callable[[str], None] = print,
-                  backends: Sequence[Backend] | None = None) -> dict[str, Any]:
+                  backends: Sequence[Backend] | None = None, per_block: bool = False, per_block_samples: int = 64,
+                  batch_matrix: bool = False, save_outputs: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Run every backend on the data, one active at a time, compare with the reference, and write
     parity.json / parity.md / parity.png to out_dir (default: beside the export dir, see
-    default_report_dir). `backends`: a list already made by export_backends (default: all of them)."""
+    default_report_dir). `backends`: a list already made by export_backends (default: all of them).
+    A backend is judged by max(the precision table's floor, 2 x the unfolded torch model's own error in
+    that dtype on these inputs) (precision.judged_tolerance). Forensics (nfdeploy.forensics): per_block
+    (error at every block, first diverging block), batch_matrix (batch sizes 1..64 vs batch 1),
+    save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
+    ONNX Runtime intra-op threads."""
+    from nfdeploy import forensics
+
     export_dir = Path(export_dir)
     source = load_export_source(export_dir)
+    if threads is not None:
+        if threads < 1:
+            raise ParityError(f"threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
     all_backends = list(backends) if backends is not None else export_backends(source)
+    for b in all_backends:
+        if threads is not None and isinstance(b, OrtBackend):
+            b.threads = threads
     chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
     ref_backend = next(b for b in all_backends if b.name == REFERENCE)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
@@ -140,7 +156,14 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
     outputs: dict[str, np.ndarray] = {}
     invariance: dict[str, Any] = {}
+    matrix: dict[str, Any] = {}
     xi = x[:invariance_samples]
+    # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
+    framework = {p: forensics.framework_error(source.model, x, ref, p)
+                 for p in sorted({b.precision for b in chosen if b.unavailable_reason() is None})}
+    for p, e in framework.items():
+        if e is not None:
+            log(f"  reference framework (torch CPU unfolded) {p}: rel L2 {e:.2e}")
     for b in chosen:
         reason = b.unavailable_reason()
         if reason:
@@ -151,6 +174,8 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
             with b:
                 out = run_batched(b, x)
                 inv = batch_invariance(b.run, xi)
+                if batch_matrix:
+                    matrix[b.name] = forensics.batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype)
         except BackendUnavailable as e:
             rows.append({**b.spec.describe(), "status": "skipped", "reason": str(e)})
             log(f"  {b.name}: skipped ({e})")
@@ -161,12 +186,21 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
             continue
         outputs[b.name] = out
         invariance[b.name] = inv
-        row = {**b.describe(), **judge(out, ref, b.precision, y)}
+        row = {**b.describe(), **judge(out, ref, b.precision, y, judged_tolerance(b.precision, framework.get(b.precision)))}
         rows.append(row)
         acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
         log(f"  {b.name}: rel L2 {row['rel_l2']:.2e} (≤ {row['tolerance']['rel_l2']:g}), top-1 agreement "
             f"{row['top1_agreement']:.2%}{acc} → {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
     contrast = _bn_twin_contrast(source, xi)
+    ran = [b for b in chosen if b.name in outputs]
+    tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
+    blocks = None
+    if per_block:
+        xp = x[:per_block_samples]
+        blocks = forensics.per_block_report(source, xp, ran, ref_backend, tols,
+                                            {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
+    if batch_matrix:
+        matrix.update(forensics.bn_twin_matrix(source, xi))
     pairs = []
     for a, b in itertools.combinations(outputs, 2):
         r = compare_outputs(outputs[a], outputs[b])
@@ -177,7 +211,16 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
               "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
               "tolerances": tolerances(), "backends": rows, "batch_invariance": invariance,
               "bn_twin_contrast": contrast, "pairwise": pairs, "ok": not failed, "failed": failed,
-              "out_dir": str(out_dir)}
+              "framework_errors": framework, "out_dir": str(out_dir)}
+    if blocks is not None:
+        report["per_block"] = blocks
+    if matrix:
+        report["batch_matrix"] = {"batches": list(forensics.MATRIX_BATCHES), "samples": int(len(xi)), "backends": matrix}
+    if save_outputs:
+        described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
+                     for r in rows if r["name"] in outputs or r["name"] == REFERENCE}
+        forensics.save_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
+        report["saved_outputs"] = [forensics.OUTPUTS_FILE, forensics.PROVENANCE_FILE]
     write_parity_report(report, out_dir)
     return report
 
@@ -205,6 +248,21 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
           markdown_table(inv_rows, floatfmt="{:.3g}") if inv_rows else "(no backend ran)\n",
           "\n## Pairwise (cross-runtime / cross-device)\n", markdown_table(report["pairwise"], floatfmt="{:.3g}")
           if report["pairwise"] else "(fewer than two backends ran)\n"]
+    fw = {p: e for p, e in report.get("framework_errors", {}).items() if e is not None}
+    if fw:
+        md.insert(3, "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
+                  + "; ".join(f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
+                              f"{judged_tolerance(p, e)['rel_l2']:.3g}" for p, e in fw.items()) + "\n")
+    from nfdeploy import forensics
+
+    if "per_block" in report:
+        md += ["\n## Error per block\n", forensics.per_block_markdown(report["per_block"])]
+        forensics.plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
+    if "batch_matrix" in report:
+        bm = report["batch_matrix"]
+        md += [f"\n## Batch-invariance matrix ({bm['samples']} samples; cell: share bitwise identical to batch 1 / "
+               "max ULP / max rel L2 per sample)\n", markdown_table(forensics.matrix_rows(bm["backends"]))]
+        forensics.plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
     atomic_write_text(out_dir / "parity.md", "\n".join(md))
     _plot(report["backends"], out_dir / "parity.png")
 

@@ -23,7 +23,7 @@ FLOORS: dict[str, int] = {
     "train": 4, "interop": 4,
     "runtime": 5,
     "export": 6,
-    "backends": 7, "parity": 7, "bench": 7,
+    "backends": 7, "parity": 7, "bench": 7, "forensics": 7,
     "pipeline": 8, "cli": 8, "__main__": 8,
     "__init__": 0,  # the top package: __version__ only, imports nothing of nfdeploy
 }

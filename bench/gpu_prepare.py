@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                      max_samples=args.samples, log=lambda m: log("  " + str(m)))
     timings["cpu_parity"] = time.perf_counter() - t
     write_json(args.cpu_out.resolve() / "prepare.json", {"timings_s": timings, "bundle": str(bundle),
-                                                         "inputs_sha256": rep["inputs_sha256"], "ok": rep["ok"],
-                                                         "outputs_saved_by": rep.get("outputs_saved_by")})
+                                                         "inputs_sha256": rep["inputs_sha256"], "ok": rep["ok"]})
     log(f"CPU half: ok={rep['ok']} failed={rep['failed']}; inputs sha256 {rep['inputs_sha256'][:16]}…; "
         f"timings {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     return 0 if rep["ok"] else 1

@@ -178,24 +178,23 @@ class Suite:
             ph.skip("torch.compile backends", "left out (--compile): each precision x batch recompiles, tens of s each")
         ph.summary["bundle"] = read_bundle_info(self.args.bundle)
 
-        def parity(name: str, export: Path, only: list[str], samples: int, inv: int, fallback: bool) -> dict[str, Any]:
+        def parity(name: str, export: Path, only: list[str], samples: int, inv: int, **kw: Any) -> dict[str, Any]:
             from nfdeploy.backends import export_backends, load_export_source
 
             backends = export_backends(load_export_source(export), compile=self.args.compile, tensorrt=False)
             rep = run_parity(export, ph.dir / f"parity-{name}", only=only, backends=backends, max_samples=samples,
-                             invariance_samples=inv, fallback_outputs=fallback, log=lambda m: self.log("   " + str(m)))
+                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)), **kw)
             ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
-            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"],
-                    "outputs_saved_by": rep.get("outputs_saved_by")}
+            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
 
         p = self.plan
         ph.step("parity nf_digits (carried export)", lambda: parity(
             "nf_digits", self.digits_export(), self.torch_only() + ["onnxruntime-cpu"], p.digits_samples,
-            p.digits_invariance, True), limit=0.35 * ph.summary["budget_s"])
+            p.digits_invariance, batch_matrix=True), limit=0.35 * ph.summary["budget_s"])
         ph.step("batch invariance nf_digits (NF folded vs BN twin)",
                 lambda: self.invariance(ph, "nf_digits", self.digits_export(), p.digits_invariance), limit=40)
         ph.step(f"parity nf_resnet50 (random weights, {p.r50_size}²)", lambda: parity(
-            "nf_resnet50", self.r50_torch_export(), self.torch_only(), p.r50_samples, p.r50_invariance, False),
+            "nf_resnet50", self.r50_torch_export(), self.torch_only(), p.r50_samples, p.r50_invariance),
             limit=0.35 * ph.summary["budget_s"])
         ph.step("batch invariance nf_resnet50 (NF folded vs BN twin)",
                 lambda: self.invariance(ph, "nf_resnet50", self.r50_torch_export(), p.r50_invariance), limit=60)
@@ -336,8 +335,7 @@ class Suite:
 
         def parity(name: str, export: Path, samples: int, inv: int) -> dict[str, Any]:
             rep = run_parity(export, ph.dir / f"parity-{name}", only=only + ["onnxruntime-cpu-fp32"], max_samples=samples,
-                             invariance_samples=inv, fallback_outputs=name == "nf_digits",
-                             log=lambda m: self.log("   " + str(m)))
+                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)))
             ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
             return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
 
@@ -420,7 +418,7 @@ def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
     inv = {k: {"max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"], **v["per_setting"]}
            for k, v in rep.get("batch_invariance", {}).items()}
     return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
-            "inputs_sha256": rep.get("inputs_sha256"), "outputs_saved_by": rep.get("outputs_saved_by"),
+            "inputs_sha256": rep.get("inputs_sha256"),
             "backends": rows, "batch_invariance": inv,
             "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}")}
 

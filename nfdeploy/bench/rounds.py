@@ -167,7 +167,8 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     warmup_s = time.perf_counter() - t_w0
 
     # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds; but
-    # never so many that the 3 rounds the cap waits for would outlast the cap (the cap wins over min_iters).
+    # never so many that the 3 rounds the cap waits for would outlast the cap (the cap wins over min_iters),
+    # nor more than max_iters allows.
     round_s = plan.min_time_s / plan.min_rounds
     cap = plan.cap_s(len(names))
     iters = {}
@@ -175,7 +176,7 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
         est_ms = max(float(np.median(warm_last[n])), 1e-6)
         want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1)
         fit = max(math.floor(cap * 1e3 / (3 * len(names) * est_ms)), 1)
-        iters[n] = int(min(want, fit, 10_000))
+        iters[n] = int(min(want, fit, max(plan.max_iters // len(names), 1), 10_000))
 
     host: dict[str, list[float]] = {n: [] for n in names}
     dev: dict[str, list[float]] = {n: [] for n in names}

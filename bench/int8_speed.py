@@ -60,12 +60,24 @@ def interleaved(sessions: dict, x: np.ndarray, rounds: int, iters: int, warmup: 
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def write(args, report) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"int8_speed_b{args.batches.replace(',', '-')}.json", report)
+    md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)\n",
+          f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {args.threads} threads on "
+          f"{report['cpu_count']} cores. Interleaved rounds; ratio = median of per-round ratios (a / b, >1: b faster), "
+          "bootstrap 95% interval. Load average is the machine's (other jobs shared the cores).\n",
+          markdown_table(report["figures"], floatfmt="{:.3g}")]
+    atomic_write_text(args.out / f"int8_speed_b{args.batches.replace(',', '-')}.md", "\n".join(md) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results/int8-cpu-2026-11-26"))
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--iters-large", type=int, default=2, help="iterations per round at batch > 1 (batch 1: 20)")
     ap.add_argument("--calib", type=int, default=16, help="random N(0,1) calibration images (speed does not depend on them)")
     args = ap.parse_args()
     from nfdeploy.fold import fold_model, randomize_
@@ -100,7 +112,7 @@ def main() -> None:
         sessions = {k: session(p, args.threads) for k, p in paths.items()}
         for b in (int(v) for v in args.batches.split(",")):
             x = np.random.default_rng(1).standard_normal((b, 3, 224, 224)).astype(np.float32)
-            iters = 20 if b == 1 else 2
+            iters = 20 if b == 1 else args.iters_large
             load0 = os.getloadavg()
             t = interleaved(sessions, x, args.rounds, iters, warmup=3 if b == 1 else 1)
             load1 = os.getloadavg()
@@ -114,14 +126,7 @@ def main() -> None:
                 report["figures"].append(fig)
                 print(f"batch {b}: {a} / {c} = {fig['median']:.2f}x [{lo:.2f}, {hi:.2f}] "
                       f"({fig['median_ms_a']:.1f} vs {fig['median_ms_b']:.1f} ms; load {load0[0]:.1f}→{load1[0]:.1f})", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "int8_speed.json", report)
-    md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)\n",
-          f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {args.threads} threads on "
-          f"{report['cpu_count']} cores. Interleaved rounds; ratio = median of per-round ratios (a / b, >1: b faster), "
-          "bootstrap 95% interval. Load average is the machine's (other jobs shared the cores).\n",
-          markdown_table(report["figures"], floatfmt="{:.3g}")]
-    atomic_write_text(args.out / "int8_speed.md", "\n".join(md) + "\n")
+            write(args, report)  # after every batch: a run cut short keeps what it measured
     print(f"wrote {args.out}")
 
 

@@ -154,3 +154,21 @@ def test_cli_bad_calibration_method_is_one_line(digits_run, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "unknown calibration method 'kmeans'" in r.stderr
     r = run_cli("export", str(digits_run), "--out", str(tmp_path / "e"), "--calib-samples", "8")
     assert r.returncode == 2 and "only apply to int8" in r.stderr
+
+
+def test_folder_calibration_reads_the_named_folder(tmp_path):
+    """The calibration source of timm exports (--calib-dir): every image under the folder, resized,
+    centre-cropped and normalised with the model's mean/std."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from nfdeploy.export.quantize import folder_calibration
+
+    for i, img in enumerate(load_sample_images().images):
+        Image.fromarray(img).save(tmp_path / f"photo{i}.png")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    calib = folder_calibration(tmp_path, (3, 64, 64), mean, std, samples=5, seed=0)
+    assert calib.split == "folder" and calib.images.shape == (2, 3, 64, 64) and len(calib.files) == 2
+    assert calib.images.dtype == np.float32 and -3 < calib.images.mean() < 3
+    with pytest.raises(Exception, match="holds no images"):
+        folder_calibration(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, (3, 64, 64), mean, std, 4, 0)

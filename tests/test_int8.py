@@ -18,9 +18,9 @@ from nfdeploy.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 
-# The nf_digits recipe reaches ~99% in 30 epochs; 12 keep the test short and still train the net far
-# enough that its logits have margins (an untrained net's near-ties flip under any rounding).
-EPOCHS = 12
+# The nf_digits recipe as it is (30 epochs, ~99.7%): int8 is judged on a trained net. An undertrained NF net
+# has near-tied logits that flip under any rounding (8 epochs, 56% accuracy: 96% agreement, measured).
+EPOCHS = 30
 CALIB_SAMPLES = 256
 quiet = lambda *a, **k: None  # noqa: E731
 

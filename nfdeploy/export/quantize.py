@@ -174,7 +174,8 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, form: str, calib
         activation_type=ortq.QuantType.QInt8 if trt else ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
         op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None, nodes_to_exclude=exclude or None,
         calibrate_method=getattr(ortq.CalibrationMethod, CALIBRATION_METHODS[opts.method]), extra_options=extra)
-    return {"form": form, "activations": "int8 symmetric" if trt else "uint8 asymmetric",
+    dropped = _drop_unfused_pairs(out_path, FUSED_CONSUMERS[form]) if trt else 0
+    return {"form": form, "unfused_dq_inputs_rewired": dropped, "activations": "int8 symmetric" if trt else "uint8 asymmetric",
             "weights": "int8 symmetric, per output channel", "calibration": {
                 "method": opts.method, "samples": int(len(calib.images)), "seed": opts.seed, **calib.describe(),
                 **({"percentile": extra["CalibPercentile"]} if "CalibPercentile" in extra else {}),
@@ -182,6 +183,43 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, form: str, calib
             "kept_in_float": exclude, "quantize_seconds": time.perf_counter() - t0,
             "library": "onnxruntime.quantization.quantize_static (QDQ)"}
 
+
+
+def _drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
+    """Remove the activation Q/DQ pairs ORT gives consumers no runtime fuses them into (with dedicated
+    pairs, a residual-stream tensor quantized for the next block's Add also gets a pair on its Relu):
+    such a consumer reads the float tensor again. Returns the number of rewired inputs."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    rewired, drop = 0, []
+    for dq in g.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        users = consumers.get(dq.output[0], [])
+        for u in users:
+            if u.op_type in fused:
+                continue
+            for k, name in enumerate(u.input):
+                if name == dq.output[0]:
+                    u.input[k] = q.input[0]  # read the float tensor again
+                    rewired += 1
+        if users and all(u.op_type not in fused for u in users):
+            drop.append(dq)
+            if len(consumers.get(q.output[0], [])) == 1:
+                drop.append(q)
+    for n in drop:
+        g.node.remove(n)
+    if rewired:
+        onnx.save_model(model, str(path))
+    return rewired
 
 
 def lint_int8(model, form: str, *, allow_batchnorm: bool = False) -> dict[str, Any]:

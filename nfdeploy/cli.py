@@ -106,7 +106,8 @@ def export(
     timm: Optional[str] = typer.Option(None, "--timm", help="Export one of timm's NormFreeNet models instead."),
     checkpoint: Optional[Path] = typer.Option(None, help="Weights for --timm (.safetensors; .pth via weights_only)."),
     preset: str = typer.Option("default", help="Export preset: a bundled name (nfdeploy/presets) or a .toml path."),
-    precision: Optional[str] = typer.Option(None, help="Comma list of fp32,fp16,bf16 (overrides the preset)."),
+    precision: Optional[str] = typer.Option(None, help="Comma list of fp32,fp16,bf16,int8 (TensorRT Q/DQ form),int8-ort "
+                                            "(ONNX Runtime CPU form) (overrides the preset)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 18; 20 for GELU models)."),
     io_dtype: Optional[str] = typer.Option(None, help="float32 (Cast at the edges) or native I/O for fp16/bf16."),
     input_size: Optional[int] = typer.Option(None, help="Static spatial input size (default: the model's)."),
@@ -118,6 +119,11 @@ def export(
     opt_level: Optional[int] = typer.Option(None, help="Builder optimization level 0-5 (default 3)."),
     timing_cache: Optional[Path] = typer.Option(None, help="Persistent timing cache file (TensorRT proper)."),
     compute_capability: List[str] = typer.Option([], "--cc", help="TensorRT-RTX target compute capability (repeatable)."),
+    calibration: Optional[str] = typer.Option(None, help="int8 calibration: minmax (default), percentile or entropy."),
+    calib_samples: Optional[int] = typer.Option(None, help="int8 calibration images (default 512, training split)."),
+    calib_seed: Optional[int] = typer.Option(None, help="Seed choosing the calibration images (default 0)."),
+    calib_dir: Optional[Path] = typer.Option(None, help="Folder of calibration images (needed for --timm int8)."),
+    int8_keep: List[str] = typer.Option([], "--int8-keep", help="ONNX node/tensor name (glob) kept in float (repeatable)."),
 ):
     """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
     from nfdeploy.export import export_options, export_run, export_timm
@@ -127,7 +133,8 @@ def export(
     opts = export_options(preset, precisions=_split(precision), opset=opset, io_dtype=io_dtype, check=check,
                           input_size=input_size, trt=trt, trt_flavour=trt_flavour, profiles=profile, tf32=tf32,
                           optimization_level=opt_level, timing_cache=timing_cache,
-                          compute_capabilities=compute_capability)
+                          compute_capabilities=compute_capability, calibration=calibration,
+                          calib_samples=calib_samples, calib_seed=calib_seed, calib_dir=calib_dir, int8_keep=int8_keep)
     res = export_timm(timm, out, checkpoint, opts) if timm is not None else export_run(run_dir, out, opts)
     totals = res.manifest["fold"]["totals"]
     typer.echo(f"folded {totals['weight_standardizations']} WS convs, {totals['scalars_folded']} scalars, "
@@ -210,6 +217,7 @@ def backends(
     import json
 
     from nfdeploy.backends import describe_backends, export_backends, load_export_source
+    from nfdeploy.precision import describe_tolerance
     from nfdeploy.reports import markdown_table
 
     rows = describe_backends(export_backends(load_export_source(export_dir)))
@@ -217,7 +225,7 @@ def backends(
         typer.echo(json.dumps(rows, indent=1))
         return
     table = [{"name": r["name"], "device": r["device"], "precision": r["precision"], "math mode": r["math_mode"],
-              "tolerance": f"rel L2 ≤ {r['tolerance']['rel_l2']:g}, top-1 ≥ {r['tolerance']['top1_agreement']:.1%}",
+              "tolerance": describe_tolerance(r["tolerance"]),
               "available": "yes" if r["status"] == "available" else f"no: {r['reason']}"} for r in rows]
     typer.echo(markdown_table(table))
 

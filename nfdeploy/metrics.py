@@ -1,8 +1,8 @@
 """Comparing outputs with a reference, and judging them by the precision table.
 
 All errors are computed in float64 on the logits: max_abs = max|out - ref|, max_rel = max_abs / max|ref|,
-rel_l2 = ||out - ref|| / ||ref||, cosine similarity, top-1 agreement = share of samples whose arg-max
-equals the reference's. A non-finite value in the output fails the comparison, whatever the tolerance
+rel_l2 = ||out - ref|| / ||ref||, cosine similarity, SQNR in dB = 10 log10(sum ref² / sum (out - ref)²)
+(None when out equals ref exactly), top-1 agreement = share of samples whose arg-max equals the reference's. A non-finite value in the output fails the comparison, whatever the tolerance
 (`nan <= tol` is False, but the failure must be explicit, with its count).
 """
 
@@ -26,7 +26,7 @@ def compare_outputs(ref: Any, out: Any) -> dict[str, float]:
     r, o = _to_double(ref), _to_double(out)
     d = o - r
     return {"max_abs": float(d.abs().max()), "max_rel": float(d.abs().max() / r.abs().max()),
-            "rel_l2": float(d.norm() / r.norm()),
+            "rel_l2": float(d.norm() / r.norm()), "sqnr_db": sqnr_db(r, o),
             "cosine": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0))}
 
 
@@ -41,11 +41,11 @@ def ulp_error(out: Any, ref: Any, dtype: torch.dtype) -> np.ndarray:
     return np.abs(o - r) / ulp
 
 
-def sqnr_db(out: Any, ref: Any) -> float:
-    """Signal-to-quantisation-noise ratio, 10 log10(Σ ref² / Σ (out - ref)²) in dB (inf when equal)."""
-    r, d = _to_double(ref), _to_double(out) - _to_double(ref)
-    noise = float(d.pow(2).sum())
-    return float("inf") if noise == 0 else float(10 * np.log10(float(r.pow(2).sum()) / noise))
+def sqnr_db(ref: Any, out: Any) -> float | None:
+    """Signal-to-quantization-noise ratio of `out` against `ref` in dB; None when they are identical."""
+    r, o = _to_double(ref), _to_double(out)
+    noise = float((o - r).square().sum())
+    return None if noise == 0 else float(10 * torch.log10(r.square().sum() / noise))
 
 
 def top1_agreement(a: Any, b: Any) -> float:
@@ -68,10 +68,18 @@ def judge(out: Any, ref: Any, precision: str, labels: Any = None,
     reasons = []
     if nonfinite:
         reasons.append(f"{nonfinite} non-finite output values")
-    if not row["rel_l2"] <= tol["rel_l2"]:
+    if "rel_l2" in tol and not row["rel_l2"] <= tol["rel_l2"]:
         reasons.append(f"rel L2 {row['rel_l2']:.3g} > {tol['rel_l2']:g}")
     if not row["top1_agreement"] >= tol["top1_agreement"]:
         reasons.append(f"top-1 agreement {row['top1_agreement']:.2%} < {tol['top1_agreement']:.1%}")
+    if "max_accuracy_drop" in tol:
+        if labels is None:  # the rule needs labelled data: say so rather than pass silently
+            row["accuracy_drop"] = None
+            row["note"] = "accuracy drop not judged: no labels"
+        else:
+            row["accuracy_drop"] = row["reference_accuracy"] - row["accuracy"]
+            if not row["accuracy_drop"] <= tol["max_accuracy_drop"] + 1e-12:  # equality within float rounding passes
+                reasons.append(f"accuracy drop {row['accuracy_drop']:.2%} > {tol['max_accuracy_drop']:.1%}")
     row.update(nonfinite=nonfinite, tolerance=dict(tol), status="FAIL" if reasons else "pass")
     if reasons:
         row["reason"] = "; ".join(reasons)

@@ -22,7 +22,7 @@ from nfdeploy.backends import (REFERENCE, ExportSource, default_report_dir, expo
                                select_backends)
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, judge, top1_agreement
-from nfdeploy.precision import describe_tolerances, get_precision, judged_tolerance, tolerances
+from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable, run_batched
 from nfdeploy.runtime.ort import OrtBackend
@@ -112,7 +112,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     colors = ["tab:green" if r["status"] == "pass" else "tab:red" for r in ran]
     ax.bar(range(len(ran)), vals, color=colors)
     for i, r in enumerate(ran):
-        ax.hlines(r["tolerance"]["rel_l2"], i - 0.4, i + 0.4, colors="black", linestyles="--")
+        if "rel_l2" in r["tolerance"]:  # int8 is judged by agreement and accuracy, not by rel L2
+            ax.hlines(r["tolerance"]["rel_l2"], i - 0.4, i + 0.4, colors="black", linestyles="--")
     ax.set_xticks(range(len(ran)), [r["name"] for r in ran], rotation=40, ha="right", fontsize=8)
     ax.set_yscale("log"), ax.set_ylabel("relative L2 error vs float64 reference"), ax.grid(alpha=0.3, axis="y")
     ax.set_title("parity per backend (dashed: tolerance)")
@@ -189,8 +190,8 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         row = {**b.describe(), **judge(out, ref, b.precision, y, judged_tolerance(b.precision, framework.get(b.precision)))}
         rows.append(row)
         acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
-        log(f"  {b.name}: rel L2 {row['rel_l2']:.2e} (≤ {row['tolerance']['rel_l2']:g}), top-1 agreement "
-            f"{row['top1_agreement']:.2%}{acc} → {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
+        log(f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
+            f"{row['top1_agreement']:.2%}{acc} ({describe_tolerance(row['tolerance'])}) → {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
     contrast = _bn_twin_contrast(source, xi)
     ran = [b for b in chosen if b.name in outputs]
     tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
@@ -229,7 +230,7 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     atomic_write_json(out_dir / "parity.json", report)
     ran = [r for r in report["backends"] if r.get("status") in ("pass", "FAIL")]
     skipped = [r for r in report["backends"] if r.get("status") in ("skipped", "error")]
-    cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "cosine", "top1_agreement"]
+    cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "sqnr_db", "cosine", "top1_agreement"]
     cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
     cols += ["status"]
     inv_rows = [{"backend": k, "max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"],

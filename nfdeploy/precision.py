@@ -8,6 +8,16 @@ tolerance.
 tf32 is float32 storage with TF32 convolutions and matmuls (CUDA only): it has no files of its own,
 it is how a GPU runs the fp32 graph unless TF32 is switched off, so its backends are named
 "...-fp32-tf32-..." and judged by tf32's tolerance.
+
+int8 is explicit Q/DQ (QuantizeLinear/DequantizeLinear in the ONNX graph), made from the folded fp32
+graph by calibration (nfdeploy.export.quantize), not from a torch dtype: its torch_dtype is float32,
+the dtype of the graph it is quantized from (`quantized_from`). Two forms, one per runtime: "int8"
+(symmetric int8 activations and weights, S8S8: the form TensorRT's strongly typed builder wants; Q/DQ
+only on the inputs of Conv/Gemm/Add) and "int8-ort" (asymmetric uint8 activations, symmetric int8
+weights, U8S8, Q/DQ around every op ONNX Runtime's CPU EP fuses into QLinear kernels). A quantized
+graph is not held to a relative L2 error (it is reported, with SQNR): it passes when top-1 agreement
+with the float64 reference is ≥ 99% and its accuracy on labelled data is at most 0.5 points below
+the reference's (`max_accuracy_drop`).
 """
 
 from __future__ import annotations
@@ -23,15 +33,19 @@ class Precision:
     name: str
     torch_dtype: torch.dtype
     tag: str  # how the precision appears in a backend name
-    rel_l2: float  # ||out - ref|| / ||ref|| of the logits vs the float64 reference, at most
+    rel_l2: float | None  # ||out - ref|| / ||ref|| of the logits vs the float64 reference, at most (None: not judged)
     top1_agreement: float  # share of samples whose arg-max equals the reference's, at least
     onnx_file: str | None = None  # the export's ONNX variant (None: runs another precision's graph)
     engine_file: str | None = None  # the export's TensorRT engine built from that graph
     graph: str | None = None  # the precision of the graph it runs when it has no file of its own
     math_mode: str = ""
+    max_accuracy_drop: float | None = None  # reference accuracy - accuracy, at most (labelled data only)
+    quantized_from: str | None = None  # the precision whose graph is calibrated into this one (int8)
 
     def tolerance(self) -> dict[str, float]:
-        return {"rel_l2": self.rel_l2, "top1_agreement": self.top1_agreement}
+        """The judged limits only: a key that is absent is not judged."""
+        tol = {"rel_l2": self.rel_l2, "top1_agreement": self.top1_agreement, "max_accuracy_drop": self.max_accuracy_drop}
+        return {k: v for k, v in tol.items() if v is not None}
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
@@ -42,6 +56,10 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               math_mode="fp16 storage and compute"),
     Precision("bf16", torch.bfloat16, "bf16", 1e-2, 0.995, "model.bf16.onnx", "model.bf16.engine",
               math_mode="bf16 storage and compute"),
+    Precision("int8", torch.float32, "int8", None, 0.99, "model.int8.onnx", "model.int8.engine",
+              math_mode="int8 Q/DQ, S8S8 (TensorRT form)", max_accuracy_drop=0.005, quantized_from="fp32"),
+    Precision("int8-ort", torch.float32, "int8-ort", None, 0.99, "model.int8.ort.onnx",
+              math_mode="int8 Q/DQ, U8S8 (ONNX Runtime CPU form)", max_accuracy_drop=0.005, quantized_from="fp32"),
 )}
 # The precisions an export writes files for, in order (fp32 always first: the others are checked against it).
 EXPORT_PRECISIONS: tuple[str, ...] = tuple(p for p, v in PRECISIONS.items() if v.onnx_file)
@@ -63,25 +81,36 @@ REFERENCE_ERROR_FACTOR = 2.0
 
 
 def judged_tolerance(precision: str, framework_rel_l2: float | None) -> dict[str, Any]:
-    """The tolerance a backend of `precision` is judged by: rel L2 ≤ max(floor, REFERENCE_ERROR_FACTOR ×
-    `framework_rel_l2`), the reference framework's own error in that dtype (None: the floor alone). Both
-    numbers are kept in the returned dict ("floor_rel_l2", "framework_rel_l2") so reports can state them."""
+    """The tolerance a backend of `precision` is judged by: the table's limits, with rel L2 raised to
+    max(floor, REFERENCE_ERROR_FACTOR × `framework_rel_l2`), the reference framework's own error in that
+    dtype (None: the floor alone). Precisions without a rel L2 rule (int8) keep their own limits. The floor
+    and the framework error are kept in the dict ("floor_rel_l2", "framework_rel_l2") for the reports."""
     p = get_precision(precision)
+    tol: dict[str, Any] = p.tolerance()
+    if "rel_l2" not in tol:
+        return tol
     fw = framework_rel_l2 if framework_rel_l2 is not None and framework_rel_l2 == framework_rel_l2 else None
-    rel = p.rel_l2 if fw is None else max(p.rel_l2, REFERENCE_ERROR_FACTOR * fw)
-    return {"rel_l2": rel, "top1_agreement": p.top1_agreement, "floor_rel_l2": p.rel_l2, "framework_rel_l2": fw,
-            "rule": f"max({p.rel_l2:g}, {REFERENCE_ERROR_FACTOR:g} x framework {precision} error)"}
+    tol["rel_l2"] = p.rel_l2 if fw is None else max(p.rel_l2, REFERENCE_ERROR_FACTOR * fw)
+    tol.update(floor_rel_l2=p.rel_l2, framework_rel_l2=fw,
+               rule=f"max({p.rel_l2:g}, {REFERENCE_ERROR_FACTOR:g} x framework {precision} error)")
+    return tol
 
 
 def tolerances() -> dict[str, dict[str, Any]]:
-    """{precision: {"rel_l2", "top1_agreement"}} for reports."""
+    """{precision: its judged limits} for reports."""
     return {p.name: p.tolerance() for p in PRECISIONS.values()}
 
 
+def describe_tolerance(tol: dict[str, float]) -> str:
+    """One tolerance dict (Precision.tolerance()) in words."""
+    words = {"rel_l2": "rel L2 ≤ {:g}", "top1_agreement": "top-1 agreement ≥ {:.1%}",
+             "max_accuracy_drop": "accuracy drop ≤ {:.1%}"}
+    return ", ".join(words[k].format(v) for k, v in tol.items() if k in words)
+
+
 def describe_tolerances() -> str:
-    return "; ".join(f"{p.name}: rel L2 ≤ {p.rel_l2:g}, top-1 agreement ≥ {p.top1_agreement:.1%}"
-                     for p in PRECISIONS.values())
+    return "; ".join(f"{p.name}: {describe_tolerance(p.tolerance())}" for p in PRECISIONS.values())
 
 
-__all__ = ["EXPORT_PRECISIONS", "PRECISIONS", "REFERENCE_ERROR_FACTOR", "Precision", "describe_tolerances", "get_precision",
-           "judged_tolerance", "tolerances"]
+__all__ = ["EXPORT_PRECISIONS", "PRECISIONS", "REFERENCE_ERROR_FACTOR", "Precision", "describe_tolerance",
+           "describe_tolerances", "get_precision", "judged_tolerance", "tolerances"]

@@ -1,7 +1,8 @@
 """Export presets (nfdeploy/presets/NAME.toml, or a path) merged with explicit overrides into
 ExportOptions, validated before any work starts.
 
-A preset has two tables: [onnx] (opset, precisions, io_dtype, check, check_samples) and [tensorrt]
+A preset has three tables: [onnx] (opset, precisions, io_dtype, check, check_samples), [int8]
+(calibration = minmax|percentile|entropy, calib_samples, calib_seed) and [tensorrt]
 (profiles as "MIN:OPT:MAX" strings, optimization_level, tf32, flavour, workspace_mb,
 detailed_profiling, compute_capabilities), used only when engines are asked for.
 """
@@ -14,10 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfdeploy.export.pipeline import ExportError, ExportOptions
+from nfdeploy.export.quantize import CalibrationOptions
 from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions
+from nfdeploy.precision import PRECISIONS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"  # package data: ships in the wheel
 _ONNX_KEYS = {"opset", "precisions", "io_dtype", "check", "check_samples"}
+_INT8_KEYS = {"calibration", "calib_samples", "calib_seed"}  # [int8]: calibration of the int8 precisions
 _TRT_KEYS = {"profiles", "optimization_level", "tf32", "flavour", "workspace_mb", "detailed_profiling",
              "compute_capabilities"}
 
@@ -38,7 +42,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ExportError(f"{p} is not valid TOML: {e}") from None
     out = {}
-    for table, keys in (("onnx", _ONNX_KEYS), ("tensorrt", _TRT_KEYS)):
+    for table, keys in (("onnx", _ONNX_KEYS), ("tensorrt", _TRT_KEYS), ("int8", _INT8_KEYS)):
         sec = raw.get(table, {})
         unknown = set(sec) - keys
         if unknown:
@@ -75,9 +79,12 @@ def export_options(preset: str = "default", *, precisions: Sequence[str] | None 
                    io_dtype: str | None = None, check: bool | None = None, input_size: int | None = None,
                    trt: bool = False, trt_flavour: str | None = None, profiles: Sequence[str] = (),
                    tf32: bool | None = None, optimization_level: int | None = None, timing_cache: Path | None = None,
-                   compute_capabilities: Sequence[str] = ()) -> ExportOptions:
+                   compute_capabilities: Sequence[str] = (), calibration: str | None = None,
+                   calib_samples: int | None = None, calib_seed: int | None = None, calib_dir: str | Path | None = None,
+                   int8_keep: Sequence[str] = ()) -> ExportOptions:
     """The preset, overridden by every argument that is set; TensorRT settings only with trt=True
-    (given without it they are an error, not silently ignored)."""
+    (given without it they are an error, not silently ignored); calibration settings only with an
+    int8 precision."""
     trt_given = [n for n, v in (("--trt-flavour", trt_flavour), ("--profile", profiles or None), ("--tf32", tf32),
                                 ("--opt-level", optimization_level), ("--timing-cache", timing_cache),
                                 ("--cc", compute_capabilities or None)) if v is not None]
@@ -90,10 +97,22 @@ def export_options(preset: str = "default", *, precisions: Sequence[str] | None 
     for key, val in (("precisions", precisions), ("opset", opset), ("io_dtype", io_dtype), ("check", check)):
         if val is not None:
             cfg[key] = list(val) if key == "precisions" else val
+    cal = dict(p["int8"])
+    for key, val in (("calibration", calibration), ("calib_samples", calib_samples), ("calib_seed", calib_seed)):
+        if val is not None:
+            cal[key] = val
+    int8_given = [n for n, v in (("--calibration", calibration), ("--calib-samples", calib_samples),
+                                 ("--calib-seed", calib_seed), ("--calib-dir", calib_dir),
+                                 ("--int8-keep", int8_keep or None)) if v is not None]
+    if int8_given and not any(PRECISIONS.get(q) and PRECISIONS[q].quantized_from for q in cfg.get("precisions", ())):
+        raise ExportError(f"{', '.join(int8_given)} only apply to int8: add --precision int8 (or int8-ort)")
+    calib = CalibrationOptions(method=cal.get("calibration", "minmax"), samples=cal.get("calib_samples", 512),
+                               seed=cal.get("calib_seed", 0), keep=tuple(int8_keep),
+                               calib_dir=str(calib_dir) if calib_dir is not None else None)
     engine_opts = trt_options(p["tensorrt"], flavour=trt_flavour, profiles=profiles, tf32=tf32,
                               optimization_level=optimization_level, timing_cache=timing_cache,
                               compute_capabilities=compute_capabilities) if trt else None
-    return ExportOptions(**cfg, input_size=input_size, trt=engine_opts)
+    return ExportOptions(**cfg, input_size=input_size, trt=engine_opts, calibration=calib)
 
 
 __all__ = ["PRESET_DIR", "default_timing_cache", "export_options", "list_presets", "load_preset", "trt_options"]

@@ -41,7 +41,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
-from bench.gpu.sources import (matmul_peak, model_flops, read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
+from nfdeploy.bench.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
+from bench.gpu.sources import (model_flops, read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
                                unfolded_backends, write_random_run, write_torch_only_export)
 from bench.gpu.steps import Phase, one_line, write_json  # noqa: E402
 
@@ -255,7 +256,8 @@ class Suite:
         def measure_peaks(when: str) -> dict[str, Any]:
             for prec in precs:
                 try:
-                    peaks.setdefault(prec, []).append({**matmul_peak(prec, self.dev), "when": when})
+                    pk = cuda_matmul_peak(prec) if self.dev == "cuda" else cpu_matmul_peak()
+                    peaks.setdefault(prec, []).append({**pk, "tflops": pk["gflops"] / 1e3, "when": when})
                 except Exception as e:  # noqa: BLE001
                     ph.skip(f"matmul peak {prec} ({when})", one_line(e, 200))
             ph.summary["results"]["matmul peak"] = peaks

@@ -107,8 +107,10 @@ def main(argv=None) -> int:
 
     known = set(timm.list_models("*nf*"))
     names = args.models.split(",") if args.models else [n for n in ORDER if n in known] + sorted(known - set(ORDER))
-    rows = []
     stem = f"timm_sweep-cpu-{date.today().isoformat()}"
+    # A sweep run in parts (--models) adds to the day's table: rows of models not rerun are kept.
+    previous = args.out / f"{stem}.json"
+    rows = [r for r in json.loads(previous.read_text())["rows"] if r["model"] not in names] if previous.is_file() else []
     for name in names:
         t0 = time.perf_counter()
         try:

@@ -155,49 +155,10 @@ def model_flops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> fl
     return 2.0 * macs
 
 
-def matmul_peak(precision: str, device: str, n: int | None = None, reps: int = 10) -> dict[str, Any]:
-    """Achieved TFLOP/s of an n x n x n matmul in the precision's dtype and math mode (fp32: TF32 off;
-    tf32: TF32 on), on random N(0,1) data: the median of `reps` timed products after 3 warm-ups, CUDA
-    events on a GPU, perf_counter on the CPU. The ceiling against which a model's TFLOP/s is a share."""
-    from nfdeploy.precision import PRECISIONS
-
-    import statistics
-
-    dtype = PRECISIONS[precision].torch_dtype
-    n = n or (8192 if device == "cuda" else 1024)
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
-    b = torch.randn(n, n, device=device, dtype=torch.float32, generator=g).to(dtype)
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        times = []
-        for i in range(3 + reps):
-            if device == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                torch.mm(a, b)
-                e.record()
-                e.synchronize()
-                ms = s.elapsed_time(e)
-            else:
-                t = time.perf_counter()
-                torch.mm(a, b)
-                ms = (time.perf_counter() - t) * 1e3
-            if i >= 3:
-                times.append(ms)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old[0]
-    med = statistics.median(times)
-    return {"precision": precision, "device": device, "n": n, "reps": reps, "median_ms": med,
-            "tflops": 2.0 * n ** 3 / (med * 1e-3) / 1e12, "timing": "CUDA events" if device == "cuda" else "perf_counter",
-            "data": "N(0,1), seed 0"}
-
-
 def read_bundle_info(bundle: Path) -> dict[str, Any]:
     p = bundle / BUNDLE_INFO
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-__all__ = ["BUNDLE_EXPORT", "BUNDLE_INFO", "BUNDLE_RUN", "R50_SEED", "matmul_peak", "model_flops", "read_bundle_info",
+__all__ = ["BUNDLE_EXPORT", "BUNDLE_INFO", "BUNDLE_RUN", "R50_SEED", "model_flops", "read_bundle_info",
            "relocate_bundle", "twin_backends", "unfolded_backends", "write_random_run", "write_torch_only_export"]

@@ -23,11 +23,13 @@ from typing import Any
 
 from nfdeploy.artifacts import atomic_path, atomic_write_bytes, sha256_file
 from nfdeploy.errors import MissingExtraError, one_line
-from nfdeploy.precision import EXPORT_PRECISIONS
+from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.base import cuda_gpu
 from nfdeploy.runtime.tensorrt import import_tensorrt
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# The precisions with an engine file in the precision table (int8-ort is ONNX Runtime's form only).
+ENGINE_PRECISIONS = tuple(p for p, v in PRECISIONS.items() if v.engine_file)
 # TensorRT-RTX targets skipped by default: Turing (SM 7.5) is opt-in per NVIDIA (a portable engine
 # that includes it is slower everywhere); Hopper (9.x) is not an RTX target at all.
 RTX_DEFAULT_EXCLUDE = {"SM75"}
@@ -237,8 +239,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
     """Parse `onnx_path` into a strongly typed network and build a serialized engine to `engine_path`
     (written atomically: a failure never leaves a partial file). Returns the build record."""
     opts = opts or TrtBuildOptions()
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"precision {precision!r} not supported; choose from {list(EXPORT_PRECISIONS)}")
+    if precision not in ENGINE_PRECISIONS:
+        raise ValueError(f"precision {precision!r} has no TensorRT engine; choose from {list(ENGINE_PRECISIONS)}")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     c, h, w = (int(v) for v in input_shape)
     trt, flavour = import_tensorrt(opts.flavour)

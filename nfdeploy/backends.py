@@ -105,8 +105,10 @@ def torch_backend(source: ExportSource, spec: BackendSpec) -> TorchBackend:
     return TorchBackend(spec, source.input_shape, model)
 
 
-def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: bool = True) -> list[Backend]:
-    """Every backend of the export, the reference first; none active."""
+def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: bool = True,
+                    threads: int | None = None) -> list[Backend]:
+    """Every backend of the export, the reference first; none active. `threads`: ONNX Runtime CPU intra-op
+    threads (None: ONNX Runtime's default; torch's CPU threads are process-wide, set by the caller)."""
     shape = source.input_shape
     out: list[Backend] = [torch_backend(source, REFERENCE_SPEC),
                           torch_backend(source, BackendSpec("torch", "cpu", "fp32", "unfolded")),
@@ -119,7 +121,7 @@ def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: boo
     for device in ("cpu", "cuda"):
         for prec, entry in onnx.items():
             path = source.export_dir / entry["file"]
-            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path))
+            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads))
             if prec == "fp32" and device == "cuda":
                 out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path))
     if tensorrt:

@@ -25,7 +25,6 @@ from nfdeploy.metrics import compare_outputs, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable, run_batched
-from nfdeploy.runtime.ort import OrtBackend
 
 INVARIANCE_BATCHES = (3, 16, 64)
 
@@ -132,7 +131,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     that dtype on these inputs) (precision.judged_tolerance). Forensics (nfdeploy.forensics): per_block
     (error at every block, first diverging block), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
-    ONNX Runtime intra-op threads."""
+    ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
     from nfdeploy import forensics
 
     export_dir = Path(export_dir)
@@ -141,10 +140,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         if threads < 1:
             raise ParityError(f"threads must be positive, got {threads}")
         torch.set_num_threads(threads)
-    all_backends = list(backends) if backends is not None else export_backends(source)
-    for b in all_backends:
-        if threads is not None and isinstance(b, OrtBackend):
-            b.threads = threads
+    all_backends = list(backends) if backends is not None else export_backends(source, threads=threads)
     chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
     ref_backend = next(b for b in all_backends if b.name == REFERENCE)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)

@@ -417,8 +417,7 @@ def plot_batch_matrix(matrix: dict[str, dict[str, dict[str, float]]], path: Path
     vals = np.array([[matrix[n][b]["max_rel_l2"] for b in batches] for n in names])
     logv = np.where(vals > 0, np.log10(np.maximum(vals, 1e-30)), np.nan)
     fig, ax = plt.subplots(figsize=(1.0 * len(batches) + 4, 0.5 * len(names) + 1.8))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # bitwise-identical cells (log of 0) show white
     im = ax.imshow(np.ma.masked_invalid(logv), cmap=cmap, aspect="auto",
                    vmin=np.nanmin(logv) if np.isfinite(logv).any() else -8, vmax=np.nanmax(logv) if np.isfinite(logv).any() else 0)
     for i, n in enumerate(names):

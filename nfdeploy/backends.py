@@ -92,6 +92,20 @@ def load_export_source(export_dir: str | Path) -> ExportSource:
                         "weights on disk); export from a run dir or a timm checkpoint")
 
 
+def bn_twin(source: ExportSource) -> nn.Module | None:
+    """The export's model with BatchNorm in place of NF: same topology, seeded random init (torch.manual_seed(0)),
+    float32 on CPU, the contrast for batch invariance; None for a source without a model_config (timm)."""
+    from dataclasses import replace
+
+    from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
+
+    cfg = source.manifest["source"].get("model_config")
+    if not cfg:
+        return None
+    torch.manual_seed(0)
+    return NFResNet(replace(NFResNetCfg.from_dict(cfg), norm="bn"))
+
+
 def default_report_dir(export_dir: str | Path) -> Path:
     """Reports go beside the export dir, never inside it: an export dir is replaced whole on re-export."""
     export_dir = Path(export_dir)
@@ -155,5 +169,5 @@ def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "default_report_dir", "describe_backends",
+__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "bn_twin", "default_report_dir", "describe_backends",
            "export_backends", "load_export_source", "select_backends", "torch_backend"]

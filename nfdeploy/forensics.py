@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nfdeploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from nfdeploy.backends import bn_twin
 from nfdeploy.errors import UserError, require
 from nfdeploy.metrics import compare_outputs, top1_agreement, ulp_error
 from nfdeploy.precision import get_precision
@@ -433,15 +434,9 @@ def plot_batch_matrix(matrix: dict[str, dict[str, dict[str, float]]], path: Path
 
 def bn_twin_matrix(source: Any, x: np.ndarray, batches: Sequence[int] = MATRIX_BATCHES) -> dict[str, Any]:
     """The BatchNorm twin (same topology, seeded random init) in eval and train mode, float32 torch CPU."""
-    from dataclasses import replace
-
-    from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
-
-    cfg = source.manifest["source"].get("model_config")
-    if not cfg:
+    twin = bn_twin(source)
+    if twin is None:
         return {}
-    torch.manual_seed(0)
-    twin = NFResNet(replace(NFResNetCfg.from_dict(cfg), norm="bn"))
     out = {}
     for mode in ("eval", "train"):
         twin.train(mode == "train")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import (REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source,
-                               select_backends)
+from nfdeploy.backends import (REFERENCE, ExportSource, bn_twin, default_report_dir, export_backends,
+                               load_export_source, select_backends)
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
@@ -84,13 +84,9 @@ def batch_invariance(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, see
 
 def _bn_twin_contrast(source: ExportSource, x: np.ndarray) -> dict[str, Any]:
     """The BatchNorm twin (same topology, random init) in training mode (batch statistics) and eval mode."""
-    from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
-
-    cfg = source.manifest["source"].get("model_config")
-    if not cfg:
+    twin = bn_twin(source)
+    if twin is None:
         return {"status": "skipped", "reason": "no model_config in the manifest (timm source)"}
-    torch.manual_seed(0)
-    twin = NFResNet(replace(NFResNetCfg.from_dict(cfg), norm="bn"))
     out = {}
     for mode in ("train", "eval"):
         twin.train(mode == "train")

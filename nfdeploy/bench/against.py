@@ -20,7 +20,8 @@ from nfdeploy.backends import REFERENCE, default_report_dir, export_backends, lo
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import peak_for
 from nfdeploy.bench.report import BenchError, annotate_work, informative_table, work_model
-from nfdeploy.bench.rounds import BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan
+from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
+                                   describe_ratio)
 from nfdeploy.bench.timing import activate_measured, time_group
 from nfdeploy.errors import one_line
 from nfdeploy.reports import markdown_table
@@ -109,8 +110,7 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
                              "stopped_by": info["stopped_by"], "contains_1": rr["ci95"][0] <= 1.0 <= rr["ci95"][1],
                              "a": res["A"], "b": res["B"]})
                 log(f"  {name:<32} batch {n:>3}: A {res['A']['median_ms']:.3f} ms, B {res['B']['median_ms']:.3f} ms, "
-                    f"A/B {rr['ratio']:.3f} [{rr['ci95'][0]:.3f}, {rr['ci95'][1]:.3f}] over {info['rounds']} rounds"
-                    + (f" NOISY (cv {100 * (rr['cv'] or 0):.1f}%)" if rr["noisy"] else ""))
+                    f"A/B {describe_ratio(rr)}")
         finally:
             for x in members.values():
                 x.deactivate()

@@ -46,7 +46,8 @@ from nfdeploy.bench.compare import comparison_backends, comparison_groups, group
 from nfdeploy.bench.flops import gflops, onnx_macs
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import peak_for
-from nfdeploy.bench.rounds import BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan
+from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
+                                   describe_ratio)
 from nfdeploy.bench.timing import (DEVICE_TIMING, HOST_TIMING, MEMORY_KIND, activate_measured, time_backend,
                                    time_group)
 from nfdeploy.errors import UserError, one_line
@@ -213,9 +214,7 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
                     _log_row(log, f"{group}/{variant}", row)
                 ratio_rows_.append(_ratio_row(group, n, own, rows, ratios, info))
                 for name, rr in ratios.items():
-                    log(f"  {group} batch {n}: {RATIO_LABEL[name]} {rr['ratio']:.3f} "
-                        f"[{rr['ci95'][0]:.3f}, {rr['ci95'][1]:.3f}] over {rr['rounds']} rounds"
-                        + (f" NOISY (cv {100 * (rr['cv'] or 0):.1f}%)" if rr["noisy"] else ""))
+                    log(f"  {group} batch {n}: {RATIO_LABEL[name]} {describe_ratio(rr)}")
         finally:
             for b in members.values():
                 b.deactivate()

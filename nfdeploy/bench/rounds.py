@@ -131,6 +131,12 @@ def stats(ms: Sequence[float]) -> dict[str, float]:
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
 
 
+def describe_ratio(r: Mapping[str, Any]) -> str:
+    """A ratio_summary on one line: '1.002 [0.998, 1.024] over 13 rounds' (+ ' NOISY (cv 12.0%)')."""
+    return (f"{r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds"
+            + (f" NOISY (cv {100 * (r['cv'] or 0):.1f}%)" if r["noisy"] else ""))
+
+
 # ------------------------------------------------------------------------------------------ rounds
 
 def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
@@ -231,5 +237,5 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
 
 
 __all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
-           "bootstrap_ci", "cv", "interleaved_rounds", "is_settled", "ratio_summary", "stats", "summarize",
+           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "stats", "summarize",
            "window_medians"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,17 @@ def bn_twin(source: ExportSource) -> nn.Module | None:
     return NFResNet(replace(NFResNetCfg.from_dict(cfg), norm="bn"))
 
 
+def twin_runner(twin: nn.Module, mode: str) -> Callable[[np.ndarray], np.ndarray]:
+    """run(batch) of the BN twin in "train" mode (BN normalises with each batch's own statistics) or "eval" mode."""
+    twin.train(mode == "train")
+
+    @torch.no_grad()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return twin(torch.from_numpy(batch)).numpy()
+
+    return run
+
+
 def default_report_dir(export_dir: str | Path) -> Path:
     """Reports go beside the export dir, never inside it: an export dir is replaced whole on re-export."""
     export_dir = Path(export_dir)
@@ -169,5 +181,5 @@ def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "bn_twin", "default_report_dir", "describe_backends",
+__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "bn_twin", "default_report_dir", "twin_runner", "describe_backends",
            "export_backends", "load_export_source", "select_backends", "torch_backend"]

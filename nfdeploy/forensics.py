@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from nfdeploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from nfdeploy.backends import bn_twin
+from nfdeploy.backends import bn_twin, twin_runner
 from nfdeploy.errors import UserError, require
 from nfdeploy.metrics import compare_outputs, top1_agreement, ulp_error
 from nfdeploy.precision import get_precision
@@ -437,16 +437,8 @@ def bn_twin_matrix(source: Any, x: np.ndarray, batches: Sequence[int] = MATRIX_B
     twin = bn_twin(source)
     if twin is None:
         return {}
-    out = {}
-    for mode in ("eval", "train"):
-        twin.train(mode == "train")
-
-        @torch.no_grad()
-        def run(b: np.ndarray) -> np.ndarray:  # train mode: BN normalises with this batch's statistics
-            return twin(torch.from_numpy(b)).numpy()
-
-        out[f"bn twin torch-cpu-fp32 ({mode} mode)"] = batch_invariance_matrix(run, x, torch.float32, batches)
-    return out
+    return {f"bn twin torch-cpu-fp32 ({mode} mode)": batch_invariance_matrix(twin_runner(twin, mode), x, torch.float32,
+                                                                              batches) for mode in ("eval", "train")}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import (REFERENCE, ExportSource, bn_twin, default_report_dir, export_backends,
-                               load_export_source, select_backends)
+                               load_export_source, select_backends, twin_runner)
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
@@ -87,15 +87,7 @@ def _bn_twin_contrast(source: ExportSource, x: np.ndarray) -> dict[str, Any]:
     twin = bn_twin(source)
     if twin is None:
         return {"status": "skipped", "reason": "no model_config in the manifest (timm source)"}
-    out = {}
-    for mode in ("train", "eval"):
-        twin.train(mode == "train")
-
-        @torch.no_grad()
-        def run(b: np.ndarray) -> np.ndarray:  # train mode: BN normalises with this batch's statistics
-            return twin(torch.from_numpy(b)).numpy()
-
-        out[mode] = batch_invariance(run, x)
+    out = {mode: batch_invariance(twin_runner(twin, mode), x) for mode in ("train", "eval")}
     return {"model": "bn twin of " + source.manifest["model"], **out}
 
 

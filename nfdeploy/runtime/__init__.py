@@ -1,5 +1,5 @@
 """Runtimes behind one small interface (Polygraphy-style runners): name, device, precision, run."""
 
-from nfdeploy.runtime.base import Backend, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable"]
+__all__ = ["Backend", "BackendBroken", "BackendUnavailable"]

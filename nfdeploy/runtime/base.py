@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfdeploy.errors import UserError
+from nfdeploy.errors import UserError, one_line
 from nfdeploy.precision import get_precision
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
@@ -27,7 +27,13 @@ TORCH_MODES = ("eager", "compile", "cudagraph")
 
 
 class BackendUnavailable(RuntimeError):
-    """This backend cannot run here; the message is the reason (reported as 'skipped')."""
+    """This backend cannot run here (no CUDA, no such module or provider); the message is the reason,
+    reported as 'skipped'. Never raised for an artifact that exists but fails to load: that is BackendBroken."""
+
+
+class BackendBroken(RuntimeError):
+    """The artifact exists and this machine should be able to load it, but loading failed (a corrupt or
+    truncated ONNX file, an engine that does not deserialize): a failure, reported as 'broken'."""
 
 
 class BackendInputError(UserError, ValueError):
@@ -123,14 +129,27 @@ class Backend(abc.ABC):
             reason = self.unavailable_reason()
             if reason:
                 raise BackendUnavailable(reason)
-            self._activate()
+            try:
+                self._activate()
+            except BaseException as e:
+                # Free whatever the partial _activate() created (sessions, engines, contexts) before
+                # the next backend is activated; _deactivate() must tolerate a half-made state.
+                self._release()
+                if isinstance(e, (BackendUnavailable, BackendBroken)) or not isinstance(e, Exception):
+                    raise
+                raise BackendBroken(f"failed to load: {one_line(e, 240)}") from e
             self._active = True
         return self
 
     def deactivate(self) -> None:
         if self._active:
             self._active = False
+            self._release()
+
+    def _release(self) -> None:
+        try:
             self._deactivate()
+        finally:
             gc.collect()
             if self.device == "cuda" and torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -157,11 +176,12 @@ class Backend(abc.ABC):
             raise RuntimeError(f"{self.name} is not active: use `with backend:` or backend.activate()")
         return self._run(x)
 
+    @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.run_tensor(torch.from_numpy(batch)).float().cpu().numpy()
+        """A checked, contiguous float32 batch → float32 logits on the host."""
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Default: a numpy round trip through run()."""
+        """Default: a numpy round trip through run(); runtimes that can stay on the device override it."""
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
 
 
@@ -180,5 +200,5 @@ def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.nda
     return np.concatenate([backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-__all__ = ["Backend", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
+__all__ = ["Backend", "BackendBroken", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
            "cuda_gpu", "run_batched"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from nfdeploy.errors import MissingExtraError, one_line, require
-from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -65,7 +65,7 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented)
-            raise BackendUnavailable(f"ONNX Runtime cannot load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
+            raise BackendBroken(f"ONNX Runtime failed to load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
         if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise BackendUnavailable("the CUDA EP could not be initialised (no GPU or CUDA libraries missing)")
         self.session = session

@@ -22,7 +22,7 @@ import numpy as np
 
 from nfdeploy.artifacts import ArtifactError, sha256_file
 from nfdeploy.errors import MissingExtraError, one_line
-from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable, cuda_gpu
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, cuda_gpu
 
 # The flavours, as nfdeploy spells them everywhere (names, build records, --trt-flavour), and their modules.
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -164,7 +164,7 @@ class TensorRTBackend(Backend):
         self._check_validity(blob)
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise BackendUnavailable(f"{fl} {self.version} could not deserialize {self.engine_path.name} on {gpu['name']} "
+            raise BackendBroken(f"{fl} {self.version} could not deserialize {self.engine_path.name} on {gpu['name']} "
                                      f"(CC {gpu['compute_capability']})")
         del blob
 
@@ -195,7 +195,7 @@ class TensorRTBackend(Backend):
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         if len(self.input_names) != 1 or not self.output_names:
-            raise BackendUnavailable(f"{self.engine_path.name} has inputs {self.input_names} and outputs "
+            raise BackendBroken(f"{self.engine_path.name} has inputs {self.input_names} and outputs "
                                      f"{self.output_names}; expected one image input and a logits output")
         self.input_name = self.input_names[0]
         self.output_name = "logits" if "logits" in self.output_names else self.output_names[0]

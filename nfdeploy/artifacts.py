@@ -90,6 +90,17 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ArtifactError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+def array_sha256(a: Any) -> str:
+    """sha256 over dtype (its byte-order string), shape and the bytes in C order: equal arrays give equal
+    digests on every machine. The one digest of arrays (saved outputs, GPU-suite inputs)."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

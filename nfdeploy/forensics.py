@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import hashlib
 import io
 import itertools
 import json
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfdeploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from nfdeploy.artifacts import array_sha256, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from nfdeploy.backends import bn_twin, twin_runner
 from nfdeploy.errors import UserError, require
 from nfdeploy.metrics import compare_outputs, top1_agreement, ulp_error
@@ -465,14 +464,6 @@ def framework_error(model: nn.Module, x: np.ndarray, ref: np.ndarray, precision:
 # Saved outputs and comparison across machines
 
 
-def array_sha256(a: np.ndarray) -> str:
-    """sha256 over dtype, shape and the bytes (C order): equal arrays, equal digests on every machine."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def model_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"model": manifest.get("model"), "weights_sha256": manifest.get("source", {}).get("weights_sha256"),
             "onnx_sha256": {p: e.get("sha256") for p, e in (manifest.get("onnx") or {}).items()},
@@ -567,7 +558,7 @@ def compare_saved_runs(a: str | Path, b: str | Path, out_dir: str | Path | None 
     return report
 
 
-__all__ = ["FEATURES", "MATRIX_BATCHES", "OUTPUTS_FILE", "PROVENANCE_FILE", "ForensicsError", "array_sha256",
+__all__ = ["FEATURES", "MATRIX_BATCHES", "OUTPUTS_FILE", "PROVENANCE_FILE", "ForensicsError",
            "batch_invariance_matrix", "block_points", "bn_twin_matrix", "capture_points", "classifier_path",
            "compare_saved_runs", "first_diverging", "framework_error", "instrument_onnx", "load_saved_run",
            "matrix_rows", "model_identity", "module_ops", "onnx_point_values", "onnx_points", "per_block_markdown", "plant_conv_defect",

@@ -24,7 +24,7 @@ from nfdeploy.errors import UserError
 from nfdeploy.export import load_manifest
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runs import load_run_model
-from nfdeploy.runtime.base import TORCH_MODES, Backend, BackendSpec
+from nfdeploy.runtime.base import TORCH_MODES, Backend, BackendSpec, name_matches
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.tensorrt import TensorRTBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
@@ -73,9 +73,11 @@ class ExportSource:
 
 
 def load_export_source(export_dir: str | Path) -> ExportSource:
-    """Verify the export dir against its manifest and rebuild the unfolded model it came from."""
+    """Read the export dir's manifest and rebuild the unfolded model it came from (its weights checked
+    against the manifest). Each ONNX file and engine is checked against its sha256 by its backend when it
+    loads: a damaged file is that backend's failure ("broken"), and the others still run."""
     export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir)
+    manifest = load_manifest(export_dir, verify_files=False)
     src = manifest["source"]
     if src.get("kind") == "run":
         run_dir = Path(src["run_dir"])
@@ -147,9 +149,10 @@ def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: boo
     for device in ("cpu", "cuda"):
         for prec, entry in onnx.items():
             path = source.export_dir / entry["file"]
-            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads))
+            digest = entry.get("sha256")
+            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads, sha256=digest))
             if prec == "fp32" and device == "cuda":
-                out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path))
+                out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path, sha256=digest))
     if tensorrt:
         for entry in (source.manifest.get("engines") or {}).values():
             out.append(TensorRTBackend(shape, source.export_dir / entry["file"], entry))
@@ -161,14 +164,16 @@ def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: boo
 
 
 def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> list[Backend]:
-    """The backends whose name contains one of `only` (all when `only` is empty); matching none is an error."""
+    """The backends that one of `only` selects (runtime.base.name_matches: whole name parts or a glob;
+    all when `only` is empty). A pattern that selects nothing is an error, naming it."""
     if not only:
         return list(backends)
-    picked = [b for b in backends if any(o in b.name for o in only)]
-    if not picked:
-        raise BackendSelectionError(f"--only {' '.join(only)} matches no backend of this export; "
-                                    f"names: {', '.join(b.name for b in backends)}")
-    return picked
+    unmatched = [o for o in only if not any(name_matches(b.name, o) for b in backends)]
+    if unmatched:
+        raise BackendSelectionError(f"--only {' '.join(unmatched)} matches no backend of this export (whole "
+                                    f"dash-separated parts, or a glob such as '*fp16*'); names: "
+                                    f"{', '.join(b.name for b in backends)}")
+    return [b for b in backends if any(name_matches(b.name, o) for o in only)]
 
 
 def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:

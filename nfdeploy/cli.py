@@ -237,7 +237,8 @@ def parity(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
     dataset: Optional[str] = typer.Option(None, help="Dataset (default: the run's): digits, cifar10, imagefolder, synthetic."),
     data_path: Optional[str] = typer.Option(None, help="Path for cifar10 / imagefolder."),
-    only: List[str] = typer.Option([], "--only", help="Run only backends whose name contains this (repeatable)."),
+    only: List[str] = typer.Option([], "--only", help="Run only the backends this selects: whole name parts "
+                                    "(fp32, onnxruntime-cpu, tensorrt) or a glob ('*fp16*'); repeatable."),
     max_samples: int = typer.Option(512, help="Test images used."),
     per_block: bool = typer.Option(False, "--per-block", help="Error at every block; the first diverging block."),
     batch_matrix: bool = typer.Option(False, "--batch-matrix", help="Batch sizes 1..64 vs batch 1, beside the BN twin."),
@@ -255,7 +256,7 @@ def parity(
     where = Path(rep["out_dir"])
     typer.echo(f"reports: {where / 'parity.md'} {where / 'parity.json'} {where / 'parity.png'}")
     if not rep["ok"]:
-        typer.echo(f"error: backends outside tolerance: {', '.join(rep['failed'])}", err=True)
+        typer.echo(f"error: parity failed — {rep['failure']}", err=True)
         raise typer.Exit(1)
 
 
@@ -322,7 +323,7 @@ def pipeline(
     typer.echo(f"export dir: {res.export_dir}")
     typer.echo(f"reports:    {res.reports_dir} (parity.md, bench.md, *.png)")
     if not res.ok:
-        typer.echo(f"error: backends outside tolerance: {', '.join(res.parity['failed'])}", err=True)
+        typer.echo(f"error: parity failed — {res.parity['failure']}", err=True)
         raise typer.Exit(1)
 
 

@@ -10,6 +10,7 @@ One backend is active at a time.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +25,7 @@ from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
-from nfdeploy.runtime.base import Backend, BackendUnavailable, run_batched
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable, run_batched
 
 INVARIANCE_BATCHES = (3, 16, 64)
 
@@ -62,24 +63,36 @@ def load_parity_data(source: ExportSource, dataset: str | None = None, path: str
     return x.numpy(), y.numpy(), desc, None
 
 
-def batch_invariance(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Each sample alone vs in batches of INVARIANCE_BATCHES and in shuffled batches: max |deviation|."""
+def batch_invariance(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, seed: int = 0,
+                     supports: Callable[[int], bool] = lambda n: True) -> dict[str, Any]:
+    """Each sample alone vs in batches of INVARIANCE_BATCHES and in shuffled batches: max |deviation|.
+    `supports`: the batch sizes the backend accepts (an engine's profiles); a setting outside them is
+    listed under "outside_profile", not run."""
     alone = np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
     devs: dict[str, float] = {}
+    outside: list[str] = []
     bitwise = True
     for bs in INVARIANCE_BATCHES:
+        sizes = {len(x[i:i + bs]) for i in range(0, len(x), bs)}
+        if not all(supports(n) for n in sizes):
+            outside.append(f"batch_{bs}")
+            continue
         out = np.concatenate([run(x[i:i + bs]) for i in range(0, len(x), bs)])
         devs[f"batch_{bs}"] = float(np.abs(out - alone).max())
         bitwise &= bool(np.array_equal(out, alone))
     perm = np.random.default_rng(seed).permutation(len(x))
-    shuffled = np.concatenate([run(x[perm[i:i + 16]]) for i in range(0, len(x), 16)])
-    out = np.empty_like(shuffled)
-    out[perm] = shuffled
-    devs["shuffled_16"] = float(np.abs(out - alone).max())
-    bitwise &= bool(np.array_equal(out, alone))
+    if all(supports(len(perm[i:i + 16])) for i in range(0, len(x), 16)):
+        shuffled = np.concatenate([run(x[perm[i:i + 16]]) for i in range(0, len(x), 16)])
+        out = np.empty_like(shuffled)
+        out[perm] = shuffled
+        devs["shuffled_16"] = float(np.abs(out - alone).max())
+        bitwise &= bool(np.array_equal(out, alone))
+    else:
+        outside.append("shuffled_16")
     scale = float(np.abs(alone).max())
-    return {"samples": int(len(x)), "max_abs_deviation": max(devs.values()), "relative_to_max_output":
-            max(devs.values()) / scale if scale else 0.0, "bitwise_identical": bitwise, "per_setting": devs}
+    worst = max(devs.values(), default=0.0)
+    return {"samples": int(len(x)), "max_abs_deviation": worst, "relative_to_max_output": worst / scale if scale else 0.0,
+            "bitwise_identical": bitwise, "per_setting": devs, "outside_profile": outside}
 
 
 def _bn_twin_contrast(source: ExportSource, x: np.ndarray) -> dict[str, Any]:
@@ -107,6 +120,78 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+# Row statuses that fail a parity run, and the words the failure line uses for each.
+FAILURE_KINDS = {"FAIL": "outside tolerance", "broken": "failed to load", "crashed": "crashed while running"}
+
+
+class NothingCheckedError(ParityError):
+    """No backend under test produced an output (all unavailable here): an error, never a pass."""
+
+
+def failure_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """'outside tolerance: a, b; failed to load: c' — every failed backend under the kind of its failure."""
+    by_kind = {kind: [r["name"] for r in rows if r.get("status") == status] for status, kind in FAILURE_KINDS.items()}
+    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in by_kind.items() if names)
+
+
+def _nothing_checked(chosen: Sequence[Backend], rows: Sequence[dict[str, Any]]) -> NothingCheckedError:
+    by_reason: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("status") == "skipped":
+            by_reason.setdefault(r["reason"], []).append(r["name"])
+    why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+    return NothingCheckedError(f"nothing was checked: none of the {len(chosen)} selected backend(s) could run here "
+                               f"({why or 'no backend selected'})")
+
+
+def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | None, ref: np.ndarray,
+                   framework: dict[str, float | None], batch_matrix: bool,
+                   log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One backend, active only inside this call: its parity row and, when it ran, its outputs and batch studies.
+    skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded, then failed to run."""
+    from nfdeploy import forensics
+
+    reason = b.unavailable_reason()
+    if reason:
+        log(f"  {b.name}: skipped ({reason})")
+        return {**b.spec.describe(), "status": "skipped", "reason": reason}, None
+    try:
+        b.activate()
+    except BackendUnavailable as e:
+        log(f"  {b.name}: skipped ({e})")
+        return {**b.spec.describe(), "status": "skipped", "reason": str(e)}, None
+    except Exception as e:  # noqa: BLE001 - BackendBroken, or anything else a loader raises: a failure, reported
+        why = one_line(e, 240, with_type=not isinstance(e, BackendBroken))
+        log(f"  {b.name}: FAILED to load ({why})")
+        return {**b.spec.describe(), "status": "broken", "reason": f"failed to load: {why}"}, None
+    try:
+        out = run_batched(b, x)
+        found = {"out": out, "invariance": batch_invariance(b.run, xi, supports=b.supports_batch)}
+        if batch_matrix:
+            found["matrix"] = forensics.batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype)
+        described = b.describe()
+    except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
+        log(f"  {b.name}: CRASHED while running ({one_line(e, 240)})")
+        return {**b.spec.describe(), "status": "crashed", "reason": f"crashed while running: {one_line(e, 240)}"}, None
+    finally:
+        b.deactivate()
+    row = {**described, **judge(out, ref, b.precision, y, judged_tolerance(b.precision, framework.get(b.precision)))}
+    acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
+    log(f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
+        f"{row['top1_agreement']:.2%}{acc} ({describe_tolerance(row['tolerance'])}) → {row['status']}"
+        + (f" ({row['reason']})" if "reason" in row else ""))
+    return row, found
+
+
+def _pairwise(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    pairs = []
+    for a, b in itertools.combinations(outputs, 2):
+        r = compare_outputs(outputs[a], outputs[b])
+        pairs.append({"a": a, "b": b, "rel_l2": r["rel_l2"], "max_abs": r["max_abs"],
+                      "top1_agreement": top1_agreement(outputs[a], outputs[b])})
+    return pairs
+
+
 def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, dataset: str | None = None,
                   data_path: str | None = None, only: Sequence[str] | None = None, max_samples: int = 512,
                   invariance_samples: int = 64, log: Callable[[str], None] = print,
@@ -116,8 +201,11 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     parity.json / parity.md / parity.png to out_dir (default: beside the export dir, see
     default_report_dir). `backends`: a list already made by export_backends (default: all of them).
     A backend is judged by max(the precision table's floor, 2 x the unfolded torch model's own error in
-    that dtype on these inputs) (precision.judged_tolerance). Forensics (nfdeploy.forensics): per_block
-    (error at every block, first diverging block), batch_matrix (batch sizes 1..64 vs batch 1),
+    that dtype on these inputs) (precision.judged_tolerance). A backend that cannot run here is skipped;
+    one whose artifact fails to load ("broken") or that fails while running ("crashed") fails the run; a
+    run in which no selected backend produced an output raises NothingCheckedError and writes nothing.
+    Forensics (nfdeploy.forensics): per_block (error at every block, first diverging block; written after
+    the main report, so its failure loses nothing), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
     ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
     from nfdeploy import forensics
@@ -130,6 +218,9 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         torch.set_num_threads(threads)
     all_backends = list(backends) if backends is not None else export_backends(source, threads=threads)
     chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
+    if chosen and all(b.unavailable_reason() for b in chosen):  # say so before the reference runs
+        raise _nothing_checked(chosen, [{"name": b.name, "status": "skipped", "reason": b.unavailable_reason()}
+                                        for b in chosen])
     ref_backend = next(b for b in all_backends if b.name == REFERENCE)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
     x, y, data_desc, accuracy_na = load_parity_data(source, dataset, data_path, max_samples)
@@ -139,9 +230,6 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     with ref_backend:
         ref = run_batched(ref_backend, x)
     rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
-    outputs: dict[str, np.ndarray] = {}
-    invariance: dict[str, Any] = {}
-    matrix: dict[str, Any] = {}
     xi = x[:invariance_samples]
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
     framework = {p: forensics.framework_error(source.model, x, ref, p)
@@ -149,56 +237,27 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     for p, e in framework.items():
         if e is not None:
             log(f"  reference framework (torch CPU unfolded) {p}: rel L2 {e:.2e}")
+    outputs: dict[str, np.ndarray] = {}
+    invariance: dict[str, Any] = {}
+    matrix: dict[str, Any] = {}
     for b in chosen:
-        reason = b.unavailable_reason()
-        if reason:
-            rows.append({**b.spec.describe(), "status": "skipped", "reason": reason})
-            log(f"  {b.name}: skipped ({reason})")
-            continue
-        try:
-            with b:
-                out = run_batched(b, x)
-                inv = batch_invariance(b.run, xi)
-                if batch_matrix:
-                    matrix[b.name] = forensics.batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype)
-        except BackendUnavailable as e:
-            rows.append({**b.spec.describe(), "status": "skipped", "reason": str(e)})
-            log(f"  {b.name}: skipped ({e})")
-            continue
-        except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
-            rows.append({**b.spec.describe(), "status": "error", "reason": one_line(e, 240)})
-            log(f"  {b.name}: error {rows[-1]['reason']}")
-            continue
-        outputs[b.name] = out
-        invariance[b.name] = inv
-        row = {**b.describe(), **judge(out, ref, b.precision, y, judged_tolerance(b.precision, framework.get(b.precision)))}
+        row, found = _check_backend(b, x, xi, y, ref, framework, batch_matrix, log)
         rows.append(row)
-        acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
-        log(f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
-            f"{row['top1_agreement']:.2%}{acc} ({describe_tolerance(row['tolerance'])}) → {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
-    contrast = _bn_twin_contrast(source, xi)
-    ran = [b for b in chosen if b.name in outputs]
-    tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
-    blocks = None
-    if per_block:
-        xp = x[:per_block_samples]
-        blocks = forensics.per_block_report(source, xp, ran, ref_backend, tols,
-                                            {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
+        if found is not None:
+            outputs[b.name], invariance[b.name] = found["out"], found["invariance"]
+            if "matrix" in found:
+                matrix[b.name] = found["matrix"]
+    if not outputs and not any(r.get("status") in FAILURE_KINDS for r in rows):
+        raise _nothing_checked(chosen, rows)
     if batch_matrix:
         matrix.update(forensics.bn_twin_matrix(source, xi))
-    pairs = []
-    for a, b in itertools.combinations(outputs, 2):
-        r = compare_outputs(outputs[a], outputs[b])
-        pairs.append({"a": a, "b": b, "rel_l2": r["rel_l2"], "max_abs": r["max_abs"],
-                      "top1_agreement": top1_agreement(outputs[a], outputs[b])})
-    failed = [r["name"] for r in rows if r.get("status") in ("FAIL", "error")]
+    failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
     report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
               "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
               "tolerances": tolerances(), "backends": rows, "batch_invariance": invariance,
-              "bn_twin_contrast": contrast, "pairwise": pairs, "ok": not failed, "failed": failed,
-              "framework_errors": framework, "out_dir": str(out_dir)}
-    if blocks is not None:
-        report["per_block"] = blocks
+              "bn_twin_contrast": _bn_twin_contrast(source, xi), "pairwise": _pairwise(outputs), "ok": not failed,
+              "failed": failed, "failure": failure_summary(rows) or None, "framework_errors": framework,
+              "out_dir": str(out_dir)}
     if matrix:
         report["batch_matrix"] = {"batches": list(forensics.MATRIX_BATCHES), "samples": int(len(xi)), "backends": matrix}
     if save_outputs:
@@ -207,13 +266,25 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         forensics.save_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
         report["saved_outputs"] = [forensics.OUTPUTS_FILE, forensics.PROVENANCE_FILE]
     write_parity_report(report, out_dir)
+    if per_block:  # after the main report is on disk: a failure here must not discard every backend's run
+        ran = [b for b in chosen if b.name in outputs]
+        tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
+        try:
+            report["per_block"] = forensics.per_block_report(
+                source, x[:per_block_samples], ran, ref_backend, tols,
+                {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
+        except Exception as e:  # noqa: BLE001 - reported in the written report, and the run still says so
+            report["per_block_error"] = one_line(e, 400)
+            log(f"  per-block forensics failed: {report['per_block_error']}")
+        write_parity_report(report, out_dir)
     return report
 
 
 def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     atomic_write_json(out_dir / "parity.json", report)
     ran = [r for r in report["backends"] if r.get("status") in ("pass", "FAIL")]
-    skipped = [r for r in report["backends"] if r.get("status") in ("skipped", "error")]
+    skipped = [r for r in report["backends"] if r.get("status") == "skipped"]
+    broken = [r for r in report["backends"] if r.get("status") in ("broken", "crashed")]
     cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "sqnr_db", "cosine", "top1_agreement"]
     cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
     cols += ["status"]
@@ -226,8 +297,10 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
           f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
           f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
-          f"**{'All backends within tolerance' if report['ok'] else 'FAILED: ' + ', '.join(report['failed'])}**\n",
+          f"**{'All backends that ran are within tolerance' if report['ok'] else 'FAILED — ' + report['failure']}**\n",
           "## Backends\n", markdown_table(ran, cols, floatfmt="{:.3g}"),
+          *(["\n## Failed to load or to run\n", markdown_table([{"name": r["name"], "status": r["status"],
+                                                                 "reason": r["reason"]} for r in broken])] if broken else []),
           "\n## Skipped\n", markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
           "\n## Batch invariance (each sample alone vs in batches of 3, 16, 64 and shuffled batches of 16)\n",
           markdown_table(inv_rows, floatfmt="{:.3g}") if inv_rows else "(no backend ran)\n",
@@ -237,11 +310,14 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     if fw:
         md.insert(3, "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
                   + "; ".join(f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
-                              f"{judged_tolerance(p, e)['rel_l2']:.3g}" for p, e in fw.items()) + "\n")
+                              f"{judged_tolerance(p, e)['rel_l2']:.3g}" + ("" if math.isfinite(e) else
+                              f" ({judged_tolerance(p, e)['rule']})") for p, e in fw.items()) + "\n")
     from nfdeploy import forensics
 
     if "per_block" in report:
         md += ["\n## Error per block\n", forensics.per_block_markdown(report["per_block"])]
+    if "per_block_error" in report:
+        md += ["\n## Error per block\n", f"Per-block forensics failed: {report['per_block_error']}\n"]
         forensics.plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
     if "batch_matrix" in report:
         bm = report["batch_matrix"]
@@ -252,5 +328,5 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     _plot(report["backends"], out_dir / "parity.png")
 
 
-__all__ = ["INVARIANCE_BATCHES", "ParityError", "batch_invariance", "load_parity_data", "parity_report",
+__all__ = ["FAILURE_KINDS", "INVARIANCE_BATCHES", "NothingCheckedError", "ParityError", "failure_summary", "batch_invariance", "load_parity_data", "parity_report",
            "write_parity_report"]

@@ -22,6 +22,8 @@ the reference's (`max_accuracy_drop`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +91,14 @@ def judged_tolerance(precision: str, framework_rel_l2: float | None) -> dict[str
     tol: dict[str, Any] = p.tolerance()
     if "rel_l2" not in tol:
         return tol
-    fw = framework_rel_l2 if framework_rel_l2 is not None and framework_rel_l2 == framework_rel_l2 else None
+    if framework_rel_l2 is not None and not math.isfinite(framework_rel_l2):
+        # The framework itself overflowed (or produced NaN) in this dtype: its error says nothing about
+        # what this precision can reach, and an infinite tolerance would leave only the top-1 rule.
+        tol.update(floor_rel_l2=p.rel_l2, framework_rel_l2=None,
+                   rule=f"{p.rel_l2:g} (the table's floor: the framework's own {precision} error is "
+                        f"{framework_rel_l2}, so the framework-relative rule does not apply)")
+        return tol
+    fw = framework_rel_l2
     tol["rel_l2"] = p.rel_l2 if fw is None else max(p.rel_l2, REFERENCE_ERROR_FACTOR * fw)
     tol.update(floor_rel_l2=p.rel_l2, framework_rel_l2=fw,
                rule=f"max({p.rel_l2:g}, {REFERENCE_ERROR_FACTOR:g} x framework {precision} error)")

@@ -50,7 +50,9 @@ def test_unrunnable_backends_are_listed_with_reasons(report):
     import torch
 
     rows = {r["name"]: r for r in report["backends"]}
-    assert rows["onnxruntime-cpu-bf16"]["status"] == "skipped" and "Conv" in rows["onnxruntime-cpu-bf16"]["reason"]
+    # ORT's CPU EP has no bf16 Conv kernel: a valid file this runtime cannot run here (a reason, not a failure)
+    bf16 = rows["onnxruntime-cpu-bf16"]
+    assert bf16["status"] == "skipped" and "NOT_IMPLEMENTED" in bf16["reason"] and "Conv" in bf16["reason"]
     if not torch.cuda.is_available():
         for name in ("torch-cuda-fp32-folded-eager", "torch-cuda-fp32-tf32-folded-cudagraph", "onnxruntime-cuda-fp32",
                      "onnxruntime-cuda-fp32-tf32"):
@@ -121,8 +123,11 @@ def test_cli_parity_and_bad_inputs(export_dir, tmp_path):
     shutil.copytree(export_dir, tampered)
     with open(tampered / "model.onnx", "ab") as f:
         f.write(b"\0")
-    bad = run_cli("parity", str(tampered))
-    assert bad.returncode == 2 and "does not match its manifest" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run_cli("parity", str(tampered), "--only", "onnxruntime-cpu-fp32", "--out", str(tmp_path / "t"))
+    # one damaged file fails its own backend (exit 1, named), not the whole export
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: parity failed — failed to load: onnxruntime-cpu-fp32"
+    row = json.loads((tmp_path / "t" / "parity.json").read_text())["backends"][1]
+    assert row["status"] == "broken" and "does not match its manifest" in row["reason"]
 
 
 def test_accuracy_is_not_applicable_when_labels_are_not_the_models_classes(export_dir):
@@ -135,3 +140,180 @@ def test_accuracy_is_not_applicable_when_labels_are_not_the_models_classes(expor
     source.manifest["input"]["class_names"] = [f"imagenet class {i}" for i in range(10)]  # a model of other classes
     x, y, _, why = load_parity_data(source, max_samples=16)
     assert y is None and "not applicable" in why and len(x) == 16
+
+
+def _truncated_copy(export_dir: Path, dst: Path, file: str, *, fix_manifest: bool) -> Path:
+    """A copy of the export with `file` cut to half its size; fix_manifest: record the damaged file's sha256, so
+    only the loader (not the manifest check) can find the damage."""
+    from nfdeploy.artifacts import sha256_file
+
+    shutil.copytree(export_dir, dst)
+    data = (dst / file).read_bytes()
+    (dst / file).write_bytes(data[:len(data) // 2])
+    if fix_manifest:
+        m = json.loads((dst / "manifest.json").read_text())
+        entry = next(e for e in m["onnx"].values() if e["file"] == file)
+        entry["sha256"] = sha256_file(dst / file)
+        (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("fix_manifest", [False, True], ids=["sha256-mismatch", "loader-fails"])
+def test_a_backend_that_fails_to_load_fails_parity(export_dir, tmp_path, fix_manifest):
+    broken = _truncated_copy(export_dir, tmp_path / "broken", "model.fp16.onnx", fix_manifest=fix_manifest)
+    rep = parity_report(broken, tmp_path / "rep", only=["onnxruntime-cpu"], max_samples=64, invariance_samples=8,
+                        log=quiet)
+    rows = {r["name"]: r for r in rep["backends"]}
+    assert rows["onnxruntime-cpu-fp16"]["status"] == "broken" and rows["onnxruntime-cpu-fp32"]["status"] == "pass"
+    why = rows["onnxruntime-cpu-fp16"]["reason"]
+    assert why.startswith("failed to load: ") and ("sha256" in why if not fix_manifest else "model.fp16.onnx" in why)
+    assert rep["ok"] is False and rep["failed"] == ["onnxruntime-cpu-fp16"]
+    assert rep["failure"] == "failed to load: onnxruntime-cpu-fp16"  # never "outside tolerance"
+    assert "FAILED — failed to load: onnxruntime-cpu-fp16" in (tmp_path / "rep" / "parity.md").read_text()
+
+
+def test_cli_broken_backend_exits_1_and_nothing_checked_exits_2(export_dir, tmp_path):
+    broken = _truncated_copy(export_dir, tmp_path / "broken", "model.fp16.onnx", fix_manifest=False)
+    bad = run_cli("parity", str(broken), "--only", "onnxruntime-cpu", "--max-samples", "32", "-o", str(tmp_path / "a"))
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert bad.stderr.strip().splitlines()[-1] == "error: parity failed — failed to load: onnxruntime-cpu-fp16"
+    # Nothing under test can run here (no CUDA on CI; on a GPU machine this selection would run)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: onnxruntime-cuda may run here")
+    none = run_cli("parity", str(export_dir), "--only", "onnxruntime-cuda", "-o", str(tmp_path / "b"))
+    assert none.returncode == 2 and none.stderr.startswith("error: nothing was checked: ")
+    assert len(none.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()  # no report to mistake for a pass
+
+
+def test_nothing_checked_is_an_error_even_when_activation_refuses(export_dir, tmp_path):
+    """A backend that passes the cheap probe but refuses at activation (BackendUnavailable) ran nothing either."""
+    from nfdeploy.backends import REFERENCE, export_backends, load_export_source
+    from nfdeploy.parity import NothingCheckedError
+    from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+
+    class RefusesAtActivation(Backend):
+        def _activate(self):
+            raise BackendUnavailable("the device went away")
+
+        def _deactivate(self):
+            pass
+
+        def _run(self, batch):
+            raise AssertionError("never runs")
+
+    source = load_export_source(export_dir)
+    ref = next(b for b in export_backends(source) if b.name == REFERENCE)
+    refusing = RefusesAtActivation(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape)
+    with pytest.raises(NothingCheckedError, match="nothing was checked"):
+        parity_report(export_dir, tmp_path / "r", backends=[ref, refusing], max_samples=16, log=quiet)
+    assert not (tmp_path / "r").exists()
+
+
+class _ProfiledOrt:
+    """An ONNX Runtime session behind a TensorRT engine's batch profile: batches outside (min, max) raise, the way
+    an engine's execution context refuses them; every batch size asked for is recorded."""
+
+    def __new__(cls, export_dir: Path, profiles):
+        from nfdeploy.runtime.base import BackendSpec
+        from nfdeploy.runtime.ort import OrtBackend
+
+        class Profiled(OrtBackend):
+            seen: list = []
+
+            @property
+            def batch_profiles(self):
+                return profiles
+
+            def _run(self, batch):
+                self.seen.append(len(batch))
+                if not self.supports_batch(len(batch)):
+                    raise RuntimeError(f"batch {len(batch)} outside the engine profile {profiles}")
+                return super()._run(batch)
+
+        shape = tuple(json.loads((export_dir / "manifest.json").read_text())["input"]["shape"][1:])
+        return Profiled(BackendSpec("onnxruntime", "cpu", "fp32"), shape, export_dir / "model.onnx")
+
+
+def test_an_engine_runs_only_at_batch_sizes_inside_its_profile(export_dir, tmp_path):
+    """Parity runs batches of 64 and a batch study up to 64; an engine built with the default profile 1:8:32
+    must see none of that. The profile comes from the engine's build record (TensorRTBackend.batch_profiles);
+    the constraint is enforced here on a real ONNX Runtime session, since no engine runs on this CPU."""
+    from nfdeploy.backends import REFERENCE, export_backends, load_export_source
+    from nfdeploy.runtime.tensorrt import TensorRTBackend
+
+    record = {"file": "model.engine", "precision": "fp32", "flavour": "tensorrt-rtx", "tf32": False,
+              "profiles": [{"min": 1, "opt": 8, "max": 32}]}
+    assert TensorRTBackend((1, 8, 8), tmp_path / "model.engine", record).batch_profiles == ((1, 32),)
+    source = load_export_source(export_dir)
+    ref = next(b for b in export_backends(source) if b.name == REFERENCE)
+    engine_like = _ProfiledOrt(export_dir, ((1, 32),))
+    engine_like.__class__.seen = []
+    rep = parity_report(export_dir, tmp_path / "r", backends=[ref, engine_like], max_samples=100,
+                        invariance_samples=40, log=quiet)
+    seen = engine_like.__class__.seen
+    assert seen and max(seen) == 32 and min(seen) >= 1  # 100 samples ran as 32+32+32+4, never 64
+    row = rep["backends"][1]
+    assert row["status"] == "pass" and rep["ok"], row
+    inv = rep["batch_invariance"][row["name"]]
+    assert inv["outside_profile"] == ["batch_64"] and "batch_64" not in inv["per_setting"]
+    assert set(inv["per_setting"]) == {"batch_3", "batch_16", "shuffled_16"}
+
+
+def test_a_profile_above_batch_one_pads_and_drops_the_padding(export_dir):
+    from nfdeploy.runtime.base import BackendSpec, run_batched
+    from nfdeploy.runtime.ort import OrtBackend
+
+    x = np.random.default_rng(0).standard_normal((21, 1, 32, 32)).astype(np.float32)
+    plain = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), (1, 32, 32), export_dir / "model.onnx")
+    with plain:
+        want = np.concatenate([plain.run(x[i:i + 1]) for i in range(len(x))])
+    engine_like = _ProfiledOrt(export_dir, ((4, 8),))
+    engine_like.__class__.seen = []
+    with engine_like:
+        got = run_batched(engine_like, x)
+    assert engine_like.__class__.seen == [8, 8, 5]  # 21 = 8 + 8 + 5; 5 is inside 4..8, no padding needed
+    engine_like.__class__.seen = []
+    with engine_like:
+        got3 = run_batched(engine_like, x[:19])  # 19 = 8 + 8 + 3: the 3 are padded to 4, the copy's output dropped
+    assert engine_like.__class__.seen == [8, 8, 4] and got3.shape == (19, 10)
+    np.testing.assert_array_equal(got, want)  # ORT CPU fp32 is batch-invariant bitwise (see the batch matrix)
+    np.testing.assert_array_equal(got3, want[:19])
+
+
+def test_only_selects_whole_name_parts_or_a_glob():
+    from nfdeploy.backends import BackendSelectionError, select_backends
+    from nfdeploy.runtime.base import Backend, BackendSpec, name_matches
+
+    assert name_matches("onnxruntime-cuda-fp32", "fp32") and not name_matches("onnxruntime-cuda-fp32-tf32", "fp32")
+    assert name_matches("torch-cuda-fp32-tf32-folded-eager", "fp32-tf32")
+    assert name_matches("onnxruntime-cpu-int8", "int8") and not name_matches("onnxruntime-cpu-int8-ort", "int8")
+    assert name_matches("onnxruntime-cpu-int8-ort", "int8-ort") and name_matches("onnxruntime-cpu-int8-ort", "*int8*")
+    assert name_matches("tensorrt-rtx-fp16", "tensorrt") and not name_matches("tensorrt-rtx-fp16", "tensorrt-fp16")
+    assert not name_matches("onnxruntime-cpu-fp16", "fp1") and not name_matches("torch-cpu-fp32-folded", "fold")
+
+    class Named(Backend):
+        _activate = _deactivate = lambda self: None
+        _run = lambda self, b: b
+
+    specs = [BackendSpec("onnxruntime", "cpu", "fp32"), BackendSpec("onnxruntime", "cuda", "tf32"),
+             BackendSpec("onnxruntime", "cpu", "int8"), BackendSpec("onnxruntime", "cpu", "int8-ort")]
+    bs = [Named(s, (1, 8, 8)) for s in specs]
+    assert [b.name for b in select_backends(bs, ["fp32"])] == ["onnxruntime-cpu-fp32"]
+    assert [b.name for b in select_backends(bs, ["int8"])] == ["onnxruntime-cpu-int8"]
+    assert [b.name for b in select_backends(bs, ["onnxruntime-cpu-int8*"])] == ["onnxruntime-cpu-int8",
+                                                                                "onnxruntime-cpu-int8-ort"]
+    with pytest.raises(BackendSelectionError, match="--only fp6 matches no backend"):
+        select_backends(bs, ["fp32", "fp6"])
+
+
+def test_an_overflowed_framework_error_falls_back_to_the_floor():
+    from nfdeploy.precision import judged_tolerance
+
+    assert judged_tolerance("fp16", 3e-2)["rel_l2"] == pytest.approx(6e-2)  # framework-relative above the floor
+    for broken in (float("inf"), float("nan")):
+        tol = judged_tolerance("fp16", broken)
+        assert tol["rel_l2"] == PRECISIONS["fp16"].rel_l2 and "does not apply" in tol["rule"]
+        noisy = np.ones((8, 10)) + np.eye(8, 10)
+        assert judge(noisy * 1.5, noisy, "fp16", tolerance=tol)["status"] == "FAIL"  # judged by rel L2, not top-1 alone

@@ -11,6 +11,7 @@ one backend active at a time, so GPU memory and peak-memory numbers belong to th
 from __future__ import annotations
 
 import abc
+import fnmatch
 import gc
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from nfdeploy.errors import UserError, one_line
-from nfdeploy.precision import get_precision
+from nfdeploy.precision import PRECISIONS, get_precision
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 DEVICES = ("cpu", "cuda")
@@ -80,6 +81,29 @@ class BackendSpec:
                 "math_mode": self.math_mode, "variant": self.variant or None, "mode": self.mode or None}
 
 
+def _name_parts(name: str) -> list[str]:
+    """A backend name split at dashes, keeping a precision tag that contains one whole (fp32-tf32, int8-ort),
+    so `fp32` never selects a TF32 backend and `int8` never the int8-ort form. Runtimes split (`tensorrt`
+    selects both TensorRT flavours, `rtx` or `tensorrt-rtx` the RTX one)."""
+    compounds = [p.tag.split("-") for p in PRECISIONS.values() if "-" in p.tag]
+    words, parts, i = name.split("-"), [], 0
+    while i < len(words):
+        hit = next((c for c in compounds if words[i:i + len(c)] == c), None)
+        parts.append("-".join(hit) if hit else words[i])
+        i += len(hit) if hit else 1
+    return parts
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """Does `pattern` select the backend `name`? A glob (with * ? [) matches the whole name; otherwise the
+    pattern's parts must equal a run of the name's whole parts (`onnxruntime-cpu`, `fp16`, `tensorrt-rtx`).
+    The one rule for --only in parity, bench and bench --against."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    want, have = _name_parts(pattern), _name_parts(name)
+    return any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
 class Backend(abc.ABC):
     """run(batch) maps a float32 N×C×H×W numpy batch to float32 logits (numpy); run_tensor maps a
     torch tensor (on `input_device`, in `input_dtype`) to a torch tensor without leaving the device
@@ -112,6 +136,15 @@ class Backend(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return self._spec.describe()
+
+    @property
+    def batch_profiles(self) -> tuple[tuple[int, int], ...] | None:
+        """(min, max) batch sizes per optimization profile (TensorRT engines); None: any batch size."""
+        return None
+
+    def supports_batch(self, n: int) -> bool:
+        profiles = self.batch_profiles
+        return profiles is None or any(lo <= n <= hi for lo, hi in profiles)
 
     # ---------------------------------------------------------------------------- lifecycle
     def unavailable_reason(self) -> str | None:
@@ -197,8 +230,23 @@ def cuda_gpu() -> dict[str, Any] | None:
 
 
 def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    """Outputs of x run in chunks of at most `batch_size`, every chunk a batch size the backend accepts:
+    chunks shrink to the largest size inside its profiles, and a last chunk smaller than every profile's
+    minimum is padded with copies of its last sample whose outputs are dropped."""
+    step = next((n for n in range(min(batch_size, len(x)), 0, -1) if backend.supports_batch(n)), None)
+    if step is None:
+        raise BackendInputError(f"{backend.name} accepts no batch size up to {min(batch_size, len(x))} "
+                                f"(profiles {backend.batch_profiles})")
+    outs = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if not backend.supports_batch(n):
+            m = next(m for m in range(n + 1, step + 1) if backend.supports_batch(m))
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], m - n, axis=0)])
+        outs.append(backend.run(chunk)[:n])
+    return np.concatenate(outs)
 
 
 __all__ = ["Backend", "BackendBroken", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
-           "cuda_gpu", "run_batched"]
+           "cuda_gpu", "name_matches", "run_batched"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from nfdeploy.artifacts import sha256_file
 from nfdeploy.errors import MissingExtraError, one_line, require
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable
 
@@ -29,12 +30,13 @@ class OrtBackend(Backend):
     with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly."""
 
     def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int], path: str | Path,
-                 threads: int | None = None):
+                 threads: int | None = None, sha256: str | None = None):
         if spec.runtime != "onnxruntime":
             raise ValueError(f"OrtBackend needs runtime 'onnxruntime', got {spec.runtime!r}")
         super().__init__(spec, input_shape)
         self.path = Path(path)
         self.threads = threads
+        self.sha256 = sha256  # the digest the file must have (its manifest's): checked when the session is made
         self.copies_in_run = spec.device == "cuda"
         self.session = None
 
@@ -49,9 +51,7 @@ class OrtBackend(Backend):
                     + ("; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""))
         if self.precision == "tf32" and self.device != "cuda":
             return "TF32 exists only on CUDA devices"
-        if not self.path.is_file():
-            return f"{self.path} does not exist"
-        return None
+        return None  # a missing or damaged file is not "unavailable here": loading it fails (broken)
 
     def _activate(self) -> None:
         ort = _ort()
@@ -62,9 +62,16 @@ class OrtBackend(Backend):
         cuda = self.device == "cuda"
         provider = PROVIDERS[self.device]
         providers: list[Any] = [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
+        if not self.path.is_file():
+            raise BackendBroken(f"{self.path} does not exist")
+        if self.sha256 and sha256_file(self.path) != self.sha256:
+            raise BackendBroken(f"{self.path.name} does not match its manifest (sha256 differs): re-export it")
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented)
+            if type(e).__name__ == "NotImplemented":  # a valid graph this EP has no kernel for (bf16 Conv on CPU)
+                raise BackendUnavailable(f"ONNX Runtime's {provider} cannot run {self.path.name}: "
+                                         f"{one_line(e, 240, with_type=False)}") from None
             raise BackendBroken(f"ONNX Runtime failed to load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
         if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise BackendUnavailable("the CUDA EP could not be initialised (no GPU or CUDA libraries missing)")

@@ -133,6 +133,12 @@ class TensorRTBackend(Backend):
     def stream(self) -> Any:
         return self._stream
 
+    @property
+    def batch_profiles(self) -> tuple[tuple[int, int], ...] | None:
+        """From the build record, so parity can plan its batches before the engine is loaded."""
+        profiles = self.entry.get("profiles")
+        return tuple((int(p["min"]), int(p["max"])) for p in profiles) if profiles else None
+
     def unavailable_reason(self) -> str | None:
         gpu = cuda_gpu()
         if gpu is None:

@@ -30,6 +30,8 @@ STABILITY_BAND = 0.03
 WINDOW_ROUNDS = 4  # rounds per stability window
 WINDOWS = 3  # windows that must agree
 BOOTSTRAP_SAMPLES = 2000
+# A cell stops at its time cap only after this many rounds: fewer give no median and interval worth reporting.
+MIN_ROUNDS_BEFORE_CAP = 5
 CI_LEVEL = 0.95
 
 Timer = Callable[[], tuple[float, float | None]]  # one timed call -> (host_ms, device_ms or None)
@@ -92,16 +94,18 @@ def cv(values: Sequence[float]) -> float | None:
 
 def bootstrap_ci(values: Sequence[float], level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of `values` (resampled with replacement)."""
+    """Percentile bootstrap interval of the median of `values` (scipy.stats.bootstrap, fixed seed: the same
+    data give the same interval)."""
+    from scipy.stats import bootstrap
+
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         raise ValueError("bootstrap of no values")
-    if a.size == 1:
+    if a.size == 1 or np.all(a == a[0]):  # no spread: the interval is the value (scipy warns on degenerate data)
         return float(a[0]), float(a[0])
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
-    meds = np.median(a[idx], axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    res = bootstrap((a,), np.median, confidence_level=level, n_resamples=samples, method="percentile",
+                    random_state=np.random.default_rng(seed), vectorized=True, axis=-1)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarize(values: Sequence[float], plan: RoundPlan | None = None) -> dict[str, Any]:
@@ -157,31 +161,33 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     # Warm-up, interleaved as well: every member until it has had warmup_s and min_warmup_calls.
     warm_t = {n: 0.0 for n in names}
     warm_n = {n: 0 for n in names}
-    warm_last: dict[str, list[float]] = {n: [] for n in names}
+    warm_last: dict[str, list[float]] = {n: [] for n in names}  # wall ms of the last warm-up calls
     t_w0 = time.perf_counter()
     while any(warm_t[n] < plan.warmup_s or warm_n[n] < plan.min_warmup_calls for n in names):
         for n in names:
             if warm_t[n] >= plan.warmup_s and warm_n[n] >= plan.min_warmup_calls:
                 continue
             t0 = time.perf_counter()
-            v = timers[n]()
-            warm_t[n] += time.perf_counter() - t0
+            timers[n]()
+            wall = time.perf_counter() - t0
+            warm_t[n] += wall
             warm_n[n] += 1
-            warm_last[n] = (warm_last[n] + [v[pick] if v[pick] is not None else v[0]])[-5:]
+            warm_last[n] = (warm_last[n] + [wall * 1e3])[-5:]
         if budget_end is not None and time.perf_counter() > budget_end:
             break
     warmup_s = time.perf_counter() - t_w0
 
     # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds; but
-    # never so many that the 3 rounds the cap waits for would outlast the cap (the cap wins over min_iters),
-    # nor more than max_iters allows.
+    # never so many that the MIN_ROUNDS_BEFORE_CAP rounds the cap waits for would outlast the cap (the cap
+    # wins over min_iters), nor more than max_iters allows. Sized from WALL time per call (what a round
+    # costs), not from the reported timing: device time can be far below the host's cost of a call.
     round_s = plan.min_time_s / plan.min_rounds
     cap = plan.cap_s(len(names))
     iters = {}
     for n in names:
         est_ms = max(float(np.median(warm_last[n])), 1e-6)
         want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1)
-        fit = max(math.floor(cap * 1e3 / (3 * len(names) * est_ms)), 1)
+        fit = max(math.floor(cap * 1e3 / (MIN_ROUNDS_BEFORE_CAP * len(names) * est_ms)), 1)
         iters[n] = int(min(want, fit, max(plan.max_iters // len(names), 1), 10_000))
 
     host: dict[str, list[float]] = {n: [] for n in names}
@@ -195,13 +201,14 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             vals = []
+            t_round = time.perf_counter()
             for _ in range(iters[n]):
                 h, d = timers[n]()
                 host[n].append(h)
                 if d is not None:
                     dev[n].append(d)
                 vals.append(d if pick and d is not None else h)
-                timed[n] += h / 1e3
+            timed[n] += time.perf_counter() - t_round  # wall time: min_time_s is time spent, whatever is reported
             round_medians[n].append(float(np.median(vals)))
         r += 1
         elapsed = time.perf_counter() - t0_all
@@ -211,7 +218,7 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
                                       plan.band, plan.window_rounds, plan.windows) for a, b in ratios))
         if enough and settled:
             break
-        if elapsed >= cap and r >= 3:
+        if elapsed >= cap and r >= MIN_ROUNDS_BEFORE_CAP:
             stopped_by = "time cap"
             break
         if budget_end is not None and time.perf_counter() >= budget_end and r >= 3:
@@ -236,6 +243,6 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
             "cap_s": cap, "band": plan.band, "window_rounds": plan.window_rounds, "windows": plan.windows}
 
 
-__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
+__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "MIN_ROUNDS_BEFORE_CAP", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
            "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "stats", "summarize",
            "window_medians"]

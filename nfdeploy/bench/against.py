@@ -19,7 +19,7 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import REFERENCE, default_report_dir, export_backends, load_export_source
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import peak_for
-from nfdeploy.bench.report import BenchError, annotate_work, informative_table, work_model
+from nfdeploy.bench.report import BenchError, annotate_work, informative_table, torch_threads, work_model
 from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
                                    describe_ratio)
 from nfdeploy.bench.timing import activate_measured, failure_row, time_group
@@ -32,11 +32,11 @@ def _onnx_shas(manifest: dict[str, Any]) -> dict[str, str | None]:
     return {prec: e.get("sha256") for prec, e in (manifest.get("onnx") or {}).items()}
 
 
-def _common_backends(a: Any, b: Any, only: Sequence[str] | None, compile: bool,
-                     tensorrt: bool) -> tuple[dict[str, Any], dict[str, Any], list[str], list[dict[str, Any]]]:
+def _common_backends(a: Any, b: Any, only: Sequence[str] | None, compile: bool, tensorrt: bool,
+                     threads: int | None) -> tuple[dict[str, Any], dict[str, Any], list[str], list[dict[str, Any]]]:
     """The backends of A and B by name, the names both can run here, and the skipped ones with reasons."""
     def pick(src: Any) -> dict[str, Any]:
-        bs = export_backends(src, compile=compile, tensorrt=tensorrt)
+        bs = export_backends(src, compile=compile, tensorrt=tensorrt, threads=threads)
         return {x.name: x for x in bs if (any(o in x.name for o in only) if only else x.name != REFERENCE)}
 
     ba, bb = pick(a), pick(b)
@@ -96,11 +96,22 @@ def _time_pair(name: str, members: dict[str, Any], batches: Sequence[int], plan:
 def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Path | None = None,
                   batches: Sequence[int] = (1, 8), only: Sequence[str] | None = None, min_time: float = 2.0,
                   warmup: float = 1.0, log: Callable[[str], None] = print, *, min_iters: int = 10,
-                  max_time: float | None = None, compile: bool = False, tensorrt: bool = True) -> dict[str, Any]:
+                  max_time: float | None = None, compile: bool = False, tensorrt: bool = True,
+                  threads: int | None = None) -> dict[str, Any]:
     """Time export A against export B on every backend both can run; write against.json/.md to
     `out_dir` (default: A's report dir) and return the report. `only`: substrings of backend names
     (the float64 reference only when named). `max_time`: cap per (backend, batch) cell and member,
-    after which an unsettled ratio is reported as noisy (default 5 x min_time)."""
+    after which an unsettled ratio is reported as noisy (default 5 x min_time). `threads`: CPU threads of
+    torch (for the call) and of ONNX Runtime sessions."""
+    with torch_threads(threads):
+        return _bench_against(export_a, export_b, out_dir, batches, only, min_time, warmup, log, min_iters=min_iters,
+                              max_time=max_time, compile=compile, tensorrt=tensorrt, threads=threads)
+
+
+def _bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Path | None, batches: Sequence[int],
+                   only: Sequence[str] | None, min_time: float, warmup: float, log: Callable[[str], None], *,
+                   min_iters: int, max_time: float | None, compile: bool, tensorrt: bool,
+                   threads: int | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     batches = sorted({int(b) for b in batches})
     if not batches or min(batches) < 1:
@@ -116,7 +127,7 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
         log(f"  WARNING {load_before['warning']}")
     peaks: dict[tuple[str, str], dict[str, Any]] = {}
     peak_for("cpu", "fp32", peaks)
-    ba, bb, pairs, skipped = _common_backends(a, b, only, compile, tensorrt)
+    ba, bb, pairs, skipped = _common_backends(a, b, only, compile, tensorrt, threads)
     plan = RoundPlan(warmup_s=warmup, min_time_s=min_time, min_iters=min_iters,
                      max_time_s=None if max_time is None else 2 * max_time)
     rows: list[dict[str, Any]] = []

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -221,14 +222,28 @@ class BenchRun:
 
 
 def _check_settings(batches: Sequence[int], cpu_batches: Sequence[int] | None, min_time: float, warmup: float,
-                    max_time: float | None) -> tuple[list[int], list[int]]:
+                    max_time: float | None, threads: int | None) -> tuple[list[int], list[int]]:
     batches = sorted({int(b) for b in batches})
     cpu = sorted({int(b) for b in cpu_batches}) if cpu_batches else batches
     if not batches or min(batches + cpu) < 1:
         raise BenchError(f"batch sizes must be >= 1, got {batches}")
     if min_time < 0 or warmup < 0 or (max_time is not None and max_time <= 0):
         raise BenchError("min_time and warmup must be >= 0, max_time > 0")
+    if threads is not None and threads < 1:
+        raise BenchError(f"threads must be >= 1, got {threads}")
     return batches, cpu
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `n` for the block (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _split_available(backends: Sequence[Backend], log: Callable[[str], None]) -> tuple[list[Backend], list[dict[str, Any]]]:
@@ -263,7 +278,7 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
                  log: Callable[[str], None] = print, *, cpu_batches: Sequence[int] | None = None,
                  min_iters: int = 10, compile: bool = True, tensorrt: bool = True, compare: bool = True,
                  budget_s: float | None = None, backends: Sequence[Backend] | None = None,
-                 max_time: float | None = None) -> dict[str, Any]:
+                 max_time: float | None = None, threads: int | None = None) -> dict[str, Any]:
     """Time every backend of the export (skipped ones listed with their reason) at each batch size,
     plus the unfolded/folded/twin comparison in interleaved rounds; write bench.json, bench.md and
     two PNGs to `out_dir`.
@@ -275,48 +290,51 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
     backend and batch at least; `max_time`: the cap per cell (group) after which an unsettled row is
     reported as noisy (default 5 x min_time per member). `budget_s`: a wall-time budget for the whole
     call: warm-up, min_time and the cap shrink to fit, and cells that would start after it are listed
-    as over budget."""
+    as over budget. `threads`: CPU threads of torch (for the call) and of ONNX Runtime sessions (None: as set)."""
     t_start = time.perf_counter()
-    batches, cpu_batches = _check_settings(batches, cpu_batches, min_time, warmup, max_time)
+    batches, cpu_batches = _check_settings(batches, cpu_batches, min_time, warmup, max_time, threads)
     source = export_dir if isinstance(export_dir, ExportSource) else load_export_source(export_dir)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(source.export_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"bench {source.manifest.get('model', '?')} ({source.export_dir}), input {list(source.input_shape)}, "
         f"batches {batches}" + (f" (CPU backends: {cpu_batches})" if cpu_batches != batches else ""))
-    load_before = machine_load()
-    peaks: dict[tuple[str, str], dict[str, Any]] = {}
-    peak_for("cpu", "fp32", peaks)  # the CPU peak before timing, under the load the timing starts with
-    if load_before["busy"]:
-        log(f"  WARNING {load_before['warning']}: latencies will be slower and noisier than on a quiet machine")
+    with torch_threads(threads):  # torch CPU threads (process-wide) and ONNX Runtime CPU threads
+        load_before = machine_load()
+        peaks: dict[tuple[str, str], dict[str, Any]] = {}
+        peak_for("cpu", "fp32", peaks)  # the CPU peak before timing, under the load the timing starts with
+        if load_before["busy"]:
+            log(f"  WARNING {load_before['warning']}: latencies will be slower and noisier than on a quiet machine")
 
-    every = backends if backends is not None else export_backends(source, compile=compile, tensorrt=tensorrt)
-    main = [b for b in every if any(o in b.name for o in only)] if only else list(every)
-    runnable, skipped = _split_available(main, log)
-    with tempfile.TemporaryDirectory(prefix=".bench-tmp-", dir=out_dir) as tmp:
-        comp, comp_skipped = _comparison(source, only, tmp, log) if compare else ({}, [])
-        if only and not main and not comp and not comp_skipped:
-            select_backends(every, only)  # raises: --only matched nothing at all
+        every = backends if backends is not None else export_backends(source, compile=compile, tensorrt=tensorrt,
+                                                                          threads=threads)
+        main = [b for b in every if any(o in b.name for o in only)] if only else list(every)
+        runnable, skipped = _split_available(main, log)
+        with tempfile.TemporaryDirectory(prefix=".bench-tmp-", dir=out_dir) as tmp:
+            comp, comp_skipped = _comparison(source, only, tmp, log) if compare else ({}, [])
+            if only and not main and not comp and not comp_skipped:
+                select_backends(every, only)  # raises: --only matched nothing at all
 
-        def batches_for(device: str) -> list[int]:
-            return cpu_batches if device == "cpu" else batches
+            def batches_for(device: str) -> list[int]:
+                return cpu_batches if device == "cpu" else batches
 
-        own = source_norm(source)
-        groups = comparison_groups(comp)
-        covered = {main_name(k.split("/")[0], k.split("/")[1], own) for k in comp} - {None}
-        n_cells = (sum(len(batches_for(b.device)) for b in runnable if b.name not in covered)
-                   + sum(len(m) * len(batches_for(next(iter(m.values())).device)) for m in groups.values()))
-        plan = CellPlan.fit(warmup, min_time, min_iters, max_time, budget_s, t_start, n_cells, log)
-        run = BenchRun(source.input_shape, plan, own, log, skipped=skipped, comp_skipped=comp_skipped)
-        run.time_groups(groups, batches_for)
-        for b in runnable:
-            run.time_alone(b, batches_for(b.device))
-    order = {b.name: i for i, b in enumerate(runnable)}
-    run.results.sort(key=lambda r: (order.get(r["name"], 1e9), r["batch"]))
-    report = _assemble(source, out_dir, run, peaks, load_before, batches=batches, cpu_batches=cpu_batches,
-                       requested={"warmup_s": warmup, "min_time_s": min_time}, only=only, compile=compile)
-    report["wall_seconds"] = time.perf_counter() - t_start
-    _write(report, out_dir, log)
-    return report
+            own = source_norm(source)
+            groups = comparison_groups(comp)
+            covered = {main_name(k.split("/")[0], k.split("/")[1], own) for k in comp} - {None}
+            n_cells = (sum(len(batches_for(b.device)) for b in runnable if b.name not in covered)
+                       + sum(len(m) * len(batches_for(next(iter(m.values())).device)) for m in groups.values()))
+            plan = CellPlan.fit(warmup, min_time, min_iters, max_time, budget_s, t_start, n_cells, log)
+            run = BenchRun(source.input_shape, plan, own, log, skipped=skipped, comp_skipped=comp_skipped)
+            run.time_groups(groups, batches_for)
+            for b in runnable:
+                run.time_alone(b, batches_for(b.device))
+        order = {b.name: i for i, b in enumerate(runnable)}
+        run.results.sort(key=lambda r: (order.get(r["name"], 1e9), r["batch"]))
+        report = _assemble(source, out_dir, run, peaks, load_before, batches=batches, cpu_batches=cpu_batches,
+                           requested={"warmup_s": warmup, "min_time_s": min_time, "threads": threads}, only=only,
+                           compile=compile)
+        report["wall_seconds"] = time.perf_counter() - t_start
+        _write(report, out_dir, log)
+        return report
 
 
 def source_norm(source: ExportSource) -> str:
@@ -364,6 +382,7 @@ def _assemble(source: ExportSource, out_dir: Path, run: BenchRun, peaks: dict[tu
         "norm": run.own, "input_shape": list(source.input_shape), "batches": batches, "cpu_batches": cpu_batches,
         "settings": {"warmup_s": p.warmup_s, "min_time_s": p.min_time_s, "min_iters": p.min_iters, "max_time_s": p.cap_s,
                      "requested_warmup_s": requested["warmup_s"], "requested_min_time_s": requested["min_time_s"],
+                     "threads": requested["threads"],
                      "budget_s": p.budget_s, "only": list(only) if only else None, "compile": compile,
                      "input": "N(0,1) float32, seed 0",
                      "stability": {"band": STABILITY_BAND, "window_rounds": WINDOW_ROUNDS, "windows": WINDOWS,
@@ -626,4 +645,5 @@ def _plots(r: dict[str, Any], out_dir: Path) -> None:
 
 __all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "THROUGHPUT_PNG", "RATIO_LABEL", "BenchError", "BenchRun", "CellPlan",
            "annotate_work", "bench_report", "informative_table", "parse_batches", "render_markdown", "source_norm",
+           "torch_threads",
            "work_model"]

@@ -422,7 +422,7 @@ def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
     inv = {k: {"max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"], **v["per_setting"]}
            for k, v in rep.get("batch_invariance", {}).items()}
     return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
-            "inputs_sha256": rep.get("inputs_sha256"),
+            "inputs_sha256": rep.get("inputs_sha256"), "inputs_shape": rep.get("inputs_shape"),
             "backends": rows, "batch_invariance": inv,
             "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}")}
 

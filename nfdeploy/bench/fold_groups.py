@@ -19,6 +19,11 @@ from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
 
 
+def source_norm(source: ExportSource) -> str:
+    """The norm of the export's model ("nf" or "bn"): the manifest's, else its model_config's."""
+    return source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+
+
 def folded_twin(source: ExportSource) -> torch.nn.Module:
     """The export's model with the other norm, random constants, folded (in float64, to float32)."""
     twin = bn_twin(source, norm="other", randomized=True)
@@ -35,7 +40,7 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
     must live as long as the backends)."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    own = source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+    own = source_norm(source)
     other = "bn" if own == "nf" else "nf"
     roles = {f"{own}-unfolded": "unfolded", f"{own}-folded": "folded", f"{other}-folded": "twin"}
     cache: dict[str, Any] = {}
@@ -128,4 +133,4 @@ def main_name(group: str, variant: str, own: str) -> str | None:
     return None
 
 
-__all__ = ["comparison_backends", "comparison_groups", "folded_twin", "group_ratios", "main_name"]
+__all__ = ["comparison_backends", "comparison_groups", "folded_twin", "group_ratios", "main_name", "source_norm"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from nfdeploy.errors import one_line
 from nfdeploy.precision import get_precision
 
 CPU_N = 1024  # 2.1 GFLOP per matmul: ~10-50 ms on a few cores, large enough to be compute bound
@@ -37,6 +38,24 @@ def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
             "what": f"best of {reps} float32 torch.mm {n}x{n} on {torch.get_num_threads()} torch threads"}
 
 
+def best_cuda_seconds(fn: Any, seconds: float) -> tuple[float, int]:
+    """(fastest call of `fn` in seconds by CUDA events, repetitions) over `seconds`, at least 3 calls, after a
+    synchronised warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best, reps = float("inf"), 0
+    t_end = time.perf_counter() + seconds
+    while reps < 3 or time.perf_counter() < t_end:
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        best = min(best, e0.elapsed_time(e1) / 1e3)
+        reps += 1
+    return best, reps
+
+
 def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> dict[str, Any]:
     """Best torch.mm GFLOP/s on CUDA device 0 in `precision` (fp32 = TF32 off, tf32, fp16, bf16)."""
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -45,18 +64,7 @@ def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> d
     try:
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        torch.mm(a, b)
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best, reps = float("inf"), 0
-        t_end = time.perf_counter() + seconds
-        while reps < 3 or time.perf_counter() < t_end:
-            e0.record()
-            torch.mm(a, b)
-            e1.record()
-            e1.synchronize()
-            best = min(best, e0.elapsed_time(e1) / 1e3)
-            reps += 1
+        best, reps = best_cuda_seconds(lambda: torch.mm(a, b), seconds)
         del a, b
         torch.cuda.empty_cache()
     finally:
@@ -75,18 +83,8 @@ def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, An
     try:
         torch._int_mm(a, b)
     except RuntimeError as e:  # e.g. a GPU without int8 tensor-core matmuls in this build
-        return no_peak("cuda", "int8", f"torch._int_mm failed here: {' '.join(str(e).split())[:200]}")
-    torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best, reps = float("inf"), 0
-    t_end = time.perf_counter() + seconds
-    while reps < 3 or time.perf_counter() < t_end:
-        e0.record()
-        torch._int_mm(a, b)
-        e1.record()
-        e1.synchronize()
-        best = min(best, e0.elapsed_time(e1) / 1e3)
-        reps += 1
+        return no_peak("cuda", "int8", f"torch._int_mm failed here: {one_line(e, 200)}")
+    best, reps = best_cuda_seconds(lambda: torch._int_mm(a, b), seconds)
     del a, b
     torch.cuda.empty_cache()
     return {"device": "cuda", "precision": "int8", "gflops": 2.0 * n ** 3 / best / 1e9, "n": n, "repetitions": reps,
@@ -125,5 +123,5 @@ def peak_for(device: str, precision: str, cache: dict[tuple[str, str], dict[str,
     return cache[key]
 
 
-__all__ = ["CPU_N", "CUDA_N", "cpu_matmul_peak", "cuda_int8_matmul_peak", "cuda_matmul_peak", "no_peak", "peak_for",
+__all__ = ["CPU_N", "CUDA_N", "best_cuda_seconds", "cpu_matmul_peak", "cuda_int8_matmul_peak", "cuda_matmul_peak", "no_peak", "peak_for",
            "peak_kind"]

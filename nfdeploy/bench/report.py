@@ -44,7 +44,7 @@ import torch
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
                                select_backends)
-from nfdeploy.bench.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name
+from nfdeploy.bench.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name, source_norm
 from nfdeploy.bench.flops import gflops, onnx_macs, torch_macs
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import peak_for
@@ -337,11 +337,6 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
         return report
 
 
-def source_norm(source: ExportSource) -> str:
-    """The norm of the export's model ("nf" or "bn")."""
-    return source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
-
-
 def _findings(run: BenchRun, load_before: dict[str, Any], load_after: dict[str, Any]) -> list[str]:
     """The report's warnings: a busy machine, figures above their peak, noisy figures."""
     warnings = [w for w in (load_before.get("warning") and f"before: {load_before['warning']}",
@@ -507,15 +502,20 @@ def informative_table(rows: Sequence[dict[str, Any]], keep: Sequence[str] = ()) 
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    m = r["machine"]
-    cpu, gpu, ver = m["cpu"], m["gpu"], m["versions"]
-    s = r["settings"]
-    st = s["stability"]
     lines = [f"# Latency: {r['model']}", "",
              f"Export `{r['export_dir']}`, input {r['input_shape']} (N(0,1) float32), created {r['created']}. "
              f"Wall time of the report: {r['wall_seconds']:.1f} s.", ""]
     if r["warnings"]:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in r["warnings"]] + [""]
+    lines += _machine_md(r) + _method_md(r) + _results_md(r) + _comparison_md(r)
+    lines += ["## Plots", "", f"![latency]({LATENCY_PNG})", "", f"![throughput]({THROUGHPUT_PNG})", ""]
+    return "\n".join(lines)
+
+
+def _machine_md(r: dict[str, Any]) -> list[str]:
+    m = r["machine"]
+    cpu, gpu, ver = m["cpu"], m["gpu"], m["versions"]
+    lines: list[str] = []
     lines += ["## Machine", ""]
     mrows = [{"item": "CPU", "value": f"{cpu['model']} ({cpu['usable_cpus']} usable of {cpu['logical_cpus']} logical "
                                        f"CPUs; {cpu['mhz_as_found']} MHz as found)"},
@@ -539,7 +539,13 @@ def render_markdown(r: dict[str, Any]) -> str:
     w = r["work"]
     mrows.append({"item": "work per image", "value": f"{w['macs_per_sample'] / 1e9:.4g} GMAC ({w['what']})"
                   if w.get("macs_per_sample") else f"unknown ({w.get('reason')})"})
-    lines += [markdown_table(mrows), "## Timing method", ""]
+    return lines + [markdown_table(mrows)]
+
+
+def _method_md(r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    st = s["stability"]
+    lines = ["## Timing method", ""]
     lines += [f"- **host_ms**, CPU backends: {HOST_TIMING['cpu']}.",
               f"- **host_ms**, torch CUDA: {HOST_TIMING['cuda-torch']}.",
               f"- **host_ms**, ONNX Runtime / TensorRT CUDA: {HOST_TIMING['cuda-run']}.",
@@ -559,7 +565,11 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"{MEMORY_KIND['cuda-outside-torch']} (empty).",
               "- *measured in*: rows of comparison members are the comparison group's measurement (interleaved), "
               "not a second one.", ""]
-    lines += ["## Backends × batch", ""]
+    return lines
+
+
+def _results_md(r: dict[str, Any]) -> list[str]:
+    lines = ["## Backends × batch", ""]
     rows = []
     for x in r["results"]:
         p = x[x["primary"]] or x["host_ms"]
@@ -586,8 +596,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += ["### Not run (time budget)", "",
                   markdown_table([{"backend": s["name"], "batch": s["batch"], "section": s["section"]}
                                   for s in r["over_budget"]])]
+    return lines
+
+
+def _comparison_md(r: dict[str, Any]) -> list[str]:
     c = r["comparison"]
-    lines += ["## Unfolded vs folded vs BN twin", "",
+    lines = ["## Unfolded vs folded vs BN twin", "",
               f"Same backend type, interleaved rounds; {c['metric']}. "
               f"Folded speedup = {c['ratios']['speedup_folded_vs_unfolded']}; "
               f"NF/BN = {c['ratios']['ratio_nf_folded_to_bn_folded']}. Twin: {c['twin']}. "
@@ -606,8 +620,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     if c["skipped"]:
         lines += ["Comparison entries skipped:", "",
                   markdown_table([{"entry": s["name"], "reason": s["reason"]} for s in c["skipped"]])]
-    lines += ["## Plots", "", f"![latency]({LATENCY_PNG})", "", f"![throughput]({THROUGHPUT_PNG})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _plots(r: dict[str, Any], out_dir: Path) -> None:
@@ -644,6 +657,6 @@ def _plots(r: dict[str, Any], out_dir: Path) -> None:
 
 
 __all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "THROUGHPUT_PNG", "RATIO_LABEL", "BenchError", "BenchRun", "CellPlan",
-           "annotate_work", "bench_report", "informative_table", "parse_batches", "render_markdown", "source_norm",
+           "annotate_work", "bench_report", "informative_table", "parse_batches", "render_markdown",
            "torch_threads",
            "work_model"]

@@ -232,7 +232,7 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     for n in names:
         s = summarize(round_medians[n], plan)
         members[n] = {"median_ms": s["median"], "median_ci95_ms": s["ci95"], "cv": s["cv"], "settled": s["settled"],
-                      "noisy": s["noisy"], "window_medians_ms": s["warm_up", "window_medians"], "round_medians_ms": round_medians[n],
+                      "noisy": s["noisy"], "window_medians_ms": s["window_medians"], "round_medians_ms": round_medians[n],
                       "rounds": r, "round_iters": iters[n], "iterations": len(host[n]),
                       "warmup_iterations": warm[n]["calls"], "warmup_s": warm[n]["s"], "timed_s": timed[n],
                       "host_ms": stats(host[n]), "device_ms": stats(dev[n]) if dev[n] else None}

@@ -167,7 +167,7 @@ def warm_up(timers: Mapping[str, Timer], plan: RoundPlan, budget_end: float | No
 
 
 def round_iterations(wall_ms: Mapping[str, Sequence[float]], plan: RoundPlan) -> dict[str, int]:
-    """Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds; but
+    """Iterations per round: about min_time_s / min_rounds per member, and min_iters over the minimum rounds; but
     never so many that the MIN_ROUNDS_BEFORE_CAP rounds the cap waits for would outlast the cap (the cap
     wins over min_iters), nor more than max_iters allows. Sized from WALL time per call (`wall_ms`: what a
     round costs), not from the reported timing: device time can be far below the host's cost of a call."""
@@ -177,7 +177,8 @@ def round_iterations(wall_ms: Mapping[str, Sequence[float]], plan: RoundPlan) ->
     iters = {}
     for n, last in wall_ms.items():
         est_ms = max(float(np.median(last)), 1e-6) if len(last) else 1e-6
-        want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1)
+        # min_iters over the MIN_ROUNDS_BEFORE_CAP rounds a capped cell may stop after, not only over min_rounds
+        want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / MIN_ROUNDS_BEFORE_CAP), 1)
         fit = max(math.floor(cap * 1e3 / (MIN_ROUNDS_BEFORE_CAP * members * est_ms)), 1)
         iters[n] = int(min(want, fit, max(plan.max_iters // members, 1), 10_000))
     return iters

@@ -29,7 +29,8 @@ if str(REPO) not in sys.path:
 
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
 from bench.gpu.sources import BUNDLE_EXPORT, BUNDLE_INFO, BUNDLE_RUN  # noqa: E402
-from bench.gpu.steps import one_line, write_json  # noqa: E402
+from bench.gpu.steps import write_json  # noqa: E402
+from nfdeploy.errors import one_line  # noqa: E402
 
 HOPPER_CC = "9.0"
 

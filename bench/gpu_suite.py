@@ -41,10 +41,12 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
+from nfdeploy.bench.flops import torch_macs  # noqa: E402
 from nfdeploy.bench.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
-from bench.gpu.sources import (model_flops, read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
+from bench.gpu.sources import (read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
                                unfolded_backends, write_random_run, write_torch_only_export)
-from bench.gpu.steps import Phase, one_line, write_json  # noqa: E402
+from bench.gpu.steps import Phase, write_json  # noqa: E402
+from nfdeploy.errors import one_line  # noqa: E402
 
 TITLES = {1: "torch parity and batch invariance", 2: "latency (torch CUDA)", 3: "ONNX Runtime CUDA EP",
           4: "TensorRT-RTX"}
@@ -309,8 +311,8 @@ class Suite:
             if not lat:
                 continue
             source = load_export_source(export_fn())
-            # The unfolded model has the same Conv2d/Linear shapes as the folded one (WS convs are Conv2d).
-            gflop = model_flops(source.model, source.input_shape) / 1e9
+            # The unfolded model has the same convolutions and matmuls as the folded one (WS convs are convs).
+            gflop = 2 * torch_macs(source.model, source.input_shape) / 1e9
             for r in lat["results"]:
                 prec = r["precision"]
                 peak = [p["tflops"] for p in peaks.get(prec, [])]
@@ -319,7 +321,7 @@ class Suite:
                              "median ms": r["median_ms"], "metric": r["metric"], "TFLOP/s": tflops,
                              "matmul peak TFLOP/s": max(peak) if peak else None,
                              "share of peak": tflops / max(peak) if peak else None})
-        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of Conv2d and Linear of the folded NF model per "
+        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of convolutions and matmuls (torch.utils.flop_counter) of the NF model per "
                                                      "image (the twin has the same convs); peak = best of the matmul "
                                                      "peaks measured before/after in this run, same precision",
                                            "rows": rows})
@@ -420,7 +422,7 @@ def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
     inv = {k: {"max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"], **v["per_setting"]}
            for k, v in rep.get("batch_invariance", {}).items()}
     return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
-            "inputs_sha256": rep.get("inputs_sha256"),
+            "inputs_sha256": rep.get("inputs_sha256"), "inputs_shape": rep.get("inputs_shape"),
             "backends": rows, "batch_invariance": inv,
             "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}")}
 

@@ -95,27 +95,49 @@ def load_export_source(export_dir: str | Path) -> ExportSource:
                         "weights on disk); export from a run dir or a timm checkpoint")
 
 
-def bn_twin(source: ExportSource) -> nn.Module | None:
-    """The export's model with BatchNorm in place of NF: same topology, seeded random init (torch.manual_seed(0)),
-    float32 on CPU, the contrast for batch invariance; None for a source without a model_config (timm)."""
+def bn_twin(source: ExportSource, *, norm: str = "bn", randomized: bool = False, seed: int = 0) -> nn.Module | None:
+    """The export's model with `norm` ("bn", or "other": the norm the export does not use) in place of its own:
+    same topology and widths, float32, eval mode; None for a source without a model_config (timm).
+
+    The one twin of the package: parity's batch-invariance contrast (default init) and bench's speed
+    contrast (`randomized`: randomize_ constants, so folding is not vacuous; its speed does not depend on
+    their values). Built from `seed` inside torch.random.fork_rng: the caller's global RNG is untouched."""
     from dataclasses import replace
 
+    from nfdeploy.fold import randomize_
     from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
 
     cfg = source.manifest["source"].get("model_config")
     if not cfg:
         return None
-    torch.manual_seed(0)
-    return NFResNet(replace(NFResNetCfg.from_dict(cfg), norm="bn"))
+    cfg = NFResNetCfg.from_dict(cfg)
+    twin_cfg = cfg.twin() if norm == "other" else replace(cfg, norm=norm)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = NFResNet(twin_cfg)
+    if randomized:
+        randomize_(twin, seed=seed)  # its own torch.Generator
+    return twin.float().eval()
 
 
 def twin_runner(twin: nn.Module, mode: str) -> Callable[[np.ndarray], np.ndarray]:
-    """run(batch) of the BN twin in "train" mode (BN normalises with each batch's own statistics) or "eval" mode."""
-    twin.train(mode == "train")
+    """run(batch) of the BN twin in "train" mode (BN normalises with each batch's own statistics) or "eval" mode.
+
+    Each runner holds its own copy: a train-mode runner updates running statistics only in its copy, so
+    eval-mode results never depend on whether train mode ran first, and two runners never switch each
+    other's mode. In train mode only the norm layers train (dropout and drop-path stay off): the contrast
+    is the batch statistics, and no call draws from the global RNG."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    net = copy.deepcopy(twin).eval()
+    if mode == "train":
+        for m in net.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.train()
 
     @torch.no_grad()
     def run(batch: np.ndarray) -> np.ndarray:
-        return twin(torch.from_numpy(batch)).numpy()
+        return net(torch.from_numpy(batch)).numpy()
 
     return run
 

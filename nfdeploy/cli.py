@@ -288,17 +288,20 @@ def bench(
     warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
     against: Optional[Path] = typer.Option(None, "--against", help="Another export dir: time both side by side, "
                                            "report EXPORT_DIR / AGAINST per backend with a 95% interval."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Cap in seconds per cell and member (default 5 x min time)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of torch and ONNX Runtime (default: as found)."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Time the torch.compile backends (CUDA)."),
 ):
     """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
     from nfdeploy.bench import bench_against, bench_report, parse_batches
 
     if against is not None:
         rep = bench_against(export_dir, against, out, batches=parse_batches(batch), only=only or None,
-                            min_time=min_time, warmup=warmup)
+                            min_time=min_time, warmup=warmup, max_time=max_time, threads=threads)
         typer.echo(f"reports: {Path(rep['out_dir']) / 'against.md'} {Path(rep['out_dir']) / 'against.json'}")
         return
     rep = bench_report(export_dir, out, batches=parse_batches(batch), only=only or None, min_time=min_time,
-                       warmup=warmup)
+                       warmup=warmup, max_time=max_time, threads=threads, compile=compile)
     where = Path(rep["out_dir"])
     typer.echo(f"reports: {where / 'bench.md'} {where / 'bench.json'} {where / 'latency_vs_batch.png'}")
 

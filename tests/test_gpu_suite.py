@@ -72,12 +72,15 @@ def test_phase1_degrades_on_cpu(tmp_path):
         assert saved, members
         npz = np.load(io.BytesIO(tar.extractfile(saved[0]).read()))
         inv = json.loads(tar.extractfile("invariance-nf_digits.json").read())
-    # The saved outputs are the logits of the backends that ran, on the inputs whose digest is recorded.
-    from bench.gpu.steps import sha256_array
+    # The saved outputs are the logits of the backends that ran, on the inputs whose digest is recorded
+    # (outputs.npz holds "inputs", "labels" and "out:<backend>").
+    from nfdeploy.artifacts import array_sha256
 
-    if "__inputs__" in npz.files:
-        assert sha256_array(npz["__inputs__"]) == digits["inputs_sha256"]
-        assert npz["onnxruntime-cpu-fp32"].shape == (len(npz["__inputs__"]), 4)
+    assert {"inputs", "labels", "out:onnxruntime-cpu-fp32", "out:torch-cpu-fp32-folded"} <= set(npz.files), npz.files
+    assert array_sha256(npz["inputs"]) == digits["inputs_sha256"]
+    assert list(npz["inputs"].shape) == digits["inputs_shape"]
+    assert npz["out:onnxruntime-cpu-fp32"].shape == (len(npz["inputs"]), 4)
+    assert not any(k.startswith("out:torch-cuda") for k in npz.files)  # nothing saved for a backend that did not run
     twin = [r for r in inv if r["model"].startswith("BN twin")]
     assert twin and all(r["backend"].startswith("torch-cpu-fp32-bn-folded") for r in twin)
     assert all(np.isfinite(r["max_abs_deviation"]) for r in inv)

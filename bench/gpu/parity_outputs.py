@@ -16,13 +16,13 @@ def run_parity(export_dir: Path, out_dir: Path, *, only: Sequence[str] | None, b
     from nfdeploy.backends import load_export_source
     from nfdeploy.parity import load_parity_data, parity_report
 
-    from bench.gpu.steps import sha256_array
+    from nfdeploy.artifacts import array_sha256
 
     rep = parity_report(export_dir, out_dir, only=only, backends=backends, max_samples=max_samples,
                         invariance_samples=invariance_samples, save_outputs=True, log=log, **kw)
     # The inputs' digest: the cross-machine comparison is valid only when both sides ran the same inputs.
     x = load_parity_data(load_export_source(export_dir), None, None, max_samples)[0]
-    rep["inputs_sha256"] = sha256_array(x)
+    rep["inputs_sha256"] = array_sha256(x)
     rep["inputs_shape"] = list(x.shape)
     return rep
 

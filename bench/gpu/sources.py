@@ -1,5 +1,5 @@
 """What the suite runs on: the carried digits bundle (relocated), nf_resnet50 with seeded random weights,
-the folded BatchNorm twin as extra torch backends, model FLOPs and a matmul peak per precision."""
+the folded BatchNorm twin as extra torch backends."""
 
 from __future__ import annotations
 
@@ -91,18 +91,17 @@ def write_torch_only_export(run_dir: Path, export_dir: Path, reason: str) -> Pat
 
 
 def twin_backends(source: Any, precisions: tuple[str, ...], modes: tuple[str, ...], device: str) -> list[Any]:
-    """The folded BatchNorm twin (same topology, randomize_ constants; its speed and its batch invariance
-    in eval mode do not depend on their values) as torch backends named ...-bn-folded-MODE."""
-    from nfdeploy.fold import fold_model, randomize_
-    from nfdeploy.models import NFResNet, NFResNetCfg
+    """The folded twin with the other norm (backends.bn_twin, randomized; its speed and its batch invariance
+    in eval mode do not depend on the constants' values) as torch backends named ...-bn-folded-MODE."""
+    from nfdeploy.backends import bn_twin
+    from nfdeploy.fold import fold_model
     from nfdeploy.precision import PRECISIONS
     from nfdeploy.runtime.base import BackendSpec
     from nfdeploy.runtime.torch_backend import TorchBackend
 
-    cfg = NFResNetCfg.from_dict(source.manifest["source"]["model_config"])
-    other = "bn" if cfg.norm == "nf" else "nf"
+    twin64 = bn_twin(source, norm="other", randomized=True).double()
+    other = twin64.cfg.norm
     cache: dict[torch.dtype, torch.nn.Module] = {}
-    twin64 = randomize_(NFResNet(cfg.twin()).eval()).double()
 
     def folded(dtype: torch.dtype):
         if dtype not in cache:
@@ -126,39 +125,10 @@ def unfolded_backends(source: Any, precisions: tuple[str, ...], modes: tuple[str
             for p in precisions for m in modes]
 
 
-def model_flops(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> float:
-    """FLOPs of one image's forward pass, counted as 2 x multiply-accumulates of every Conv2d and Linear
-    (activations, adds and pooling are left out: they are a few percent of a ResNet's arithmetic)."""
-    macs = 0
-
-    def conv_hook(m, inp, out):
-        nonlocal macs
-        macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m, inp, out):
-        nonlocal macs
-        macs += out.numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, torch.nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return 2.0 * macs
-
-
 def read_bundle_info(bundle: Path) -> dict[str, Any]:
     p = bundle / BUNDLE_INFO
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-__all__ = ["BUNDLE_EXPORT", "BUNDLE_INFO", "BUNDLE_RUN", "R50_SEED", "model_flops", "read_bundle_info",
+__all__ = ["BUNDLE_EXPORT", "BUNDLE_INFO", "BUNDLE_RUN", "R50_SEED", "read_bundle_info",
            "relocate_bundle", "twin_backends", "unfolded_backends", "write_random_run", "write_torch_only_export"]

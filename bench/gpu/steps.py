@@ -8,7 +8,6 @@ short still returns every step it finished.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import signal
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from nfdeploy.errors import one_line
 
 # What travels back inside a phase's tar: reports and saved outputs, never weights, ONNX or engines.
 PACK_SUFFIXES = (".json", ".md", ".png", ".log", ".jsonl", ".npz", ".txt")
@@ -48,17 +49,6 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def one_line(e: BaseException, limit: int = 400) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
-
-
-def sha256_array(x: Any) -> str:
-    import numpy as np
-
-    a = np.ascontiguousarray(x)
-    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 class Phase:
@@ -188,5 +178,5 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
 
 
-__all__ = ["FAILED", "OK", "PACK_LIMIT_BYTES", "Phase", "SKIPPED", "StepTimeout", "TIMEOUT", "one_line", "pack",
-           "render_phase_md", "sha256_array", "time_limit", "write_json"]
+__all__ = ["FAILED", "OK", "PACK_LIMIT_BYTES", "Phase", "SKIPPED", "StepTimeout", "TIMEOUT", "pack",
+           "render_phase_md", "time_limit", "write_json"]

@@ -1,10 +1,10 @@
 """Latency of every backend that can run an export dir: interleaved rounds with stability windows and
 bootstrap intervals (rounds.py), timing one call and a backend's own memory (timing.py), the machine and
 its load (machine.py), multiply-accumulates (flops.py) and a measured peak (peak.py), unfolded vs folded
-vs twin side by side (compare.py), the report (report.py) and two exports side by side (against.py)."""
+vs twin side by side (fold_groups.py), the report (report.py) and two exports side by side (against.py)."""
 
 from nfdeploy.bench.against import AGAINST_JSON, AGAINST_MD, bench_against
-from nfdeploy.bench.compare import comparison_backends
+from nfdeploy.bench.fold_groups import comparison_backends
 from nfdeploy.bench.flops import onnx_macs
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import cpu_matmul_peak, cuda_matmul_peak

@@ -19,13 +19,11 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import REFERENCE, default_report_dir, export_backends, load_export_source
 from nfdeploy.bench.machine import machine_info, machine_load
 from nfdeploy.bench.peak import peak_for
-from nfdeploy.bench.report import BenchError, annotate_work, informative_table, work_model
+from nfdeploy.bench.report import BenchError, annotate_work, informative_table, torch_threads, work_model
 from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
                                    describe_ratio)
-from nfdeploy.bench.timing import activate_measured, time_group
-from nfdeploy.errors import one_line
+from nfdeploy.bench.timing import activate_measured, failure_row, time_group
 from nfdeploy.reports import markdown_table
-from nfdeploy.runtime.base import BackendUnavailable
 
 AGAINST_JSON, AGAINST_MD = "against.json", "against.md"
 
@@ -34,32 +32,11 @@ def _onnx_shas(manifest: dict[str, Any]) -> dict[str, str | None]:
     return {prec: e.get("sha256") for prec, e in (manifest.get("onnx") or {}).items()}
 
 
-def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Path | None = None,
-                  batches: Sequence[int] = (1, 8), only: Sequence[str] | None = None, min_time: float = 2.0,
-                  warmup: float = 1.0, log: Callable[[str], None] = print, *, min_iters: int = 10,
-                  max_time: float | None = None, compile: bool = False, tensorrt: bool = True) -> dict[str, Any]:
-    """Time export A against export B on every backend both can run; write against.json/.md to
-    `out_dir` (default: A's report dir) and return the report. `only`: substrings of backend names
-    (the float64 reference only when named). `max_time`: cap per (backend, batch) cell and member,
-    after which an unsettled ratio is reported as noisy (default 5 x min_time)."""
-    t_start = time.perf_counter()
-    batches = sorted({int(b) for b in batches})
-    if not batches or min(batches) < 1:
-        raise BenchError(f"batch sizes must be >= 1, got {batches}")
-    a, b = load_export_source(export_a), load_export_source(export_b)
-    if a.input_shape != b.input_shape:
-        raise BenchError(f"the exports take different inputs: {list(a.input_shape)} vs {list(b.input_shape)}")
-    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(a.export_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"bench {a.export_dir} against {b.export_dir}, input {list(a.input_shape)}, batches {batches}")
-    load_before = machine_load()
-    if load_before["busy"]:
-        log(f"  WARNING {load_before['warning']}")
-    peaks: dict[tuple[str, str], dict[str, Any]] = {}
-    peak_for("cpu", "fp32", peaks)
-
+def _common_backends(a: Any, b: Any, only: Sequence[str] | None, compile: bool, tensorrt: bool,
+                     threads: int | None) -> tuple[dict[str, Any], dict[str, Any], list[str], list[dict[str, Any]]]:
+    """The backends of A and B by name, the names both can run here, and the skipped ones with reasons."""
     def pick(src: Any) -> dict[str, Any]:
-        bs = export_backends(src, compile=compile, tensorrt=tensorrt)
+        bs = export_backends(src, compile=compile, tensorrt=tensorrt, threads=threads)
         return {x.name: x for x in bs if (any(o in x.name for o in only) if only else x.name != REFERENCE)}
 
     ba, bb = pick(a), pick(b)
@@ -78,42 +55,99 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
     if not pairs:
         raise BenchError("the two exports have no backend in common that can run here"
                          + (f" (--only {' '.join(only)})" if only else ""))
+    return ba, bb, pairs, skipped
+
+
+def _time_pair(name: str, members: dict[str, Any], batches: Sequence[int], plan: RoundPlan, input_shape: Any,
+               work: dict[str, Any], peaks: dict[tuple[str, str], dict[str, Any]], log: Callable[[str], None],
+               rows: list[dict[str, Any]], skipped: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+    """A and B of one backend name, active together, at each batch size: one row per batch, or a failure."""
+    try:
+        try:
+            act = {k: activate_measured(x) for k, x in members.items()}
+        except Exception as e:  # noqa: BLE001 - unavailable: skipped; anything else: failed to load
+            kind, row = failure_row(name, e, stage="load")
+            (skipped if kind == "skipped" else failed).append(row)
+            log(f"  {'skipped' if kind == 'skipped' else 'FAILED'} {name}: {row.get('stage', '')} {row['reason']}")
+            return
+        p = RoundPlan(**{**plan.__dict__, "min_warmup_calls": 2 if members["A"].device == "cuda" else 1})
+        for n in batches:
+            try:
+                res, ratios, info = time_group(members, n, input_shape, p, ratios={"A/B": ("A", "B")},
+                                               activation_memory_mb=act)
+            except Exception as e:  # noqa: BLE001 - a crash while timing is a failure with its message
+                failed.append(failure_row(name, e, stage="run", batch=n)[1])
+                log(f"  FAILED {name} batch {n}: {failed[-1]['reason']}")
+                continue
+            for r in res.values():
+                annotate_work(r, work, peaks)
+            rr = ratios["A/B"]
+            rows.append({"backend": name, "batch": n, "ratio": rr["ratio"], "ci95": rr["ci95"], "cv": rr["cv"],
+                         "settled": rr["settled"], "noisy": rr["noisy"], "rounds": info["rounds"],
+                         "stopped_by": info["stopped_by"], "contains_1": rr["ci95"][0] <= 1.0 <= rr["ci95"][1],
+                         "a": res["A"], "b": res["B"]})
+            log(f"  {name:<32} batch {n:>3}: A {res['A']['median_ms']:.3f} ms, B {res['B']['median_ms']:.3f} ms, "
+                f"A/B {describe_ratio(rr)}")
+    finally:
+        for x in members.values():
+            x.deactivate()
+
+
+def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Path | None = None,
+                  batches: Sequence[int] = (1, 8), only: Sequence[str] | None = None, min_time: float = 2.0,
+                  warmup: float = 1.0, log: Callable[[str], None] = print, *, min_iters: int = 10,
+                  max_time: float | None = None, compile: bool = False, tensorrt: bool = True,
+                  threads: int | None = None) -> dict[str, Any]:
+    """Time export A against export B on every backend both can run; write against.json/.md to
+    `out_dir` (default: A's report dir) and return the report. `only`: substrings of backend names
+    (the float64 reference only when named). `max_time`: cap per (backend, batch) cell and member,
+    after which an unsettled ratio is reported as noisy (default 5 x min_time). `threads`: CPU threads of
+    torch (for the call) and of ONNX Runtime sessions."""
+    with torch_threads(threads):
+        return _bench_against(export_a, export_b, out_dir, batches, only, min_time, warmup, log, min_iters=min_iters,
+                              max_time=max_time, compile=compile, tensorrt=tensorrt, threads=threads)
+
+
+def _bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Path | None, batches: Sequence[int],
+                   only: Sequence[str] | None, min_time: float, warmup: float, log: Callable[[str], None], *,
+                   min_iters: int, max_time: float | None, compile: bool, tensorrt: bool,
+                   threads: int | None) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    batches = sorted({int(b) for b in batches})
+    if not batches or min(batches) < 1:
+        raise BenchError(f"batch sizes must be >= 1, got {batches}")
+    a, b = load_export_source(export_a), load_export_source(export_b)
+    if a.input_shape != b.input_shape:
+        raise BenchError(f"the exports take different inputs: {list(a.input_shape)} vs {list(b.input_shape)}")
+    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(a.export_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"bench {a.export_dir} against {b.export_dir}, input {list(a.input_shape)}, batches {batches}")
+    load_before = machine_load()
+    if load_before["busy"]:
+        log(f"  WARNING {load_before['warning']}")
+    peaks: dict[tuple[str, str], dict[str, Any]] = {}
+    peak_for("cpu", "fp32", peaks)
+    ba, bb, pairs, skipped = _common_backends(a, b, only, compile, tensorrt, threads)
     plan = RoundPlan(warmup_s=warmup, min_time_s=min_time, min_iters=min_iters,
                      max_time_s=None if max_time is None else 2 * max_time)
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     work = work_model(a)
     for name in pairs:
-        members = {"A": ba[name], "B": bb[name]}
-        try:
-            act = {k: activate_measured(x) for k, x in members.items()}
-        except Exception as e:  # noqa: BLE001 - a backend that cannot start is a finding, not a crash
-            skipped.append({"name": name, "reason": str(e) if isinstance(e, BackendUnavailable) else one_line(e)})
-            for x in members.values():
-                x.deactivate()
-            continue
-        try:
-            for n in batches:
-                p = RoundPlan(**{**plan.__dict__, "min_warmup_calls": 2 if ba[name].device == "cuda" else 1})
-                try:
-                    res, ratios, info = time_group(members, n, a.input_shape, p, ratios={"A/B": ("A", "B")},
-                                                   activation_memory_mb=act)
-                except Exception as e:  # noqa: BLE001
-                    failed.append({"name": name, "batch": n, "reason": one_line(e)})
-                    log(f"  FAILED {name} batch {n}: {one_line(e)}")
-                    continue
-                for r in res.values():
-                    annotate_work(r, work, peaks)
-                rr = ratios["A/B"]
-                rows.append({"backend": name, "batch": n, "ratio": rr["ratio"], "ci95": rr["ci95"], "cv": rr["cv"],
-                             "settled": rr["settled"], "noisy": rr["noisy"], "rounds": info["rounds"],
-                             "stopped_by": info["stopped_by"], "contains_1": rr["ci95"][0] <= 1.0 <= rr["ci95"][1],
-                             "a": res["A"], "b": res["B"]})
-                log(f"  {name:<32} batch {n:>3}: A {res['A']['median_ms']:.3f} ms, B {res['B']['median_ms']:.3f} ms, "
-                    f"A/B {describe_ratio(rr)}")
-        finally:
-            for x in members.values():
-                x.deactivate()
+        _time_pair(name, {"A": ba[name], "B": bb[name]}, batches, plan, a.input_shape, work, peaks, log,
+                   rows, skipped, failed)
+    report = _against_report(a, b, out_dir, batches, only, plan, load_before, rows, skipped, failed, work, peaks, log)
+    report["wall_seconds"] = time.perf_counter() - t_start
+    atomic_write_json(out_dir / AGAINST_JSON, report)
+    atomic_write_text(out_dir / AGAINST_MD, render_against(report))
+    log(f"  wrote {out_dir / AGAINST_JSON}, {AGAINST_MD} ({report['wall_seconds']:.1f} s)")
+    return report
+
+
+def _against_report(a: Any, b: Any, out_dir: Path, batches: list[int], only: Sequence[str] | None, plan: RoundPlan,
+                    load_before: dict[str, Any], rows: list[dict[str, Any]], skipped: list[dict[str, Any]],
+                    failed: list[dict[str, Any]], work: dict[str, Any], peaks: dict[tuple[str, str], dict[str, Any]],
+                    log: Callable[[str], None]) -> dict[str, Any]:
     load_after = machine_load()
     warnings = [w for w in (load_before.get("warning") and f"before: {load_before['warning']}",
                             load_after.get("warning") and f"after: {load_after['warning']}") if w]
@@ -124,15 +158,15 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
     for w in warnings[1 if load_before["busy"] else 0:]:
         log(f"  WARNING {w}")
     sha_a, sha_b = _onnx_shas(a.manifest), _onnx_shas(b.manifest)
-    report = {
+    return {
         "format": "nfdeploy-bench-against-v1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "a": {"export_dir": str(a.export_dir), "model": a.manifest.get("model"), "onnx_sha256": sha_a},
         "b": {"export_dir": str(b.export_dir), "model": b.manifest.get("model"), "onnx_sha256": sha_b},
         "identical_onnx": {p: sha_a[p] == sha_b.get(p) for p in sha_a if p in sha_b},
         "input_shape": list(a.input_shape), "batches": batches, "out_dir": str(out_dir),
-        "settings": {"warmup_s": warmup, "min_time_s": min_time, "min_iters": min_iters, "max_time_s": plan.max_time_s,
-                     "only": list(only) if only else None,
+        "settings": {"warmup_s": plan.warmup_s, "min_time_s": plan.min_time_s, "min_iters": plan.min_iters,
+                     "max_time_s": plan.max_time_s, "only": list(only) if only else None,
                      "stability": {"band": STABILITY_BAND, "window_rounds": WINDOW_ROUNDS, "windows": WINDOWS},
                      "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over rounds ({BOOTSTRAP_SAMPLES} resamples)"},
         "ratio": "A / B: median of per-round ratios of the primary timing, A and B active together, interleaved rounds",
@@ -140,11 +174,6 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
         "warnings": warnings, "work": work, "peaks": list(peaks.values()),
         "rows": rows, "skipped": skipped, "failed": failed,
     }
-    report["wall_seconds"] = time.perf_counter() - t_start
-    atomic_write_json(out_dir / AGAINST_JSON, report)
-    atomic_write_text(out_dir / AGAINST_MD, render_against(report))
-    log(f"  wrote {out_dir / AGAINST_JSON}, {AGAINST_MD} ({report['wall_seconds']:.1f} s)")
-    return report
 
 
 def render_against(r: dict[str, Any]) -> str:
@@ -168,7 +197,8 @@ def render_against(r: dict[str, Any]) -> str:
     if r["skipped"]:
         lines += ["## Skipped", "", markdown_table(r["skipped"])]
     if r["failed"]:
-        lines += ["## Failed", "", markdown_table(r["failed"])]
+        lines += ["## Failed", "", markdown_table([{"backend": f["name"], "batch": f.get("batch", ""),
+                                                    "what": f["stage"], "reason": f["reason"]} for f in r["failed"]])]
     return "\n".join(lines)
 
 

@@ -1,12 +1,13 @@
-"""Multiply-accumulates of a model, counted once from its ONNX graph (the folded graph of the export):
-Conv, ConvTranspose, Gemm and MatMul, per sample. Achieved GFLOP/s = 2 x MACs x batch / latency.
-Elementwise ops, pooling and activations are not counted (they are a small share of a ResNet's
-arithmetic and not what a matmul peak measures)."""
+"""The one place a model's arithmetic is counted, per sample: from its ONNX graph (onnx_macs: Conv,
+ConvTranspose, Gemm and MatMul) or from the torch module (torch_macs: torch.utils.flop_counter, for
+exports without a graph). Achieved GFLOP/s = 2 x MACs x batch / latency. Elementwise ops, pooling and
+activations are not counted by either (a small share of a ResNet's arithmetic, and not what a matmul
+peak measures); tests cross-check the two counts on the same model."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -58,6 +59,19 @@ def onnx_macs(path: str | Path) -> int:
     return macs
 
 
+def torch_macs(model: Any, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one sample through the torch `model` (torch.utils.flop_counter counts 2 FLOPs
+    per multiply-accumulate of convolutions and matmuls), on a zero batch of one in the model's dtype/device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *[int(s) for s in input_shape], dtype=p.dtype, device=p.device))
+    return counter.get_total_flops() // 2
+
+
 def gflops(macs_per_sample: int | None, batch: int, latency_ms: float | None) -> float | None:
     """Achieved GFLOP/s (2 FLOPs per multiply-accumulate)."""
     if not macs_per_sample or not latency_ms:
@@ -65,4 +79,4 @@ def gflops(macs_per_sample: int | None, batch: int, latency_ms: float | None) ->
     return 2.0 * macs_per_sample * batch / (latency_ms / 1e3) / 1e9
 
 
-__all__ = ["gflops", "onnx_macs"]
+__all__ = ["gflops", "onnx_macs", "torch_macs"]

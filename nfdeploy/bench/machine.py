@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nfdeploy.runtime.base import cuda_gpu
+
 
 def _cpu_info() -> dict[str, Any]:
     info: dict[str, Any] = {"model": platform.processor() or "unknown", "mhz_as_found": None}
@@ -86,8 +86,9 @@ def machine_info() -> dict[str, Any]:
 BUSY_OTHER_CORES = 0.25
 
 
-def _proc_cpu_ticks() -> dict[int, tuple[str, int]]:
-    out: dict[int, tuple[str, int]] = {}
+def _proc_cpu_ticks() -> dict[int, tuple[str, int, int]]:
+    """{pid: (name, parent pid, utime + stime ticks)} of every readable process."""
+    out: dict[int, tuple[str, int, int]] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -98,15 +99,38 @@ def _proc_cpu_ticks() -> dict[int, tuple[str, int]]:
         # comm is in parentheses and may contain spaces; fields after it start at state (field 3).
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2:].split()
-        out[int(d.name)] = (name, int(rest[11]) + int(rest[12]))  # utime + stime
+        out[int(d.name)] = (name, int(rest[1]), int(rest[11]) + int(rest[12]))  # ppid, utime + stime
     return out
 
 
-def machine_load(sample_s: float = 0.5, top: int = 5) -> dict[str, Any]:
-    """Load average and the `top` busiest other processes (CPU share of one core over `sample_s`,
-    read from /proc), this process excluded; "busy" and a one-line "warning" when the machine is
-    busy (BUSY_OTHER_CORES). Where /proc cannot be read, only the load average."""
+def own_processes(parents: dict[int, int], me: int) -> set[int]:
+    """`me` and its descendants ({pid: parent pid}): the bench's own work (e.g. compile workers), not load."""
+    mine = {me}
+    grew = True
+    while grew:
+        new = {pid for pid, ppid in parents.items() if ppid in mine and pid not in mine}
+        mine |= new
+        grew = bool(new)
+    return mine
+
+
+def judge_load(load_1min: float | None, usable: int, others_cores: float, own_threads: int) -> tuple[bool, float | None]:
+    """(busy, load average left after the bench's own threads). The 1-minute load average counts the bench's
+    own running threads too (up to one per usable CPU): they are subtracted before other processes are
+    blamed. Busy: other processes use BUSY_OTHER_CORES of a core or more, or what is left of the load
+    average still reaches the number of usable CPUs."""
+    others_load = None if load_1min is None else max(0.0, load_1min - min(max(own_threads, 0), usable))
+    busy = others_cores >= BUSY_OTHER_CORES or (others_load is not None and others_load >= usable)
+    return busy, others_load
+
+
+def machine_load(sample_s: float = 0.5, top: int = 5, own_threads: int | None = None) -> dict[str, Any]:
+    """Load average and the `top` busiest other processes (CPU share of one core over `sample_s`, read
+    from /proc), this process and its children excluded; "busy" and a one-line "warning" when the machine
+    is busy (judge_load). `own_threads`: the threads the bench runs on (default: torch's intra-op threads).
+    Where /proc cannot be read, only the load average."""
     usable = _cpu_info()["usable_cpus"] or 1
+    own_threads = torch.get_num_threads() if own_threads is None else own_threads
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     procs: list[dict[str, Any]] = []
     try:
@@ -116,24 +140,26 @@ def machine_load(sample_s: float = 0.5, top: int = 5) -> dict[str, Any]:
         time.sleep(sample_s)
         b = _proc_cpu_ticks()
         dt = time.perf_counter() - t0
-        me = os.getpid()
-        for pid, (name, ticks) in b.items():
-            if pid == me or pid not in a:
+        mine = own_processes({pid: v[1] for pid, v in b.items()}, os.getpid())
+        for pid, (name, _, ticks) in b.items():
+            if pid in mine or pid not in a:
                 continue
-            share = (ticks - a[pid][1]) / hz / dt
+            share = (ticks - a[pid][2]) / hz / dt
             if share > 0:
                 procs.append({"pid": pid, "name": name, "cpu_share": round(share, 3)})
     except (OSError, ValueError, IndexError):
         procs = []
     procs.sort(key=lambda p: -p["cpu_share"])
     others = sum(p["cpu_share"] for p in procs)
-    busy = others >= BUSY_OTHER_CORES or (load is not None and load[0] >= usable)
+    busy, others_load = judge_load(load[0] if load else None, usable, others, own_threads)
     out: dict[str, Any] = {"loadavg_1_5_15": load, "usable_cpus": usable, "other_processes_cores": round(others, 3),
+                           "own_threads": own_threads, "loadavg_1_without_own_threads": others_load,
                            "busiest_other_processes": procs[:top], "sample_s": sample_s, "busy": busy}
     if busy:
-        out["warning"] = (f"busy machine: other processes use {others:.2f} of {usable} cores, load average "
-                          f"{load[0]:.2f}" if load else f"busy machine: other processes use {others:.2f} cores")
+        out["warning"] = (f"busy machine: other processes use {others:.2f} of {usable} cores"
+                          + (f", load average {load[0]:.2f} ({others_load:.2f} without the bench's own "
+                             f"{own_threads} threads)" if load else ""))
     return out
 
 
-__all__ = ["BUSY_OTHER_CORES", "machine_info", "machine_load"]
+__all__ = ["BUSY_OTHER_CORES", "judge_load", "machine_info", "machine_load", "own_processes"]

@@ -1,8 +1,10 @@
 """A machine peak measured in the same run, for the share of peak a backend achieves: on CPU a large
 float32 matmul (torch.mm, sgemm) on torch's intra-op threads; on CUDA a large matmul in the row's
-precision (fp32 with TF32 off, TF32, fp16, bf16), timed with CUDA events. The peak is the best of
-several repetitions (achieved GFLOP/s of the fastest one): what this machine delivers on the kind of
-work a convolution lowers to, not a datasheet number."""
+precision (fp32 with TF32 off, TF32, fp16, bf16; int8 forms: an int8 x int8 -> int32 matmul,
+torch._int_mm), timed with CUDA events. The peak is the best of several repetitions (achieved GFLOP/s,
+or giga-ops for int8, of the fastest one): what this machine delivers on the kind of work a convolution
+lowers to, not a datasheet number. Int8 rows on CPU have no peak (none is measured here: comparing them
+with the float32 sgemm peak would report shares above 100% that mean nothing)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import time
 from typing import Any
 
 import torch
+
+from nfdeploy.errors import one_line
+from nfdeploy.precision import get_precision
 
 CPU_N = 1024  # 2.1 GFLOP per matmul: ~10-50 ms on a few cores, large enough to be compute bound
 CUDA_N = 8192
@@ -33,6 +38,24 @@ def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
             "what": f"best of {reps} float32 torch.mm {n}x{n} on {torch.get_num_threads()} torch threads"}
 
 
+def best_cuda_seconds(fn: Any, seconds: float) -> tuple[float, int]:
+    """(fastest call of `fn` in seconds by CUDA events, repetitions) over `seconds`, at least 3 calls, after a
+    synchronised warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best, reps = float("inf"), 0
+    t_end = time.perf_counter() + seconds
+    while reps < 3 or time.perf_counter() < t_end:
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        best = min(best, e0.elapsed_time(e1) / 1e3)
+        reps += 1
+    return best, reps
+
+
 def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> dict[str, Any]:
     """Best torch.mm GFLOP/s on CUDA device 0 in `precision` (fp32 = TF32 off, tf32, fp16, bf16)."""
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -41,18 +64,7 @@ def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> d
     try:
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        torch.mm(a, b)
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        best, reps = float("inf"), 0
-        t_end = time.perf_counter() + seconds
-        while reps < 3 or time.perf_counter() < t_end:
-            e0.record()
-            torch.mm(a, b)
-            e1.record()
-            e1.synchronize()
-            best = min(best, e0.elapsed_time(e1) / 1e3)
-            reps += 1
+        best, reps = best_cuda_seconds(lambda: torch.mm(a, b), seconds)
         del a, b
         torch.cuda.empty_cache()
     finally:
@@ -61,16 +73,55 @@ def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> d
             "repetitions": reps, "what": f"best of {reps} torch.mm {n}x{n} {precision} (CUDA events)"}
 
 
+def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, Any]:
+    """Best int8 x int8 -> int32 matmul (torch._int_mm) giga-ops/s on CUDA device 0; "gflops" holds them
+    (2 ops per multiply-accumulate, as for the float peaks). A reason instead where the device has no int8 matmul."""
+    if not hasattr(torch, "_int_mm"):
+        return no_peak("cuda", "int8", f"torch {torch.__version__} has no int8 matmul (torch._int_mm)")
+    a = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
+    b = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
+    try:
+        torch._int_mm(a, b)
+    except RuntimeError as e:  # e.g. a GPU without int8 tensor-core matmuls in this build
+        return no_peak("cuda", "int8", f"torch._int_mm failed here: {one_line(e, 200)}")
+    best, reps = best_cuda_seconds(lambda: torch._int_mm(a, b), seconds)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"device": "cuda", "precision": "int8", "gflops": 2.0 * n ** 3 / best / 1e9, "n": n, "repetitions": reps,
+            "what": f"best of {reps} int8 torch._int_mm {n}x{n} -> int32 (CUDA events; giga-ops/s)"}
+
+
+def no_peak(device: str, precision: str, reason: str) -> dict[str, Any]:
+    """The peak entry of a (device, precision) for which nothing was measured: gflops None and why."""
+    return {"device": device, "precision": precision, "gflops": None, "what": f"no {precision} peak measured: {reason}"}
+
+
+def peak_kind(device: str, precision: str) -> tuple[str, str]:
+    """The (device, matmul kind) a row is compared with: int8 forms (quantized precisions) share one int8
+    peak; CPU float rows of any precision share the float32 sgemm peak (what the CPU runtimes compute in)."""
+    if get_precision(precision).quantized_from:
+        return device, "int8"
+    return (device, "fp32") if device == "cpu" else (device, precision)
+
+
 def peak_for(device: str, precision: str, cache: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any] | None:
-    """The measured peak a row of (device, precision) is compared with, measured once per run
-    (`cache`). CPU rows of any precision are compared with the float32 sgemm peak (what the CPU
-    runtimes compute in); fp64 rows have no peak here (None)."""
+    """The measured peak a row of (device, precision) is compared with, measured once per run (`cache`);
+    None for fp64 (no peak here). An entry whose "gflops" is None says why no peak was measured."""
     if precision == "fp64":
         return None
-    key = ("cpu", "fp32") if device == "cpu" else ("cuda", precision)
+    key = peak_kind(device, precision)
     if key not in cache:
-        cache[key] = cpu_matmul_peak() if device == "cpu" else cuda_matmul_peak(precision)
+        if key == ("cpu", "int8"):
+            cache[key] = no_peak("cpu", "int8", "this bench has no CPU int8 matmul to time (the row's share of peak "
+                                 "is left empty)")
+        elif device == "cpu":
+            cache[key] = cpu_matmul_peak()
+        elif key[1] == "int8":
+            cache[key] = cuda_int8_matmul_peak()
+        else:
+            cache[key] = cuda_matmul_peak(precision)
     return cache[key]
 
 
-__all__ = ["CPU_N", "CUDA_N", "cpu_matmul_peak", "cuda_matmul_peak", "peak_for"]
+__all__ = ["CPU_N", "CUDA_N", "best_cuda_seconds", "cpu_matmul_peak", "cuda_int8_matmul_peak", "cuda_matmul_peak", "no_peak", "peak_for",
+           "peak_kind"]

@@ -30,6 +30,8 @@ STABILITY_BAND = 0.03
 WINDOW_ROUNDS = 4  # rounds per stability window
 WINDOWS = 3  # windows that must agree
 BOOTSTRAP_SAMPLES = 2000
+# A cell stops at its time cap only after this many rounds: fewer give no median and interval worth reporting.
+MIN_ROUNDS_BEFORE_CAP = 5
 CI_LEVEL = 0.95
 
 Timer = Callable[[], tuple[float, float | None]]  # one timed call -> (host_ms, device_ms or None)
@@ -92,16 +94,18 @@ def cv(values: Sequence[float]) -> float | None:
 
 def bootstrap_ci(values: Sequence[float], level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of `values` (resampled with replacement)."""
+    """Percentile bootstrap interval of the median of `values` (scipy.stats.bootstrap, fixed seed: the same
+    data give the same interval)."""
+    from scipy.stats import bootstrap
+
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         raise ValueError("bootstrap of no values")
-    if a.size == 1:
+    if a.size == 1 or np.all(a == a[0]):  # no spread: the interval is the value (scipy warns on degenerate data)
         return float(a[0]), float(a[0])
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
-    meds = np.median(a[idx], axis=1)
-    lo, hi = np.quantile(meds, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    res = bootstrap((a,), np.median, confidence_level=level, n_resamples=samples, method="percentile",
+                    random_state=np.random.default_rng(seed), vectorized=True, axis=-1)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def summarize(values: Sequence[float], plan: RoundPlan | None = None) -> dict[str, Any]:
@@ -139,6 +143,47 @@ def describe_ratio(r: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ rounds
 
+def warm_up(timers: Mapping[str, Timer], plan: RoundPlan, budget_end: float | None = None) -> dict[str, dict[str, Any]]:
+    """Interleaved warm-up: every member until it has had warmup_s and min_warmup_calls (or the budget ends).
+    Returns {name: {"s": wall seconds, "calls": n, "last_ms": wall ms of the last (up to 5) calls}}."""
+    warm = {n: {"s": 0.0, "calls": 0, "last_ms": []} for n in timers}
+
+    def pending(n: str) -> bool:
+        return warm[n]["s"] < plan.warmup_s or warm[n]["calls"] < plan.min_warmup_calls
+
+    while any(pending(n) for n in timers):
+        for n in timers:
+            if not pending(n):
+                continue
+            t0 = time.perf_counter()
+            timers[n]()
+            wall = time.perf_counter() - t0
+            warm[n]["s"] += wall
+            warm[n]["calls"] += 1
+            warm[n]["last_ms"] = (warm[n]["last_ms"] + [wall * 1e3])[-5:]
+        if budget_end is not None and time.perf_counter() > budget_end:
+            break
+    return warm
+
+
+def round_iterations(wall_ms: Mapping[str, Sequence[float]], plan: RoundPlan) -> dict[str, int]:
+    """Iterations per round: about min_time_s / min_rounds per member, and min_iters over the minimum rounds; but
+    never so many that the MIN_ROUNDS_BEFORE_CAP rounds the cap waits for would outlast the cap (the cap
+    wins over min_iters), nor more than max_iters allows. Sized from WALL time per call (`wall_ms`: what a
+    round costs), not from the reported timing: device time can be far below the host's cost of a call."""
+    members = len(wall_ms)
+    round_s = plan.min_time_s / plan.min_rounds
+    cap = plan.cap_s(members)
+    iters = {}
+    for n, last in wall_ms.items():
+        est_ms = max(float(np.median(last)), 1e-6) if len(last) else 1e-6
+        # min_iters over the MIN_ROUNDS_BEFORE_CAP rounds a capped cell may stop after, not only over min_rounds
+        want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / MIN_ROUNDS_BEFORE_CAP), 1)
+        fit = max(math.floor(cap * 1e3 / (MIN_ROUNDS_BEFORE_CAP * members * est_ms)), 1)
+        iters[n] = int(min(want, fit, max(plan.max_iters // members, 1), 10_000))
+    return iters
+
+
 def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
                        ratios: Sequence[tuple[str, str]] = (), primary: str = "host_ms",
                        budget_end: float | None = None) -> dict[str, Any]:
@@ -153,36 +198,11 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     if not names:
         raise ValueError("no members to time")
     pick = 1 if primary == "device_ms" else 0
-
-    # Warm-up, interleaved as well: every member until it has had warmup_s and min_warmup_calls.
-    warm_t = {n: 0.0 for n in names}
-    warm_n = {n: 0 for n in names}
-    warm_last: dict[str, list[float]] = {n: [] for n in names}
     t_w0 = time.perf_counter()
-    while any(warm_t[n] < plan.warmup_s or warm_n[n] < plan.min_warmup_calls for n in names):
-        for n in names:
-            if warm_t[n] >= plan.warmup_s and warm_n[n] >= plan.min_warmup_calls:
-                continue
-            t0 = time.perf_counter()
-            v = timers[n]()
-            warm_t[n] += time.perf_counter() - t0
-            warm_n[n] += 1
-            warm_last[n] = (warm_last[n] + [v[pick] if v[pick] is not None else v[0]])[-5:]
-        if budget_end is not None and time.perf_counter() > budget_end:
-            break
+    warm = warm_up(timers, plan, budget_end)
     warmup_s = time.perf_counter() - t_w0
-
-    # Iterations per round: about min_time_s / min_rounds per member, and min_iters over min_rounds; but
-    # never so many that the 3 rounds the cap waits for would outlast the cap (the cap wins over min_iters),
-    # nor more than max_iters allows.
-    round_s = plan.min_time_s / plan.min_rounds
+    iters = round_iterations({n: warm[n]["last_ms"] for n in names}, plan)
     cap = plan.cap_s(len(names))
-    iters = {}
-    for n in names:
-        est_ms = max(float(np.median(warm_last[n])), 1e-6)
-        want = max(math.ceil(round_s * 1e3 / est_ms), math.ceil(plan.min_iters / plan.min_rounds), 1)
-        fit = max(math.floor(cap * 1e3 / (3 * len(names) * est_ms)), 1)
-        iters[n] = int(min(want, fit, max(plan.max_iters // len(names), 1), 10_000))
 
     host: dict[str, list[float]] = {n: [] for n in names}
     dev: dict[str, list[float]] = {n: [] for n in names}
@@ -190,35 +210,22 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     timed = {n: 0.0 for n in names}
     t0_all = time.perf_counter()
     r = 0
-    stopped_by = "settled"
     while True:
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
+        for n in names[r % len(names):] + names[:r % len(names)]:  # rotating start
             vals = []
+            t_round = time.perf_counter()
             for _ in range(iters[n]):
                 h, d = timers[n]()
                 host[n].append(h)
                 if d is not None:
                     dev[n].append(d)
                 vals.append(d if pick and d is not None else h)
-                timed[n] += h / 1e3
+            timed[n] += time.perf_counter() - t_round  # wall time: min_time_s is time spent, whatever is reported
             round_medians[n].append(float(np.median(vals)))
         r += 1
-        elapsed = time.perf_counter() - t0_all
-        enough = r >= plan.min_rounds and all(timed[n] >= plan.min_time_s for n in names)
-        settled = (all(is_settled(round_medians[n], plan.band, plan.window_rounds, plan.windows) for n in names)
-                   and all(is_settled((np.asarray(round_medians[a]) / np.asarray(round_medians[b])).tolist(),
-                                      plan.band, plan.window_rounds, plan.windows) for a, b in ratios))
-        if enough and settled:
-            break
-        if elapsed >= cap and r >= 3:
-            stopped_by = "time cap"
-            break
-        if budget_end is not None and time.perf_counter() >= budget_end and r >= 3:
-            stopped_by = "time budget"
-            break
-        if sum(len(v) for v in host.values()) >= plan.max_iters:
-            stopped_by = "max iterations"
+        stopped_by = _stop_reason(plan, r, round_medians, ratios, timed, time.perf_counter() - t0_all, cap,
+                                  budget_end, sum(len(v) for v in host.values()))
+        if stopped_by:
             break
     timed_s = time.perf_counter() - t0_all
 
@@ -228,7 +235,7 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
         members[n] = {"median_ms": s["median"], "median_ci95_ms": s["ci95"], "cv": s["cv"], "settled": s["settled"],
                       "noisy": s["noisy"], "window_medians_ms": s["window_medians"], "round_medians_ms": round_medians[n],
                       "rounds": r, "round_iters": iters[n], "iterations": len(host[n]),
-                      "warmup_iterations": warm_n[n], "warmup_s": warm_t[n], "timed_s": timed[n],
+                      "warmup_iterations": warm[n]["calls"], "warmup_s": warm[n]["s"], "timed_s": timed[n],
                       "host_ms": stats(host[n]), "device_ms": stats(dev[n]) if dev[n] else None}
     ratio_out = {f"{a}/{b}": ratio_summary(round_medians[a], round_medians[b], plan) for a, b in ratios}
     return {"members": members, "ratios": ratio_out, "rounds": r, "order": "rotating (A B C, B C A, ...)",
@@ -236,6 +243,24 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
             "cap_s": cap, "band": plan.band, "window_rounds": plan.window_rounds, "windows": plan.windows}
 
 
-__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
-           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "stats", "summarize",
-           "window_medians"]
+def _stop_reason(plan: RoundPlan, r: int, round_medians: Mapping[str, Sequence[float]],
+                 ratios: Sequence[tuple[str, str]], timed: Mapping[str, float], elapsed: float, cap: float,
+                 budget_end: float | None, calls: int) -> str | None:
+    """Why timing stops after round `r` ("settled", "time cap", "time budget", "max iterations"), or None."""
+    enough = r >= plan.min_rounds and all(t >= plan.min_time_s for t in timed.values())
+    if enough and all(is_settled(v, plan.band, plan.window_rounds, plan.windows) for v in round_medians.values()) \
+            and all(is_settled((np.asarray(round_medians[a]) / np.asarray(round_medians[b])).tolist(),
+                               plan.band, plan.window_rounds, plan.windows) for a, b in ratios):
+        return "settled"
+    if elapsed >= cap and r >= MIN_ROUNDS_BEFORE_CAP:
+        return "time cap"
+    if budget_end is not None and time.perf_counter() >= budget_end and r >= 3:
+        return "time budget"
+    if calls >= plan.max_iters:
+        return "max iterations"
+    return None
+
+
+__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "MIN_ROUNDS_BEFORE_CAP", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
+           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "round_iterations", "stats", "summarize",
+           "warm_up", "window_medians"]

@@ -11,7 +11,11 @@ during activate() plus the peak growth during the first run at a batch size: VmR
 /proc/self/status before, VmHWM after, with the high-water mark reset (/proc/self/clear_refs "5")
 just before, so one backend's peak does not leak into the next. Memory freed earlier and reused by
 the allocator is not counted. On CUDA: the same two growths of torch.cuda.max_memory_allocated
-(torch's allocator only; ONNX Runtime's arena and TensorRT's own allocations are not counted).
+(torch's allocator only). ONNX Runtime and TensorRT on CUDA allocate outside torch's allocator: their
+memory is not measured (None, MEMORY_KIND["cuda-outside-torch"]), never a torch growth of about 0 MiB.
+
+A backend that cannot be activated or crashes while timed is a row of "failed" with its message
+(failure_row: "failed to load" or "crashed while timing"); only BackendUnavailable is "skipped".
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 from nfdeploy.bench.rounds import RoundPlan, interleaved_rounds
-from nfdeploy.runtime.base import Backend, BackendUnavailable
+from nfdeploy.errors import one_line
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
 
 HOST_TIMING = {
     "cpu": "host wall time (time.perf_counter) of backend.run(numpy batch) -> numpy logits",
@@ -44,7 +49,24 @@ MEMORY_KIND = {
            "(/proc/self/status VmRSS before, VmHWM after a /proc/self/clear_refs reset)",
     "cuda": "torch.cuda.max_memory_allocated growth during activate() + during the first run at this batch "
             "(torch's allocator only)",
+    "cuda-outside-torch": "not measured: the runtime allocates device memory outside torch's allocator",
 }
+
+
+def memory_kind(backend: Backend) -> str:
+    """The key of MEMORY_KIND that says how `backend`'s own memory is measured (or that it is not)."""
+    if backend.device != "cuda":
+        return "cpu"
+    return "cuda-outside-torch" if backend.copies_in_run else "cuda"
+
+
+def failure_row(name: str, e: BaseException, *, stage: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """("skipped" or "failed", its row) for an exception of backend `name` at `stage` ("load": activate(),
+    "run": while timing). Only BackendUnavailable (cannot run here) is skipped; everything else failed."""
+    if isinstance(e, BackendUnavailable):
+        return "skipped", {"name": name, **extra, "reason": str(e)}
+    what = "failed to load" if stage == "load" or isinstance(e, BackendBroken) else "crashed while timing"
+    return "failed", {"name": name, **extra, "stage": what, "reason": one_line(e)}
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -130,12 +152,18 @@ class BatchTimer:
         return (time.perf_counter() - t0) * 1e3, None
 
     def first_run_memory_mb(self) -> float | None:
-        """Peak memory growth of one (untimed) call: the batch's activations and workspaces."""
+        """Peak memory growth of one (untimed) call: the batch's activations and workspaces (None: not measured)."""
+        if memory_kind(self.backend) == "cuda-outside-torch":
+            self._call()
+            return None
         return memory_growth_mb(self.backend.device, self._call)
 
 
 def activate_measured(backend: Backend) -> float | None:
-    """backend.activate(), returning the memory growth (MiB) it caused (see MEMORY_KIND)."""
+    """backend.activate(), returning the memory growth (MiB) it caused (see MEMORY_KIND; None: not measured)."""
+    if memory_kind(backend) == "cuda-outside-torch":
+        backend.activate()
+        return None
     return memory_growth_mb(backend.device, backend.activate)
 
 
@@ -159,7 +187,9 @@ def member_row(timer: BatchTimer, m: dict[str, Any], memory_mb: float | None) ->
         "timing": {"host_ms": HOST_TIMING[timer.mode], "device_ms": DEVICE_TIMING.get(timer.mode)},
         "scope": timer.scope, "threads": _threads(b),
         "median_ms": m["median_ms"],
-        "memory_mb": memory_mb, "memory_kind": MEMORY_KIND["cuda" if timer.cuda else "cpu"],
+        "memory_mb": memory_mb, "memory_kind": MEMORY_KIND[memory_kind(b)],
+        # torch.compile backends: whether this batch size ran compiled (False: dynamo fell back to eager).
+        "ran_compiled": (getattr(b, "compiled_batches", None) or {}).get(timer.batch),
     }
     row["throughput_ips"] = timer.batch / (row["median_ms"] / 1e3)
     row["host_throughput_ips"] = timer.batch / (row["host_ms"]["median"] / 1e3)
@@ -215,5 +245,5 @@ def time_group(backends: dict[str, Backend], batch_size: int, input_shape: Seque
     return rows, out_ratios, info
 
 
-__all__ = ["DEVICE_TIMING", "HOST_TIMING", "MEMORY_KIND", "SCOPE", "BatchTimer", "activate_measured", "member_row",
-           "memory_growth_mb", "time_backend", "time_group"]
+__all__ = ["DEVICE_TIMING", "HOST_TIMING", "MEMORY_KIND", "SCOPE", "BatchTimer", "activate_measured", "failure_row",
+           "member_row", "memory_growth_mb", "memory_kind", "time_backend", "time_group"]

@@ -13,6 +13,31 @@ from nfdeploy.errors import MissingExtraError, one_line, require
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Both wheels install the same `onnxruntime` module; whichever was installed last wins, so with both in one
+# environment the CUDA EP may be missing or half there. nfdeploy[onnx] brings the first, nfdeploy[gpu] the second.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_ort_distributions() -> list[str]:
+    """Which of ORT_DISTRIBUTIONS are installed (package metadata, not the module: they share one)."""
+    import importlib.metadata as md
+
+    out = []
+    for dist in ORT_DISTRIBUTIONS:
+        try:
+            md.version(dist)
+            out.append(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def shadowing_note(installed: list[str]) -> str:
+    """The sentence a CUDA reason ends with when both ONNX Runtime distributions are installed, else ""."""
+    if len(installed) < 2:
+        return ""
+    return ("; both onnxruntime and onnxruntime-gpu are installed and shadow each other (one `onnxruntime` "
+            "module): uninstall both, then install only onnxruntime-gpu (nfdeploy[gpu]) in a GPU environment")
 
 
 def _ort():
@@ -46,6 +71,9 @@ class OrtBackend(Backend):
         except MissingExtraError as e:
             return str(e)
         provider = PROVIDERS[self.device]
+        if self.device == "cuda" and shadowing_note(installed_ort_distributions()):
+            # Files of one wheel overwrite the other's: which CUDA EP (if any) would run is not knowable.
+            return "ONNX Runtime CUDA EP not trusted" + shadowing_note(installed_ort_distributions())
         if provider not in ort.get_available_providers():
             return (f"{provider} is not available (providers: {', '.join(ort.get_available_providers())})"
                     + ("; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""))
@@ -80,7 +108,9 @@ class OrtBackend(Backend):
         self.output_name = session.get_outputs()[0].name
 
     def _deactivate(self) -> None:
+        # Tolerates a half-made state: a failed _activate() may have set nothing yet.
         self.session = None
+        self.input_name = self.output_name = None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.device == "cuda":
@@ -97,4 +127,4 @@ class OrtBackend(Backend):
                 "providers": self.session.get_providers() if self.session is not None else None}
 
 
-__all__ = ["OrtBackend", "PROVIDERS"]
+__all__ = ["ORT_DISTRIBUTIONS", "OrtBackend", "PROVIDERS", "installed_ort_distributions", "shadowing_note"]

@@ -216,9 +216,14 @@ class TensorRTBackend(Backend):
         self._profile = 0
 
     def _deactivate(self) -> None:
+        # Tolerates a half-made state (plain assignments only): a failed _activate() may have stopped
+        # anywhere. The order frees captured graphs and buffers, then the context before its engine.
         self._slots = {}
         self._bound = None
-        self.context = self.engine = self.runtime = self._runtime_config = None
+        self.context = None
+        self._runtime_config = None
+        self.engine = None
+        self.runtime = None
         self._stream = None
 
     # --------------------------------------------------------------------------------- internals

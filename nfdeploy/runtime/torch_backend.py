@@ -41,18 +41,51 @@ class TorchBackend(Backend):
         return None
 
     def _activate(self) -> None:
-        self.module = copy.deepcopy(self._model()).to(device=self.device, dtype=self.input_dtype).eval()
-        self._fn = torch.compile(self.module, dynamic=False) if self.spec.mode == "compile" else self.module
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._compiled = {}
+        self.module = copy.deepcopy(self._model()).to(device=self.device, dtype=self.input_dtype).eval()
+        # The batch dim is dynamic (marked at each new batch size, see _forward): one graph serves every
+        # batch > 1 (batch 1 is specialised by dynamo), instead of one graph per shape until dynamo's
+        # recompile limit (8) silently turns later shapes into eager runs.
+        self._fn = torch.compile(self.module, dynamic=None) if self.spec.mode == "compile" else self.module
         if self.device == "cuda":
             self._stream = torch.cuda.Stream()
 
     def _deactivate(self) -> None:
+        # Tolerates a half-made state: plain assignments, and a dynamo reset that is harmless when nothing compiled.
         self.module = self._fn = None
         self._graphs = {}
+        self._compiled = {}
         self._stream = None
         if self.spec.mode == "compile":
             torch._dynamo.reset()  # compiled graphs hold their own references to the weights
+
+    @property
+    def compiled_batches(self) -> dict[int, bool]:
+        """{batch size: whether it ran compiled} for every batch size run since activation (compile mode;
+        {} otherwise). False: dynamo refused to compile that shape (recompile limit) and it ran eagerly."""
+        return dict(getattr(self, "_compiled", {}))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.mode != "compile":
+            return self._fn(x)
+        n = int(x.shape[0])
+        seen = self._compiled.get(n)
+        if seen is True:
+            return self._fn(x)
+        if seen is False:
+            return self.module(x)
+        # A new batch size: compile (or reuse the dynamic graph) with a hard failure instead of dynamo's
+        # silent eager fallback, so the record says what really ran.
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        try:
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                out = self._fn(x)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            self._compiled[n] = False
+            return self.module(x)
+        self._compiled[n] = True
+        return out
 
     def _math_flags(self) -> None:
         if self.device == "cuda":
@@ -67,7 +100,7 @@ class TorchBackend(Backend):
         self._math_flags()
         x = x.to(self.device, self.input_dtype)
         if self.spec.mode != "cudagraph":
-            return self._fn(x)
+            return self._forward(x)
         key = tuple(x.shape)
         if key not in self._graphs:
             static_in = x.clone()
@@ -90,7 +123,8 @@ class TorchBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(),
                 "device_name": torch.cuda.get_device_name() if self.device == "cuda" and torch.cuda.is_available()
-                else "cpu", "threads": torch.get_num_threads() if self.device == "cpu" else None}
+                else "cpu", "threads": torch.get_num_threads() if self.device == "cpu" else None,
+                "compiled_batches": self.compiled_batches if self.spec.mode == "compile" else None}
 
 
 __all__ = ["TorchBackend"]

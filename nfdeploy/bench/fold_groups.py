@@ -1,5 +1,6 @@
-"""Side by side on one backend type: the unfolded model, the folded model and the folded twin
-(same topology with the other norm, random constants: its speed does not depend on their values)."""
+"""The fold's speed contrast, as groups of backends timed side by side on one backend type: the unfolded
+model, the folded model and the folded twin (backends.bn_twin with the other norm, random constants: its
+speed does not depend on their values). Not `nfdeploy compare` (saved outputs across machines)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ from typing import Any, Sequence
 
 import torch
 
-from nfdeploy.backends import ExportSource
+from nfdeploy.backends import ExportSource, bn_twin
 from nfdeploy.errors import one_line, require
 from nfdeploy.export.onnx_graph import export_module
-from nfdeploy.fold import fold_model, randomize_
-from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
+from nfdeploy.fold import fold_model
 from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
 
 
-def _folded_twin(source: ExportSource) -> torch.nn.Module:
-    """The BN (or NF) twin of the export's model: same topology, random constants, folded."""
-    twin = randomize_(NFResNet(NFResNetCfg.from_dict(source.manifest["source"]["model_config"]).twin()).eval())
+def source_norm(source: ExportSource) -> str:
+    """The norm of the export's model ("nf" or "bn"): the manifest's, else its model_config's."""
+    return source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+
+
+def folded_twin(source: ExportSource) -> torch.nn.Module:
+    """The export's model with the other norm, random constants, folded (in float64, to float32)."""
+    twin = bn_twin(source, norm="other", randomized=True)
     return fold_model(twin.double(), dtype=torch.float32)[0]
 
 
@@ -35,7 +40,7 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
     must live as long as the backends)."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    own = source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+    own = source_norm(source)
     other = "bn" if own == "nf" else "nf"
     roles = {f"{own}-unfolded": "unfolded", f"{own}-folded": "folded", f"{other}-folded": "twin"}
     cache: dict[str, Any] = {}
@@ -49,7 +54,7 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
             raise BackendUnavailable(f"no {other.upper()} twin for a {source.kind!r} source (the twin is built from "
                                      "a run's model_config)")
         if "twin" not in cache:
-            cache["twin"] = _folded_twin(source)
+            cache["twin"] = folded_twin(source)
         return cache["twin"]
 
     def onnx_file(variant: str, role: str) -> Path:
@@ -128,4 +133,4 @@ def main_name(group: str, variant: str, own: str) -> str | None:
     return None
 
 
-__all__ = ["comparison_backends", "comparison_groups", "group_ratios", "main_name"]
+__all__ = ["comparison_backends", "comparison_groups", "folded_twin", "group_ratios", "main_name", "source_norm"]

@@ -1,0 +1,142 @@
+"""What a bench row may claim (issue 15 §2): int8 rows against an int8 peak or none, rounds sized by wall
+time, at least MIN_ROUNDS_BEFORE_CAP rounds, skipped (unavailable) vs failed (failed to load, crashed while
+timing), whether a torch.compile row ran compiled, and a load verdict that does not blame the bench itself."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from dataclasses import asdict
+
+from nfdeploy.backends import ExportSource
+from nfdeploy.bench import bench_report
+from nfdeploy.bench.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
+from nfdeploy.bench.peak import peak_for, peak_kind
+from nfdeploy.bench.report import annotate_work
+from nfdeploy.bench.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
+from nfdeploy.fold import randomize_
+from nfdeploy.models import create_model
+from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.torch_backend import TorchBackend
+
+SHAPE = (3, 32, 32)
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def test_int8_rows_never_use_the_float_peak():
+    cache: dict = {}
+    for prec in ("int8", "int8-ort"):
+        assert peak_kind("cpu", prec) == ("cpu", "int8") and peak_kind("cuda", prec) == ("cuda", "int8")
+        p = peak_for("cpu", prec, cache)  # must not raise, and must not measure the sgemm peak for it
+        assert p["gflops"] is None and p["what"].startswith("no int8 peak measured")
+    assert list(cache) == [("cpu", "int8")]
+    row = {"batch": 8, "median_ms": 1.0, "device": "cpu", "precision": "int8-ort"}
+    annotate_work(row, {"macs_per_sample": 10**9}, cache)
+    assert row["gflops"] == pytest.approx(16000.0) and row["peak_share"] is None and "int8" in row["peak_note"]
+    assert peak_kind("cpu", "fp16") == ("cpu", "fp32") and peak_kind("cuda", "bf16") == ("cuda", "bf16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the int8 matmul peak needs a CUDA device")
+def test_cuda_int8_peak_is_measured():
+    p = peak_for("cuda", "int8", {})
+    assert p["precision"] == "int8" and (p["gflops"] is None or p["gflops"] > 0), p
+
+
+def test_rounds_are_sized_by_wall_time_not_device_time():
+    """A call that costs 2 ms of host time but reports 0.001 ms of device time: rounds sized from the
+    device figure would run ~10^4 calls (20 s) per round; sized from wall time, about 10."""
+    def timer():
+        time.sleep(0.002)
+        return 2.0, 0.001
+
+    t0 = time.perf_counter()
+    plan = RoundPlan(warmup_s=0.0, min_time_s=0.24, min_iters=1, max_time_s=1.0, min_warmup_calls=2)
+    res = interleaved_rounds({"a": timer}, plan, primary="device_ms")
+    m = res["members"]["a"]
+    assert m["round_iters"] <= 20 and time.perf_counter() - t0 < 10
+    assert m["median_ms"] == pytest.approx(0.001)  # the reported figure is still device time
+    assert m["timed_s"] >= 0.24  # min time is wall time spent
+
+
+def test_time_cap_waits_for_the_minimum_rounds():
+    flip = iter(range(10**6))
+
+    def noisy():  # never settles: alternates 1 and 3 ms
+        time.sleep(0.001)
+        return (1.0 if next(flip) % 2 else 3.0), None
+
+    res = interleaved_rounds({"a": noisy}, RoundPlan(warmup_s=0.0, min_time_s=0.0, min_iters=1, max_time_s=0.001))
+    assert res["stopped_by"] == "time cap" and res["rounds"] >= MIN_ROUNDS_BEFORE_CAP == 5
+
+
+def test_load_verdict_subtracts_the_bench_itself():
+    # 2 usable CPUs, load average 2.5 while the bench ran 2 threads: the others account for 0.5, not busy.
+    assert judge_load(2.5, 2, 0.0, 2) == (False, 0.5)
+    assert judge_load(4.5, 2, 0.0, 2)[0]  # 2.5 left without the bench: busy
+    assert judge_load(2.5, 2, 0.0, 0)[0]  # before subtracting anything the old verdict blamed others
+    assert judge_load(0.1, 2, BUSY_OTHER_CORES, 1)[0]  # other processes measured busy: busy
+    assert judge_load(None, 2, 0.0, 1) == (False, None)
+    assert own_processes({10: 1, 11: 10, 12: 11, 13: 1}, 10) == {10, 11, 12}
+    ld = machine_load(sample_s=0.05)
+    assert ld["own_threads"] == torch.get_num_threads()
+    assert all(p["pid"] not in own_processes({}, __import__("os").getpid()) for p in ld["busiest_other_processes"])
+
+
+class _Fails(Backend):
+    """A backend that is unavailable, fails to load, or crashes while timed (at its second call)."""
+
+    def __init__(self, name: str, how: str):
+        super().__init__(BackendSpec("onnxruntime", "cpu", "fp32", name), SHAPE)
+        self.how, self.calls = how, 0
+
+    def unavailable_reason(self):
+        return "no such provider here" if self.how == "unavailable" else None
+
+    def _activate(self):
+        if self.how == "load":
+            raise OSError("engine file is garbage")
+
+    def _deactivate(self):
+        pass
+
+    def _run(self, batch):
+        self.calls += 1
+        if self.how == "run" and self.calls > 1:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return np.zeros((len(batch), 10), np.float32)
+
+
+def test_bench_failures_are_failed_and_unavailable_is_skipped(tmp_path):
+    m = randomize_(create_model("nf_resnet_c8")).eval()
+    src = ExportSource({"model": "nf_resnet_c8", "input": {"shape": ["batch", *SHAPE]},
+                       "source": {"kind": "run", "model_config": asdict(m.cfg)}}, m, tmp_path / "export")
+    (tmp_path / "export").mkdir()
+    compiled = TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded", "compile"), SHAPE, src.folded)
+    backends = [_Fails("gone", "unavailable"), _Fails("load", "load"), _Fails("run", "run"), compiled]
+    threads = torch.get_num_threads()
+    rep = bench_report(src, tmp_path / "out", batches=(2, 3), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2,
+                       compare=False, backends=backends, log=quiet, threads=1)
+    assert rep["settings"]["threads"] == 1 and rep["machine_load"]["after"]["own_threads"] == 1
+    assert torch.get_num_threads() == threads  # restored after the call
+    assert [s["name"] for s in rep["skipped"]] == ["onnxruntime-cpu-fp32-gone"]
+    failed = {(f["name"], f.get("batch")): f for f in rep["failed"]}
+    load = failed[("onnxruntime-cpu-fp32-load", None)]
+    assert load["stage"] == "failed to load" and "engine file is garbage" in load["reason"]
+    crash = failed[("onnxruntime-cpu-fp32-run", 2)]
+    assert crash["stage"] == "crashed while timing" and "illegal memory access" in crash["reason"]
+    rows = {(r["name"], r["batch"]): r for r in rep["results"]}
+    assert set(rows) == {("torch-cpu-fp32-folded-compile", 2), ("torch-cpu-fp32-folded-compile", 3)}
+    assert all(r["ran_compiled"] is True for r in rows.values())
+    assert rep["work"]["macs_per_sample"] > 0 and rep["work"]["graph"] is None  # counted from torch: no ONNX here
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "crashed while timing" in md and "failed to load" in md
+
+
+def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
+    from nfdeploy.bench import BenchError
+
+    with pytest.raises(BenchError, match="threads"):
+        bench_report(tmp_path / "nowhere", threads=0, log=quiet)
+    r = cli("bench", "--help", env={"COLUMNS": "200"})
+    assert r.returncode == 0 and all(f in r.stdout for f in ("--max-time", "--threads", "--no-compile")), r.stdout

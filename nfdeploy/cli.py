@@ -283,7 +283,7 @@ def bench(
     export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Comma list of batch sizes."),
-    only: List[str] = typer.Option([], "--only", help="Time only backends whose name contains this (repeatable)."),
+    only: List[str] = typer.Option([], "--only", help="Time only the backends this selects: whole name parts or a glob; repeatable."),
     min_time: float = typer.Option(2.0, help="Seconds of timed iterations per backend and batch (at least 10 runs)."),
     warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
     against: Optional[Path] = typer.Option(None, "--against", help="Another export dir: time both side by side, "

@@ -24,6 +24,7 @@ from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, 
                                    describe_ratio)
 from nfdeploy.bench.timing import activate_measured, failure_row, time_group
 from nfdeploy.reports import markdown_table
+from nfdeploy.runtime.base import name_matches
 
 AGAINST_JSON, AGAINST_MD = "against.json", "against.md"
 
@@ -37,7 +38,7 @@ def _common_backends(a: Any, b: Any, only: Sequence[str] | None, compile: bool, 
     """The backends of A and B by name, the names both can run here, and the skipped ones with reasons."""
     def pick(src: Any) -> dict[str, Any]:
         bs = export_backends(src, compile=compile, tensorrt=tensorrt, threads=threads)
-        return {x.name: x for x in bs if (any(o in x.name for o in only) if only else x.name != REFERENCE)}
+        return {x.name: x for x in bs if (any(name_matches(x.name, o) for o in only) if only else x.name != REFERENCE)}
 
     ba, bb = pick(a), pick(b)
     skipped: list[dict[str, Any]] = []
@@ -99,7 +100,7 @@ def bench_against(export_a: str | Path, export_b: str | Path, out_dir: str | Pat
                   max_time: float | None = None, compile: bool = False, tensorrt: bool = True,
                   threads: int | None = None) -> dict[str, Any]:
     """Time export A against export B on every backend both can run; write against.json/.md to
-    `out_dir` (default: A's report dir) and return the report. `only`: substrings of backend names
+    `out_dir` (default: A's report dir) and return the report. `only`: backend-name patterns (name_matches)
     (the float64 reference only when named). `max_time`: cap per (backend, batch) cell and member,
     after which an unsettled ratio is reported as noisy (default 5 x min_time). `threads`: CPU threads of
     torch (for the call) and of ONNX Runtime sessions."""

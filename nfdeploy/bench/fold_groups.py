@@ -14,7 +14,7 @@ from nfdeploy.backends import ExportSource, bn_twin
 from nfdeploy.errors import one_line, require
 from nfdeploy.export.onnx_graph import export_module
 from nfdeploy.fold import fold_model
-from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable, name_matches
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
 
@@ -78,7 +78,7 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
         for variant, role in roles.items():
             spec = BackendSpec(runtime, device, "fp32", variant)
             key = f"{runtime}-{device}-fp32/{variant}"
-            if only and not any(o in spec.name for o in only):
+            if only and not any(name_matches(spec.name, o) for o in only):
                 continue
             if device == "cuda" and not torch.cuda.is_available():
                 skipped.append({"name": spec.name, "key": key, "reason": "no CUDA device visible to torch"})

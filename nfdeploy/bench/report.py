@@ -54,7 +54,7 @@ from nfdeploy.bench.timing import (DEVICE_TIMING, HOST_TIMING, MEMORY_KIND, acti
                                    time_backend, time_group)
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.reports import markdown_table, pyplot, save_figure
-from nfdeploy.runtime.base import Backend
+from nfdeploy.runtime.base import Backend, name_matches
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
 
@@ -283,8 +283,8 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
     plus the unfolded/folded/twin comparison in interleaved rounds; write bench.json, bench.md and
     two PNGs to `out_dir`.
 
-    `export_dir` may also be an already loaded ExportSource. `only`: substrings of backend names
-    (the float64 reference is timed only when a substring matches it); it also selects comparison
+    `export_dir` may also be an already loaded ExportSource. `only`: backend-name patterns
+    (runtime.base.name_matches: whole name parts or a glob; the float64 reference is timed only when one selects it); it also selects comparison
     groups ("torch-cpu-fp32", "onnxruntime-cpu-fp32", "torch-cuda-fp32", "onnxruntime-cuda-fp32").
     `cpu_batches`: batch sizes for CPU backends (default: `batches`). `min_time`: timed seconds per
     backend and batch at least; `max_time`: the cap per cell (group) after which an unsettled row is
@@ -307,7 +307,7 @@ def bench_report(export_dir: str | Path | ExportSource, out_dir: str | Path | No
 
         every = backends if backends is not None else export_backends(source, compile=compile, tensorrt=tensorrt,
                                                                           threads=threads)
-        main = [b for b in every if any(o in b.name for o in only)] if only else list(every)
+        main = [b for b in every if any(name_matches(b.name, o) for o in only)] if only else list(every)
         runnable, skipped = _split_available(main, log)
         with tempfile.TemporaryDirectory(prefix=".bench-tmp-", dir=out_dir) as tmp:
             comp, comp_skipped = _comparison(source, only, tmp, log) if compare else ({}, [])

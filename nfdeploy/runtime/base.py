@@ -21,7 +21,7 @@ import torch
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.precision import get_precision
 
-RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
 DEVICES = ("cpu", "cuda")
 TORCH_MODES = ("eager", "compile", "cudagraph")
 

@@ -3,9 +3,9 @@
 One list for `nfdeploy backends`, parity, bench and the GPU suite: torch on CPU (float64 reference =
 the unfolded model; float32 unfolded and folded), torch on CUDA (folded; fp32 with TF32 off, TF32,
 fp16, bf16; eager, torch.compile, CUDA graph), ONNX Runtime (CPU EP per ONNX precision; CUDA EP per
-ONNX precision, plus the fp32 graph with TF32) and one TensorRT backend per engine. Every backend is
-constructed (cheap, nothing on a device) whether or not it can run here; `unavailable_reason()` says
-why one cannot, and activation can still fail with a reason (reported as skipped).
+ONNX precision, plus the fp32 graph with TF32), OpenVINO CPU (fp32, bf16, the int8 forms) and one
+TensorRT backend per engine. Every backend is constructed (cheap, nothing on a device) whether or not
+it can run here; `unavailable_reason()` says why one cannot, and activation can still fail with a reason (reported as skipped).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from nfdeploy.export import load_manifest
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runs import load_run_model
 from nfdeploy.runtime.base import TORCH_MODES, Backend, BackendSpec, name_matches
+from nfdeploy.runtime.openvino import OpenVinoBackend
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.tensorrt import TensorRTBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
@@ -158,7 +159,8 @@ def torch_backend(source: ExportSource, spec: BackendSpec) -> TorchBackend:
 def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: bool = True,
                     threads: int | None = None) -> list[Backend]:
     """Every backend of the export, the reference first; none active. `threads`: ONNX Runtime CPU intra-op
-    threads (None: ONNX Runtime's default; torch's CPU threads are process-wide, set by the caller)."""
+    threads and OpenVINO's CPU threads (None: each runtime's default; torch's CPU threads are process-wide,
+    set by the caller)."""
     shape = source.input_shape
     out: list[Backend] = [torch_backend(source, REFERENCE_SPEC),
                           torch_backend(source, BackendSpec("torch", "cpu", "fp32", "unfolded")),
@@ -175,6 +177,7 @@ def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: boo
             out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads, sha256=digest))
             if prec == "fp32" and device == "cuda":
                 out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path, sha256=digest))
+    out += openvino_backends(source, threads=threads)
     if tensorrt:
         for entry in (source.manifest.get("engines") or {}).values():
             out.append(TensorRTBackend(shape, source.export_dir / entry["file"], entry))
@@ -182,6 +185,25 @@ def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: boo
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:  # two backends under one name would merge their rows in every report
         raise RuntimeError(f"backend names are not unique: {dupes}")
+    return out
+
+
+def openvino_backends(source: ExportSource, *, threads: int | None = None) -> list[Backend]:
+    """OpenVINO's CPU plugin on the export's ONNX files: fp32 and bf16 (the bf16 hint) from the fp32 graph, and
+    each int8 Q/DQ form from its own file. The ONNX fp16/bf16 files are not offered: the plugin's precision is set
+    by its hint, not by the file's storage type, so they would duplicate the names above."""
+    onnx = source.manifest.get("onnx") or {}
+    out: list[Backend] = []
+    if "fp32" in onnx:
+        for prec in ("fp32", "bf16"):
+            out.append(OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
+                                       source.export_dir / onnx["fp32"]["file"], threads=threads,
+                                       sha256=onnx["fp32"].get("sha256")))
+    for prec in ("int8", "int8-ort"):
+        if prec in onnx:
+            out.append(OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
+                                       source.export_dir / onnx[prec]["file"], threads=threads,
+                                       sha256=onnx[prec].get("sha256")))
     return out
 
 

@@ -14,6 +14,7 @@ import abc
 import fnmatch
 import gc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from nfdeploy.errors import UserError, one_line
 from nfdeploy.precision import PRECISIONS, get_precision
 
-RUNTIMES = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt", "tensorrt-rtx")
 DEVICES = ("cpu", "cuda")
 TORCH_MODES = ("eager", "compile", "cudagraph")
 
@@ -218,6 +219,16 @@ class Backend(abc.ABC):
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
 
 
+def verify_artifact(path: Path, sha256: str | None) -> None:
+    """A file a backend is about to load: it must exist and, when its manifest recorded one, have that sha256."""
+    from nfdeploy.artifacts import sha256_file
+
+    if not path.is_file():
+        raise BackendBroken(f"{path} does not exist")
+    if sha256 and sha256_file(path) != sha256:
+        raise BackendBroken(f"{path.name} does not match its manifest (sha256 differs): re-export it")
+
+
 def cuda_gpu() -> dict[str, Any] | None:
     """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
     try:
@@ -249,4 +260,4 @@ def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.nda
 
 
 __all__ = ["Backend", "BackendBroken", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
-           "cuda_gpu", "name_matches", "run_batched"]
+           "cuda_gpu", "name_matches", "run_batched", "verify_artifact"]

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from nfdeploy.artifacts import sha256_file
 from nfdeploy.errors import MissingExtraError, one_line, require
-from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, verify_artifact
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Both wheels install the same `onnxruntime` module; whichever was installed last wins, so with both in one
@@ -90,10 +89,7 @@ class OrtBackend(Backend):
         cuda = self.device == "cuda"
         provider = PROVIDERS[self.device]
         providers: list[Any] = [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
-        if not self.path.is_file():
-            raise BackendBroken(f"{self.path} does not exist")
-        if self.sha256 and sha256_file(self.path) != self.sha256:
-            raise BackendBroken(f"{self.path.name} does not match its manifest (sha256 differs): re-export it")
+        verify_artifact(self.path, self.sha256)
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented)

@@ -1,0 +1,154 @@
+"""What OpenVINO's CPU plugin computes, on an export's real test data (issue 17 §3 and §4):
+
+A. Precision hints: the fp32 ONNX file compiled with INFERENCE_PRECISION_HINT f32, bf16 and no hint
+   (the plugin's default): the precision the compiled model reports, the runtime precision of its
+   convolutions/matmuls, rel L2 and top-1 agreement against the float64 reference, beside ONNX Runtime.
+B. Instruction-set caps: each cap in a child process (oneDNN and OpenVINO read them once per process):
+   ONEDNN_MAX_CPU_ISA (oneDNN's, which OpenVINO's CPU plugin embeds) and OV_CPU_MAX_ISA (OpenVINO's own
+   kernels), alone and together; OpenVINO fp32 (hint f32) and both int8 forms, and ONNX Runtime fp32 as
+   the control (MLAS dispatches on CPUID, no switch). Each against the uncapped run: share of bitwise
+   identical logits, max ULP (float32), rel L2, top-1 agreement; and the kernels the plugin chose.
+   One thread everywhere, so only the instruction set differs.
+
+    python bench/openvino_hints_isa.py EXPORT_DIR --out bench/results/openvino-hints-isa-DATE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from nfdeploy.reports import markdown_table  # noqa: E402
+
+FILES = {"openvino fp32": "model.onnx", "openvino int8": "model.int8.onnx", "openvino int8-ort": "model.int8.ort.onnx"}
+CAPS = {  # label -> environment
+    "native": {},
+    "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "ONEDNN_MAX_CPU_ISA=AVX": {"ONEDNN_MAX_CPU_ISA": "AVX"},
+    "ONEDNN_MAX_CPU_ISA=SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "OV_CPU_MAX_ISA=SSE41": {"OV_CPU_MAX_ISA": "SSE41"},
+    "both=AVX": {"ONEDNN_MAX_CPU_ISA": "AVX", "OV_CPU_MAX_ISA": "AVX"},
+    "both=SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OV_CPU_MAX_ISA": "SSE41"},
+}
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+def child(export: Path, x_path: Path, out: Path) -> None:
+    """Run every graph once on the saved inputs under this process's environment; save outputs and kernels."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from nfdeploy.runtime.openvino import mac_kernels
+
+    x = np.load(x_path)
+    core = ov.Core()
+    outs, kernels = {}, {}
+    for label, f in FILES.items():
+        if not (export / f).is_file():
+            continue
+        cm = core.compile_model(str(export / f), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1",
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        outs[label] = np.asarray(cm(x)[0], dtype=np.float32)
+        kernels[label] = mac_kernels(cm)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(export / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+    outs["onnxruntime fp32"] = s.run(None, {s.get_inputs()[0].name: x})[0]
+    np.savez(out, **outs)
+    out.with_suffix(".json").write_text(json.dumps(kernels))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("export", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--max-samples", type=int, default=512)
+    ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.export, *args.child)
+        return 0
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    from nfdeploy.backends import load_export_source
+    from nfdeploy.metrics import ulp_error
+    from nfdeploy.parity import load_parity_data
+    from nfdeploy.runtime.openvino import mac_precisions, runtime_precisions
+
+    torch.set_num_threads(1)
+    source = load_export_source(args.export)
+    x, labels, desc, _ = load_parity_data(source, max_samples=args.max_samples)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with torch.no_grad():
+        ref = source.model.double()(torch.from_numpy(x).double()).numpy()
+    core = ov.Core()
+    report = {"command": "python bench/openvino_hints_isa.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+              "export": str(args.export), "data": desc, "openvino": ov.__version__, "onnxruntime": ort.__version__,
+              "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
+              "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+              "default_hint": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
+              "cpu_flags": sorted({f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+                                   for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "sse4"))}),
+              "hints": [], "caps": []}
+    # A. precision hints
+    s = ort.InferenceSession(str(args.export / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = s.run(None, {s.get_inputs()[0].name: x})[0]
+    report["hints"].append({"runtime": "onnxruntime", "hint": "-", "compiled precision": "-", "MAC layers": "-",
+                            "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1)))})
+    for hint in ("f32", "bf16", None):
+        cm = core.compile_model(str(args.export / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {})
+        y = np.asarray(cm(x)[0])
+        report["hints"].append({"runtime": "openvino", "hint": hint or "(none: default)",
+                                "compiled precision": cm.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                                "MAC layers": str(mac_precisions(runtime_precisions(cm))),
+                                "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1)))})
+    # B. instruction-set caps, one child process each
+    with tempfile.TemporaryDirectory() as td:
+        xp = Path(td) / "x.npy"
+        np.save(xp, x)
+        runs = {}
+        for label, env in CAPS.items():
+            out = Path(td) / f"{len(runs)}.npz"
+            base = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "DNNL_MAX_CPU_ISA")}
+            subprocess.run([sys.executable, __file__, str(args.export), "--child", str(xp), str(out)],
+                           env={**base, **env}, check=True, capture_output=True)
+            runs[label] = (dict(np.load(out)), json.loads(out.with_suffix(".json").read_text()))
+    native = runs["native"][0]
+    for label, (outs, kernels) in runs.items():
+        for name, y in outs.items():
+            n = native[name]
+            report["caps"].append({"cap": label, "backend": name, "bitwise identical": float(np.mean(y == n)),
+                                   "max ULP": float(ulp_error(y, n, torch.float32).max()), "rel L2 vs native": rel_l2(y, n),
+                                   "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement vs native": float(np.mean(y.argmax(1) == n.argmax(1))),
+                                   "kernels": ", ".join(f"{k}×{v}" for k, v in kernels.get(name, {}).items()) or "(MLAS)"})
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "hints_isa.json", report)
+    md = ["# OpenVINO on this CPU: precision hints and instruction-set caps", "",
+          f"Command: `{report['command']}`. Data: {desc}. OpenVINO {report['openvino']}, ONNX Runtime {report['onnxruntime']}.",
+          f"CPU: {report['cpu']}; flags {', '.join(report['cpu_flags'])}; OpenVINO capabilities {report['capabilities']}; "
+          f"default INFERENCE_PRECISION_HINT {report['default_hint']}.", "",
+          "## A. Precision hints (fp32 ONNX file)", "", markdown_table(report["hints"], floatfmt="{:.3g}"), "",
+          "## B. Instruction-set caps (1 thread; each against the uncapped run)", "",
+          markdown_table(report["caps"], floatfmt="{:.3g}")]
+    atomic_write_text(args.out / "hints_isa.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

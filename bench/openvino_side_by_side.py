@@ -1,0 +1,162 @@
+"""ONNX Runtime vs OpenVINO on the CPU, side by side: the same ONNX files (fp32, the int8 S8S8 form
+model.int8.onnx, the int8 U8S8 form model.int8.ort.onnx) in interleaved rounds (nfdeploy.bench.time_group:
+every member in turn each round, rotating start; ratios are medians of per-round ratios with 95% bootstrap
+intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-accumulates) against a float32
+sgemm peak measured in the same run, the OpenVINO kernels chosen on this CPU, and the machine's load
+before and after every batch (the machine is shared).
+
+ONNX Runtime's sessions are re-made here with intra-op spinning off (session.intra_op.allow_spinning 0):
+spinning threads take the cores from the next member of a round (issue 17 §1); the flag is recorded.
+
+    python bench/openvino_side_by_side.py --export EXPORT_DIR --out bench/results/openvino-digits-DATE
+    python bench/openvino_side_by_side.py --model nf_resnet50 --out bench/results/openvino-nf_resnet50-DATE
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.gpu.sources import write_random_run  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from nfdeploy.backends import export_backends, load_export_source  # noqa: E402
+from nfdeploy.bench import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
+from nfdeploy.bench.flops import gflops  # noqa: E402
+from nfdeploy.export import export_options, export_run  # noqa: E402
+from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.runtime.base import BackendUnavailable  # noqa: E402
+
+PRECISIONS = ("fp32", "int8", "int8-ort")
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def spinning_off(backend) -> None:
+    """Re-make an active ONNX Runtime CPU session with intra-op spinning off, same file and threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if backend.threads:
+        opts.intra_op_num_threads = backend.threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    backend.session = ort.InferenceSession(str(backend.path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def make_export(model: str, work: Path, size: int, calib: int) -> Path:
+    run = write_random_run(work / "run", model, input_size=size)
+    out = work / "export"
+    # check off: random weights are not judged here (speed only); calibration on the run's synthetic split
+    export_run(run, out, export_options(precisions=["fp32", *PRECISIONS[1:]], check=False, calib_samples=calib))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--export", type=Path, help="an export dir with fp32 and int8 ONNX files")
+    ap.add_argument("--model", help="else: make a randomised export of this model (e.g. nf_resnet50)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--calib", type=int, default=32, help="calibration samples for a made export")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=2.0, help="timed seconds per member and batch, at least")
+    ap.add_argument("--max-time", type=float, default=60.0, help="cap per batch (all members) before 'noisy'")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if (args.export is None) == (args.model is None):
+        ap.error("give --export or --model")
+    command = "python bench/openvino_side_by_side.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    import torch
+
+    torch.set_num_threads(args.threads)  # the sgemm peak on the same number of threads
+    with tempfile.TemporaryDirectory() as td:
+        export = args.export or make_export(args.model, Path(td), args.size, args.calib)
+        source = load_export_source(export)
+        names = [f"{rt}-cpu-{p}" for p in PRECISIONS for rt in RUNTIMES]
+        pool = {b.name: b for b in export_backends(source, tensorrt=False, threads=args.threads)}
+        backends, skipped = {}, {}
+        for n in names:
+            b = pool.get(n)
+            if b is None:
+                skipped[n] = "not in this export"
+                continue
+            try:
+                b.activate()
+            except BackendUnavailable as e:
+                skipped[n] = str(e)
+                continue
+            if n.startswith("onnxruntime"):
+                spinning_off(b)
+            backends[n] = b
+        macs = onnx_macs(export / source.manifest["onnx"]["fp32"]["file"])
+        peak = cpu_matmul_peak(seconds=2.0)
+        report = {"command": command, "export": str(export), "model": args.model or source.manifest.get("model"),
+                  "input_shape": list(source.input_shape), "threads": args.threads, "macs_per_sample": macs,
+                  "sgemm_peak": peak, "machine": machine_info(), "onnxruntime_spinning": "off (session.intra_op.allow_spinning 0)",
+                  "openvino": {n: {k: b.describe().get(k) for k in ("config", "mac_precisions", "mac_kernels", "inference_precision")}
+                               for n, b in backends.items() if n.startswith("openvino")},
+                  "skipped": skipped, "batches": []}
+        ratios = {f"{p}: onnxruntime / openvino": (f"onnxruntime-cpu-{p}", f"openvino-cpu-{p}") for p in PRECISIONS
+                  if f"onnxruntime-cpu-{p}" in backends and f"openvino-cpu-{p}" in backends}
+        ratios |= {f"{rt}: fp32 / {p}": (f"{rt}-cpu-fp32", f"{rt}-cpu-{p}") for rt in RUNTIMES for p in PRECISIONS[1:]
+                   if f"{rt}-cpu-fp32" in backends and f"{rt}-cpu-{p}" in backends}
+        plan = RoundPlan(warmup_s=1.0, min_time_s=args.min_time, max_time_s=args.max_time)
+        for batch in parse_batches(args.batches):
+            load0 = machine_load()
+            rows, rat, info = time_group(backends, batch, source.input_shape, plan, ratios=ratios)
+            load1 = machine_load()
+            for r in rows.values():
+                r["gflops"] = gflops(macs, batch, r["median_ms"])
+                r["peak_share"] = r["gflops"] / peak["gflops"] if r["gflops"] else None
+            report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info,
+                                      "load_before": load0, "load_after": load1})
+            print(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in rows.items()), flush=True)
+            for k, v in rat.items():
+                print(f"  {k}: {v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] over {v['rounds']} rounds", flush=True)
+            write(args.out, report)  # after every batch: a run cut short keeps what it measured
+        for b in backends.values():
+            b.deactivate()
+    print(f"wrote {args.out}/side_by_side.json and .md")
+    return 0
+
+
+def write(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "side_by_side.json", report)
+    peak = report["sgemm_peak"]
+    md = [f"# ONNX Runtime vs OpenVINO, CPU, side by side ({report['model']}, input {report['input_shape']})", "",
+          f"Command: `{report['command']}`.", "",
+          f"{report['threads']} threads; ONNX Runtime intra-op spinning {report['onnxruntime_spinning']}. "
+          f"Interleaved rounds (rotating start); latency = median of per-round medians with its 95% bootstrap "
+          f"interval; ratio = median of per-round ratios (>1: the second is faster). GFLOP/s = 2 x "
+          f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, against a float32 sgemm peak of "
+          f"{peak['gflops']:.1f} GFLOP/s (torch.mm {peak['n']}², {peak['threads']} threads) measured in the same run. "
+          f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.", ""]
+    for b in report["batches"]:
+        la, lb = b["load_before"], b["load_after"]
+        md += [f"## batch {b['batch']}", "",
+               f"Load average (1, 5, 15 min) before {la['loadavg_1_5_15']}, after {lb['loadavg_1_5_15']}; other processes "
+               f"used {la['other_processes_cores']} / {lb['other_processes_cores']} of {la['usable_cpus']} cores"
+               + (" — **busy machine: figures are shared-machine figures**" if la["busy"] or lb["busy"] else "") + ". "
+               f"{b['info']['rounds']} rounds, stopped by {b['info']['stopped_by']}.", ""]
+        md.append(markdown_table([{"backend": n, "precision": r["precision"], "median ms": r["median_ms"],
+                                   "95% interval": f"[{r['median_ci95_ms'][0]:.3g}, {r['median_ci95_ms'][1]:.3g}]",
+                                   "GFLOP/s": r["gflops"], "share of sgemm peak": r["peak_share"],
+                                   "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.3g}"))
+        md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
+                                    "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""}
+                                   for k, v in b["ratios"].items()], floatfmt="{:.3f}"), ""]
+    md += ["## OpenVINO's runtime model on this CPU", ""]
+    md += [f"- {n}: {v['inference_precision']}, MAC layers by precision {v['mac_precisions']}, kernels {v['mac_kernels']}"
+           for n, v in report["openvino"].items()]
+    if report["skipped"]:
+        md += ["", "Skipped: " + "; ".join(f"{n}: {why}" for n, why in report["skipped"].items())]
+    atomic_write_text(out / "side_by_side.md", "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

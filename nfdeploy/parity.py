@@ -120,7 +120,10 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     (error at every block, first diverging block), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
     ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
-    from nfdeploy import forensics
+    from nfdeploy.batch_matrix import MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix
+    from nfdeploy.metrics import framework_error
+    from nfdeploy.per_block import per_block_report
+    from nfdeploy.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs as write_saved_outputs
 
     export_dir = Path(export_dir)
     source = load_export_source(export_dir)
@@ -144,7 +147,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     matrix: dict[str, Any] = {}
     xi = x[:invariance_samples]
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
-    framework = {p: forensics.framework_error(source.model, x, ref, p)
+    framework = {p: framework_error(source.model, x, ref, p)
                  for p in sorted({b.precision for b in chosen if b.unavailable_reason() is None})}
     for p, e in framework.items():
         if e is not None:
@@ -160,7 +163,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
                 out = run_batched(b, x)
                 inv = batch_invariance(b.run, xi)
                 if batch_matrix:
-                    matrix[b.name] = forensics.batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype)
+                    matrix[b.name] = batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype, MATRIX_BATCHES)
         except BackendUnavailable as e:
             rows.append({**b.spec.describe(), "status": "skipped", "reason": str(e)})
             log(f"  {b.name}: skipped ({e})")
@@ -182,10 +185,10 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     blocks = None
     if per_block:
         xp = x[:per_block_samples]
-        blocks = forensics.per_block_report(source, xp, ran, ref_backend, tols,
+        blocks = per_block_report(source, xp, ran, ref_backend, tols,
                                             {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
     if batch_matrix:
-        matrix.update(forensics.bn_twin_matrix(source, xi))
+        matrix.update(bn_twin_matrix(source, xi, MATRIX_BATCHES))
     pairs = []
     for a, b in itertools.combinations(outputs, 2):
         r = compare_outputs(outputs[a], outputs[b])
@@ -200,12 +203,12 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     if blocks is not None:
         report["per_block"] = blocks
     if matrix:
-        report["batch_matrix"] = {"batches": list(forensics.MATRIX_BATCHES), "samples": int(len(xi)), "backends": matrix}
+        report["batch_matrix"] = {"batches": list(MATRIX_BATCHES), "samples": int(len(xi)), "backends": matrix}
     if save_outputs:
         described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
                      for r in rows if r["name"] in outputs or r["name"] == REFERENCE}
-        forensics.save_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
-        report["saved_outputs"] = [forensics.OUTPUTS_FILE, forensics.PROVENANCE_FILE]
+        write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
+        report["saved_outputs"] = [OUTPUTS_FILE, PROVENANCE_FILE]
     write_parity_report(report, out_dir)
     return report
 
@@ -238,16 +241,17 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
         md.insert(3, "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
                   + "; ".join(f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
                               f"{judged_tolerance(p, e)['rel_l2']:.3g}" for p, e in fw.items()) + "\n")
-    from nfdeploy import forensics
+    from nfdeploy.batch_matrix import matrix_rows, plot_batch_matrix
+    from nfdeploy.per_block import per_block_markdown, plot_per_block
 
     if "per_block" in report:
-        md += ["\n## Error per block\n", forensics.per_block_markdown(report["per_block"])]
-        forensics.plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
+        md += ["\n## Error per block\n", per_block_markdown(report["per_block"])]
+        plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
     if "batch_matrix" in report:
         bm = report["batch_matrix"]
         md += [f"\n## Batch-invariance matrix ({bm['samples']} samples; cell: share bitwise identical to batch 1 / "
-               "max ULP / max rel L2 per sample)\n", markdown_table(forensics.matrix_rows(bm["backends"]))]
-        forensics.plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
+               "max ULP / max rel L2 per sample)\n", markdown_table(matrix_rows(bm["backends"]))]
+        plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
     atomic_write_text(out_dir / "parity.md", "\n".join(md))
     _plot(report["backends"], out_dir / "parity.png")
 

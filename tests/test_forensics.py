@@ -279,6 +279,8 @@ def test_compare_damaged_saved_run_is_one_line(tmp_path, cli, damage):
         want = "not a JSON object"
     with pytest.raises(SavedRunError, match=want):
         compare_saved_runs(tmp_path / "a", tmp_path / "b")
+    if damage != "truncated npz":
+        return  # the command line once: a subprocess costs seconds
     r = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp"))
     assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "cmp").exists()

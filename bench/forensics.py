@@ -25,14 +25,20 @@ import torch
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import REFERENCE, ExportSource, export_backends, load_export_source
 from nfdeploy.export import ExportOptions, export_model, export_run
-from nfdeploy.forensics import (block_points, compare_saved_runs, framework_error, per_block_markdown, per_block_report,
-                                plant_conv_defect, plot_per_block)
-from nfdeploy.metrics import judge
+from nfdeploy.metrics import framework_error, judge
+from nfdeploy.model_points import block_points
 from nfdeploy.parity import load_parity_data, parity_report
 from nfdeploy.precision import judged_tolerance
 from nfdeploy.reports import markdown_table
 from nfdeploy.runtime.base import BackendSpec, run_batched
+from nfdeploy.per_block import per_block_markdown, per_block_report, plot_per_block
 from nfdeploy.runtime.ort import OrtBackend
+from nfdeploy.saved_outputs import compare_saved_runs
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from bench.planted_defects import plant_conv_defect  # noqa: E402
 
 DEFECT = 1.01
 

@@ -208,210 +208,30 @@ class Suite:
         ph.save()
 
     def invariance(self, ph: Phase, name: str, export: Path, samples: int) -> dict[str, Any]:
-        """Batch invariance of the folded BN twin (eval mode) per precision and mode, beside the NF rows of
-        the parity report (each sample alone vs in batches of 3, 16, 64 and shuffled batches of 16)."""
+        """The batch-invariance matrix (nfdeploy.batch_matrix, parity's protocol) of the folded BN twin (eval
+        mode) per precision and mode, beside the NF rows of the parity report."""
         from nfdeploy.backends import load_export_source
+        from nfdeploy.batch_matrix import DEFAULT_BATCHES, batch_invariance_matrix, matrix_rows
         from nfdeploy.parity import load_parity_data
-
-        from nfdeploy.parity import batch_invariance
+        from nfdeploy.precision import get_precision
+        from nfdeploy.reports import markdown_table
 
         source = load_export_source(export)
         x = load_parity_data(source, None, None, samples)[0][:samples]
         precs = TORCH_PRECISIONS if self.cuda else ("fp32",)
-        rows = []
-        prep = ph.summary["results"].get(f"parity {name}", {}).get("batch_invariance", {})
-        for bname, v in prep.items():
-            rows.append({"model": "NF folded" if "folded" in bname else "NF", "backend": bname, **v})
+        matrix = dict(ph.summary["results"].get(f"parity {name}", {}).get("batch_invariance", {}))
         for b in twin_backends(source, precs, INVARIANCE_MODES if self.cuda else ("",), self.dev):
             if b.unavailable_reason():
                 continue
             try:
                 with b:
-                    inv = batch_invariance(b.run, x)
+                    matrix[f"BN twin folded (eval) {b.name}"] = batch_invariance_matrix(
+                        b.run, x, get_precision(b.precision).torch_dtype, DEFAULT_BATCHES)
             except Exception as e:  # noqa: BLE001 - e.g. bf16 on a GPU without it: a finding
-                rows.append({"model": "BN twin folded (eval)", "backend": b.name, "error": one_line(e, 200)})
-                continue
-            rows.append({"model": "BN twin folded (eval)", "backend": b.name,
-                         "max_abs_deviation": inv["max_abs_deviation"], "bitwise_identical": inv["bitwise_identical"],
-                         **inv["per_setting"]})
-        write_json(ph.dir / f"invariance-{name}.json", rows)
-        from nfdeploy.reports import markdown_table
-
-        ph.summary["results"][f"batch invariance {name}"] = {"rows": rows, "markdown": markdown_table(rows, floatfmt="{:.3g}")}
-        return {"rows": len(rows)}
-
-    def train_digits(self) -> dict[str, Any]:
-        from nfdeploy.config import load_recipe
-        from nfdeploy.train import train
-
-        t = time.perf_counter()
-        res = train(load_recipe("nf_digits", {"train.epochs": self.plan.train_epochs}), self.runs / "nf_digits-gpu",
-                    progress=False, log=lambda m: self.log("   " + str(m)))
-        return {"epochs": self.plan.train_epochs, "seconds": time.perf_counter() - t,
-                **{k: res.summary.get(k) for k in ("test_accuracy", "device", "best_test_accuracy") if k in res.summary}}
-
-    def phase2(self) -> None:
-        ph = self.phase(2)
-        precs = TORCH_PRECISIONS if self.cuda else ("fp32",)
-        peaks: dict[str, list[dict[str, Any]]] = {}
-
-        def measure_peaks(when: str) -> dict[str, Any]:
-            for prec in precs:
-                try:
-                    pk = cuda_matmul_peak(prec) if self.dev == "cuda" else cpu_matmul_peak()
-                    peaks.setdefault(prec, []).append({**pk, "tflops": pk["gflops"] / 1e3, "when": when})
-                except Exception as e:  # noqa: BLE001
-                    ph.skip(f"matmul peak {prec} ({when})", one_line(e, 200))
-            ph.summary["results"]["matmul peak"] = peaks
-            return {p: round(v[-1]["tflops"], 2) for p, v in peaks.items()}
-
-        ph.step("matmul peak (before)", lambda: measure_peaks("before the model timings"), limit=40)
-        if not self.cuda:
-            ph.skip("torch CUDA latency", "no CUDA device visible to torch: the CPU fp32 backends stand in")
-        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
-            share = self.plan.bench_budget[name]
-            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn, share=share: self.bench_torch(
-                ph, name, export_fn(), max(ph.left() - 40, 10) * share), limit=None, reserve=35)
-            gc.collect()
-            if self.cuda:
-                torch.cuda.empty_cache()
-        ph.step("matmul peak (after)", lambda: measure_peaks("after the model timings"), limit=40, reserve=2)
-        ph.step("TFLOP/s and share of peak", lambda: self.flops_table(ph), limit=60, reserve=1)
-        ph.save()
-
-    def bench_torch(self, ph: Phase, name: str, export: Path, budget: float) -> dict[str, Any]:
-        from nfdeploy.backends import export_backends, load_export_source
-        from nfdeploy.bench import bench_report
-
-        source = load_export_source(export)
-        if self.cuda:
-            modes = INVARIANCE_MODES + (("compile",) if self.args.compile else ())
-            own = [b for b in export_backends(source, compile=self.args.compile, tensorrt=False)
-                   if b.name.startswith("torch-cuda")]
-            backends = unfolded_backends(source, TORCH_PRECISIONS, modes) + own + \
-                twin_backends(source, TORCH_PRECISIONS, modes, "cuda")
-        else:
-            own = [b for b in export_backends(source, compile=False, tensorrt=False)
-                   if b.name.startswith("torch-cpu-fp32")]
-            backends = own + twin_backends(source, ("fp32",), ("",), "cpu")
-        # Call as it is now; the parallel bench branch adds interleaved rounds (switch them on here after merging).
-        rep = bench_report(source, ph.dir / f"bench-{name}", batches=self.plan.batches, min_time=1.0, warmup=0.5,
-                           compare=False, budget_s=budget, backends=backends, log=lambda m: self.log("   " + str(m)))
-        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
-        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
-
-    def flops_table(self, ph: Phase) -> dict[str, Any]:
-        from nfdeploy.backends import load_export_source
-        from nfdeploy.reports import markdown_table
-
-        peaks = ph.summary["results"].get("matmul peak", {})
-        rows = []
-        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
-            lat = ph.summary["results"].get(f"latency {name}")
-            if not lat:
-                continue
-            source = load_export_source(export_fn())
-            # The unfolded model has the same convolutions and matmuls as the folded one (WS convs are convs).
-            gflop = 2 * torch_macs(source.model, source.input_shape) / 1e9
-            for r in lat["results"]:
-                prec = r["precision"]
-                peak = [p["tflops"] for p in peaks.get(prec, [])]
-                tflops = gflop * r["batch"] / (r["median_ms"] * 1e-3) / 1e3
-                rows.append({"model": name, "backend": r["backend"], "batch": r["batch"], "GFLOP/img": round(gflop, 4),
-                             "median ms": r["median_ms"], "metric": r["metric"], "TFLOP/s": tflops,
-                             "matmul peak TFLOP/s": max(peak) if peak else None,
-                             "share of peak": tflops / max(peak) if peak else None})
-        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of convolutions and matmuls (torch.utils.flop_counter) of the NF model per "
-                                                     "image (the twin has the same convs); peak = best of the matmul "
-                                                     "peaks measured before/after in this run, same precision",
-                                           "rows": rows})
-        ph.summary["results"]["TFLOP/s"] = {"rows": len(rows), "markdown": markdown_table(rows, floatfmt="{:.4g}")}
-        return {"rows": len(rows)}
-
-    def phase3(self) -> None:
-        ph = self.phase(3)
-        caps = ph.step("onnxruntime", lambda: capabilities()["onnxruntime"], limit=60)
-        cuda_ep = bool(caps and "CUDAExecutionProvider" in caps.get("providers", []))
-        if not cuda_ep:
-            ph.skip("ONNX Runtime CUDA EP", "CUDAExecutionProvider not available: " + json.dumps(caps)[:300]
-                    + " (install onnxruntime-gpu first: docs/gpu-runbook.md)")
-        only = ["onnxruntime-cuda"] if cuda_ep else ["onnxruntime-cpu"]
-
-        def parity(name: str, export: Path, samples: int, inv: int) -> dict[str, Any]:
-            rep = run_parity(export, ph.dir / f"parity-{name}", only=only + ["onnxruntime-cpu-fp32"], max_samples=samples,
-                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)))
-            ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
-            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
-
-        p = self.plan
-        ph.step("parity nf_digits (carried ONNX)", lambda: parity("nf_digits", self.digits_export(), p.digits_samples,
-                                                                  p.digits_invariance), limit=60)
-        ph.step("export nf_resnet50 (fp32, fp16 ONNX)", lambda: {"dir": str(self.r50_onnx_export())}, limit=150)
-        if (self.exports / "nf_resnet50" / "manifest.json").is_file():
-            ph.step("parity nf_resnet50", lambda: parity("nf_resnet50", self.exports / "nf_resnet50", p.r50_samples,
-                                                         p.r50_invariance), limit=60)
-        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", lambda: self.exports / "nf_resnet50")):
-            if not (export_fn() / "manifest.json").is_file():
-                ph.skip(f"ONNX Runtime latency {name}", "no ONNX export")
-                continue
-            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn: self.bench_ort(
-                ph, name, export_fn(), only, max(ph.left() - 10, 5) * (0.4 if name == "nf_digits" else 1.0)),
-                reserve=5)
-        ph.save()
-
-    def bench_ort(self, ph: Phase, name: str, export: Path, only: list[str], budget: float) -> dict[str, Any]:
-        from nfdeploy.bench import bench_report
-
-        rep = bench_report(export, ph.dir / f"bench-{name}", batches=self.plan.batches, only=only, min_time=1.0,
-                           warmup=0.5, compare=False, budget_s=budget, log=lambda m: self.log("   " + str(m)))
-        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
-        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
-
-    def phase4(self) -> None:
-        ph = self.phase(4)
-        built = self.args.bundle / "trt_rtx.json"
-        if built.is_file():
-            ph.summary["results"]["TensorRT-RTX build (CPU machine)"] = json.loads(built.read_text())
-        else:
-            ph.skip("TensorRT-RTX build record", f"{built} not in the bundle")
-        ph.step("TensorRT-RTX runtime on this GPU", lambda: self.trt_rtx_runtime(ph), limit=60)
-        ph.save()
-
-    def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
-        """Deserialize the carried engine with tensorrt_rtx's own runtime and record every message it logs."""
-        try:
-            import tensorrt_rtx as trt
-        except Exception as e:  # noqa: BLE001
-            ph.skip("TensorRT-RTX runtime", f"tensorrt_rtx is not importable here ({one_line(e, 200)}); its wheels "
-                                            "were not carried (over 100 MB: see docs/gpu-runbook.md)")
-            return {"importable": False}
-        if not self.cuda:
-            ph.skip("TensorRT-RTX runtime", "no CUDA device visible to torch: an engine cannot be deserialized here")
-            return {"importable": True, "cuda": False}
-        messages: list[str] = []
-
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-
-            def log(self, severity, msg):
-                messages.append(f"{severity}: {msg}")
-
-        engines = sorted((self.args.bundle / "rtx").glob("*.engine"))
-        out: dict[str, Any] = {"version": trt.__version__, "engines": {}}
-        for path in engines:
-            runtime = trt.Runtime(Logger())
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
-            out["engines"][path.name] = {"deserialized": engine is not None, "messages": messages[:]}
-            messages.clear()
-        ph.summary["results"]["TensorRT-RTX runtime"] = out
-        return {"engines": len(engines)}
-
-
-def _machine() -> dict[str, Any]:
-    from nfdeploy.bench import machine_info
-
-    return machine_info()
+                matrix[f"BN twin folded (eval) {b.name}"] = {"error": {"skipped": one_line(e, 200)}}
+        write_json(ph.dir / f"invariance-{name}.json", matrix)
+        ph.summary["results"][f"batch invariance {name}"] = {"matrix": matrix,
+                                                             "markdown": markdown_table(matrix_rows(matrix))}
 
 
 def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
@@ -419,8 +239,7 @@ def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
 
     rows = [{k: r.get(k) for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "accuracy", "reason")
              if r.get(k) is not None} for r in rep.get("backends", [])]
-    inv = {k: {"max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"], **v["per_setting"]}
-           for k, v in rep.get("batch_invariance", {}).items()}
+    inv = rep.get("batch_matrix", {}).get("backends", {})
     return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
             "inputs_sha256": rep.get("inputs_sha256"), "inputs_shape": rep.get("inputs_shape"),
             "backends": rows, "batch_invariance": inv,

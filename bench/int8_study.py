@@ -29,10 +29,9 @@ import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.export import ExportOptions, export_run
-from nfdeploy.export.onnx_graph import export_module
+from nfdeploy.export.onnx_graph import block_values, export_module, run_with_values
 from nfdeploy.export.quantize import (CALIBRATION_METHODS, INT8_FORMS, CalibrationData, CalibrationOptions,
-                                      block_outputs, block_sqnr, lint_int8, quantize_graph, run_with_blocks,
-                                      training_split_calibration)
+                                      block_sqnr, lint_int8, quantize_graph, training_split_calibration)
 from nfdeploy.metrics import judge
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runs import load_run_model
@@ -45,10 +44,10 @@ def last_stage_adds(fp32_path: Path, stages_from: int) -> list[str]:
     import onnx
 
     model = onnx.load(str(fp32_path))
-    blocks = block_outputs(model)
+    blocks = block_values(model)
     producers = {o: n for n in model.graph.node for o in n.output}
-    return [producers[t].name for b, t in blocks.items() if b.startswith("blocks.") and int(b.split(".")[1]) >= stages_from
-            and producers[t].op_type == "Add"]
+    return [producers[v["value"]].name for b, v in blocks.items() if b.startswith("blocks.")
+            and int(b.split(".")[1]) >= stages_from and producers[v["value"]].op_type == "Add"]
 
 
 def digits_part(run: Path, work: Path, methods: list[str], samples: int, log) -> dict:
@@ -66,7 +65,7 @@ def digits_part(run: Path, work: Path, methods: list[str], samples: int, log) ->
         ref = model.double().eval()(torch.from_numpy(x).double()).numpy()
     calib = training_split_calibration(data, samples, seed=0)
     rows, blocks = [], {}
-    fp32_out = run_with_blocks(fp32, ["logits"], x)[0]
+    fp32_out = run_with_values(fp32, [], x)[1]
     rows.append({"model": name, "form": "fp32", "method": "-", "kept": "-", **_row(fp32_out, ref, y, "fp32")})
     depths = model.cfg.depths
     last_stage = sum(depths[:-1])
@@ -82,7 +81,7 @@ def digits_part(run: Path, work: Path, methods: list[str], samples: int, log) ->
                 import onnx
 
                 lint = lint_int8(onnx.load(str(path)), form, allow_batchnorm=name.startswith("bn_"))
-                out = run_with_blocks(path, ["logits"], x)[0]
+                out = run_with_values(path, [], x)[1]
                 row = {"model": name, "form": form, "method": method, "kept": kept, **_row(out, ref, y, form),
                        "lint_ok": lint["ok"], "dq_consumers": lint["dq_consumers"],
                        "quantize_seconds": info["quantize_seconds"]}

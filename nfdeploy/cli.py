@@ -268,7 +268,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where compare.json/.md go (default: B)."),
 ):
     """Compare two saved parity runs of one export on the same inputs: bitwise share, max ULP, rel L2, top-1."""
-    from nfdeploy.forensics import compare_saved_runs
+    from nfdeploy.saved_outputs import compare_saved_runs
 
     rep = compare_saved_runs(a, b, out or b)
     for r in rep["same_backend"]:

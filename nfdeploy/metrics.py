@@ -8,6 +8,7 @@ rel_l2 = ||out - ref|| / ||ref||, cosine similarity, SQNR in dB = 10 log10(sum r
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,14 @@ def compare_outputs(ref: Any, out: Any) -> dict[str, float]:
 
 
 def ulp_error(out: Any, ref: Any, dtype: torch.dtype) -> np.ndarray:
-    """|out - ref| in units in the last place of `dtype` at each reference value (float64 array):
-    ulp(r) = 2^floor(log2 |r|) × eps(dtype), with |r| below the smallest normal counted as the smallest
-    normal (subnormal spacing). 0 means identical; 1 is one step of `dtype` around the reference."""
+    """|out - ref| in units in the last place of `dtype` at each reference value (float64 array; the
+    reference is never rounded to `dtype` first). The float64 spacing at |r| (np.spacing, 2^floor(log2|r|)
+    × 2^-52) scaled by dtype's epsilon over float64's gives dtype's spacing at that binade: exact for every
+    dtype, bf16 included (which numpy cannot represent), and finite beyond dtype's range. |r| below dtype's
+    smallest normal counts as the smallest normal (the subnormal spacing). 0: identical; 1: one step."""
     o, r = np.asarray(_to_double(out).numpy()), np.asarray(_to_double(ref).numpy())
     fi = torch.finfo(dtype)
-    mag = np.maximum(np.abs(r), fi.tiny)
-    ulp = np.exp2(np.floor(np.log2(mag))) * fi.eps
+    ulp = np.spacing(np.maximum(np.abs(r), fi.tiny)) * (fi.eps / np.finfo(np.float64).eps)
     return np.abs(o - r) / ulp
 
 
@@ -50,6 +52,24 @@ def sqnr_db(ref: Any, out: Any) -> float | None:
 
 def top1_agreement(a: Any, b: Any) -> float:
     return float((_to_double(a).argmax(1) == _to_double(b).argmax(1)).double().mean())
+
+
+@torch.no_grad()
+def framework_error(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
+                    batch_size: int = 64, max_samples: int = 128) -> float | None:
+    """The reference framework's own error in `precision`, which the judged tolerance is relative to
+    (nfdeploy.precision.judged_tolerance): rel L2 of `model` (the unfolded torch model) run on CPU in the
+    precision's dtype against `ref` (float64), on the first `max_samples` inputs (fp16/bf16 convolutions
+    are slow on CPU: a large model on all parity inputs would cost minutes). None where the rule has
+    nothing to scale: fp64 (the reference itself), tf32 (torch cannot run it on CPU), int8 (no rel L2 rule)."""
+    p = get_precision(precision)
+    if precision in ("fp64", "tf32") or p.rel_l2 is None:
+        return None
+    x, ref = x[:max_samples], ref[:max_samples]
+    m = copy.deepcopy(model).to(dtype=p.torch_dtype).eval()
+    out = torch.cat([m(torch.from_numpy(x[i:i + batch_size]).to(p.torch_dtype)).double()
+                     for i in range(0, len(x), batch_size)])
+    return compare_outputs(ref, out)["rel_l2"]
 
 
 def judge(out: Any, ref: Any, precision: str, labels: Any = None,
@@ -86,4 +106,4 @@ def judge(out: Any, ref: Any, precision: str, labels: Any = None,
     return row
 
 
-__all__ = ["compare_outputs", "judge", "sqnr_db", "top1_agreement", "ulp_error"]
+__all__ = ["compare_outputs", "framework_error", "judge", "sqnr_db", "top1_agreement", "ulp_error"]

@@ -1,9 +1,10 @@
 """Parity: every backend against the float64 unfolded PyTorch model, on real labelled data.
 
 Per backend: max |error|, relative L2 error, cosine similarity, top-1 agreement, accuracy and its
-delta, judged by the precision table (nfdeploy/precision.py). Batch invariance: each sample's output
-alone vs inside batches of several sizes and shuffled batches (an NF net has no batch statistics; the
-BatchNorm twin in training mode is the contrast). Cross-backend: every pair of backends that ran.
+delta, judged by the precision table (nfdeploy/precision.py). Batch invariance: the one protocol of
+nfdeploy.batch_matrix (each sample inside full batches of several sizes vs its own batch-1 output; an NF
+net has no batch statistics, the BatchNorm twin in training mode is the contrast), with a small column set
+by default and batch sizes 2..64 under --batch-matrix. Cross-backend: every pair of backends that ran.
 One backend is active at a time.
 """
 
@@ -19,15 +20,14 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import (REFERENCE, ExportSource, bn_twin, default_report_dir, export_backends,
-                               load_export_source, select_backends, twin_runner)
+from nfdeploy.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source, select_backends
+from nfdeploy.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
+                                   plot_batch_matrix)
 from nfdeploy.errors import UserError, one_line
-from nfdeploy.metrics import compare_outputs, judge, top1_agreement
+from nfdeploy.metrics import compare_outputs, framework_error, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable, run_batched
-
-INVARIANCE_BATCHES = (3, 16, 64)
 
 
 class ParityError(UserError, RuntimeError):
@@ -61,47 +61,6 @@ def load_parity_data(source: ExportSource, dataset: str | None = None, path: str
         return x.numpy(), None, desc, (f"the labels of {data.name} are not the model's classes (trained on "
                                        f"{trained_on or 'unknown data'}): accuracy is not applicable")
     return x.numpy(), y.numpy(), desc, None
-
-
-def batch_invariance(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, seed: int = 0,
-                     supports: Callable[[int], bool] = lambda n: True) -> dict[str, Any]:
-    """Each sample alone vs in batches of INVARIANCE_BATCHES and in shuffled batches: max |deviation|.
-    `supports`: the batch sizes the backend accepts (an engine's profiles); a setting outside them is
-    listed under "outside_profile", not run."""
-    alone = np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
-    devs: dict[str, float] = {}
-    outside: list[str] = []
-    bitwise = True
-    for bs in INVARIANCE_BATCHES:
-        sizes = {len(x[i:i + bs]) for i in range(0, len(x), bs)}
-        if not all(supports(n) for n in sizes):
-            outside.append(f"batch_{bs}")
-            continue
-        out = np.concatenate([run(x[i:i + bs]) for i in range(0, len(x), bs)])
-        devs[f"batch_{bs}"] = float(np.abs(out - alone).max())
-        bitwise &= bool(np.array_equal(out, alone))
-    perm = np.random.default_rng(seed).permutation(len(x))
-    if all(supports(len(perm[i:i + 16])) for i in range(0, len(x), 16)):
-        shuffled = np.concatenate([run(x[perm[i:i + 16]]) for i in range(0, len(x), 16)])
-        out = np.empty_like(shuffled)
-        out[perm] = shuffled
-        devs["shuffled_16"] = float(np.abs(out - alone).max())
-        bitwise &= bool(np.array_equal(out, alone))
-    else:
-        outside.append("shuffled_16")
-    scale = float(np.abs(alone).max())
-    worst = max(devs.values(), default=0.0)
-    return {"samples": int(len(x)), "max_abs_deviation": worst, "relative_to_max_output": worst / scale if scale else 0.0,
-            "bitwise_identical": bitwise, "per_setting": devs, "outside_profile": outside}
-
-
-def _bn_twin_contrast(source: ExportSource, x: np.ndarray) -> dict[str, Any]:
-    """The BatchNorm twin (same topology, random init) in training mode (batch statistics) and eval mode."""
-    twin = bn_twin(source)
-    if twin is None:
-        return {"status": "skipped", "reason": "no model_config in the manifest (timm source)"}
-    out = {mode: batch_invariance(twin_runner(twin, mode), x) for mode in ("train", "eval")}
-    return {"model": "bn twin of " + source.manifest["model"], **out}
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -144,13 +103,21 @@ def _nothing_checked(chosen: Sequence[Backend], rows: Sequence[dict[str, Any]]) 
                                f"({why or 'no backend selected'})")
 
 
-def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | None, ref: np.ndarray,
-                   framework: dict[str, float | None], batch_matrix: bool,
-                   log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One backend, active only inside this call: its parity row and, when it ran, its outputs and batch studies.
-    skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded, then failed to run."""
-    from nfdeploy import forensics
+def _invariance(b: Backend, xi: np.ndarray, batches: Sequence[int]) -> dict[str, Any]:
+    """The batch-invariance matrix of one active backend, run only at batch sizes its profiles cover."""
+    profiles = b.batch_profiles
+    if profiles is not None and not b.supports_batch(1):  # batch 1 is every column's baseline
+        return {str(bs): {"skipped": f"batch 1 is outside the engine profiles {list(profiles)}"} for bs in batches}
+    return batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype, batches,
+                                   max_batch=max(hi for _, hi in profiles) if profiles else None)
 
+
+def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | None, ref: np.ndarray,
+                   framework: dict[str, float | None], batches: Sequence[int],
+                   log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One backend, active only inside this call: its parity row and, when it ran, its outputs and its batch-
+    invariance matrix. skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded,
+    then failed to run."""
     reason = b.unavailable_reason()
     if reason:
         log(f"  {b.name}: skipped ({reason})")
@@ -166,9 +133,7 @@ def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | No
         return {**b.spec.describe(), "status": "broken", "reason": f"failed to load: {why}"}, None
     try:
         out = run_batched(b, x)
-        found = {"out": out, "invariance": batch_invariance(b.run, xi, supports=b.supports_batch)}
-        if batch_matrix:
-            found["matrix"] = forensics.batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype)
+        found = {"out": out, "invariance": _invariance(b, xi, batches)}
         described = b.describe()
     except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
         log(f"  {b.name}: CRASHED while running ({one_line(e, 240)})")
@@ -204,11 +169,11 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     that dtype on these inputs) (precision.judged_tolerance). A backend that cannot run here is skipped;
     one whose artifact fails to load ("broken") or that fails while running ("crashed") fails the run; a
     run in which no selected backend produced an output raises NothingCheckedError and writes nothing.
-    Forensics (nfdeploy.forensics): per_block (error at every block, first diverging block; written after
+    Forensics: per_block (nfdeploy.per_block) (error at every block, first diverging block; written after
     the main report, so its failure loses nothing), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
     ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
-    from nfdeploy import forensics
+    from nfdeploy.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs as write_saved_outputs
 
     export_dir = Path(export_dir)
     source = load_export_source(export_dir)
@@ -227,50 +192,48 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     log(f"parity of {source.manifest['model']} on {data_desc}; reference {REFERENCE}")
     if accuracy_na:
         log(f"  {accuracy_na}")
-    with ref_backend:
-        ref = run_batched(ref_backend, x)
+    with ref_backend:  # run_tensor, not run(): run() hands back float32, the reference stays float64
+        ref = np.concatenate([ref_backend.run_tensor(torch.from_numpy(x[i:i + 64])).double().numpy()
+                              for i in range(0, len(x), 64)])
     rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
     xi = x[:invariance_samples]
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
-    framework = {p: forensics.framework_error(source.model, x, ref, p)
+    framework = {p: framework_error(source.model, x, ref, p)
                  for p in sorted({b.precision for b in chosen if b.unavailable_reason() is None})}
     for p, e in framework.items():
         if e is not None:
             log(f"  reference framework (torch CPU unfolded) {p}: rel L2 {e:.2e}")
+    batches = MATRIX_BATCHES if batch_matrix else DEFAULT_BATCHES
     outputs: dict[str, np.ndarray] = {}
-    invariance: dict[str, Any] = {}
     matrix: dict[str, Any] = {}
     for b in chosen:
-        row, found = _check_backend(b, x, xi, y, ref, framework, batch_matrix, log)
+        row, found = _check_backend(b, x, xi, y, ref, framework, batches, log)
         rows.append(row)
         if found is not None:
-            outputs[b.name], invariance[b.name] = found["out"], found["invariance"]
-            if "matrix" in found:
-                matrix[b.name] = found["matrix"]
+            outputs[b.name], matrix[b.name] = found["out"], found["invariance"]
     if not outputs and not any(r.get("status") in FAILURE_KINDS for r in rows):
         raise _nothing_checked(chosen, rows)
-    if batch_matrix:
-        matrix.update(forensics.bn_twin_matrix(source, xi))
+    matrix.update(bn_twin_matrix(source, xi, batches))  # the contrast: batch statistics in train mode
     failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
     report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
               "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
-              "tolerances": tolerances(), "backends": rows, "batch_invariance": invariance,
-              "bn_twin_contrast": _bn_twin_contrast(source, xi), "pairwise": _pairwise(outputs), "ok": not failed,
-              "failed": failed, "failure": failure_summary(rows) or None, "framework_errors": framework,
-              "out_dir": str(out_dir)}
-    if matrix:
-        report["batch_matrix"] = {"batches": list(forensics.MATRIX_BATCHES), "samples": int(len(xi)), "backends": matrix}
+              "tolerances": tolerances(), "backends": rows,
+              "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
+              "pairwise": _pairwise(outputs), "ok": not failed, "failed": failed,
+              "failure": failure_summary(rows) or None, "framework_errors": framework, "out_dir": str(out_dir)}
     if save_outputs:
         described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
                      for r in rows if r["name"] in outputs or r["name"] == REFERENCE}
-        forensics.save_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
-        report["saved_outputs"] = [forensics.OUTPUTS_FILE, forensics.PROVENANCE_FILE]
+        write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
+        report["saved_outputs"] = [OUTPUTS_FILE, PROVENANCE_FILE]
     write_parity_report(report, out_dir)
     if per_block:  # after the main report is on disk: a failure here must not discard every backend's run
         ran = [b for b in chosen if b.name in outputs]
         tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
+        from nfdeploy.per_block import per_block_report
+
         try:
-            report["per_block"] = forensics.per_block_report(
+            report["per_block"] = per_block_report(
                 source, x[:per_block_samples], ran, ref_backend, tols,
                 {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
         except Exception as e:  # noqa: BLE001 - reported in the written report, and the run still says so
@@ -288,12 +251,7 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "sqnr_db", "cosine", "top1_agreement"]
     cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
     cols += ["status"]
-    inv_rows = [{"backend": k, "max_abs_deviation": v["max_abs_deviation"], "bitwise_identical": v["bitwise_identical"],
-                 **v["per_setting"]} for k, v in report["batch_invariance"].items()]
-    c = report["bn_twin_contrast"]
-    if "train" in c:
-        inv_rows += [{"backend": f"BN twin ({mode} mode)", "max_abs_deviation": c[mode]["max_abs_deviation"],
-                      "bitwise_identical": c[mode]["bitwise_identical"], **c[mode]["per_setting"]} for mode in ("train", "eval")]
+    bm = report["batch_matrix"]
     md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
           f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
           f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
@@ -302,8 +260,9 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
           *(["\n## Failed to load or to run\n", markdown_table([{"name": r["name"], "status": r["status"],
                                                                  "reason": r["reason"]} for r in broken])] if broken else []),
           "\n## Skipped\n", markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
-          "\n## Batch invariance (each sample alone vs in batches of 3, 16, 64 and shuffled batches of 16)\n",
-          markdown_table(inv_rows, floatfmt="{:.3g}") if inv_rows else "(no backend ran)\n",
+          f"\n## Batch invariance ({bm['samples']} samples, each inside full batches of {', '.join(map(str, bm['batches']))} "
+          "vs its own batch-1 output; cell: share bitwise identical / max ULP / max rel L2 per sample)\n",
+          markdown_table(matrix_rows(bm["backends"])) if bm["backends"] else "(no backend ran)\n",
           "\n## Pairwise (cross-runtime / cross-device)\n", markdown_table(report["pairwise"], floatfmt="{:.3g}")
           if report["pairwise"] else "(fewer than two backends ran)\n"]
     fw = {p: e for p, e in report.get("framework_errors", {}).items() if e is not None}
@@ -312,21 +271,18 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
                   + "; ".join(f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
                               f"{judged_tolerance(p, e)['rel_l2']:.3g}" + ("" if math.isfinite(e) else
                               f" ({judged_tolerance(p, e)['rule']})") for p, e in fw.items()) + "\n")
-    from nfdeploy import forensics
-
     if "per_block" in report:
-        md += ["\n## Error per block\n", forensics.per_block_markdown(report["per_block"])]
+        from nfdeploy.per_block import per_block_markdown, plot_per_block
+
+        md += ["\n## Error per block\n", per_block_markdown(report["per_block"])]
+        plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
     if "per_block_error" in report:
         md += ["\n## Error per block\n", f"Per-block forensics failed: {report['per_block_error']}\n"]
-        forensics.plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
-    if "batch_matrix" in report:
-        bm = report["batch_matrix"]
-        md += [f"\n## Batch-invariance matrix ({bm['samples']} samples; cell: share bitwise identical to batch 1 / "
-               "max ULP / max rel L2 per sample)\n", markdown_table(forensics.matrix_rows(bm["backends"]))]
-        forensics.plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
+    if bm["backends"]:
+        plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
     atomic_write_text(out_dir / "parity.md", "\n".join(md))
     _plot(report["backends"], out_dir / "parity.png")
 
 
-__all__ = ["FAILURE_KINDS", "INVARIANCE_BATCHES", "NothingCheckedError", "ParityError", "failure_summary", "batch_invariance", "load_parity_data", "parity_report",
+__all__ = ["FAILURE_KINDS", "NothingCheckedError", "ParityError", "failure_summary", "load_parity_data", "parity_report",
            "write_parity_report"]

@@ -16,7 +16,9 @@ from conftest import run_cli
 from nfdeploy.artifacts import ArtifactError
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportError, ExportOptions, export_model, export_run, load_manifest, load_preset
-from nfdeploy.export.onnx_graph import export_module, lint_graph, read_metadata
+from nfdeploy.export.onnx_graph import (SCOPES_KEY, block_values, export_module, lint_graph, node_scopes, read_metadata,
+                                       run_with_values)
+from nfdeploy.model_points import FEATURES, BlockStructureError
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
 from nfdeploy.precision import PRECISIONS
@@ -99,6 +101,41 @@ def test_dynamic_batch_matches_folded_torch(digits_export, digits_run):
             ref = folded(x).numpy()
         assert y.shape == (batch, 10)
         assert np.linalg.norm(y - ref) / np.linalg.norm(ref) <= FP32_REL_L2
+
+
+def test_block_values_strict_rule(tmp_path):
+    """Exactly one value leaves each block's scope, or block_values refuses: a second value made to leave
+    blocks.0 (a graph output) and a graph without the exporter's scope metadata are errors, not guesses.
+    The features value, run on ONNX Runtime, is the folded torch model's classifier input."""
+    folded = fold_model(randomize_(create_model("nf_resnet_c8"), seed=1).double(), dtype=torch.float32)[0].eval()
+    path = tmp_path / "model.onnx"
+    export_module(folded, path, (3, 32, 32))
+    model = onnx.load(str(path))
+    points = block_values(model)
+    assert list(points) == ["stem", *[f"blocks.{i}" for i in range(len(points) - 2)], FEATURES]
+    assert len(points) > 3 and len({v["value"] for v in points.values()}) == len(points)
+    inner = next(o for n in model.graph.node if "blocks.0" in node_scopes(n) for o in n.output
+                 if o != points["blocks.0"]["value"])
+    leaky = onnx.load(str(path))
+    leaky.graph.output.append(onnx.helper.make_tensor_value_info(inner, onnx.TensorProto.FLOAT, None))
+    with pytest.raises(BlockStructureError, match="expected one value leaving 'blocks.0'"):
+        block_values(leaky)
+    bare = onnx.load(str(path))
+    for n in bare.graph.node:
+        keep = [p for p in n.metadata_props if p.key != SCOPES_KEY]
+        del n.metadata_props[:]
+        n.metadata_props.extend(keep)
+    with pytest.raises(BlockStructureError, match="no 'pkg.torch.onnx.name_scopes' node metadata"):
+        block_values(bare)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    seen = []
+    hook = folded.fc.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().numpy()))
+    with torch.no_grad():
+        want_logits = folded(torch.from_numpy(x)).numpy()
+    hook.remove()
+    (features,), logits = run_with_values(path, [points[FEATURES]["value"]], x)
+    assert features.dtype == np.float64 and logits.shape == want_logits.shape
+    assert np.linalg.norm(features - seen[0]) <= FP32_REL_L2 * np.linalg.norm(seen[0])
 
 
 def test_tampered_export_is_refused(digits_export, tmp_path):

@@ -18,12 +18,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nfdeploy"
 FLOORS: dict[str, int] = {
     "errors": 0,
     "precision": 1, "artifacts": 1, "metrics": 1, "reports": 1, "nn": 1, "data": 1,
-    "models": 2,
+    "models": 2, "model_points": 2,
     "config": 3, "fold": 3, "spp": 3, "runs": 3,
     "train": 4, "interop": 4,
     "runtime": 5,
     "export": 6,
-    "backends": 7, "parity": 7, "bench": 7, "forensics": 7,
+    "backends": 7, "parity": 7, "bench": 7, "per_block": 7, "batch_matrix": 7, "saved_outputs": 7,
     "pipeline": 8, "cli": 8, "__main__": 8,
     "__init__": 0,  # the top package: __version__ only, imports nothing of nfdeploy
 }

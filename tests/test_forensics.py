@@ -3,7 +3,9 @@ the first diverging block of a planted defect, the batch-invariance matrix, save
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +13,24 @@ import pytest
 import torch
 
 from nfdeploy.backends import REFERENCE, export_backends, load_export_source
+from nfdeploy.batch_matrix import batch_invariance_matrix, profile_reason
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
-from nfdeploy.forensics import (FEATURES, ForensicsError, block_points, capture_points, compare_saved_runs,
-                                onnx_point_values, per_block_report, plant_conv_defect)
+from nfdeploy.export.onnx_graph import block_values
 from nfdeploy.metrics import judge, ulp_error
+from nfdeploy.model_points import FEATURES, block_points, capture_points
 from nfdeploy.parity import load_parity_data, parity_report
+from nfdeploy.per_block import onnx_points, per_block_report
 from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
 from nfdeploy.runtime.base import BackendSpec, run_batched
 from nfdeploy.runtime.ort import OrtBackend
+from nfdeploy.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from bench.planted_defects import plant_conv_defect  # noqa: E402
 
 quiet = lambda *a, **k: None  # noqa: E731
 # The folded model computes the unfolded one's function; in float64 the two differ by rounding alone.
@@ -42,6 +52,20 @@ def test_ulp_and_judged_tolerance():
     assert ulp_error(np.nextafter(one, np.float32(2)), one, torch.float32)[()] == 1.0
     assert ulp_error(np.float32(1.0), 1.0, torch.float32)[()] == 0.0
     assert ulp_error(np.float32(1.0 + 2**-10), 1.0, torch.float16)[()] == 1.0
+    # One step of the dtype at representable values of every magnitude, subnormals included: the next
+    # value away from zero is exactly 1 ULP away (numpy's own nextafter in float16/float32).
+    rng = np.random.default_rng(0)
+    for np_dtype, dtype in ((np.float16, torch.float16), (np.float32, torch.float32)):
+        fi = np.finfo(np_dtype)
+        v = (rng.standard_normal(2000) * np.exp2(rng.integers(fi.minexp - 8, fi.maxexp - 1, 2000))).astype(np_dtype)
+        v = v[np.isfinite(v) & (v != 0)]
+        up = np.nextafter(v, np.copysign(np.inf, v).astype(np_dtype))  # away from zero: the step of v's binade
+        assert np.array_equal(ulp_error(up, v, dtype), np.ones(len(v))), np_dtype
+    assert ulp_error(np.float64(3.0 + 2.0**-6), 3.0, torch.bfloat16)[()] == 1.0  # bf16 at 3: step 2^1 × 2^-7
+    # The reference is not rounded to the dtype first: just below 2 (which float16 rounds up to 2, step
+    # 2^-9) the float16 step is 2^-10.
+    below_two = 2.0 - 2.0**-12
+    assert ulp_error(np.float64(below_two + 2.0**-10), below_two, torch.float16)[()] == 1.0
     assert judged_tolerance("fp32", 1e-7)["rel_l2"] == 1e-5  # the floor
     t = judged_tolerance("fp32", 6e-6)
     assert t["rel_l2"] == REFERENCE_ERROR_FACTOR * 6e-6 and t["floor_rel_l2"] == 1e-5 and t["framework_rel_l2"] == 6e-6
@@ -82,9 +106,8 @@ def test_parity_per_block_matrix_and_saved_outputs(export_dir, tmp_path):
     # Adding graph outputs did not change what ORT computes at the logits.
     assert pb["onnxruntime-cpu-fp32"]["instrumented_logits_bitwise_equal"]
     m = rep["batch_matrix"]["backends"]
-    assert set(m["onnxruntime-cpu-fp32"]) == {"1", "2", "3", "7", "8", "16", "32", "64"}
+    assert set(m["onnxruntime-cpu-fp32"]) == {"2", "3", "7", "8", "16", "32", "64"}
     for name in ("onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"):
-        assert m[name]["1"]["bitwise_share"] == 1.0
         assert all(v["max_rel_l2"] <= 1e-5 for v in m[name].values())  # NF: no batch statistics
     train_mode = m["bn twin torch-cpu-fp32 (train mode)"]
     assert train_mode["64"]["bitwise_share"] == 0.0 and train_mode["64"]["max_rel_l2"] > 1e-3  # the contrast
@@ -97,8 +120,13 @@ def test_onnx_mapping_names_every_block(export_dir):
 
     source = load_export_source(export_dir)
     names = [p for p, _ in block_points(source.folded())]
-    mapping = onnx_point_values(onnx.load(str(export_dir / "model.onnx")), names)
+    mapping = block_values(onnx.load(str(export_dir / "model.onnx")), names)
     assert list(mapping) == names
+    # Found from the graph alone, the fp32 graph and the fp16 one (the net wrapped in Cast nodes: scopes
+    # "net.stem", ...) name the same points; features are the classifier's input.
+    assert list(block_values(onnx.load(str(export_dir / "model.onnx")))) == names
+    fp16 = block_values(onnx.load(str(export_dir / "model.fp16.onnx")))
+    assert list(fp16) == names and fp16["stem"]["scope"] == "net.stem" and fp16[FEATURES]["scope"] == "net.fc"
     assert mapping["blocks.0"]["ops"].get("Conv", 0) >= 2 and mapping["stem"]["ops"] == {"Conv": 1}
     assert len({m["value"] for m in mapping.values()}) == len(names)
 
@@ -140,13 +168,119 @@ def test_compare_thread_counts_and_refusals(export_dir, tmp_path, cli):
     assert same[REFERENCE]["bitwise_share"] == 1.0 or same[REFERENCE]["rel_l2"] <= 1e-12
     assert rep["machine_a"]["threads_requested"] == 1 and rep["machine_b"]["threads_requested"] == 2
     assert (tmp_path / "cmp" / "compare.md").is_file() and rep["cross_backend"]
-    with pytest.raises(ForensicsError, match="different inputs"):
+    with pytest.raises(SavedRunError, match="different inputs"):
         compare_saved_runs(tmp_path / "t1", tmp_path / "fewer")
     r = cli("compare", str(tmp_path / "t1"), str(tmp_path / "fewer"))
     assert r.returncode == 2 and "different inputs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     shutil.copytree(tmp_path / "t1", tmp_path / "other-model")
-    prov = (tmp_path / "other-model" / "provenance.json")
-    prov.write_text(prov.read_text().replace(rep["inputs_sha256"], rep["inputs_sha256"]).replace(
-        '"weights_sha256": "', '"weights_sha256": "0'))
-    with pytest.raises(ForensicsError, match="different models"):
+    prov = tmp_path / "other-model" / PROVENANCE_FILE
+    changed = prov.read_text().replace('"weights_sha256": "', '"weights_sha256": "0')
+    assert changed != prov.read_text()
+    prov.write_text(changed)
+    with pytest.raises(SavedRunError, match="different models"):
         compare_saved_runs(tmp_path / "t1", tmp_path / "other-model")
+
+
+def test_per_block_holds_one_onnx_session_at_a_time(export_dir, monkeypatch):
+    """Per-block capture on ONNX Runtime runs an instrumented copy of the graph in place of the backend's
+    own session: live sessions (counted on the real OrtBackend class) never exceed one."""
+    live, peak = [0], [0]
+    activate, deactivate = OrtBackend._activate, OrtBackend._deactivate
+
+    def counted_activate(self):
+        activate(self)
+        live[0] += 1
+        peak[0] = max(peak[0], live[0])
+
+    def counted_deactivate(self):
+        if self.session is not None:
+            live[0] -= 1
+        deactivate(self)
+
+    monkeypatch.setattr(OrtBackend, "_activate", counted_activate)
+    monkeypatch.setattr(OrtBackend, "_deactivate", counted_deactivate)
+    source = load_export_source(export_dir)
+    backends = export_backends(source, tensorrt=False)
+    ref_backend = next(b for b in backends if b.name == REFERENCE)
+    ort = next(b for b in backends if b.name == "onnxruntime-cpu-fp32")
+    x, _, _, _ = load_parity_data(source, max_samples=8)
+    rep = per_block_report(source, x, [ort], ref_backend, {ort.name: judged_tolerance("fp32", None)}, log=quiet)
+    assert rep["backends"][ort.name]["status"] == "ok"
+    assert peak[0] == 1 and live[0] == 0
+    with ort, pytest.raises(RuntimeError, match="one session on the device at a time"):
+        onnx_points(ort, x, rep["points"])
+
+
+def test_batch_matrix_measures_what_it_claims():
+    """Against run functions whose batch dependence is known: per sample (invariant), and one that adds
+    each batch's mean (like BatchNorm in training mode); columns above max_batch are skipped, not run."""
+    x = np.random.default_rng(0).standard_normal((10, 1, 4, 4)).astype(np.float32)
+    seen = []
+
+    def per_sample(b):
+        seen.append(len(b))
+        return (b.reshape(len(b), -1)[:, :5] * 3).astype(np.float32)
+
+    def batch_mean(b):
+        flat = b.reshape(len(b), -1)[:, :5]
+        return (flat + flat.mean(0)).astype(np.float32)
+
+    m = batch_invariance_matrix(per_sample, x, torch.float32, (3, 8, 16), max_batch=8)
+    assert m["3"] == {"bitwise_share": 1.0, "max_ulp": 0.0, "max_rel_l2": 0.0} and m["8"]["bitwise_share"] == 1.0
+    assert m["16"] == {"skipped": profile_reason(8)} and profile_reason(8) == "outside the engine profile (max 8)"
+    assert max(seen) == 8 and seen.count(1) == len(x)
+    m = batch_invariance_matrix(batch_mean, x, torch.float32, (3, 8))
+    for v in m.values():
+        assert v["bitwise_share"] == 0.0 and v["max_rel_l2"] > 1e-2 and v["max_ulp"] > 1e3
+
+
+def _fake_manifest() -> dict:
+    return {"model": "m", "source": {"weights_sha256": "w"}, "onnx": {"fp32": {"sha256": "o"}}}
+
+
+def test_saved_outputs_keep_float64_and_compare_in_float64(tmp_path):
+    """A float64 reference survives outputs.npz as float64, and compare measures it in float64 ULPs: two
+    references one float64 step apart are 1 ULP apart, not identical after rounding to float32."""
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    ref = np.random.default_rng(0).standard_normal((4, 3))
+    nudged = ref.copy()
+    nudged[0, 0] = np.nextafter(ref[0, 0], np.inf)
+    assert np.float32(nudged[0, 0]) == np.float32(ref[0, 0])  # invisible in float32
+    described = {"ref": {"precision": "fp64"}}
+    save_outputs(tmp_path / "a", _fake_manifest(), x, None, {"ref": ref}, described, None)
+    save_outputs(tmp_path / "b", _fake_manifest(), x, None, {"ref": nudged}, described, None)
+    with np.load(tmp_path / "a" / OUTPUTS_FILE) as z:
+        assert z["out:ref"].dtype == np.float64 and np.array_equal(z["out:ref"], ref)
+    same = compare_saved_runs(tmp_path / "a", tmp_path / "b")["same_backend"][0]
+    assert same["max_ulp"] == 1.0 and same["bitwise_share"] == 0.75 and 0 < same["rel_l2"] < 1e-15
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "missing keys", "wrong format", "not an object"])
+def test_compare_damaged_saved_run_is_one_line(tmp_path, cli, damage):
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    outs = {"ref": np.random.default_rng(0).standard_normal((4, 3))}
+    for d in ("a", "b"):
+        save_outputs(tmp_path / d, _fake_manifest(), x, None, outs, {"ref": {"precision": "fp64"}}, None)
+    npz, prov_path = tmp_path / "b" / OUTPUTS_FILE, tmp_path / "b" / PROVENANCE_FILE
+    prov = json.loads(prov_path.read_text())
+    if damage == "truncated npz":
+        npz.write_bytes(npz.read_bytes()[:npz.stat().st_size // 2])
+        want = "unreadable"
+    elif damage == "missing keys":
+        del prov["inputs_sha256"], prov["machine"]
+        prov_path.write_text(json.dumps(prov))
+        want = "lacks inputs_sha256, machine"
+    elif damage == "wrong format":
+        prov["format"] = "nfdeploy-parity-outputs-v0"
+        prov_path.write_text(json.dumps(prov))
+        want = "format 'nfdeploy-parity-outputs-v0'"
+    else:
+        prov_path.write_text("[1, 2]")
+        want = "not a JSON object"
+    with pytest.raises(SavedRunError, match=want):
+        compare_saved_runs(tmp_path / "a", tmp_path / "b")
+    if damage != "truncated npz":
+        return  # the command line once: a subprocess costs seconds
+    r = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp"))
+    assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "cmp").exists()

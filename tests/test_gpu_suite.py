@@ -81,6 +81,8 @@ def test_phase1_degrades_on_cpu(tmp_path):
     assert list(npz["inputs"].shape) == digits["inputs_shape"]
     assert npz["out:onnxruntime-cpu-fp32"].shape == (len(npz["inputs"]), 4)
     assert not any(k.startswith("out:torch-cuda") for k in npz.files)  # nothing saved for a backend that did not run
-    twin = [r for r in inv if r["model"].startswith("BN twin")]
-    assert twin and all(r["backend"].startswith("torch-cpu-fp32-bn-folded") for r in twin)
-    assert all(np.isfinite(r["max_abs_deviation"]) for r in inv)
+    # parity's matrix protocol: the NF rows from parity, the BN twin's beside them, every cell a measurement
+    twin = [k for k in inv if k.startswith("BN twin folded (eval) ")]
+    assert twin and all(k.removeprefix("BN twin folded (eval) ").startswith("torch-cpu-fp32-bn-folded") for k in twin)
+    assert "onnxruntime-cpu-fp32" in inv and "bn twin torch-cpu-fp32 (train mode)" in inv
+    assert all(np.isfinite(c["max_rel_l2"]) and 0 <= c["bitwise_share"] <= 1 for per in inv.values() for c in per.values())

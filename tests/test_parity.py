@@ -70,13 +70,17 @@ def test_every_backend_name_is_unique_and_tf32_is_judged_as_tf32(report):
 
 
 def test_batch_invariance_nf_vs_bn_twin(report):
-    inv = report["batch_invariance"]
-    assert set(inv) >= {"torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"}
-    for name, r in inv.items():
-        assert r["bitwise_identical"] or r["relative_to_max_output"] <= INVARIANCE_REL_TOL, (name, r)
-    c = report["bn_twin_contrast"]
-    assert c["train"]["relative_to_max_output"] > 1e-3  # batch statistics: the output depends on the batch
-    assert c["eval"]["bitwise_identical"] or c["eval"]["relative_to_max_output"] <= INVARIANCE_REL_TOL
+    bm = report["batch_matrix"]
+    assert bm["batches"] == [3, 16, 64] and bm["samples"] == 32  # parity's default columns
+    m = bm["backends"]
+    assert set(m) >= {"torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"}
+    for name in ("torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"):
+        for bs, cell in m[name].items():
+            assert cell["bitwise_share"] == 1.0 or cell["max_rel_l2"] <= INVARIANCE_REL_TOL, (name, bs, cell)
+    train = m["bn twin torch-cpu-fp32 (train mode)"]
+    assert train["64"]["bitwise_share"] == 0.0 and train["64"]["max_rel_l2"] > 1e-3  # batch statistics
+    for cell in m["bn twin torch-cpu-fp32 (eval mode)"].values():
+        assert cell["bitwise_share"] == 1.0 or cell["max_rel_l2"] <= INVARIANCE_REL_TOL
 
 
 def test_pairwise_and_files(report, export_dir):
@@ -256,9 +260,9 @@ def test_an_engine_runs_only_at_batch_sizes_inside_its_profile(export_dir, tmp_p
     assert seen and max(seen) == 32 and min(seen) >= 1  # 100 samples ran as 32+32+32+4, never 64
     row = rep["backends"][1]
     assert row["status"] == "pass" and rep["ok"], row
-    inv = rep["batch_invariance"][row["name"]]
-    assert inv["outside_profile"] == ["batch_64"] and "batch_64" not in inv["per_setting"]
-    assert set(inv["per_setting"]) == {"batch_3", "batch_16", "shuffled_16"}
+    inv = rep["batch_matrix"]["backends"][row["name"]]
+    assert inv["64"] == {"skipped": "outside the engine profile (max 32)"}
+    assert inv["3"]["bitwise_share"] == 1.0 and inv["16"]["bitwise_share"] == 1.0  # ORT CPU fp32: batch-invariant
 
 
 def test_a_profile_above_batch_one_pads_and_drops_the_padding(export_dir):

@@ -1,4 +1,9 @@
-"""ONNX graph level: export a folded torch module, fuse static pads, lint, metadata.
+"""ONNX graph level: export a folded torch module, fuse static pads, lint, metadata, block values.
+
+Block values: the points of nfdeploy.model_points (stem, every residual block, the pre-logits
+features) as ONNX values, found through the dynamo exporter's per-node name-scope metadata, and run
+on ONNX Runtime as extra graph outputs: the one implementation used by parity forensics and by the
+int8 per-block SQNR.
 
 The lint enforces what folding promises: no op computes on constants at run time (weight
 standardization, BN statistics), no scalar Mul left from NF constants, every Conv weight is a plain
@@ -7,18 +12,29 @@ initializer, only the ops an inference ResNet needs.
 
 from __future__ import annotations
 
+import ast
+import re
+import tempfile
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from nfdeploy.errors import require
+from nfdeploy.model_points import FEATURES, BlockStructureError
+from nfdeploy.runtime.base import BackendSpec
+from nfdeploy.runtime.ort import OrtBackend
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # written by torch.onnx's dynamo exporter on every node
+# Block scopes in forward order: nfdeploy's "blocks.N", timm's "stages.i.j" (the module paths of model_points).
+BLOCK_SCOPES = (re.compile(r"blocks\.(\d+)"), re.compile(r"stages\.(\d+)\.(\d+)"))
+CLASSIFIER_SCOPES = ("fc", "head.fc")
 # Ops a folded NF-ResNet may contain. Mul only between two run-time tensors (SE gate, SiLU);
 # ReduceMean only on activations (global average pool); Cast only at the graph's I/O.
 NF_ALLOWED_OPS = {"Conv", "Relu", "Gelu", "Sigmoid", "Mul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
@@ -191,3 +207,107 @@ def read_input_shape(path: str | Path) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"{path}: expected a static C x H x W input after the batch dimension, got {shape}")
     return shape
+
+
+# ------------------------------------------------------------------------------------------------
+# Block values: the points of a model (stem, blocks, features) in an exported graph
+
+
+def node_scopes(node: Any) -> list[str]:
+    """The module paths a node was exported from, outermost first (e.g. ['', 'blocks', 'blocks.0', ...])."""
+    for p in node.metadata_props:
+        if p.key == SCOPES_KEY:
+            # A Python list literal, e.g. "['', 'blocks', 'blocks.0', 'add_45']" (torch 2.9+).
+            return list(ast.literal_eval(p.value)) if p.value.startswith("[") else [p.value]
+    return []
+
+
+def _graph_points(scopes: set[str]) -> list[str]:
+    """The points present in a graph's scopes (already stripped of the wrapper prefix), in forward order."""
+    for pattern in BLOCK_SCOPES:
+        blocks = sorted((tuple(int(g) for g in m.groups()), s) for s in scopes if (m := pattern.fullmatch(s)))
+        if blocks:
+            return ["stem"] + [s for _, s in blocks] + [FEATURES]
+    raise BlockStructureError("the ONNX graph has no `blocks.N` or `stages.i.j` scopes: its blocks cannot be located")
+
+
+def block_values(model: Any, points: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """{point: {"value": ONNX value name, "scope": its module path in the graph, "ops": {op_type: count}}}
+    of an exported folded model, for `points` (default: every point the graph holds, in forward order:
+    "stem", the blocks, FEATURES).
+
+    A block's output is the one value produced inside its scope and read outside it (or a graph output);
+    FEATURES is the one non-constant input of the classifier's scope ("fc" or timm's "head.fc"). Fewer or
+    more than one candidate is an error (BlockStructureError) rather than a guess."""
+    consts = {i.name for i in model.graph.initializer}
+    nodes = [(n, set(node_scopes(n))) for n in model.graph.node]
+    every = set().union(*(s for _, s in nodes)) if nodes else set()
+    if not every:
+        raise BlockStructureError(f"the ONNX graph has no {SCOPES_KEY!r} node metadata (not exported by torch.onnx's "
+                                  "dynamo exporter?): its blocks cannot be located")
+    # A reduced-precision graph with float32 I/O wraps the folded net as "net" (IOCast): scopes "net.stem", ...
+    prefix = next((sc[:-4] for sc in sorted(every) if sc == "stem" or sc.endswith(".stem")), "")
+    own = {sc[len(prefix):] for sc in every if sc.startswith(prefix)}
+    classifier = next((c for c in CLASSIFIER_SCOPES if c in own), None)
+    outputs = {o.name for o in model.graph.output}
+    out: dict[str, dict[str, Any]] = {}
+    for point in points if points is not None else _graph_points(own):
+        if point == FEATURES and classifier is None:
+            raise BlockStructureError(f"no classifier scope ({' or '.join(CLASSIFIER_SCOPES)}) in the ONNX graph")
+        scope = prefix + (classifier if point == FEATURES else point)
+        inside = [n for n, s in nodes if scope in s]
+        if not inside:
+            raise BlockStructureError(f"no ONNX node belongs to {scope!r}")
+        produced = {v for n in inside for v in n.output}
+        if point == FEATURES:
+            cands = sorted({v for n in inside for v in n.input if v and v not in produced and v not in consts})
+        else:
+            read_outside = {v for n, s in nodes if scope not in s for v in n.input}
+            cands = sorted(v for v in produced if v in read_outside or v in outputs)
+        if len(cands) != 1:
+            raise BlockStructureError(f"{point}: expected one value leaving {scope!r} in the ONNX graph, found {cands}")
+        out[point] = {"value": cands[0], "scope": scope, "ops": dict(Counter(n.op_type for n in inside))}
+    return out
+
+
+def with_value_outputs(model: Any, values: Sequence[str]) -> Any:
+    """A copy of `model` with `values` added as graph outputs (element types from shape inference)."""
+    onnx = require("onnx", "onnx")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output) + list(g.input)}
+    copy = type(model)()
+    copy.CopyFrom(model)
+    have = {o.name for o in copy.graph.output}
+    for v in values:
+        if v in have:
+            continue
+        if v not in types:
+            raise BlockStructureError(f"the element type of ONNX value {v!r} cannot be inferred")
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(v, types[v], None))
+        have.add(v)
+    return copy
+
+
+def run_with_values(path: str | Path, values: Sequence[str], x: np.ndarray, spec: BackendSpec | None = None,
+                    threads: int | None = None, batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """([float64 array per value], float32 logits) of the graph at `path` with `values` added as outputs,
+    run on ONNX Runtime with `spec`'s device and precision settings (default: CPU) and `threads`.
+    One session, made here and freed on return: the caller holds no other session of this graph."""
+    onnx = require("onnx", "onnx")
+    spec = spec or BackendSpec("onnxruntime", "cpu", "fp32")
+    with tempfile.TemporaryDirectory() as td:
+        copy = Path(td) / Path(path).name
+        onnx.save(with_value_outputs(onnx.load(str(path)), values), str(copy))
+        backend = OrtBackend(spec, read_input_shape(copy), copy, threads=threads)
+        got: list[list[np.ndarray]] = [[] for _ in values]
+        logits = []
+        with backend:
+            names = [backend.output_name, *values]
+            for i in range(0, len(x), batch_size):
+                batch = backend.check_input(x[i:i + batch_size])
+                first, *rest = backend.session.run(names, {backend.input_name: batch})
+                logits.append(np.asarray(first, dtype=np.float32))
+                for acc, v in zip(got, rest):
+                    acc.append(np.asarray(v).astype(np.float64))
+    return [np.concatenate(a) for a in got], np.concatenate(logits)

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nfdeploy.errors import UserError, require
+from nfdeploy.export.onnx_graph import OUTPUT_NAME, block_values, run_with_values
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # onnxruntime 1.32's quantize_static builds its entropy calibrator with num_bins = num_quantized_bins = 128
@@ -184,7 +185,6 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, form: str, calib
             "library": "onnxruntime.quantization.quantize_static (QDQ)"}
 
 
-
 def _drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
     """Remove the activation Q/DQ pairs ORT gives consumers no runtime fuses them into (with dedicated
     pairs, a residual-stream tensor quantized for the next block's Add also gets a pair on its Relu):
@@ -294,66 +294,25 @@ def lint_int8(model, form: str, *, allow_batchnorm: bool = False) -> dict[str, A
 
 # --------------------------------------------------------------------------------- per-block errors
 
-def block_outputs(model) -> dict[str, str]:
-    """{"stem": tensor, "blocks.N": tensor, ..., "features": tensor} of a folded nfdeploy graph: the output
-    of the last node (in graph order) of each top-level module, read from the exporter's name scopes."""
-    out: dict[str, str] = {}
-    for n in model.graph.node:
-        scopes = next((p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if not scopes or n.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
-            continue
-        parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
-        top = parts[1] if len(parts) > 1 else ""
-        key = parts[2] if top == "blocks" and len(parts) > 2 and parts[2].startswith("blocks.") else \
-            {"stem": "stem", "final_act": "features"}.get(top)
-        if key:
-            out[key] = n.output[0]
-    order = ["stem"] + sorted((k for k in out if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
-    return {k: out[k] for k in order + ["features"] if k in out}
-
-
-def _with_outputs(model, tensors: list[str]):
-    from onnx import helper, TensorProto
-
-    m = type(model)()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    return m
-
-
-def run_with_blocks(path: str | Path, tensors: list[str], x: np.ndarray, batch: int = 64,
-                    threads: int | None = None) -> list[np.ndarray]:
-    """ONNX Runtime CPU outputs of `tensors` (plus nothing else) of the graph at `path`, on `x`."""
-    onnx = require("onnx", "onnx")
-    ort = require("onnxruntime", "onnx")
-    model = _with_outputs(onnx.load(str(path)), tensors)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    outs = [sess.run(tensors, {sess.get_inputs()[0].name: x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return [np.concatenate([o[k] for o in outs]) for k in range(len(tensors))]
-
-
 def block_sqnr(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
-    """SQNR (dB) of each block's output in the int8 graph against the fp32 graph, and of the logits.
-    The quantized graph keeps the float tensor names at every Q/DQ boundary, so the same names apply."""
+    """SQNR (dB) of each point's value (stem, every block, the pre-logits features: onnx_graph.block_values)
+    in the int8 graph against the fp32 graph, and of the logits, both on ONNX Runtime CPU. The quantized
+    graph keeps the float tensor names at every Q/DQ boundary, so the fp32 graph's names apply to both."""
     from nfdeploy.metrics import sqnr_db
 
     onnx = require("onnx", "onnx")
-    blocks = block_outputs(onnx.load(str(fp32_path)))
-    names = list(blocks) + ["logits"]
-    tensors = list(blocks.values()) + [onnx.load(str(fp32_path), load_external_data=False).graph.output[0].name]
-    ref = run_with_blocks(fp32_path, tensors, x)
-    out = run_with_blocks(int8_path, tensors, x)
-    return [{"block": n, "tensor": t, "sqnr_db": sqnr_db(r, o), "ref_rms": float(np.sqrt(np.mean(np.square(r, dtype=np.float64)))),
-             "ref_absmax": float(np.abs(r).max())} for n, t, r, o in zip(names, tensors, ref, out)]
+    points = block_values(onnx.load(str(fp32_path)))
+    tensors = [p["value"] for p in points.values()]
+    ref, ref_logits = run_with_values(fp32_path, tensors, x)
+    out, out_logits = run_with_values(int8_path, tensors, x)
+    names = [*points, "logits"]
+    rows = []
+    for name, t, r, o in zip(names, [*tensors, OUTPUT_NAME], [*ref, ref_logits], [*out, out_logits]):
+        rows.append({"block": name, "tensor": t, "sqnr_db": sqnr_db(r, o),
+                     "ref_rms": float(np.sqrt(np.mean(np.square(r, dtype=np.float64)))), "ref_absmax": float(np.abs(r).max())})
+    return rows
 
 
 __all__ = ["CALIBRATION_METHODS", "FUSED_CONSUMERS", "INT8_FORMS", "CalibrationData", "CalibrationOptions",
-           "QuantizeError", "block_outputs", "block_sqnr", "folder_calibration", "lint_int8", "pick_indices",
-           "quantize_graph", "resolve_keep", "run_with_blocks", "training_split_calibration"]
+           "QuantizeError", "block_sqnr", "folder_calibration", "lint_int8", "pick_indices", "quantize_graph",
+           "resolve_keep", "training_split_calibration"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -293,6 +294,9 @@ def bench(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Time the torch.compile backends (CUDA)."),
 ):
     """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
+    # torch's OpenMP threads spin after a parallel region (libgomp's default) and starve the next member of a
+    # round; libgomp reads this once, when torch loads, which in this process is the import below.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nfdeploy.bench import bench_against, bench_report, parse_batches
 
     if against is not None:

@@ -206,3 +206,18 @@ def test_compile_backend_runs_every_batch_size_compiled(model):
         assert b.compiled_batches == {n: True for n in sizes}
         assert b.describe()["compiled_batches"] == {n: True for n in sizes}
     assert b.compiled_batches == {}
+
+
+def test_ort_sessions_do_not_spin_after_a_run_unless_asked(tmp_path):
+    """Spinning intra-op threads take the cores from the next member of a bench round (ONNX Runtime #17011)."""
+    pytest.importorskip("onnxruntime")
+    from nfdeploy.runtime.ort import OrtBackend
+
+    path = _tiny_onnx(tmp_path / "model.onnx")
+    for spinning, want in ((False, "0"), (True, "1")):
+        b = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), SHAPE, path)
+        b.spinning = spinning
+        with b:
+            opts = b.session.get_session_options()
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == want
+            assert b.describe()["intra_op_spinning"] is spinning

@@ -78,7 +78,9 @@ def _versions() -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu": _cpu_info(), "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "gpu": _gpu_info(), "versions": _versions()}
+            "torch_interop_threads": torch.get_num_interop_threads(), "gpu": _gpu_info(), "versions": _versions(),
+            # libgomp (torch's OpenMP) reads it once, when torch loads; `nfdeploy bench` sets PASSIVE before that
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 # A machine counts as busy when other processes together use this share of one core or more, or the

@@ -564,7 +564,11 @@ def _method_md(r: dict[str, Any]) -> list[str]:
               f"- *memory MiB*: CPU {MEMORY_KIND['cpu']}; CUDA torch {MEMORY_KIND['cuda']}; ONNX Runtime and TensorRT on CUDA: "
               f"{MEMORY_KIND['cuda-outside-torch']} (empty).",
               "- *measured in*: rows of comparison members are the comparison group's measurement (interleaved), "
-              "not a second one.", ""]
+              "not a second one.",
+              "- Idle threads: ONNX Runtime sessions run with intra-op spinning off (`session.intra_op.allow_spinning` "
+              "0), so a session's threads do not spin-wait on the cores the next member of a round needs; torch's "
+              f"OpenMP wait policy in this process: {r['machine'].get('omp_wait_policy') or 'libgomp default (spins)'}.",
+              ""]
     return lines
 
 

@@ -61,6 +61,7 @@ class OrtBackend(Backend):
         self.path = Path(path)
         self.threads = threads
         self.sha256 = sha256  # the digest the file must have (its manifest's): checked when the session is made
+        self.spinning = False  # intra-op threads spin-wait after a run (ORT's default) only when set before activate()
         self.copies_in_run = spec.device == "cuda"
         self.session = None
 
@@ -86,6 +87,9 @@ class OrtBackend(Backend):
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        # ORT's intra-op threads spin after each run by default, taking the cores from whatever runs next (another
+        # session in a bench round, torch, the server's other work; ONNX Runtime #17011). Off: they sleep at once.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         cuda = self.device == "cuda"
         provider = PROVIDERS[self.device]
         providers: list[Any] = [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
@@ -120,6 +124,7 @@ class OrtBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "file": self.path.name,
                 "threads": (self.threads or os.cpu_count()) if self.device == "cpu" else None,
+                "intra_op_spinning": self.spinning if self.device == "cpu" else None,
                 "providers": self.session.get_providers() if self.session is not None else None}
 
 

@@ -33,6 +33,9 @@ from nfdeploy.runtime.base import Backend
 MODEL_VERSION = 1
 LOOPBACK = "127.0.0.1"
 CPU_DEFAULT_BACKEND = "onnxruntime-cpu-fp32"
+# A second output beside the logits: the number of rows the backend ran together for this request,
+# so a client can relate each response to the batch it was computed in.
+BATCH_OUTPUT = "executed_batch"
 UNCHECKED = "unchecked"  # no parity report, or the backend is not in it
 READY_TIMEOUT_S = 120.0
 
@@ -161,7 +164,9 @@ def make_infer_function(backend: Backend, input_name: str, output_name: str) -> 
                 raise BadRequest(f"input {input_name!r} has non-finite values (NaN or inf): refused")
         sizes = [len(a) for a in arrays]
         out = backend.run(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-        return [{output_name: part} for part in np.split(out, np.cumsum(sizes)[:-1])]
+        rows = np.int32(len(out))
+        return [{output_name: part, BATCH_OUTPUT: np.full((len(part), 1), rows, np.int32)}
+                for part in np.split(out, np.cumsum(sizes)[:-1])]
 
     return infer
 
@@ -238,7 +243,8 @@ class ModelServer:
             self._triton.bind(model_name=self.model_name, model_version=MODEL_VERSION,
                               infer_func=[make_infer_function(b, in_name, out_name) for b in backends],
                               inputs=[Tensor(name=in_name, dtype=np.float32, shape=(c, h, w))],
-                              outputs=[Tensor(name=out_name, dtype=np.float32, shape=tuple(int(d) for d in n_out))],
+                              outputs=[Tensor(name=out_name, dtype=np.float32, shape=tuple(int(d) for d in n_out)),
+                                       Tensor(name=BATCH_OUTPUT, dtype=np.int32, shape=(1,))],
                               config=ModelConfig(max_batch_size=opts.max_batch,
                                                  batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
                               strict=True)
@@ -322,6 +328,6 @@ def serve_until_signal(export_dir: str | Path, options: ServeOptions, *, log: Ca
             signal.signal(s, h)
 
 
-__all__ = ["CPU_DEFAULT_BACKEND", "LOOPBACK", "MODEL_VERSION", "UNCHECKED", "BadRequest", "ModelServer", "ServeError",
+__all__ = ["BATCH_OUTPUT", "CPU_DEFAULT_BACKEND", "LOOPBACK", "MODEL_VERSION", "UNCHECKED", "BadRequest", "ModelServer", "ServeError",
            "ServeOptions", "artifact_of", "default_backend_name", "free_port", "interpreter_problem",
            "make_infer_function", "model_name_of", "parity_rows", "parity_verdict", "serve_until_signal"]

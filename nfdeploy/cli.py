@@ -356,6 +356,7 @@ def serve(
                                           "else the fastest that passed parity)."),
     max_batch: int = typer.Option(32, help="Largest batch Triton's dynamic batcher forms."),
     max_queue_delay_us: int = typer.Option(1000, help="How long a request may wait for others to batch with (µs)."),
+    max_queue_size: Optional[int] = typer.Option(None, help="Requests queued at most before Triton rejects (default 4 × max batch)."),
     instances: int = typer.Option(1, help="Model instances (each its own backend)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU intra-op threads per instance."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
@@ -365,7 +366,8 @@ def serve(
     """Serve one backend of an export with a real Triton server (PyTriton) and dynamic batching; Ctrl-C/SIGTERM stops."""
     from nfdeploy.serve.server import ServeOptions, serve_until_signal
 
-    opts = ServeOptions(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances,
+    opts = ServeOptions(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                        max_queue_size=max_queue_size, instances=instances,
                         threads=threads, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                         allow_unchecked=allow_unchecked)
     raise typer.Exit(serve_until_signal(export_dir, opts, log=typer.echo))

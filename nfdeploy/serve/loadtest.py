@@ -66,7 +66,7 @@ class Tally:
 
     def add_error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
-        self.messages.setdefault(kind, one_line(message, 300, with_type=False))
+        self.messages.setdefault(kind, one_line(message, 4000, with_type=False))
 
 
 def error_kind(e: BaseException) -> str:
@@ -148,7 +148,9 @@ class Client:
     def infer(self, x: np.ndarray, timeout_s: float, dtype: str = "FP32") -> tuple[np.ndarray, np.ndarray]:
         inp = self.grpc.InferInput(self.input_name, list(x.shape), dtype)
         inp.set_data_from_numpy(x)
-        r = self.conn.infer(self.model, [inp], model_version=str(MODEL_VERSION), client_timeout=timeout_s)
+        # timeout: the server drops the request from its queue when the client has given up on it
+        r = self.conn.infer(self.model, [inp], model_version=str(MODEL_VERSION), client_timeout=timeout_s,
+                            timeout=int(timeout_s * 1e6))
         return r.as_numpy(self.output_name), r.as_numpy(BATCH_OUTPUT)
 
     def close(self) -> None:
@@ -352,7 +354,7 @@ def fault_disconnect(url: str, model: str, names: tuple[str, str], exp: Expectat
     client = Client(url, model, *names)
     inp = client.grpc.InferInput(names[0], [1, *exp.x.shape[1:]], "FP32")
     inp.set_data_from_numpy(exp.x[:1])
-    client.conn.async_infer(model, [inp], callback=lambda *a: None, model_version=str(MODEL_VERSION))
+    client.conn.async_infer(model, [inp], callback=lambda *a, **k: None, model_version=str(MODEL_VERSION))
     client.close()  # mid-request
     time.sleep(0.2)
     after = Client(url, model, *names)
@@ -491,6 +493,7 @@ def loadtest(export_dir: str | Path, out_dir: str | Path, opts: LoadOptions | No
                                  LoadOptions(**{**asdict(opts), "max_windows": 3}), timeout_s=t)
             overload["client_timeout_s"] = t
             overload["ready_after"] = _ready(url)
+            overload["drained_after_s"] = _drain(url, facts["model"], names, exp)
             log(f"overload {opts.overload} at timeout {t * 1e3:.1f} ms: errors {overload['errors']}, ready after: {overload['ready_after']}")
         faults: dict[str, Any] = {}
         if opts.faults:
@@ -525,6 +528,17 @@ def _ready(url: str) -> bool:
         return False
     finally:
         conn.close()
+
+
+def _drain(url: str, model: str, names: tuple[str, str], exp: Expectation, timeout_s: float = 60.0) -> float:
+    """Seconds until a request sent now is answered: the queue the overload left behind has drained."""
+    client = Client(url, model, *names)
+    t = time.perf_counter()
+    try:
+        client.infer(exp.x[:1], timeout_s)
+    finally:
+        client.close()
+    return time.perf_counter() - t
 
 
 def speed_ratios(rows: list[dict[str, Any]], exp: Expectation, export_dir: str | Path, backend: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class ServeOptions:
     backend: str | None = None  # None: CPU_DEFAULT_BACKEND without a GPU, else the fastest that passed parity
     max_batch: int = 32
     max_queue_delay_us: int = 1000
+    max_queue_size: int | None = None  # requests waiting at most (None: 4 × max_batch); beyond it Triton rejects
     instances: int = 1
     host: str = LOOPBACK
     http_port: int = 8000
@@ -180,6 +181,7 @@ class ModelServer:
         self.log = log
         self._triton: Any = None
         self._backends: list[Backend] = []
+        self._chosen: list[Backend] = []
         self.parameters: dict[str, str] = {}
         self.log_file = Path(self.options.log_file or Path(tempfile.gettempdir()) / f"nfdeploy-serve-{os.getpid()}.log")
 
@@ -205,6 +207,22 @@ class ModelServer:
                                  "(--allow-unchecked serves it anyway and says so in the model's parameters)")
         return picked, verdict, source.manifest
 
+    def prepare(self) -> "ModelServer":
+        """Choose and check the backend(s) and state the model's parameters; starts nothing."""
+        opts = self.options
+        if opts.max_batch < 1 or opts.instances < 1 or opts.max_queue_delay_us < 0:
+            raise ServeError("--max-batch and --instances must be >= 1 and --max-queue-delay-us >= 0")
+        backends, verdict, manifest = self._choose()
+        file, sha = artifact_of(backends[0], self.export_dir, manifest)
+        self.model_name = model_name_of(manifest)
+        self.io_names = (manifest["input"]["name"], manifest["output"]["name"])
+        self.parameters = {"nfdeploy.backend": backends[0].name, "nfdeploy.parity": verdict,
+                           "nfdeploy.checked": "no" if verdict != "pass" else "yes",
+                           "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
+                           "nfdeploy.artifact": file, "nfdeploy.artifact_sha256": sha}
+        self._chosen = backends
+        return self
+
     def start(self) -> "ModelServer":
         require("pytriton", "serve")
         problem = interpreter_problem()
@@ -212,26 +230,20 @@ class ModelServer:
             raise ServeError(problem)
         use_own_libpython()
         opts = self.options
-        if opts.max_batch < 1 or opts.instances < 1 or opts.max_queue_delay_us < 0:
-            raise ServeError("--max-batch and --instances must be >= 1 and --max-queue-delay-us >= 0")
         for what, port in (("http", opts.http_port), ("grpc", opts.grpc_port), ("metrics", opts.metrics_port)):
             check_port_free(opts.host, port, what)
-        backends, verdict, manifest = self._choose()
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        self.prepare()
+        backends = self._chosen
+        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
         c, h, w = backends[0].input_shape
-        in_name, out_name = manifest["input"]["name"], manifest["output"]["name"]
+        in_name, out_name = self.io_names
+        self._backends = backends
         try:
             for b in backends:
                 b.activate()
             n_out = backends[0].run(np.zeros((1, c, h, w), np.float32)).shape[1:]  # output dims, and a warm-up
-            file, sha = artifact_of(backends[0], self.export_dir, manifest)
-            self.model_name = model_name_of(manifest)
-            self.parameters = {"nfdeploy.backend": backends[0].name, "nfdeploy.parity": verdict,
-                               "nfdeploy.checked": "no" if verdict != "pass" else "yes",
-                               "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
-                               "nfdeploy.artifact": file, "nfdeploy.artifact_sha256": sha}
             config = TritonConfig(http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host,
                                   grpc_port=opts.grpc_port, metrics_address=opts.host, metrics_port=opts.metrics_port,
                                   exit_timeout_secs=opts.exit_timeout_s, log_verbose=0,
@@ -246,7 +258,8 @@ class ModelServer:
                               outputs=[Tensor(name=out_name, dtype=np.float32, shape=tuple(int(d) for d in n_out)),
                                        Tensor(name=BATCH_OUTPUT, dtype=np.int32, shape=(1,))],
                               config=ModelConfig(max_batch_size=opts.max_batch,
-                                                 batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us)),
+                                                 batcher=DynamicBatcher(max_queue_delay_microseconds=opts.max_queue_delay_us,
+                                                                        default_queue_policy=self.queue_policy(QueuePolicy))),
                               strict=True)
             self._add_parameters()
             self._triton.run()
@@ -254,8 +267,14 @@ class ModelServer:
         except BaseException:
             self.stop()
             raise
-        self._backends = backends
         return self
+
+    def queue_policy(self, policy_type: Any) -> Any:
+        # A bounded queue, and a client's own timeout honoured by the server: under overload a request
+        # is rejected at once or dropped from the queue when its client has given up, instead of a
+        # backlog the server keeps computing after nobody waits for it.
+        size = self.options.max_queue_size if self.options.max_queue_size is not None else 4 * self.options.max_batch
+        return policy_type(max_queue_size=size, allow_timeout_override=True)
 
     def _add_parameters(self) -> None:
         # PyTriton has no public way to add config parameters; they go where its own backend

@@ -70,10 +70,13 @@ class Tally:
 
 
 def error_kind(e: BaseException) -> str:
+    """timeout (the client gave up), rejected (the server refused: bad input, a full queue), connection."""
     status = str(getattr(e, "status", lambda: "")() or "")
     text = str(e)
     if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in text:
         return "timeout"
+    if "maximum queue size" in text:
+        return "rejected"
     if "UNAVAILABLE" in status or "CANCELLED" in status or "failed to connect" in text.lower():
         return "connection"
     if status:
@@ -148,9 +151,7 @@ class Client:
     def infer(self, x: np.ndarray, timeout_s: float, dtype: str = "FP32") -> tuple[np.ndarray, np.ndarray]:
         inp = self.grpc.InferInput(self.input_name, list(x.shape), dtype)
         inp.set_data_from_numpy(x)
-        # timeout: the server drops the request from its queue when the client has given up on it
-        r = self.conn.infer(self.model, [inp], model_version=str(MODEL_VERSION), client_timeout=timeout_s,
-                            timeout=int(timeout_s * 1e6))
+        r = self.conn.infer(self.model, [inp], model_version=str(MODEL_VERSION), client_timeout=timeout_s)
         return r.as_numpy(self.output_name), r.as_numpy(BATCH_OUTPUT)
 
     def close(self) -> None:
@@ -401,8 +402,9 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     raise ServeError(f"`nfdeploy serve` exited with {self.proc.returncode} before it was ready"
                                      + (f" (log: {self.log_file})" if self.log_file else ""))
-                try:
-                    if conn.is_server_ready():
+                try:  # PyTriton loads the model after the server is up: wait for a ready model
+                    stats = conn.get_inference_statistics(as_json=True).get("model_stats", [])
+                    if stats and conn.is_model_ready(stats[0]["name"], str(MODEL_VERSION)):
                         return self
                 except Exception:  # noqa: BLE001 - not up yet
                     pass
@@ -531,14 +533,21 @@ def _ready(url: str) -> bool:
 
 
 def _drain(url: str, model: str, names: tuple[str, str], exp: Expectation, timeout_s: float = 60.0) -> float:
-    """Seconds until a request sent now is answered: the queue the overload left behind has drained."""
+    """Seconds until a request is answered again: the queue the overload left behind has drained
+    (a probe the full queue rejects is sent again, until `timeout_s`)."""
     client = Client(url, model, *names)
     t = time.perf_counter()
     try:
-        client.infer(exp.x[:1], timeout_s)
+        while True:
+            try:
+                client.infer(exp.x[:1], timeout_s)
+                return time.perf_counter() - t
+            except Exception as e:  # noqa: BLE001
+                if error_kind(e) != "rejected" or time.perf_counter() - t > timeout_s:
+                    raise
+                time.sleep(0.01)
     finally:
         client.close()
-    return time.perf_counter() - t
 
 
 def speed_ratios(rows: list[dict[str, Any]], exp: Expectation, export_dir: str | Path, backend: str) -> dict[str, Any]:

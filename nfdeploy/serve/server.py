@@ -270,11 +270,12 @@ class ModelServer:
         return self
 
     def queue_policy(self, policy_type: Any) -> Any:
-        # A bounded queue, and a client's own timeout honoured by the server: under overload a request
-        # is rejected at once or dropped from the queue when its client has given up, instead of a
-        # backlog the server keeps computing after nobody waits for it.
+        # A bounded queue: under overload a request is rejected at once instead of joining a backlog the
+        # server keeps computing after its clients gave up. (Per-request server-side timeouts are left
+        # off: with PyTriton 0.7, requests dropped from the queue by timeout kept the model from
+        # unloading, and every stop waited out the full exit timeout.)
         size = self.options.max_queue_size if self.options.max_queue_size is not None else 4 * self.options.max_batch
-        return policy_type(max_queue_size=size, allow_timeout_override=True)
+        return policy_type(max_queue_size=size)
 
     def _add_parameters(self) -> None:
         # PyTriton has no public way to add config parameters; they go where its own backend

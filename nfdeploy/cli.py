@@ -385,9 +385,11 @@ def package(
     from nfdeploy.serve.repository import check_repository, package_export
 
     repo = package_export(export_dir, out, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us)
-    for model, problems in check_repository(repo, export_dir).items():
+    checks = check_repository(repo, export_dir)
+    for model, problems in checks.items():
         typer.echo(f"{model}: {'ok' if not problems else '; '.join(problems)}")
     typer.echo(str(repo))
+    raise typer.Exit(1 if any(checks.values()) else 0)
 
 
 @app.command()

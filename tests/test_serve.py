@@ -138,3 +138,48 @@ def test_interpreter_without_a_shared_libpython_is_named(monkeypatch):
     monkeypatch.setattr(sysconfig, "get_config_var", lambda k: 0 if k == "Py_ENABLE_SHARED" else real(k))
     msg = interpreter_problem()
     assert sys.executable in msg and "shared libpython" in msg and "PYTHON=" in msg and "\n" not in msg
+
+
+def test_package_writes_a_repository_triton_parses(export_dir, tmp_path):
+    from nfdeploy.serve.repository import check_repository, describe_repository
+
+    r = run_cli("package", str(export_dir), "--out", str(tmp_path / "repo"), "--max-batch", "16", timeout=300)
+    assert r.returncode == 0 and "nf_resnet_c8: ok" in r.stdout, r.stdout + r.stderr
+    cfg = describe_repository(tmp_path / "repo")["nf_resnet_c8"]
+    assert cfg["platform"] == "onnxruntime_onnx" and cfg["maxBatchSize"] == 16
+    assert cfg["input"][0]["dims"] == ["3", "16", "16"] and cfg["output"][0]["dims"] == ["4"]
+    assert cfg["instanceGroup"] == [{"kind": "KIND_CPU", "count": 1}] and "preferredBatchSize" not in cfg["dynamicBatching"]
+    assert [w["batchSize"] for w in cfg["modelWarmup"]] == [1, 16]
+    assert cfg["parameters"]["intra_op_thread_count"]["stringValue"] == str(len(os.sched_getaffinity(0)))
+    assert check_repository(tmp_path / "repo", export_dir) == {"nf_resnet_c8": []}
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (("max_batch_size: 16", "max_batch_sise: 16"), "does not parse"),          # a misspelled field
+    (("kind: KIND_CPU", "kind: KIND_CPUS"), "does not parse"),                  # an unknown enum value
+    (("dims: [ 4 ]", "dims: [ 5 ]"), "differs from the ONNX graph"),            # a wrong dim
+    (('platform: "onnxruntime_onnx"', 'platform: "onnx_runtime"'), "not one Triton knows"),
+    (("dynamic_batching { ", "dynamic_batching { preferred_batch_size: [ 4 ] "), "preferred_batch_size"),
+    (("max_batch_size: 16", "max_batch_size: 1"), "warm-up"),                  # warm-up above the max batch
+])
+def test_a_broken_config_fails_its_check(export_dir, tmp_path, breakage, expected):
+    from nfdeploy.serve.repository import check_repository, package_export
+
+    repo = package_export(export_dir, tmp_path / "repo", max_batch=16)
+    cfg = repo / "nf_resnet_c8" / "config.pbtxt"
+    old, new = breakage
+    assert old in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(old, new, 1))
+    problems = check_repository(repo, export_dir)["nf_resnet_c8"]
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_changed_model_file_fails_its_check(export_dir, tmp_path):
+    from nfdeploy.serve.repository import check_repository, package_export
+
+    repo = package_export(export_dir, tmp_path / "repo")
+    with open(repo / "nf_resnet_c8" / "1" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert check_repository(repo, export_dir)["nf_resnet_c8"] == ["1/model.onnx: sha256 matches no file of the export's manifest"]
+    (repo / "nf_resnet_c8" / "1" / "model.onnx").unlink()
+    assert check_repository(repo, export_dir)["nf_resnet_c8"] == ["the file it names, 1/model.onnx, is missing"]

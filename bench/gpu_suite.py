@@ -17,6 +17,11 @@ log) after every step, so a run cut short returns every step it finished (at mos
    PYTHONPATH (docs/gpu-runbook.md); nf_resnet50's ONNX is exported here, from the same seeded weights.
 4. TensorRT-RTX: what the builder said on the CPU machine (the bundle's trt_rtx.json) and what the runtime
    says on this GPU, when tensorrt_rtx is importable here.
+5. serving: `nfdeploy serve` (a real Triton server, PyTriton) on each GPU backend of the digits export in
+   turn, load-tested at concurrency 1, 4, 16 with every response compared bitwise to the same sample alone
+   (nfdeploy.serve.loadtest); on a machine without a GPU, onnxruntime-cpu-fp32. Needs nfdeploy[serve] and an
+   interpreter with a shared libpython; a step that cannot start a server records why. Not in the default
+   --phase list: ask for it (--phase 5).
 
 Without a GPU every CUDA backend is reported as skipped with its reason, and the CPU backends run: the
 same command rehearses the suite on a CPU machine. No number is written for anything that did not run.
@@ -47,8 +52,8 @@ from bench.gpu.sources import (model_flops, read_bundle_info, relocate_bundle, t
 from bench.gpu.steps import Phase, one_line, write_json  # noqa: E402
 
 TITLES = {1: "torch parity and batch invariance", 2: "latency (torch CUDA)", 3: "ONNX Runtime CUDA EP",
-          4: "TensorRT-RTX"}
-DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0}
+          4: "TensorRT-RTX", 5: "serving (Triton, concurrency sweep)"}
+DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0, 5: 240.0}
 TORCH_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 INVARIANCE_MODES = ("eager", "cudagraph")
 
@@ -374,6 +379,29 @@ class Suite:
             ph.skip("TensorRT-RTX build record", f"{built} not in the bundle")
         ph.step("TensorRT-RTX runtime on this GPU", lambda: self.trt_rtx_runtime(ph), limit=60)
         ph.save()
+
+    def phase5(self) -> None:
+        ph = self.phase(5)
+        backends = (["onnxruntime-cuda-fp32", "torch-cuda-fp32-folded-eager", "torch-cuda-fp16-folded-eager"]
+                    if self.cuda else ["onnxruntime-cpu-fp32"])
+        for backend in backends:
+            ph.step(f"serve + loadtest nf_digits {backend}", lambda backend=backend: self.serve_sweep(
+                ph, self.digits_export(), backend), limit=max(30.0, ph.left() / 2), reserve=10)
+        ph.save()
+
+    def serve_sweep(self, ph: Phase, export: Path, backend: str) -> dict[str, Any]:
+        from nfdeploy.serve.loadtest import LoadOptions, loadtest
+
+        opts = LoadOptions(concurrency=(1, 4, 16), window_s=0.5 if self.args.tiny else 1.0, max_windows=3 if self.args.tiny else 6,
+                           samples=16, overload=0, faults=False)
+        rep = loadtest(export, ph.dir / f"loadtest-{backend}", opts, serve_backend=backend, max_batch=32,
+                       max_queue_delay_us=500, log=lambda m: self.log("   " + str(m)))
+        rows = [{"concurrency": r["concurrency"], "throughput_ips": r["throughput_ips"], "p50_ms": r["p50_ms"],
+                 "p99_ms": r["p99_ms"], "batches": r["batch_stats"], "bitwise_share": r["correctness"].get("bitwise_share"),
+                 "max_ulp": r["correctness"].get("max_ulp"), "errors": sum(r["errors"].values())} for r in rep["levels"]]
+        ph.summary["results"][f"serving {backend}"] = {"levels": rows, "speed": rep["speed"],
+                                                       "parity": rep["served"]["parameters"].get("nfdeploy.parity")}
+        return {"levels": len(rows), "min_bitwise_share": min(r["bitwise_share"] or 0 for r in rows)}
 
     def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
         """Deserialize the carried engine with tensorrt_rtx's own runtime and record every message it logs."""

@@ -91,6 +91,8 @@ def test_loadtest_every_response_equals_the_sample_alone(export_dir, tmp_path):
     assert faults["disconnect"] == {"ready_after": True, "bitwise_after": True}
     assert faults["restart"]["first_exit_code"] == 0 and faults["restart"]["bitwise_identical"]
     assert rep["server_exit_code"] == 0
+    log = (tmp_path / "lt-server.log").read_text()  # what `nfdeploy serve` printed, both times it ran
+    assert log.count("\nready\n") == 2 and log.count("  grpc: 127.0.0.1:") == 2 and "draining" in log
     assert (tmp_path / "lt" / "loadtest.md").is_file() and (tmp_path / "lt" / "loadtest.png").is_file()
     assert json.loads((tmp_path / "lt" / "loadtest.json").read_text())["levels"][0]["concurrency"] == 1
 

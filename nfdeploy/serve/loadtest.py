@@ -393,7 +393,11 @@ class ServerProcess:
                "--max-queue-delay-us", str(self.delay), *[a for k, p in self.ports.items() for a in (f"--{k}-port", str(p))],
                *(["--backend", self.backend] if self.backend else []), *self.extra]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_file:
+                out.close()  # the child has its own descriptor
         grpc = require("tritonclient.grpc", "serve")
         conn = grpc.InferenceServerClient(self.url)
         deadline = time.monotonic() + ready_timeout_s

@@ -125,7 +125,7 @@ def default_backend_name(export_dir: str | Path, backends: list[Backend]) -> str
 
 def artifact_of(backend: Backend, export_dir: Path, manifest: dict[str, Any]) -> tuple[str, str]:
     """(file, sha256) of what the backend runs: its ONNX file or engine, or the run's weights for torch."""
-    for attr in ("path", "engine_path", "_path", "_engine_path"):
+    for attr in ("path", "engine_path"):  # OrtBackend.path, TensorRTBackend.engine_path
         p = getattr(backend, attr, None)
         if isinstance(p, (str, Path)) and Path(p).is_file():
             return Path(p).name, sha256_file(p)

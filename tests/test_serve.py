@@ -121,6 +121,10 @@ def test_refusals_need_no_server(export_dir, tmp_path):
     (default_report_dir(failed) / "parity.json").write_text(json.dumps(report))
     with pytest.raises(ServeError, match="parity verdict is FAIL; refusing"):
         ModelServer(failed, ServeOptions(**ports())).start()
+    warnings = []
+    allowed = ModelServer(failed, ServeOptions(allow_unchecked=True), log=warnings.append).prepare()
+    assert allowed.parameters["nfdeploy.parity"] == "FAIL" and allowed.parameters["nfdeploy.allow_unchecked"] == "yes"
+    assert allowed.parameters["nfdeploy.checked"] == "no" and len(warnings) == 1 and "FAIL" in warnings[0]
     with pytest.raises(ServeError, match="no such backend"):
         ModelServer(export_dir, ServeOptions(backend="onnxruntime-cpu-fp64", **ports())).start()
     with socket.socket() as taken:

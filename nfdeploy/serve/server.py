@@ -199,12 +199,13 @@ class ModelServer:
         if reason:
             raise ServeError(f"--backend {name} cannot run here: {reason}")
         verdict = parity_verdict(self.export_dir, name)
-        if verdict != "pass" and not opts.allow_unchecked:
-            if verdict == UNCHECKED:
-                self.log(f"warning: no parity verdict for {name} (run `nfdeploy parity {self.export_dir}`); serving it as unchecked")
-            else:
-                raise ServeError(f"{name}: its parity verdict is {verdict}; refusing to serve it "
-                                 "(--allow-unchecked serves it anyway and says so in the model's parameters)")
+        if verdict == UNCHECKED:
+            self.log(f"warning: no parity verdict for {name} (run `nfdeploy parity {self.export_dir}`); serving it as unchecked")
+        elif verdict != "pass" and not opts.allow_unchecked:
+            raise ServeError(f"{name}: its parity verdict is {verdict}; refusing to serve it "
+                             "(--allow-unchecked serves it anyway and says so in the model's parameters)")
+        elif verdict != "pass":
+            self.log(f"warning: serving {name} although its parity verdict is {verdict} (--allow-unchecked)")
         return picked, verdict, source.manifest
 
     def prepare(self) -> "ModelServer":

@@ -376,6 +376,14 @@ def sequential_outputs(url: str, model: str, names: tuple[str, str], exp: Expect
 
 
 # ------------------------------------------------------------------------------ a served export
+def _term_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the load test's process dies, however it dies, so no
+    server outlives the load test that started it (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class ServerProcess:
     """`nfdeploy serve EXPORT` in a child process on free loopback ports (its CPU time is not the
     client's); stopped with SIGTERM, which drains in-flight requests."""
@@ -394,7 +402,8 @@ class ServerProcess:
                *(["--backend", self.backend] if self.backend else []), *self.extra]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=_term_with_parent if sys.platform == "linux" else None)
         finally:
             if self.log_file:
                 out.close()  # the child has its own descriptor

@@ -17,6 +17,11 @@ log) after every step, so a run cut short returns every step it finished (at mos
    PYTHONPATH (docs/gpu-runbook.md); nf_resnet50's ONNX is exported here, from the same seeded weights.
 4. TensorRT-RTX: what the builder said on the CPU machine (the bundle's trt_rtx.json) and what the runtime
    says on this GPU, when tensorrt_rtx is importable here.
+5. serving: `nfdeploy serve` (a real Triton server, PyTriton) on each GPU backend of the digits export in
+   turn, load-tested at concurrency 1, 4, 16 with every response compared bitwise to the same sample alone
+   (nfdeploy.serve.loadtest); on a machine without a GPU, onnxruntime-cpu-fp32. Needs nfdeploy[serve] and an
+   interpreter with a shared libpython; a step that cannot start a server records why. Not in the default
+   --phase list: ask for it (--phase 5).
 
 Without a GPU every CUDA backend is reported as skipped with its reason, and the CPU backends run: the
 same command rehearses the suite on a CPU machine. No number is written for anything that did not run.
@@ -49,8 +54,8 @@ from bench.gpu.steps import Phase, write_json  # noqa: E402
 from nfdeploy.errors import one_line  # noqa: E402
 
 TITLES = {1: "torch parity and batch invariance", 2: "latency (torch CUDA)", 3: "ONNX Runtime CUDA EP",
-          4: "TensorRT-RTX"}
-DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0}
+          4: "TensorRT-RTX", 5: "serving (Triton, concurrency sweep)"}
+DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0, 5: 240.0}
 TORCH_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 INVARIANCE_MODES = ("eager", "cudagraph")
 
@@ -232,6 +237,203 @@ class Suite:
         write_json(ph.dir / f"invariance-{name}.json", matrix)
         ph.summary["results"][f"batch invariance {name}"] = {"matrix": matrix,
                                                              "markdown": markdown_table(matrix_rows(matrix))}
+        return {"rows": len(matrix)}
+
+    def train_digits(self) -> dict[str, Any]:
+        from nfdeploy.config import load_recipe
+        from nfdeploy.train import train
+
+        t = time.perf_counter()
+        res = train(load_recipe("nf_digits", {"train.epochs": self.plan.train_epochs}), self.runs / "nf_digits-gpu",
+                    progress=False, log=lambda m: self.log("   " + str(m)))
+        return {"epochs": self.plan.train_epochs, "seconds": time.perf_counter() - t,
+                **{k: res.summary.get(k) for k in ("test_accuracy", "device", "best_test_accuracy") if k in res.summary}}
+
+    def phase2(self) -> None:
+        ph = self.phase(2)
+        precs = TORCH_PRECISIONS if self.cuda else ("fp32",)
+        peaks: dict[str, list[dict[str, Any]]] = {}
+
+        def measure_peaks(when: str) -> dict[str, Any]:
+            for prec in precs:
+                try:
+                    pk = cuda_matmul_peak(prec) if self.dev == "cuda" else cpu_matmul_peak()
+                    peaks.setdefault(prec, []).append({**pk, "tflops": pk["gflops"] / 1e3, "when": when})
+                except Exception as e:  # noqa: BLE001
+                    ph.skip(f"matmul peak {prec} ({when})", one_line(e, 200))
+            ph.summary["results"]["matmul peak"] = peaks
+            return {p: round(v[-1]["tflops"], 2) for p, v in peaks.items()}
+
+        ph.step("matmul peak (before)", lambda: measure_peaks("before the model timings"), limit=40)
+        if not self.cuda:
+            ph.skip("torch CUDA latency", "no CUDA device visible to torch: the CPU fp32 backends stand in")
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
+            share = self.plan.bench_budget[name]
+            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn, share=share: self.bench_torch(
+                ph, name, export_fn(), max(ph.left() - 40, 10) * share), limit=None, reserve=35)
+            gc.collect()
+            if self.cuda:
+                torch.cuda.empty_cache()
+        ph.step("matmul peak (after)", lambda: measure_peaks("after the model timings"), limit=40, reserve=2)
+        ph.step("TFLOP/s and share of peak", lambda: self.flops_table(ph), limit=60, reserve=1)
+        ph.save()
+
+    def bench_torch(self, ph: Phase, name: str, export: Path, budget: float) -> dict[str, Any]:
+        from nfdeploy.backends import export_backends, load_export_source
+        from nfdeploy.bench import bench_report
+
+        source = load_export_source(export)
+        if self.cuda:
+            modes = INVARIANCE_MODES + (("compile",) if self.args.compile else ())
+            own = [b for b in export_backends(source, compile=self.args.compile, tensorrt=False)
+                   if b.name.startswith("torch-cuda")]
+            backends = unfolded_backends(source, TORCH_PRECISIONS, modes) + own + \
+                twin_backends(source, TORCH_PRECISIONS, modes, "cuda")
+        else:
+            own = [b for b in export_backends(source, compile=False, tensorrt=False)
+                   if b.name.startswith("torch-cpu-fp32")]
+            backends = own + twin_backends(source, ("fp32",), ("",), "cpu")
+        # Call as it is now; the parallel bench branch adds interleaved rounds (switch them on here after merging).
+        rep = bench_report(source, ph.dir / f"bench-{name}", batches=self.plan.batches, min_time=1.0, warmup=0.5,
+                           compare=False, budget_s=budget, backends=backends, log=lambda m: self.log("   " + str(m)))
+        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
+        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
+
+    def flops_table(self, ph: Phase) -> dict[str, Any]:
+        from nfdeploy.backends import load_export_source
+        from nfdeploy.reports import markdown_table
+
+        peaks = ph.summary["results"].get("matmul peak", {})
+        rows = []
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
+            lat = ph.summary["results"].get(f"latency {name}")
+            if not lat:
+                continue
+            source = load_export_source(export_fn())
+            # The unfolded model has the same convolutions and matmuls as the folded one (WS convs are convs).
+            gflop = 2 * torch_macs(source.model, source.input_shape) / 1e9
+            for r in lat["results"]:
+                prec = r["precision"]
+                peak = [p["tflops"] for p in peaks.get(prec, [])]
+                tflops = gflop * r["batch"] / (r["median_ms"] * 1e-3) / 1e3
+                rows.append({"model": name, "backend": r["backend"], "batch": r["batch"], "GFLOP/img": round(gflop, 4),
+                             "median ms": r["median_ms"], "metric": r["metric"], "TFLOP/s": tflops,
+                             "matmul peak TFLOP/s": max(peak) if peak else None,
+                             "share of peak": tflops / max(peak) if peak else None})
+        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of convolutions and matmuls (torch.utils.flop_counter) of the NF model per "
+                                                     "image (the twin has the same convs); peak = best of the matmul "
+                                                     "peaks measured before/after in this run, same precision",
+                                           "rows": rows})
+        ph.summary["results"]["TFLOP/s"] = {"rows": len(rows), "markdown": markdown_table(rows, floatfmt="{:.4g}")}
+        return {"rows": len(rows)}
+
+    def phase3(self) -> None:
+        ph = self.phase(3)
+        caps = ph.step("onnxruntime", lambda: capabilities()["onnxruntime"], limit=60)
+        cuda_ep = bool(caps and "CUDAExecutionProvider" in caps.get("providers", []))
+        if not cuda_ep:
+            ph.skip("ONNX Runtime CUDA EP", "CUDAExecutionProvider not available: " + json.dumps(caps)[:300]
+                    + " (install onnxruntime-gpu first: docs/gpu-runbook.md)")
+        only = ["onnxruntime-cuda"] if cuda_ep else ["onnxruntime-cpu"]
+
+        def parity(name: str, export: Path, samples: int, inv: int) -> dict[str, Any]:
+            rep = run_parity(export, ph.dir / f"parity-{name}", only=only + ["onnxruntime-cpu-fp32"], max_samples=samples,
+                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)))
+            ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
+            return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
+
+        p = self.plan
+        ph.step("parity nf_digits (carried ONNX)", lambda: parity("nf_digits", self.digits_export(), p.digits_samples,
+                                                                  p.digits_invariance), limit=60)
+        ph.step("export nf_resnet50 (fp32, fp16 ONNX)", lambda: {"dir": str(self.r50_onnx_export())}, limit=150)
+        if (self.exports / "nf_resnet50" / "manifest.json").is_file():
+            ph.step("parity nf_resnet50", lambda: parity("nf_resnet50", self.exports / "nf_resnet50", p.r50_samples,
+                                                         p.r50_invariance), limit=60)
+        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", lambda: self.exports / "nf_resnet50")):
+            if not (export_fn() / "manifest.json").is_file():
+                ph.skip(f"ONNX Runtime latency {name}", "no ONNX export")
+                continue
+            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn: self.bench_ort(
+                ph, name, export_fn(), only, max(ph.left() - 10, 5) * (0.4 if name == "nf_digits" else 1.0)),
+                reserve=5)
+        ph.save()
+
+    def bench_ort(self, ph: Phase, name: str, export: Path, only: list[str], budget: float) -> dict[str, Any]:
+        from nfdeploy.bench import bench_report
+
+        rep = bench_report(export, ph.dir / f"bench-{name}", batches=self.plan.batches, only=only, min_time=1.0,
+                           warmup=0.5, compare=False, budget_s=budget, log=lambda m: self.log("   " + str(m)))
+        ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
+        return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
+
+    def phase4(self) -> None:
+        ph = self.phase(4)
+        built = self.args.bundle / "trt_rtx.json"
+        if built.is_file():
+            ph.summary["results"]["TensorRT-RTX build (CPU machine)"] = json.loads(built.read_text())
+        else:
+            ph.skip("TensorRT-RTX build record", f"{built} not in the bundle")
+        ph.step("TensorRT-RTX runtime on this GPU", lambda: self.trt_rtx_runtime(ph), limit=60)
+        ph.save()
+
+    def phase5(self) -> None:
+        ph = self.phase(5)
+        backends = (["onnxruntime-cuda-fp32", "torch-cuda-fp32-folded-eager", "torch-cuda-fp16-folded-eager"]
+                    if self.cuda else ["onnxruntime-cpu-fp32"])
+        for backend in backends:
+            ph.step(f"serve + loadtest nf_digits {backend}", lambda backend=backend: self.serve_sweep(
+                ph, self.digits_export(), backend), limit=max(30.0, ph.left() / 2), reserve=10)
+        ph.save()
+
+    def serve_sweep(self, ph: Phase, export: Path, backend: str) -> dict[str, Any]:
+        from nfdeploy.serve.loadtest import LoadOptions, loadtest
+
+        opts = LoadOptions(concurrency=(1, 4, 16), window_s=0.5 if self.args.tiny else 1.0, max_windows=3 if self.args.tiny else 6,
+                           samples=16, overload=0, faults=False)
+        rep = loadtest(export, ph.dir / f"loadtest-{backend}", opts, serve_backend=backend, max_batch=32,
+                       max_queue_delay_us=500, log=lambda m: self.log("   " + str(m)))
+        rows = [{"concurrency": r["concurrency"], "throughput_ips": r["throughput_ips"], "p50_ms": r["p50_ms"],
+                 "p99_ms": r["p99_ms"], "batches": r["batch_stats"], "bitwise_share": r["correctness"].get("bitwise_share"),
+                 "max_ulp": r["correctness"].get("max_ulp"), "errors": sum(r["errors"].values())} for r in rep["levels"]]
+        ph.summary["results"][f"serving {backend}"] = {"levels": rows, "speed": rep["speed"],
+                                                       "parity": rep["served"]["parameters"].get("nfdeploy.parity")}
+        return {"levels": len(rows), "min_bitwise_share": min(r["bitwise_share"] or 0 for r in rows)}
+
+    def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
+        """Deserialize the carried engine with tensorrt_rtx's own runtime and record every message it logs."""
+        try:
+            import tensorrt_rtx as trt
+        except Exception as e:  # noqa: BLE001
+            ph.skip("TensorRT-RTX runtime", f"tensorrt_rtx is not importable here ({one_line(e, 200)}); its wheels "
+                                            "were not carried (over 100 MB: see docs/gpu-runbook.md)")
+            return {"importable": False}
+        if not self.cuda:
+            ph.skip("TensorRT-RTX runtime", "no CUDA device visible to torch: an engine cannot be deserialized here")
+            return {"importable": True, "cuda": False}
+        messages: list[str] = []
+
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                messages.append(f"{severity}: {msg}")
+
+        engines = sorted((self.args.bundle / "rtx").glob("*.engine"))
+        out: dict[str, Any] = {"version": trt.__version__, "engines": {}}
+        for path in engines:
+            runtime = trt.Runtime(Logger())
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            out["engines"][path.name] = {"deserialized": engine is not None, "messages": messages[:]}
+            messages.clear()
+        ph.summary["results"]["TensorRT-RTX runtime"] = out
+        return {"engines": len(engines)}
+
+
+def _machine() -> dict[str, Any]:
+    from nfdeploy.bench import machine_info
+
+    return machine_info()
 
 
 def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:

@@ -349,6 +349,85 @@ def list_models_cmd():
         typer.echo(f"  {name:28s} {desc}")
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{what} takes a comma list of integers, got {text!r}") from None
+
+
+@app.command()
+@friendly
+def serve(
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json; its parity report beside it)."),
+    backend: Optional[str] = typer.Option(None, help="Backend to serve (default: onnxruntime-cpu-fp32 without a GPU, "
+                                          "else the fastest that passed parity)."),
+    max_batch: int = typer.Option(32, help="Largest batch Triton's dynamic batcher forms."),
+    max_queue_delay_us: int = typer.Option(1000, help="How long a request may wait for others to batch with (µs)."),
+    max_queue_size: Optional[int] = typer.Option(None, help="Requests queued at most before Triton rejects (default 4 × max batch)."),
+    instances: int = typer.Option(1, help="Model instances (each its own backend)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU intra-op threads per instance."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    http_port: int = typer.Option(8000), grpc_port: int = typer.Option(8001), metrics_port: int = typer.Option(8002),
+    allow_unchecked: bool = typer.Option(False, "--allow-unchecked", help="Serve a backend that failed parity (said in its parameters)."),
+):
+    """Serve one backend of an export with a real Triton server (PyTriton) and dynamic batching; Ctrl-C/SIGTERM stops."""
+    from nfdeploy.serve.server import ServeOptions, serve_until_signal
+
+    opts = ServeOptions(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                        max_queue_size=max_queue_size, instances=instances,
+                        threads=threads, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                        allow_unchecked=allow_unchecked)
+    raise typer.Exit(serve_until_signal(export_dir, opts, log=typer.echo))
+
+
+@app.command()
+@friendly
+def package(
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Triton model repository to write (replaced atomically)."),
+    max_queue_delay_us: int = typer.Option(1000, help="dynamic_batching max_queue_delay_microseconds."),
+    max_batch: int = typer.Option(32, help="max_batch_size of ONNX models (engines: within their profile)."),
+):
+    """A standard Triton model repository (config.pbtxt + model files) for Triton's own container, checked."""
+    from nfdeploy.serve.repository import check_repository, package_export
+
+    repo = package_export(export_dir, out, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us)
+    checks = check_repository(repo, export_dir)
+    for model, problems in checks.items():
+        typer.echo(f"{model}: {'ok' if not problems else '; '.join(problems)}")
+    typer.echo(str(repo))
+    raise typer.Exit(1 if any(checks.values()) else 0)
+
+
+@app.command()
+@friendly
+def loadtest(
+    export_dir: Path = typer.Argument(..., help="Export dir the server serves (for the batch-1 outputs)."),
+    url: Optional[str] = typer.Option(None, help="gRPC address of a running server (loopback); default: start one."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports/loadtest)."),
+    concurrency: str = typer.Option("1,2,4,8,16", help="Comma list of concurrency levels."),
+    backend: Optional[str] = typer.Option(None, help="Backend to serve (without --url) and compare against."),
+    max_batch: int = typer.Option(32), max_queue_delay_us: int = typer.Option(1000),
+    window_s: float = typer.Option(1.0, help="Measurement window (s)."),
+    max_windows: int = typer.Option(10, help="Windows per level at most."),
+    samples: int = typer.Option(32, help="Distinct seeded inputs."),
+    overload: int = typer.Option(64, help="Concurrency of an overload level with a short timeout (0: none)."),
+    faults: bool = typer.Option(True, "--faults/--no-faults", help="Bad requests, a disconnect, a restart."),
+):
+    """Concurrency sweep against a Triton server: throughput, latency percentiles, server times, batch sizes,
+    every response compared bitwise with the same sample alone, errors by kind, faults."""
+    from nfdeploy.backends import default_report_dir
+    from nfdeploy.serve.loadtest import LoadOptions, loadtest as run_loadtest
+
+    opts = LoadOptions(concurrency=_int_list(concurrency, "--concurrency"), window_s=window_s, max_windows=max_windows,
+                       samples=samples, overload=overload, faults=faults, backend=backend)
+    out = out or default_report_dir(export_dir) / "loadtest"
+    run_loadtest(export_dir, out, opts, url=url, serve_backend=backend, max_batch=max_batch,
+                 max_queue_delay_us=max_queue_delay_us, log=typer.echo)
+    typer.echo(f"report: {out}/loadtest.md")
+
+
 def main() -> None:
     app()
 

@@ -24,7 +24,7 @@ FLOORS: dict[str, int] = {
     "runtime": 5,
     "export": 6,
     "backends": 7, "parity": 7, "bench": 7, "per_block": 7, "batch_matrix": 7, "saved_outputs": 7,
-    "pipeline": 8, "cli": 8, "__main__": 8,
+    "pipeline": 8, "serve": 8, "cli": 8, "__main__": 8,
     "__init__": 0,  # the top package: __version__ only, imports nothing of nfdeploy
 }
 

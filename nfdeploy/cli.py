@@ -245,12 +245,20 @@ def parity(
     batch_matrix: bool = typer.Option(False, "--batch-matrix", help="Batch sizes 1..64 vs batch 1, beside the BN twin."),
     save_outputs: bool = typer.Option(False, "--save-outputs", help="Save outputs + provenance for `nfdeploy compare`."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads and ONNX Runtime intra-op threads."),
+    isa: Optional[str] = typer.Option(None, "--isa", help="Run in a child process with the CPU libraries capped at this "
+                                      "instruction set (sse41, avx, avx2, avx512_core, ...; recorded in the reports)."),
 ):
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
     from nfdeploy.parity import parity_report
 
     if max_samples < 1:
         raise CliError(f"--max-samples must be positive, got {max_samples}")
+    if isa is not None:
+        from nfdeploy.isa import check_isa, run_parity_under_isa
+
+        raise typer.Exit(run_parity_under_isa(check_isa(isa), export_dir, out, dataset=dataset, data_path=data_path,
+                                              only=only, max_samples=max_samples, per_block=per_block,
+                                              batch_matrix=batch_matrix, save_outputs=save_outputs, threads=threads))
     rep = parity_report(export_dir, out, dataset=dataset, data_path=data_path, only=only or None,
                         max_samples=max_samples, per_block=per_block, batch_matrix=batch_matrix,
                         save_outputs=save_outputs, threads=threads)
@@ -272,6 +280,7 @@ def compare(
     from nfdeploy.saved_outputs import compare_saved_runs
 
     rep = compare_saved_runs(a, b, out or b)
+    typer.echo(f"instruction set: A {rep['machine_a']['isa']}; B {rep['machine_b']['isa']}")
     for r in rep["same_backend"]:
         typer.echo(f"{r['backend']}: {r['bitwise_share']:.0%} samples bitwise identical, max ULP {r['max_ulp']:.3g}, "
                    f"rel L2 {r['rel_l2']:.3g}, top-1 agreement {r['top1_agreement']:.2%}")

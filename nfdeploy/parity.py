@@ -24,6 +24,7 @@ from nfdeploy.backends import REFERENCE, ExportSource, default_report_dir, expor
 from nfdeploy.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
                                    plot_batch_matrix)
 from nfdeploy.errors import UserError, one_line
+from nfdeploy.isa import isa_label, isa_record
 from nfdeploy.metrics import compare_outputs, framework_error, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.reports import markdown_table, pyplot, save_figure
@@ -215,16 +216,18 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         raise _nothing_checked(chosen, rows)
     matrix.update(bn_twin_matrix(source, xi, batches))  # the contrast: batch statistics in train mode
     failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
+    # The instruction-set caps this process runs under (nfdeploy.isa) and what torch's own dispatch chose.
+    isa = {**isa_record(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
               "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
               "tolerances": tolerances(), "backends": rows,
               "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
               "pairwise": _pairwise(outputs), "ok": not failed, "failed": failed,
-              "failure": failure_summary(rows) or None, "framework_errors": framework, "out_dir": str(out_dir)}
+              "failure": failure_summary(rows) or None, "framework_errors": framework, "isa": isa, "out_dir": str(out_dir)}
     if save_outputs:
         described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
                      for r in rows if r["name"] in outputs or r["name"] == REFERENCE}
-        write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads)
+        write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads, isa=isa)
         report["saved_outputs"] = [OUTPUTS_FILE, PROVENANCE_FILE]
     write_parity_report(report, out_dir)
     if per_block:  # after the main report is on disk: a failure here must not discard every backend's run
@@ -255,6 +258,8 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
           f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
           f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
+          f"Instruction set: {isa_label(report.get('isa'))}; torch CPU capability "
+          f"{(report.get('isa') or {}).get('torch_cpu_capability', '?')}. {(report.get('isa') or {}).get('onnxruntime', '')}\n",
           f"**{'All backends that ran are within tolerance' if report['ok'] else 'FAILED — ' + report['failure']}**\n",
           "## Backends\n", markdown_table(ran, cols, floatfmt="{:.3g}"),
           *(["\n## Failed to load or to run\n", markdown_table([{"name": r["name"], "status": r["status"],

@@ -19,6 +19,7 @@ import numpy as np
 
 from nfdeploy.artifacts import array_sha256, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from nfdeploy.errors import UserError, one_line
+from nfdeploy.isa import isa_label
 from nfdeploy.metrics import compare_outputs, top1_agreement, ulp_error
 from nfdeploy.precision import get_precision
 from nfdeploy.reports import markdown_table
@@ -41,9 +42,11 @@ def model_identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_outputs(out_dir: Path, manifest: dict[str, Any], x: np.ndarray, labels: np.ndarray | None,
-                 outputs: dict[str, np.ndarray], backends: dict[str, dict[str, Any]], threads: int | None) -> dict[str, Any]:
+                 outputs: dict[str, np.ndarray], backends: dict[str, dict[str, Any]], threads: int | None,
+                 isa: dict[str, Any] | None = None) -> dict[str, Any]:
     """outputs.npz (every backend's logits keyed by backend name, in the dtype given: never rounded, so a
-    float64 reference stays float64; the inputs; the labels) + provenance.json (with each output's dtype)."""
+    float64 reference stays float64; the inputs; the labels) + provenance.json (with each output's dtype
+    and `isa`: the instruction-set caps the run was under, nfdeploy.isa.isa_record)."""
     from nfdeploy.bench.machine import machine_info
 
     buf = io.BytesIO()
@@ -52,7 +55,7 @@ def save_outputs(out_dir: Path, manifest: dict[str, Any], x: np.ndarray, labels:
     atomic_write_bytes(out_dir / OUTPUTS_FILE, buf.getvalue())
     prov = {"format": PROVENANCE_FORMAT, **model_identity(manifest), "inputs_sha256": array_sha256(x),
             "inputs_shape": list(x.shape), "labels_sha256": array_sha256(labels) if labels is not None else None,
-            "threads_requested": threads, "machine": machine_info(), "backends": backends,
+            "threads_requested": threads, "isa": isa, "machine": machine_info(), "backends": backends,
             "outputs_sha256": {k: array_sha256(v) for k, v in outputs.items()},
             "outputs_dtype": {k: str(np.asarray(v).dtype) for k, v in outputs.items()}}
     atomic_write_json(out_dir / PROVENANCE_FILE, prov)
@@ -132,6 +135,7 @@ def machine_summary(prov: dict[str, Any]) -> dict[str, Any]:
     m = prov["machine"]
     return {"platform": m.get("platform"), "cpu": (m.get("cpu") or {}).get("model"), "gpu": (m.get("gpu") or {}).get("name"),
             "torch_threads": m.get("torch_threads"), "threads_requested": prov.get("threads_requested"),
+            "isa": isa_label(prov.get("isa")), "torch_cpu_capability": (prov.get("isa") or {}).get("torch_cpu_capability"),
             "versions": {k: v for k, v in (m.get("versions") or {}).items() if k != "onnxruntime_providers"}}
 
 
@@ -139,6 +143,8 @@ def compare_markdown(report: dict[str, Any]) -> str:
     same, cross = report["same_backend"], report["cross_backend"]
     md = [f"# Compare saved parity runs: {report['model']}\n", f"A: `{report['a']}` — {json.dumps(report['machine_a'])}\n",
           f"B: `{report['b']}` — {json.dumps(report['machine_b'])}\n",
+          f"Instruction set: A {report['machine_a']['isa']}; B {report['machine_b']['isa']}. "
+          "ONNX Runtime (MLAS) has no instruction-set switch: its rows ran each CPU's own.\n",
           f"Inputs sha256 {report['inputs_sha256'][:16]}… (same in both).\n",
           "## Same backend, A vs B\n", markdown_table(same, floatfmt="{:.3g}") if same else "(no backend in both)\n",
           "\n## Across backends (A row vs B column)\n", markdown_table(cross, floatfmt="{:.3g}") if cross else "(none)\n"]

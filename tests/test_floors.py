@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nfdeploy"
 # Top-level module or subpackage of nfdeploy → its floor (0 = the bottom).
 FLOORS: dict[str, int] = {
     "errors": 0,
-    "precision": 1, "artifacts": 1, "metrics": 1, "reports": 1, "nn": 1, "data": 1,
+    "isa": 1, "precision": 1, "artifacts": 1, "metrics": 1, "reports": 1, "nn": 1, "data": 1,
     "models": 2, "model_points": 2,
     "config": 3, "fold": 3, "spp": 3, "runs": 3,
     "train": 4, "interop": 4,

@@ -140,3 +140,51 @@ def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
         bench_report(tmp_path / "nowhere", threads=0, log=quiet)
     r = cli("bench", "--help", env={"COLUMNS": "200"})
     assert r.returncode == 0 and all(f in r.stdout for f in ("--max-time", "--threads", "--no-compile")), r.stdout
+
+
+def test_fastest_passing_picks_per_precision_and_batch_the_fastest_that_passed():
+    from nfdeploy.bench.report import fastest_passing
+
+    rows = [{"name": "fast-but-failed", "precision": "fp32", "batch": 1, "median_ms": 1.0},
+            {"name": "slow-pass", "precision": "fp32", "batch": 1, "median_ms": 3.0},
+            {"name": "mid-pass", "precision": "fp32", "batch": 1, "median_ms": 2.0},
+            {"name": "fast-but-failed", "precision": "fp32", "batch": 8, "median_ms": 4.0},
+            {"name": "unchecked", "precision": "int8", "batch": 1, "median_ms": 0.5}]
+    statuses = {"fast-but-failed": "FAIL", "slow-pass": "pass", "mid-pass": "pass"}
+    got = {(v["precision"], v["batch"]): v for v in fastest_passing(rows, statuses)}
+    assert got[("fp32", 1)]["fastest_passing"] == "mid-pass" and got[("fp32", 1)]["fastest_passing_ms"] == 2.0
+    assert got[("fp32", 1)]["fastest"] == "fast-but-failed" and got[("fp32", 1)]["fastest_parity"] == "FAIL"
+    assert got[("fp32", 8)]["fastest_passing"] is None
+    assert got[("int8", 1)]["fastest_passing"] is None and got[("int8", 1)]["fastest_parity"] == "not in the parity report"
+    assert fastest_passing(rows, None) == []  # no parity report: no verdict
+
+
+def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
+    """A real small bench beside a parity.json that fails the folded backend: the verdict is the unfolded one;
+    without a parity report the report says the fastest backend is unchecked."""
+    import json
+
+    from nfdeploy.bench.report import NO_PARITY_NOTE
+
+    m = randomize_(create_model("nf_resnet_c8")).eval()
+    src = ExportSource({"model": "nf_resnet_c8", "input": {"shape": ["batch", *SHAPE]},
+                       "source": {"kind": "run", "model_config": asdict(m.cfg)}}, m, tmp_path / "export")
+    (tmp_path / "export").mkdir()
+    folded = TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded"), SHAPE, src.folded)
+    unfolded = TorchBackend(BackendSpec("torch", "cpu", "fp32", "unfolded"), SHAPE, lambda: src.model)
+    parity_dir = tmp_path / "export-reports"  # default_report_dir of the export
+    parity_dir.mkdir()
+    (parity_dir / "parity.json").write_text(json.dumps({"backends": [{"name": folded.name, "status": "FAIL"},
+                                                                     {"name": unfolded.name, "status": "pass"}]}))
+    settings = dict(batches=(2,), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, log=quiet,
+                    threads=1)
+    rep = bench_report(src, tmp_path / "out", backends=[folded, unfolded], **settings)
+    (verdict,) = rep["fastest_passing"]["rows"]
+    assert (verdict["precision"], verdict["batch"], verdict["fastest_passing"]) == ("fp32", 2, unfolded.name)
+    assert rep["fastest_passing"]["parity_report"] == str(parity_dir / "parity.json")
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "## Fastest backend that passed parity" in md and f"| fp32 | 2 | {unfolded.name} |" in md
+    (parity_dir / "parity.json").unlink()
+    rep = bench_report(src, tmp_path / "out2", backends=[folded, unfolded], **settings)
+    assert rep["fastest_passing"]["rows"] == [] and rep["fastest_passing"]["note"] == NO_PARITY_NOTE
+    assert NO_PARITY_NOTE in (tmp_path / "out2" / "bench.md").read_text()

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
 from nfdeploy.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
                                select_backends)
 from nfdeploy.bench.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name, source_norm
@@ -57,6 +57,8 @@ from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, name_matches
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
+PARITY_JSON = "parity.json"  # the export's parity report, in default_report_dir (nfdeploy.parity writes it)
+NO_PARITY_NOTE = "no parity report: fastest backend unchecked"
 
 
 class BenchError(UserError, ValueError):
@@ -360,6 +362,39 @@ def _findings(run: BenchRun, load_before: dict[str, Any], load_after: dict[str, 
     return warnings
 
 
+def read_parity_statuses(export_dir: Path) -> tuple[dict[str, str] | None, str]:
+    """({backend: parity status}, where) from the export's saved parity.json, or (None, why not)."""
+    path = default_report_dir(export_dir) / PARITY_JSON
+    if not path.is_file():
+        return None, NO_PARITY_NOTE
+    try:
+        rows = read_json(path, "parity report")["backends"]
+        return {r["name"]: r["status"] for r in rows if "status" in r}, str(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable report: the verdict says so, the bench still stands
+        return None, f"parity report unreadable ({one_line(e, 160)}): fastest backend unchecked"
+
+
+def fastest_passing(results: Sequence[dict[str, Any]], statuses: dict[str, str] | None) -> list[dict[str, Any]]:
+    """Per precision and batch size: the fastest backend (lowest median_ms) whose parity status is "pass"
+    (None when none passed), beside the fastest of all and its parity status. With no parity report
+    (statuses None) there is no verdict: an empty list."""
+    if statuses is None:
+        return []
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["precision"], r["batch"]), []).append(r)
+    verdicts = []
+    for (prec, batch), rows in sorted(cells.items()):
+        rows = sorted(rows, key=lambda r: r["median_ms"])
+        passed = [r for r in rows if statuses.get(r["name"]) == "pass"]
+        verdicts.append({"precision": prec, "batch": batch,
+                         "fastest_passing": passed[0]["name"] if passed else None,
+                         "fastest_passing_ms": passed[0]["median_ms"] if passed else None,
+                         "fastest": rows[0]["name"], "fastest_ms": rows[0]["median_ms"],
+                         "fastest_parity": statuses.get(rows[0]["name"], "not in the parity report")})
+    return verdicts
+
+
 def _assemble(source: ExportSource, out_dir: Path, run: BenchRun, peaks: dict[tuple[str, str], dict[str, Any]],
               load_before: dict[str, Any], *, batches: list[int], cpu_batches: list[int], requested: dict[str, float],
               only: Sequence[str] | None, compile: bool) -> dict[str, Any]:
@@ -370,6 +405,7 @@ def _assemble(source: ExportSource, out_dir: Path, run: BenchRun, peaks: dict[tu
     if load_after["busy"]:
         run.log(f"  WARNING after the bench: {load_after['warning']}")
     p = run.plan
+    statuses, parity_where = read_parity_statuses(source.export_dir)
     return {
         "format": "nfdeploy-bench-v2",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -397,6 +433,11 @@ def _assemble(source: ExportSource, out_dir: Path, run: BenchRun, peaks: dict[tu
         "work": work,
         "peaks": [dict(v) for v in peaks.values()],
         "results": run.results,
+        "fastest_passing": {"parity_report": parity_where if statuses is not None else None,
+                            "note": None if statuses is not None else parity_where,
+                            "rule": 'per precision and batch, the lowest median ms among backends whose parity '
+                                    'status is "pass"; a backend absent from the parity report is not a candidate',
+                            "rows": fastest_passing(run.results, statuses)},
         "skipped": run.skipped,
         "failed": run.failed,
         "over_budget": run.over_budget,
@@ -507,7 +548,7 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"Wall time of the report: {r['wall_seconds']:.1f} s.", ""]
     if r["warnings"]:
         lines += ["## Warnings", ""] + [f"- **{w}**" for w in r["warnings"]] + [""]
-    lines += _machine_md(r) + _method_md(r) + _results_md(r) + _comparison_md(r)
+    lines += _machine_md(r) + _method_md(r) + _verdict_md(r) + _results_md(r) + _comparison_md(r)
     lines += ["## Plots", "", f"![latency]({LATENCY_PNG})", "", f"![throughput]({THROUGHPUT_PNG})", ""]
     return "\n".join(lines)
 
@@ -570,6 +611,22 @@ def _method_md(r: dict[str, Any]) -> list[str]:
               f"OpenMP wait policy in this process: {r['machine'].get('omp_wait_policy') or 'libgomp default (spins)'}.",
               ""]
     return lines
+
+
+def _verdict_md(r: dict[str, Any]) -> list[str]:
+    v = r.get("fastest_passing")
+    if not v:
+        return []
+    lines = ["## Fastest backend that passed parity", ""]
+    if v["parity_report"] is None:
+        return lines + [f"**{v['note']}**", ""]
+    lines.append(f"From `{v['parity_report']}`: {v['rule']}.")
+    lines.append("")
+    rows = [{"precision": x["precision"], "batch": x["batch"],
+             "fastest passing": x["fastest_passing"] or "none passed parity",
+             "its median ms": _fmt_ms(x["fastest_passing_ms"]), "fastest of all": x["fastest"],
+             "its parity": x["fastest_parity"]} for x in v["rows"]]
+    return lines + ([markdown_table(rows)] if rows else ["(no backend timed)", ""])
 
 
 def _results_md(r: dict[str, Any]) -> list[str]:
@@ -660,7 +717,8 @@ def _plots(r: dict[str, Any], out_dir: Path) -> None:
         save_figure(fig, out_dir / fname)
 
 
-__all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "THROUGHPUT_PNG", "RATIO_LABEL", "BenchError", "BenchRun", "CellPlan",
-           "annotate_work", "bench_report", "informative_table", "parse_batches", "render_markdown",
+__all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "NO_PARITY_NOTE", "PARITY_JSON", "THROUGHPUT_PNG", "RATIO_LABEL",
+           "BenchError", "BenchRun", "CellPlan", "annotate_work", "bench_report", "fastest_passing",
+           "informative_table", "parse_batches", "read_parity_statuses", "render_markdown",
            "torch_threads",
            "work_model"]

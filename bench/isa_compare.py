@@ -74,7 +74,7 @@ def main() -> None:
     only = args.only or ["fp32"]
     runs = {}
     for w in words:
-        d = args.out / "runs" / w
+        d = args.out / "saved" / w  # not "runs/": .gitignore drops every runs/ dir
         cmd = [sys.executable, "-m", "nfdeploy", "parity", str(args.export), "--isa", w, "--save-outputs", "-o", str(d),
                "--threads", str(args.threads), *[a for o in only for a in ("--only", o)]]
         print("+", shlex.join(cmd), flush=True)

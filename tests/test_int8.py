@@ -57,6 +57,11 @@ def test_manifest_records_calibration_and_rule(int8_export):
         assert check["top1_agreement"] >= 0.99 and check["accuracy_drop"] <= 0.005
         assert check["tolerance"] == {"top1_agreement": 0.99, "max_accuracy_drop": 0.005}
         assert 20 < check["sqnr_db"] < 80  # int8 noise: far below fp32's ~130 dB, far above noise
+    # What ONNX Runtime really runs of its form, from its own optimized graph: every Conv, Add, pool and the fc fused
+    fusion = m["onnx"]["int8-ort"]["ort_fusion"]
+    assert fusion["ops"]["Conv"] == {"written": 10, "fused": 10, "left_in_float": 0}, fusion
+    assert all(v["fused"] == v["written"] and v["left_in_float"] == 0 for v in fusion["ops"].values()), fusion
+    assert "ort_fusion" not in m["onnx"]["int8"]  # the TensorRT form is not meant for ONNX Runtime
 
 
 def test_int8_lint_counts(int8_export):

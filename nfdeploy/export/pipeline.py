@@ -27,8 +27,8 @@ import nfdeploy
 from nfdeploy.artifacts import ArtifactError, atomic_write_json, make_staging_dir, read_json, sha256_file
 from nfdeploy.errors import UserError, require
 from nfdeploy.export.onnx_graph import check_model, export_module, lint_graph, set_metadata
-from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, folder_calibration, lint_int8,
-                                      quantize_graph, training_split_calibration)
+from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, folder_calibration, lint_int8,
+                                      ort_fusion, quantize_graph, training_split_calibration)
 from nfdeploy.fold import FoldReport, fold_model
 from nfdeploy.metrics import judge
 from nfdeploy.precision import EXPORT_PRECISIONS, PRECISIONS, describe_tolerance
@@ -282,10 +282,13 @@ def _quantize(precisions: list[str], files: dict[str, Path], staging: Path,
         if not lint["ok"]:
             raise ExportError(f"{prec} graph failed the int8 lint ({len(lint['errors'])} problems): {lint['errors'][0]}")
         files[prec] = path
+        if prec == "int8-ort":  # the form meant for ONNX Runtime's CPU EP: what it really fuses, from its own graph
+            info["ort_fusion"] = ort_fusion(path)
         out[prec] = {"file": path.name, "opset": entries[src]["opset"], "io_dtype": "float32", "quantized_from": src,
                      **info, "nodes": lint["nodes"], "ops": lint["ops"], "lint": lint}
         log(f"  {prec}: {path.name} ({info['activations']} activations), Q/DQ feeding {lint['dq_consumers']}, "
-            f"quantized in {info['quantize_seconds']:.1f} s, int8 lint ok")
+            f"quantized in {info['quantize_seconds']:.1f} s, int8 lint ok"
+            + (f"; {describe_fusion(info['ort_fusion'])}" if "ort_fusion" in info else ""))
     return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import fnmatch
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -252,6 +253,39 @@ def _drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
     return rewired
 
 
+# The op ONNX Runtime's CPU EP runs in place of a float op whose Q/DQ neighbours it fuses (its QDQ transformers).
+ORT_FUSED_OPS = {"Conv": "QLinearConv", "Add": "QLinearAdd", "AveragePool": "QLinearAveragePool",
+                 "GlobalAveragePool": "QLinearGlobalAveragePool", "Gemm": "QGemm", "MatMul": "QLinearMatMul"}
+
+
+def ort_fusion(path: str | Path) -> dict[str, Any]:
+    """What ONNX Runtime's CPU EP actually runs of a Q/DQ graph, not what the written graph intends: the graph
+    after its extended optimizations (where the QDQ fusions happen), saved through optimized_model_filepath.
+    {"ops": {float op: {"written", "fused" (its QLinear form), "left_in_float"}}, "dequantize_left",
+    "quantize_left", "optimized_ops"}."""
+    ort = require("onnxruntime", "onnx")
+    onnx = require("onnx", "onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # Extended, not all: the NCHWc layout pass of level 3 writes a CPU-specific graph and adds nothing here.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        optimized = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    written = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    ops = {op: {"written": written[op], "fused": optimized[q], "left_in_float": optimized[op]}
+           for op, q in ORT_FUSED_OPS.items() if written[op]}
+    return {"ops": ops, "dequantize_left": optimized["DequantizeLinear"], "quantize_left": optimized["QuantizeLinear"],
+            "optimized_ops": dict(sorted(optimized.items()))}
+
+
+def describe_fusion(fusion: dict[str, Any]) -> str:
+    """'fused by ONNX Runtime: 10 of 10 Conv, 3 of 3 Add, ...; 2 DequantizeLinear left'."""
+    parts = [f"{v['fused']} of {v['written']} {op}" for op, v in fusion["ops"].items()]
+    return f"fused by ONNX Runtime: {', '.join(parts)}; {fusion['dequantize_left']} DequantizeLinear left"
+
+
 def lint_int8(model, form: str, *, allow_batchnorm: bool = False) -> dict[str, Any]:
     """Check a Q/DQ graph: every DequantizeLinear feeds only ops `form`'s runtime fuses it into; every
     Conv/Gemm that is quantized has a per-output-channel symmetric int8 weight; activation scales are
@@ -343,6 +377,6 @@ def block_sqnr(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> l
     return rows
 
 
-__all__ = ["CALIBRATION_METHODS", "FUSED_CONSUMERS", "INT8_FORMS", "CalibrationData", "CalibrationOptions",
+__all__ = ["CALIBRATION_METHODS", "FUSED_CONSUMERS", "INT8_FORMS", "ORT_FUSED_OPS", "describe_fusion", "ort_fusion", "CalibrationData", "CalibrationOptions",
            "QuantizeError", "block_sqnr", "folder_calibration", "lint_int8", "pick_indices", "quantize_graph",
            "resolve_keep", "training_split_calibration"]

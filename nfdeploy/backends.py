@@ -5,7 +5,8 @@ the unfolded model; float32 unfolded and folded), torch on CUDA (folded; fp32 wi
 fp16, bf16; eager, torch.compile, CUDA graph), ONNX Runtime (CPU EP per ONNX precision; CUDA EP per
 ONNX precision, plus the fp32 graph with TF32), OpenVINO CPU (fp32, bf16, the int8 forms) and one
 TensorRT backend per engine. Every backend is constructed (cheap, nothing on a device) whether or not
-it can run here; `unavailable_reason()` says why one cannot, and activation can still fail with a reason (reported as skipped).
+it can run here; `unavailable_reason()` says why one cannot. Activation can still refuse with a reason
+(BackendUnavailable: skipped) or fail on the file itself (BackendBroken: a failure).
 """
 
 from __future__ import annotations
@@ -193,18 +194,11 @@ def openvino_backends(source: ExportSource, *, threads: int | None = None) -> li
     each int8 Q/DQ form from its own file. The ONNX fp16/bf16 files are not offered: the plugin's precision is set
     by its hint, not by the file's storage type, so they would duplicate the names above."""
     onnx = source.manifest.get("onnx") or {}
-    out: list[Backend] = []
-    if "fp32" in onnx:
-        for prec in ("fp32", "bf16"):
-            out.append(OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
-                                       source.export_dir / onnx["fp32"]["file"], threads=threads,
-                                       sha256=onnx["fp32"].get("sha256")))
-    for prec in ("int8", "int8-ort"):
-        if prec in onnx:
-            out.append(OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
-                                       source.export_dir / onnx[prec]["file"], threads=threads,
-                                       sha256=onnx[prec].get("sha256")))
-    return out
+    # (backend precision, the ONNX graph it reads)
+    graphs = (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8"), ("int8-ort", "int8-ort"))
+    return [OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
+                            source.export_dir / onnx[graph]["file"], threads=threads, sha256=onnx[graph].get("sha256"))
+            for prec, graph in graphs if graph in onnx]
 
 
 def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> list[Backend]:

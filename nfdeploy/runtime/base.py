@@ -219,14 +219,15 @@ class Backend(abc.ABC):
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
 
 
-def verify_artifact(path: Path, sha256: str | None) -> None:
-    """A file a backend is about to load: it must exist and, when its manifest recorded one, have that sha256."""
+def verify_artifact(path: Path, sha256: str | None, *, record: str = "its manifest",
+                    remedy: str = "re-export it") -> None:
+    """A file a backend is about to load: it must exist and, when `record` holds one, have that sha256."""
     from nfdeploy.artifacts import sha256_file
 
     if not path.is_file():
         raise BackendBroken(f"{path} does not exist")
     if sha256 and sha256_file(path) != sha256:
-        raise BackendBroken(f"{path.name} does not match its manifest (sha256 differs): re-export it")
+        raise BackendBroken(f"{path.name} does not match {record} (sha256 differs): {remedy}")
 
 
 def cuda_gpu() -> dict[str, Any] | None:

@@ -71,9 +71,9 @@ class OrtBackend(Backend):
         except MissingExtraError as e:
             return str(e)
         provider = PROVIDERS[self.device]
-        if self.device == "cuda" and shadowing_note(installed_ort_distributions()):
-            # Files of one wheel overwrite the other's: which CUDA EP (if any) would run is not knowable.
-            return "ONNX Runtime CUDA EP not trusted" + shadowing_note(installed_ort_distributions())
+        shadowing = shadowing_note(installed_ort_distributions()) if self.device == "cuda" else ""
+        if shadowing:  # files of one wheel overwrite the other's: which CUDA EP (if any) would run is not knowable
+            return "ONNX Runtime CUDA EP not trusted" + shadowing
         if provider not in ort.get_available_providers():
             return (f"{provider} is not available (providers: {', '.join(ort.get_available_providers())})"
                     + ("; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""))

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from nfdeploy.artifacts import ArtifactError, sha256_file
 from nfdeploy.errors import MissingExtraError, one_line
-from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, cuda_gpu
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, cuda_gpu, verify_artifact
 
 # The flavours, as nfdeploy spells them everywhere (names, build records, --trt-flavour), and their modules.
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -158,8 +157,8 @@ class TensorRTBackend(Backend):
 
         trt, fl = import_tensorrt(self.spec.runtime)
         gpu = cuda_gpu()
-        if self.entry.get("engine_sha256") and sha256_file(self.engine_path) != self.entry["engine_sha256"]:
-            raise ArtifactError(f"{self.engine_path} does not match its build record (sha256 differs): rebuild it")
+        verify_artifact(self.engine_path, self.entry.get("engine_sha256"), record="its build record",
+                        remedy="rebuild it")
         self.trt, self.flavour, self.version, self.gpu = trt, fl, str(trt.__version__), gpu
         torch.cuda.set_device(0)
         torch.cuda.init()  # torch creates (and owns) the primary CUDA context before TensorRT touches the GPU

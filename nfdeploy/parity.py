@@ -184,8 +184,9 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         torch.set_num_threads(threads)
     all_backends = list(backends) if backends is not None else export_backends(source, threads=threads)
     chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
-    if chosen and all(b.unavailable_reason() for b in chosen):  # say so before the reference runs
-        raise _nothing_checked(chosen, [{"name": b.name, "status": "skipped", "reason": b.unavailable_reason()}
+    reasons = {b.name: b.unavailable_reason() for b in chosen}  # the cheap probe, once per backend up front
+    if chosen and all(reasons.values()):  # say so before the reference runs
+        raise _nothing_checked(chosen, [{"name": b.name, "status": "skipped", "reason": reasons[b.name]}
                                         for b in chosen])
     ref_backend = next(b for b in all_backends if b.name == REFERENCE)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
@@ -200,7 +201,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     xi = x[:invariance_samples]
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
     framework = {p: framework_error(source.model, x, ref, p)
-                 for p in sorted({b.precision for b in chosen if b.unavailable_reason() is None})}
+                 for p in sorted({b.precision for b in chosen if reasons[b.name] is None})}
     for p, e in framework.items():
         if e is not None:
             log(f"  reference framework (torch CPU unfolded) {p}: rel L2 {e:.2e}")

@@ -1,134 +1,264 @@
-"""INT8 vs fp32 latency on ONNX Runtime CPU: nf_resnet50 (randomised, folded, 224²) in fp32, the
-TensorRT int8 form (S8S8) and the ONNX Runtime int8 form (U8S8), and the BN twin bn_resnet50's
-int8-ort graph, interleaved in one run.
+"""INT8 vs fp32 latency on ONNX Runtime CPU, and what ONNX Runtime really runs of each int8 graph.
 
-Each round runs every graph for a fixed number of iterations (after a warm-up), in the order A B C D;
-a ratio is the median over rounds of the per-round ratio of mean latencies, with a bootstrap 95%
-interval over rounds. The machine's load average is recorded with every figure (other jobs share
-the cores). This is a small self-contained loop; nfdeploy.bench's interleaved engine will replace it.
+nf_resnet50 (randomised, folded, 224²) in fp32, the TensorRT int8 form (S8S8), the ONNX Runtime int8 form
+(U8S8, 7-bit weights) and the same form quantized from a graph passed through ONNX Runtime's
+`quant_pre_process` first; bn_resnet50 (the BN twin) in fp32 and its int8-ort form. All are nfdeploy
+ONNX Runtime backends (intra-op spinning off, as every nfdeploy session) timed side by side by
+nfdeploy.bench.time_group: interleaved rounds with rotating start until stable or capped, each ratio
+the median of per-round ratios with its 95% bootstrap interval, the machine's load before and after.
 
-    PYTHONPATH=$PWD python bench/int8_speed.py --out bench/results/int8-cpu-2026-11-26
+Calibration and accuracy use 224² tiles of scikit-learn's two sample photographs (calibrated on
+alternate tiles, SQNR measured on the others against the fp32 graph): random weights give no labels,
+so the accuracy figure is signal kept, not a dataset accuracy. For every int8 graph the report also
+holds ONNX Runtime's optimized graph counts (nfdeploy.export.quantize.ort_fusion: Convs fused into
+QLinearConv vs left in float, DequantizeLinear left) and a per-op-type profile (ORT's own profiler) of
+where the time goes.
+
+    python bench/int8_speed.py --out bench/results/int8-speed-cpu-2026-12-01 [--batches 1,32 --threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import shlex
+import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.export.onnx_graph import export_module
-from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, lint_int8, quantize_graph
-from nfdeploy.reports import markdown_table
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.int8_study import photo_tiles  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from nfdeploy.bench import RoundPlan, machine_info, machine_load, parse_batches, time_group  # noqa: E402
+from nfdeploy.bench.peak import CPU_N, ort_matmul  # noqa: E402
+from nfdeploy.bench.rounds import describe_ratio, interleaved_rounds  # noqa: E402
+from nfdeploy.export.onnx_graph import export_module, run_with_values  # noqa: E402
+from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, lint_int8,  # noqa: E402
+                                      ort_fusion, quantize_graph)
+from nfdeploy.metrics import sqnr_db  # noqa: E402
+from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.runtime.base import BackendSpec  # noqa: E402
+from nfdeploy.runtime.ort import OrtBackend  # noqa: E402
 
-RATIOS = (("nf fp32", "nf int8"), ("nf fp32", "nf int8-ort"), ("bn int8-ort", "nf int8-ort"), ("bn fp32", "bn int8-ort"))
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def bootstrap(ratios: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    meds = np.median(rng.choice(ratios, size=(n, len(ratios)), replace=True), axis=1)
-    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
-
-
-def interleaved(sessions: dict, x: np.ndarray, rounds: int, iters: int, warmup: int) -> dict[str, np.ndarray]:
-    """{name: per-round mean latency in seconds}, the graphs run in turn within each round."""
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    out = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                s.run(None, feeds[k])
-            out[k].append((time.perf_counter() - t0) / iters)
-    return {k: np.asarray(v) for k, v in out.items()}
+INPUT = (3, 224, 224)
+# (member, model, form, pre-processed): the graphs timed side by side
+MEMBERS = (("nf fp32", "nf_resnet50", "fp32", False), ("nf int8", "nf_resnet50", "int8", False),
+           ("nf int8-ort", "nf_resnet50", "int8-ort", False), ("nf int8-ort pre", "nf_resnet50", "int8-ort", True),
+           ("bn fp32", "bn_resnet50", "fp32", False), ("bn int8-ort", "bn_resnet50", "int8-ort", False))
+# (A, B): A / B > 1 means B is faster
+RATIOS = (("nf fp32", "nf int8-ort"), ("nf fp32", "nf int8"), ("nf fp32", "nf int8-ort pre"),
+          ("nf int8-ort", "nf int8-ort pre"), ("bn fp32", "bn int8-ort"), ("bn int8-ort", "nf int8-ort"))
+GOALS = {1: 2.5, 32: 3.0}  # issue 17: int8-ort >= 2.5x fp32 at batch 1, >= 3x at batch 32
 
 
-def write(args, report) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"int8_speed_b{args.batches.replace(',', '-')}.json", report)
-    md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)\n",
-          f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {args.threads} threads on "
-          f"{report['cpu_count']} cores. Interleaved rounds; ratio = median of per-round ratios (a / b, >1: b faster), "
-          "bootstrap 95% interval. Load average is the machine's (other jobs shared the cores).\n",
-          markdown_table(report["figures"], floatfmt="{:.3g}")]
-    atomic_write_text(args.out / f"int8_speed_b{args.batches.replace(',', '-')}.md", "\n".join(md) + "\n")
+def make_graphs(work: Path, calib: CalibrationData, log) -> dict[str, dict]:
+    """{member: {"path", "quantize": record | None, "fusion": ..., "lint_ok": ...}} for MEMBERS."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path("bench/results/int8-cpu-2026-11-26"))
-    ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--iters-large", type=int, default=2, help="iterations per round at batch > 1 (batch 1: 20)")
-    ap.add_argument("--calib", type=int, default=16, help="random N(0,1) calibration images (speed does not depend on them)")
-    args = ap.parse_args()
     from nfdeploy.fold import fold_model, randomize_
     from nfdeploy.models import create_model
 
-    report = {"command": "PYTHONPATH=$PWD python bench/int8_speed.py " + " ".join(os.sys.argv[1:]),
-              "cpu_count": os.cpu_count(), "threads": args.threads, "figures": []}
+    graphs: dict[str, dict] = {}
+    fp32 = {}
+    for model in ("nf_resnet50", "bn_resnet50"):
+        torch.manual_seed(0)
+        net, _ = fold_model(randomize_(create_model(model).eval(), seed=0).double(), dtype=torch.float32)
+        fp32[model] = work / f"{model}.onnx"
+        export_module(net, fp32[model], INPUT, opset=18)
+    pre = work / "nf_resnet50.pre.onnx"
+    t0 = time.perf_counter()
+    quant_pre_process(str(fp32["nf_resnet50"]), str(pre))
+    pre_s = time.perf_counter() - t0
+    for member, model, form, preprocessed in MEMBERS:
+        if form == "fp32":
+            graphs[member] = {"path": fp32[model], "quantize": None}
+            continue
+        src = pre if preprocessed else fp32[model]
+        path = work / f"{member.replace(' ', '_')}.onnx"
+        rec = quantize_graph(src, path, form, calib, CalibrationOptions(method="minmax", samples=len(calib.images)))
+        import onnx
+
+        lint = lint_int8(onnx.load(str(path)), form, allow_batchnorm=model.startswith("bn_"))
+        fusion = ort_fusion(path) if form == "int8-ort" else None
+        graphs[member] = {"path": path, "quantize": {k: rec[k] for k in ("form", "activations", "weights", "quantize_seconds")},
+                          "lint_ok": lint["ok"], "lint_errors": lint["errors"][:5], "written_ops": lint["ops"],
+                          "fusion": fusion, "pre_processed": preprocessed,
+                          **({"quant_pre_process_seconds": pre_s} if preprocessed else {})}
+        log(f"{member}: quantized in {rec['quantize_seconds']:.0f} s" + (f"; {describe_fusion(fusion)}" if fusion else ""))
+    return graphs
+
+
+def accuracy(graphs: dict[str, dict], x: np.ndarray) -> dict[str, dict]:
+    """SQNR of each int8 graph's logits vs its model's fp32 graph, and top-1 agreement, on held-out tiles."""
+    ref = {m: run_with_values(graphs[f"{m.split('_')[0]} fp32"]["path"], [], x)[1] for m in ("nf_resnet50", "bn_resnet50")}
+    out = {}
+    for member, model, form, _ in MEMBERS:
+        if form == "fp32":
+            continue
+        y = run_with_values(graphs[member]["path"], [], x)[1]
+        out[member] = {"logits_sqnr_db": float(sqnr_db(ref[model], y)),
+                       "top1_agreement": float(np.mean(y.argmax(1) == ref[model].argmax(1))), "tiles": int(len(x))}
+    return out
+
+
+def op_profile(path: Path, batch: int, threads: int, runs: int) -> dict[str, float]:
+    """Share of node time per op type over `runs` runs (ONNX Runtime's profiler, spinning off)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as td:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(td) / "prof")
+        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((batch, *INPUT)).astype(np.float32)
+        name = s.get_inputs()[0].name
+        s.run(None, {name: x})  # warm-up run: in the profile too, but a small share of `runs`
+        for _ in range(runs):
+            s.run(None, {name: x})
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values()) or 1.0
+    return {op: us / total for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])}
+
+
+def kernel_ceiling(threads: int, plan: RoundPlan, n: int = CPU_N) -> dict:
+    """ONNX Runtime's fp32 GEMM (MatMul) vs its u8 x s8 integer GEMM (MatMulInteger), n³, interleaved: the
+    ratio is the most int8 can gain over fp32 on this CPU with this runtime, for work that is all GEMM."""
+    calls = {k: ort_matmul(k, n, threads) for k in ("fp32", "int8")}
+
+    def timer(call):
+        def run():
+            t0 = time.perf_counter()
+            call()
+            return (time.perf_counter() - t0) * 1e3, None
+        return run
+
+    res = interleaved_rounds({k: timer(c) for k, c in calls.items()}, plan, ratios=[("fp32", "int8")])
+    gops = {k: 2.0 * n ** 3 / (m["median_ms"] * 1e6) for k, m in res["members"].items()}
+    return {"n": n, "threads": threads, "median_ms": {k: m["median_ms"] for k, m in res["members"].items()},
+            "giga_ops_per_s": gops, "fp32 / int8": res["ratios"]["fp32/int8"], "rounds": res["rounds"],
+            "stopped_by": res["stopped_by"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=2.0, help="timed seconds per member and batch, at least")
+    ap.add_argument("--max-time", type=float, default=240.0, help="cap per batch (all members) before 'noisy'")
+    ap.add_argument("--profile-runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    command = "python bench/int8_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import onnxruntime
 
-    report["onnxruntime"] = onnxruntime.__version__
-    calib = CalibrationData(np.random.default_rng(0).standard_normal((args.calib, 3, 224, 224)).astype(np.float32),
-                            "N(0,1) random images", "random")
-    with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp:
-        work = Path(tmp)
-        paths = {}
-        for net_name, key in (("nf_resnet50", "nf"), ("bn_resnet50", "bn")):
-            torch.manual_seed(0)
-            net, _ = fold_model(randomize_(create_model(net_name).eval(), seed=0).double(), dtype=torch.float32)
-            fp32 = work / f"{key}.onnx"
-            export_module(net, fp32, (3, 224, 224), opset=18)
-            paths[f"{key} fp32"] = fp32
-            for form in ("int8", "int8-ort") if key == "nf" else ("int8-ort",):
-                q = work / f"{key}.{form}.onnx"
-                quantize_graph(fp32, q, form, calib, CalibrationOptions(samples=args.calib))
-                import onnx
+    torch.set_num_threads(args.threads)
+    lines: list[str] = []
 
-                lint = lint_int8(onnx.load(str(q)), form, allow_batchnorm=key == "bn")
-                report.setdefault("graphs", {})[f"{key} {form}"] = {"lint_ok": lint["ok"], "ops": lint["ops"],
-                                                                     "dq_consumers": lint["dq_consumers"]}
-                paths[f"{key} {form}"] = q
-            print(f"{net_name}: graphs ready", flush=True)
-        sessions = {k: session(p, args.threads) for k, p in paths.items()}
-        for b in (int(v) for v in args.batches.split(",")):
-            x = np.random.default_rng(1).standard_normal((b, 3, 224, 224)).astype(np.float32)
-            iters = 20 if b == 1 else args.iters_large
-            load0 = os.getloadavg()
-            t = interleaved(sessions, x, args.rounds, iters, warmup=3 if b == 1 else 1)
-            load1 = os.getloadavg()
-            for a, c in RATIOS:
-                r = t[a] / t[c]
-                lo, hi = bootstrap(r)
-                fig = {"batch": b, "ratio": f"{a} / {c}", "median": float(np.median(r)), "ci95_low": lo, "ci95_high": hi,
-                       f"median_ms_a": float(np.median(t[a]) * 1e3), "median_ms_b": float(np.median(t[c]) * 1e3),
-                       "rounds": args.rounds, "iters_per_round": iters, "load_avg_1m_start": load0[0],
-                       "load_avg_1m_end": load1[0]}
-                report["figures"].append(fig)
-                print(f"batch {b}: {a} / {c} = {fig['median']:.2f}x [{lo:.2f}, {hi:.2f}] "
-                      f"({fig['median_ms_a']:.1f} vs {fig['median_ms_b']:.1f} ms; load {load0[0]:.1f}→{load1[0]:.1f})", flush=True)
-            write(args, report)  # after every batch: a run cut short keeps what it measured
-    print(f"wrote {args.out}")
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    tiles = photo_tiles()
+    calib = CalibrationData(tiles[0::2], "sklearn sample photos (alternate 224² tiles)", "photos")
+    report = {"command": command, "onnxruntime": onnxruntime.__version__, "threads": args.threads,
+              "machine": machine_info(), "spinning": "off (session.intra_op.allow_spinning 0, every nfdeploy ORT session)",
+              "calibration": calib.describe(), "batches": [], "log": lines}
+    plan = RoundPlan(warmup_s=1.0, min_time_s=args.min_time, max_time_s=args.max_time)
+    report["kernel_ceiling"] = c = kernel_ceiling(args.threads, plan)
+    log(f"GEMM {c['n']}³ on ONNX Runtime: fp32 {c['giga_ops_per_s']['fp32']:.0f} GFLOP/s, u8s8 int8 "
+        f"{c['giga_ops_per_s']['int8']:.0f} giga-ops/s; fp32 / int8 time {describe_ratio(c['fp32 / int8'])}")
+    with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp:
+        graphs = make_graphs(Path(tmp), calib, log)
+        report["graphs"] = {m: {k: v for k, v in g.items() if k != "path"} for m, g in graphs.items()}
+        report["accuracy"] = accuracy(graphs, tiles[1::2])
+        for m, a in report["accuracy"].items():
+            log(f"{m}: logits SQNR {a['logits_sqnr_db']:.1f} dB vs fp32, top-1 agreement {a['top1_agreement']:.0%}")
+        backends = {}
+        for member, model, form, _ in MEMBERS:
+            spec = BackendSpec("onnxruntime", "cpu", "fp32" if form == "fp32" else form)
+            backends[member] = OrtBackend(spec, INPUT, graphs[member]["path"], threads=args.threads)
+            backends[member].activate()
+        ratios = {f"{a} / {b}": (a, b) for a, b in RATIOS}
+        for batch in parse_batches(args.batches):
+            load0 = machine_load()
+            rows, rat, info = time_group(backends, batch, INPUT, plan, ratios=ratios)
+            load1 = machine_load()
+            profile = {m: op_profile(graphs[m]["path"], batch, args.threads, args.profile_runs)
+                       for m in ("nf fp32", "nf int8-ort")}
+            report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info, "profile": profile,
+                                      "load_before": load0, "load_after": load1})
+            log(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.1f} ms" for n, r in rows.items())
+                + f" ({info['rounds']} rounds, {info['stopped_by']})")
+            for k, v in rat.items():
+                log(f"  {k}: {describe_ratio(v)}")
+            write(args.out, report)  # after every batch: a run cut short keeps what it measured
+        for b in backends.values():
+            b.deactivate()
+    print(f"wrote {args.out}/int8_speed.json and .md")
+    return 0
+
+
+def write(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "int8_speed.json", report)
+    md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)", "",
+          f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {report['threads']} threads, intra-op "
+          f"spinning {report['spinning']}. CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}. "
+          "Interleaved rounds (nfdeploy.bench.time_group, rotating start); latency = median of per-round medians; "
+          "ratio = median of per-round ratios (A / B > 1: B faster) with its 95% bootstrap interval.", "",
+          "## The ceiling: ONNX Runtime's integer GEMM vs its float GEMM on this CPU", ""]
+    c = report.get("kernel_ceiling")
+    if c:
+        r = c["fp32 / int8"]
+        md += [f"MatMul fp32 vs MatMulInteger u8 x s8 -> int32, {c['n']}³, {c['threads']} threads, interleaved: "
+               f"{c['giga_ops_per_s']['fp32']:.1f} GFLOP/s vs {c['giga_ops_per_s']['int8']:.1f} giga-ops/s; fp32 time / "
+               f"int8 time {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds "
+               f"(stopped by {c['stopped_by']}). A network that were all GEMM could gain no more than this from int8.", ""]
+    md += ["## What ONNX Runtime runs of each int8 graph (its optimized graph, extended level)", ""]
+    grows = []
+    for m, g in report["graphs"].items():
+        if g["quantize"] is None:
+            continue
+        f = g["fusion"]
+        grows.append({"graph": m, "activations": g["quantize"]["activations"], "lint": "ok" if g["lint_ok"] else "errors",
+                      "ORT fusion": describe_fusion(f) if f else "n/a (TensorRT form: ORT runs what TensorRT would fuse as DQ→float op)",
+                      "logits SQNR dB": report["accuracy"][m]["logits_sqnr_db"], "top-1 agreement": report["accuracy"][m]["top1_agreement"]})
+    md += [markdown_table(grows, floatfmt="{:.3g}"), "",
+           f"Accuracy: logits vs the model's fp32 graph on {next(iter(report['accuracy'].values()))['tiles']} held-out photo "
+           f"tiles; calibration: {report['calibration']}.", ""]
+    for b in report["batches"]:
+        la, lb = b["load_before"], b["load_after"]
+        md += [f"## batch {b['batch']}", "",
+               f"Load average (1, 5, 15 min) before {la['loadavg_1_5_15']}, after {lb['loadavg_1_5_15']}; other processes "
+               f"used {la['other_processes_cores']} / {lb['other_processes_cores']} of {la['usable_cpus']} cores"
+               + (" — **busy machine**" if la["busy"] or lb["busy"] else "") + f". {b['info']['rounds']} rounds, "
+               f"stopped by {b['info']['stopped_by']}.", ""]
+        md.append(markdown_table([{"graph": n, "median ms": r["median_ms"],
+                                   "95% interval": f"[{r['median_ci95_ms'][0]:.4g}, {r['median_ci95_ms'][1]:.4g}]",
+                                   "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.4g}"))
+        goal = GOALS.get(b["batch"])
+        md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
+                                    "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else "",
+                                    "goal": f">= {goal}" if goal and k == "nf fp32 / nf int8-ort" else ""}
+                                   for k, v in b["ratios"].items()], floatfmt="{:.3f}"), "",
+               "Share of node time by op type (ONNX Runtime profiler): "
+               + "; ".join(f"{m}: " + ", ".join(f"{op} {100 * s:.1f}%" for op, s in list(p.items())[:6])
+                           for m, p in b["profile"].items()), ""]
+    md += ["## Log", "", "```", *report["log"], "```"]
+    atomic_write_text(out / "int8_speed.md", "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,11 +5,14 @@ intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-acc
 sgemm peak measured in the same run, the OpenVINO kernels chosen on this CPU, and the machine's load
 before and after every batch (the machine is shared).
 
-ONNX Runtime's sessions are re-made here with intra-op spinning off (session.intra_op.allow_spinning 0):
-spinning threads take the cores from the next member of a round (issue 17 §1); the flag is recorded.
+ONNX Runtime's sessions run with intra-op spinning off (session.intra_op.allow_spinning 0, every nfdeploy
+ORT session): spinning threads take the cores from the next member of a round (issue 17 §1).
 
     python bench/openvino_side_by_side.py --export EXPORT_DIR --out bench/results/openvino-digits-DATE
     python bench/openvino_side_by_side.py --model nf_resnet50 --out bench/results/openvino-nf_resnet50-DATE
+
+With --parity, nfdeploy parity runs first on the same backends (report in OUT/parity) and the report names, per
+precision and batch, the fastest backend that passed it.
 """
 
 from __future__ import annotations
@@ -27,30 +30,20 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E40
 from nfdeploy.backends import export_backends, load_export_source  # noqa: E402
 from nfdeploy.bench import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
 from nfdeploy.bench.flops import gflops  # noqa: E402
+from nfdeploy.bench.report import fastest_passing  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
+from nfdeploy.parity import PARITY_JSON, parity_report  # noqa: E402
 from nfdeploy.reports import markdown_table  # noqa: E402
 from nfdeploy.runtime.base import BackendUnavailable  # noqa: E402
 
-PRECISIONS = ("fp32", "int8", "int8-ort")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
 RUNTIMES = ("onnxruntime", "openvino")
-
-
-def spinning_off(backend) -> None:
-    """Re-make an active ONNX Runtime CPU session with intra-op spinning off, same file and threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if backend.threads:
-        opts.intra_op_num_threads = backend.threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    backend.session = ort.InferenceSession(str(backend.path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def make_export(model: str, work: Path, size: int, calib: int) -> Path:
     run = write_random_run(work / "run", model, input_size=size)
     out = work / "export"
-    # check off: random weights are not judged here (speed only); calibration on the run's synthetic split
+    # check off: the export is not judged here (--parity judges it); calibration on the run's synthetic split
     export_run(run, out, export_options(precisions=["fp32", *PRECISIONS[1:]], check=False, calib_samples=calib))
     return out
 
@@ -65,6 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=2.0, help="timed seconds per member and batch, at least")
     ap.add_argument("--max-time", type=float, default=60.0, help="cap per batch (all members) before 'noisy'")
+    ap.add_argument("--parity", action="store_true",
+                    help="run nfdeploy parity on these backends first (report in OUT/parity) and name the fastest that passed")
+    ap.add_argument("--parity-samples", type=int, default=512)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if (args.export is None) == (args.model is None):
@@ -77,6 +73,12 @@ def main(argv=None) -> int:
         export = args.export or make_export(args.model, Path(td), args.size, args.calib)
         source = load_export_source(export)
         names = [f"{rt}-cpu-{p}" for p in PRECISIONS for rt in RUNTIMES]
+        statuses, parity_where = None, "no parity run (--parity not given)"
+        if args.parity:  # before any session of the timed group exists: parity holds one backend at a time
+            parity = parity_report(export, args.out / "parity", only=names, max_samples=args.parity_samples,
+                                   threads=args.threads, log=lambda m: print(m, flush=True))
+            statuses = {r["name"]: r["status"] for r in parity["backends"]}
+            parity_where = str(args.out / "parity" / PARITY_JSON)
         pool = {b.name: b for b in export_backends(source, tensorrt=False, threads=args.threads)}
         backends, skipped = {}, {}
         for n in names:
@@ -89,17 +91,17 @@ def main(argv=None) -> int:
             except BackendUnavailable as e:
                 skipped[n] = str(e)
                 continue
-            if n.startswith("onnxruntime"):
-                spinning_off(b)
             backends[n] = b
         macs = onnx_macs(export / source.manifest["onnx"]["fp32"]["file"])
         peak = cpu_matmul_peak(seconds=2.0)
         report = {"command": command, "export": str(export), "model": args.model or source.manifest.get("model"),
                   "input_shape": list(source.input_shape), "threads": args.threads, "macs_per_sample": macs,
-                  "sgemm_peak": peak, "machine": machine_info(), "onnxruntime_spinning": "off (session.intra_op.allow_spinning 0)",
+                  "sgemm_peak": peak, "machine": machine_info(),
+                  "onnxruntime_spinning": "on" if any(getattr(b, "spinning", False) for b in backends.values())
+                  else "off (session.intra_op.allow_spinning 0)",
                   "openvino": {n: {k: b.describe().get(k) for k in ("config", "mac_precisions", "mac_kernels", "inference_precision")}
                                for n, b in backends.items() if n.startswith("openvino")},
-                  "skipped": skipped, "batches": []}
+                  "skipped": skipped, "parity": statuses, "parity_report": parity_where, "batches": []}
         ratios = {f"{p}: onnxruntime / openvino": (f"onnxruntime-cpu-{p}", f"openvino-cpu-{p}") for p in PRECISIONS
                   if f"onnxruntime-cpu-{p}" in backends and f"openvino-cpu-{p}" in backends}
         ratios |= {f"{rt}: fp32 / {p}": (f"{rt}-cpu-fp32", f"{rt}-cpu-{p}") for rt in RUNTIMES for p in PRECISIONS[1:]
@@ -109,11 +111,13 @@ def main(argv=None) -> int:
             load0 = machine_load()
             rows, rat, info = time_group(backends, batch, source.input_shape, plan, ratios=ratios)
             load1 = machine_load()
-            for r in rows.values():
+            for n, r in rows.items():
+                r.update(name=n, batch=batch)
                 r["gflops"] = gflops(macs, batch, r["median_ms"])
                 r["peak_share"] = r["gflops"] / peak["gflops"] if r["gflops"] else None
             report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info,
-                                      "load_before": load0, "load_after": load1})
+                                      "load_before": load0, "load_after": load1,
+                                      "fastest_passing": fastest_passing(list(rows.values()), statuses)})
             print(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in rows.items()), flush=True)
             for k, v in rat.items():
                 print(f"  {k}: {v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] over {v['rounds']} rounds", flush=True)
@@ -150,6 +154,14 @@ def write(out: Path, report: dict) -> None:
         md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
                                     "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""}
                                    for k, v in b["ratios"].items()], floatfmt="{:.3f}"), ""]
+    verdicts = [v for b in report["batches"] for v in b["fastest_passing"]]
+    md += ["## Fastest backend that passed parity (per precision and batch, from the interleaved rows above)", "",
+           f"Parity: {report['parity_report']}" + (" — statuses: " + ", ".join(f"{n} {s}" for n, s in report["parity"].items())
+                                                   if report["parity"] else "") + ".", ""]
+    if verdicts:
+        md += [markdown_table([{"precision": v["precision"], "batch": v["batch"], "fastest that passed": v["fastest_passing"] or "none passed",
+                                "its ms": v["fastest_passing_ms"], "fastest of all": v["fastest"], "its ms ": v["fastest_ms"],
+                                "its parity": v["fastest_parity"]} for v in verdicts], floatfmt="{:.4g}"), ""]
     md += ["## OpenVINO's runtime model on this CPU", ""]
     md += [f"- {n}: {v['inference_precision']}, MAC layers by precision {v['mac_precisions']}, kernels {v['mac_kernels']}"
            for n, v in report["openvino"].items()]

@@ -249,7 +249,7 @@ def parity(
                                       "instruction set (sse41, avx, avx2, avx512_core, ...; recorded in the reports)."),
 ):
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
-    from nfdeploy.parity import parity_report
+    from nfdeploy.parity import PARITY_JSON, PARITY_MD, PARITY_PNG, parity_report
 
     if max_samples < 1:
         raise CliError(f"--max-samples must be positive, got {max_samples}")
@@ -263,7 +263,7 @@ def parity(
                         max_samples=max_samples, per_block=per_block, batch_matrix=batch_matrix,
                         save_outputs=save_outputs, threads=threads)
     where = Path(rep["out_dir"])
-    typer.echo(f"reports: {where / 'parity.md'} {where / 'parity.json'} {where / 'parity.png'}")
+    typer.echo(f"reports: {where / PARITY_MD} {where / PARITY_JSON} {where / PARITY_PNG}")
     if not rep["ok"]:
         typer.echo(f"error: parity failed — {rep['failure']}", err=True)
         raise typer.Exit(1)

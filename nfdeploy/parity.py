@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
 from nfdeploy.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source, select_backends
 from nfdeploy.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
                                    plot_batch_matrix)
@@ -81,6 +81,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # Row statuses that fail a parity run, and the words the failure line uses for each.
+# The report's files, in the report dir (default_report_dir beside the export): parity writes them, bench and serve read.
+PARITY_JSON, PARITY_MD, PARITY_PNG = "parity.json", "parity.md", "parity.png"
 FAILURE_KINDS = {"FAIL": "outside tolerance", "broken": "failed to load", "crashed": "crashed while running"}
 
 
@@ -247,8 +249,22 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     return report
 
 
+def read_parity_rows(export_dir: str | Path) -> dict[str, dict[str, Any]] | None:
+    """The export's saved parity rows ({backend name: row}, from PARITY_JSON in its default report dir),
+    or None when there is no report. A report that exists but cannot be read raises UserError: a reader
+    that needs a verdict (bench's fastest backend, serve's default) must not mistake it for "no report"."""
+    path = default_report_dir(export_dir) / PARITY_JSON
+    if not path.is_file():
+        return None
+    report = read_json(path, "parity report")
+    rows = report.get("backends") if isinstance(report, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r for r in rows):
+        raise UserError(f"{path}: not a parity report (no list of backend rows with names)")
+    return {r["name"]: r for r in rows}
+
+
 def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
-    atomic_write_json(out_dir / "parity.json", report)
+    atomic_write_json(out_dir / PARITY_JSON, report)
     ran = [r for r in report["backends"] if r.get("status") in ("pass", "FAIL")]
     skipped = [r for r in report["backends"] if r.get("status") == "skipped"]
     broken = [r for r in report["backends"] if r.get("status") in ("broken", "crashed")]
@@ -286,9 +302,10 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
         md += ["\n## Error per block\n", f"Per-block forensics failed: {report['per_block_error']}\n"]
     if bm["backends"]:
         plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
-    atomic_write_text(out_dir / "parity.md", "\n".join(md))
-    _plot(report["backends"], out_dir / "parity.png")
+    atomic_write_text(out_dir / PARITY_MD, "\n".join(md))
+    _plot(report["backends"], out_dir / PARITY_PNG)
 
 
-__all__ = ["FAILURE_KINDS", "NothingCheckedError", "ParityError", "failure_summary", "load_parity_data", "parity_report",
+__all__ = ["FAILURE_KINDS", "NothingCheckedError", "PARITY_JSON", "PARITY_MD", "PARITY_PNG", "ParityError", "failure_summary",
+           "load_parity_data", "parity_report", "read_parity_rows",
            "write_parity_report"]

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from nfdeploy.backends import ExportSource
 from nfdeploy.bench import bench_report
 from nfdeploy.bench.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
-from nfdeploy.bench.peak import peak_for, peak_kind
+from nfdeploy.bench.peak import no_peak, peak_for, peak_kind
 from nfdeploy.bench.report import annotate_work
 from nfdeploy.bench.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
 from nfdeploy.fold import randomize_
@@ -25,16 +25,35 @@ quiet = lambda *a, **k: None  # noqa: E731
 
 
 def test_int8_rows_never_use_the_float_peak():
+    """CPU int8 rows are compared with ONNX Runtime's integer matmul, measured once for both int8 forms (the
+    float32 sgemm peak is never measured for them); without a peak the row's share is empty, with the reason."""
     cache: dict = {}
     for prec in ("int8", "int8-ort"):
         assert peak_kind("cpu", prec) == ("cpu", "int8") and peak_kind("cuda", prec) == ("cuda", "int8")
-        p = peak_for("cpu", prec, cache)  # must not raise, and must not measure the sgemm peak for it
-        assert p["gflops"] is None and p["what"].startswith("no int8 peak measured")
+        p = peak_for("cpu", prec, cache)
+        assert p["precision"] == "int8" and p["gflops"] > 0 and "MatMulInteger" in p["what"], p
     assert list(cache) == [("cpu", "int8")]
     row = {"batch": 8, "median_ms": 1.0, "device": "cpu", "precision": "int8-ort"}
     annotate_work(row, {"macs_per_sample": 10**9}, cache)
-    assert row["gflops"] == pytest.approx(16000.0) and row["peak_share"] is None and "int8" in row["peak_note"]
+    assert row["gflops"] == pytest.approx(16000.0) and row["peak_share"] == pytest.approx(16000.0 / p["gflops"])
+    cache[("cpu", "int8")] = no_peak("cpu", "int8", "no onnxruntime")
+    annotate_work(row, {"macs_per_sample": 10**9}, cache)
+    assert row["peak_share"] is None and "int8" in row["peak_note"]
     assert peak_kind("cpu", "fp16") == ("cpu", "fp32") and peak_kind("cuda", "bf16") == ("cuda", "bf16")
+
+
+def test_ort_matmul_computes_the_product_it_times():
+    """The timed calls are real matmuls: int8 exactly the int32 product, fp32 the float product."""
+    from nfdeploy.bench.peak import ort_matmul
+
+    (y8,) = ort_matmul("int8", n=64, threads=1)()
+    rng = np.random.default_rng(0)  # ort_matmul's inputs, drawn the same way
+    a, b = rng.integers(0, 256, (64, 64), dtype=np.uint8), rng.integers(-127, 128, (64, 64), dtype=np.int8)
+    assert y8.dtype == np.int32 and np.array_equal(y8, a.astype(np.int32) @ b.astype(np.int32))
+    (y32,) = ort_matmul("fp32", n=64, threads=1)()
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 64), dtype=np.float32), rng.standard_normal((64, 64), dtype=np.float32)
+    np.testing.assert_allclose(y32, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the int8 matmul peak needs a CUDA device")
@@ -188,3 +207,35 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
     rep = bench_report(src, tmp_path / "out2", backends=[folded, unfolded], **settings)
     assert rep["fastest_passing"]["rows"] == [] and rep["fastest_passing"]["note"] == NO_PARITY_NOTE
     assert NO_PARITY_NOTE in (tmp_path / "out2" / "bench.md").read_text()
+
+
+def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
+    """parity.read_parity_rows is the one reader: no report → None (bench: no verdict; serve: unchecked); a report
+    that exists but is not one → a one-line error naming the file, which bench reports as "unreadable" and serve
+    does not mistake for "unchecked"."""
+    import pytest
+
+    from nfdeploy.errors import UserError
+    from nfdeploy.parity import PARITY_JSON, read_parity_rows
+    from nfdeploy.bench.report import NO_PARITY_NOTE, read_parity_statuses
+    from nfdeploy.serve.server import parity_verdict
+
+    export = tmp_path / "export"
+    export.mkdir()
+    assert read_parity_rows(export) is None
+    assert read_parity_statuses(export) == (None, NO_PARITY_NOTE)
+    assert parity_verdict(export, "onnxruntime-cpu-fp32") == "unchecked"
+    report = tmp_path / "export-reports" / PARITY_JSON
+    report.parent.mkdir()
+    report.write_text('{"backends": [{"name": "onnxruntime-cpu-fp32", "status": "pass"}]}')
+    assert read_parity_rows(export)["onnxruntime-cpu-fp32"]["status"] == "pass"
+    assert read_parity_statuses(export) == ({"onnxruntime-cpu-fp32": "pass"}, str(report))
+    assert parity_verdict(export, "onnxruntime-cpu-fp32") == "pass"
+    for bad in ('{"backends": {"onnxruntime-cpu-fp32": "pass"}}', '[1, 2]', '{"backends": [{"status": "pass"}]}', "{"):
+        report.write_text(bad)
+        with pytest.raises(UserError, match="parity"):
+            read_parity_rows(export)
+        statuses, why = read_parity_statuses(export)
+        assert statuses is None and why.startswith("parity report unreadable")
+        with pytest.raises(UserError):
+            parity_verdict(export, "onnxruntime-cpu-fp32")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
                                select_backends)
 from nfdeploy.bench.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name, source_norm
@@ -53,11 +53,11 @@ from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, MIN_ROUNDS_BEFOR
 from nfdeploy.bench.timing import (DEVICE_TIMING, HOST_TIMING, MEMORY_KIND, activate_measured, failure_row,
                                    time_backend, time_group)
 from nfdeploy.errors import UserError, one_line
+from nfdeploy.parity import PARITY_JSON, read_parity_rows
 from nfdeploy.reports import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, name_matches
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
-PARITY_JSON = "parity.json"  # the export's parity report, in default_report_dir (nfdeploy.parity writes it)
 NO_PARITY_NOTE = "no parity report: fastest backend unchecked"
 
 
@@ -364,12 +364,11 @@ def _findings(run: BenchRun, load_before: dict[str, Any], load_after: dict[str, 
 
 def read_parity_statuses(export_dir: Path) -> tuple[dict[str, str] | None, str]:
     """({backend: parity status}, where) from the export's saved parity.json, or (None, why not)."""
-    path = default_report_dir(export_dir) / PARITY_JSON
-    if not path.is_file():
-        return None, NO_PARITY_NOTE
     try:
-        rows = read_json(path, "parity report")["backends"]
-        return {r["name"]: r["status"] for r in rows if "status" in r}, str(path)
+        rows = read_parity_rows(export_dir)
+        if rows is None:
+            return None, NO_PARITY_NOTE
+        return {n: r["status"] for n, r in rows.items() if "status" in r}, str(default_report_dir(export_dir) / PARITY_JSON)
     except Exception as e:  # noqa: BLE001 - any unreadable report: the verdict says so, the bench still stands
         return None, f"parity report unreadable ({one_line(e, 160)}): fastest backend unchecked"
 
@@ -505,7 +504,7 @@ def work_model(source: ExportSource) -> dict[str, Any]:
 
 def annotate_work(row: dict[str, Any], work: dict[str, Any], peaks: dict[tuple[str, str], dict[str, Any]]) -> None:
     """Add achieved GFLOP/s and its share of the measured peak of the row's device and precision (None,
-    with peak_note, where no peak was measured: int8 on CPU)."""
+    with peak_note, where no peak was measured: int8 on CPU without ONNX Runtime)."""
     row["gflops"] = gflops(work.get("macs_per_sample"), row["batch"], row["median_ms"])
     peak = peak_for(row["device"], row["precision"], peaks) if row["gflops"] is not None else None
     row["peak_gflops"] = peak["gflops"] if peak else None
@@ -717,7 +716,7 @@ def _plots(r: dict[str, Any], out_dir: Path) -> None:
         save_figure(fig, out_dir / fname)
 
 
-__all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "NO_PARITY_NOTE", "PARITY_JSON", "THROUGHPUT_PNG", "RATIO_LABEL",
+__all__ = ["BENCH_JSON", "BENCH_MD", "LATENCY_PNG", "NO_PARITY_NOTE", "THROUGHPUT_PNG", "RATIO_LABEL",
            "BenchError", "BenchRun", "CellPlan", "annotate_work", "bench_report", "fastest_passing",
            "informative_table", "parse_batches", "read_parity_statuses", "render_markdown",
            "torch_threads",

@@ -23,7 +23,8 @@ from typing import Any
 from nfdeploy.artifacts import make_staging_dir, sha256_file
 from nfdeploy.errors import UserError, require
 from nfdeploy.export import load_manifest
-from nfdeploy.serve.server import model_name_of, parity_rows
+from nfdeploy.parity import read_parity_rows
+from nfdeploy.serve.server import model_name_of
 
 # Triton's platform / backend names for the model files this repository holds.
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -80,7 +81,7 @@ def package_export(export_dir: str | Path, out: str | Path, *, max_batch: int = 
     export_dir, out = Path(export_dir), Path(out)
     manifest = load_manifest(export_dir)
     base = model_name_of(manifest)
-    rows = parity_rows(export_dir) or {}
+    rows = read_parity_rows(export_dir) or {}
     threads = threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(out)

@@ -28,6 +28,7 @@ import numpy as np
 from nfdeploy.artifacts import read_json, sha256_file
 from nfdeploy.backends import REFERENCE, default_report_dir, export_backends, load_export_source
 from nfdeploy.errors import UserError, one_line, require
+from nfdeploy.parity import read_parity_rows
 from nfdeploy.runtime.base import Backend
 
 MODEL_VERSION = 1
@@ -91,17 +92,9 @@ def model_name_of(manifest: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(manifest.get("model") or "model"))
 
 
-def parity_rows(export_dir: str | Path) -> dict[str, dict[str, Any]] | None:
-    """The export's saved parity rows by backend name, or None without a report."""
-    path = default_report_dir(export_dir) / "parity.json"
-    if not path.is_file():
-        return None
-    return {r["name"]: r for r in read_json(path, "parity report").get("backends", [])}
-
-
 def parity_verdict(export_dir: str | Path, backend_name: str) -> str:
     """The backend's parity row status ("pass", "FAIL", "broken", ...) or "unchecked"."""
-    rows = parity_rows(export_dir)
+    rows = read_parity_rows(export_dir)
     return (rows or {}).get(backend_name, {}).get("status", UNCHECKED)
 
 
@@ -111,7 +104,7 @@ def default_backend_name(export_dir: str | Path, backends: list[Backend]) -> str
     cuda = [b for b in backends if b.device == "cuda" and b.unavailable_reason() is None]
     if not cuda:
         return CPU_DEFAULT_BACKEND
-    rows = parity_rows(export_dir) or {}
+    rows = read_parity_rows(export_dir) or {}
     passed = {b.name for b in cuda if rows.get(b.name, {}).get("status") == "pass"}
     bench_path = default_report_dir(export_dir) / "bench.json"
     if not passed or not bench_path.is_file():
@@ -351,4 +344,4 @@ def serve_until_signal(export_dir: str | Path, options: ServeOptions, *, log: Ca
 
 __all__ = ["BATCH_OUTPUT", "CPU_DEFAULT_BACKEND", "LOOPBACK", "MODEL_VERSION", "UNCHECKED", "BadRequest", "ModelServer", "ServeError",
            "ServeOptions", "artifact_of", "default_backend_name", "free_port", "interpreter_problem",
-           "make_infer_function", "model_name_of", "parity_rows", "parity_verdict", "serve_until_signal"]
+           "make_infer_function", "model_name_of", "parity_verdict", "serve_until_signal"]

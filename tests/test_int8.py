@@ -183,3 +183,19 @@ def test_folder_calibration_reads_the_named_folder(tmp_path):
     assert calib.images.dtype == np.float32 and -3 < calib.images.mean() < 3
     with pytest.raises(Exception, match="holds no images"):
         folder_calibration(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, (3, 64, 64), mean, std, 4, 0)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_with_a_short_last_batch(tmp_path, method):
+    """onnxruntime's histogram collector (percentile, entropy) stacks each tensor's batches and failed on a
+    shorter last batch (40 images = 32 + 8: "inhomogeneous shape"); the reader now feeds equal batches."""
+    from nfdeploy.export.onnx_graph import export_module
+    from nfdeploy.export.quantize import CalibrationData, quantize_graph
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    export_module(net, tmp_path / "m.onnx", (3, 8, 8))
+    x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    info = quantize_graph(tmp_path / "m.onnx", tmp_path / "q.onnx", "int8", CalibrationData(x, "noise", "folder"),
+                          CalibrationOptions(method=method, samples=40))
+    assert info["calibration"]["samples"] == 40 and lint_int8(onnx.load(str(tmp_path / "q.onnx")), "int8")["ok"]

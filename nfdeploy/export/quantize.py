@@ -128,8 +128,13 @@ def folder_calibration(path: str | Path, input_shape: tuple[int, int, int], mean
 def _reader(images: np.ndarray, input_name: str):
     ortq = require("onnxruntime.quantization", "onnx")
 
+    # Equal batches: onnxruntime's histogram collector (percentile, entropy) stacks each tensor's batches with
+    # np.asarray and fails on a shorter last batch (e.g. 56 images as 32 + 24). The largest divisor of the
+    # image count up to CALIBRATION_BATCH (the ranges do not depend on the batching).
+    size = max(d for d in range(1, min(CALIBRATION_BATCH, max(len(images), 1)) + 1) if len(images) % d == 0)
+
     class ArrayReader(ortq.CalibrationDataReader):
-        """Feeds the calibration images in batches of CALIBRATION_BATCH."""
+        """Feeds the calibration images in equal batches of at most CALIBRATION_BATCH."""
 
         def __init__(self) -> None:
             self.pos = 0
@@ -137,8 +142,8 @@ def _reader(images: np.ndarray, input_name: str):
         def get_next(self):
             if self.pos >= len(images):
                 return None
-            batch = images[self.pos:self.pos + CALIBRATION_BATCH]
-            self.pos += CALIBRATION_BATCH
+            batch = images[self.pos:self.pos + size]
+            self.pos += size
             return {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
         def rewind(self) -> None:

@@ -2,7 +2,8 @@
 model.int8.onnx, the int8 U8S8 form model.int8.ort.onnx) in interleaved rounds (nfdeploy.bench.time_group:
 every member in turn each round, rotating start; ratios are medians of per-round ratios with 95% bootstrap
 intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-accumulates) against a float32
-sgemm peak measured in the same run, the OpenVINO kernels chosen on this CPU, and the machine's load
+matmul peak of the row's kind (float32; int8 forms: ONNX Runtime's u8 x s8 MatMulInteger) measured in the
+same run, the OpenVINO kernels chosen on this CPU, and the machine's load
 before and after every batch (the machine is shared).
 
 ONNX Runtime's sessions run with intra-op spinning off (session.intra_op.allow_spinning 0, every nfdeploy
@@ -30,6 +31,7 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E40
 from nfdeploy.backends import export_backends, load_export_source  # noqa: E402
 from nfdeploy.bench import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
 from nfdeploy.bench.flops import gflops  # noqa: E402
+from nfdeploy.bench.peak import cpu_int8_matmul_peak, peak_kind  # noqa: E402
 from nfdeploy.bench.report import fastest_passing  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
 from nfdeploy.parity import PARITY_JSON, parity_report  # noqa: E402
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     command = "python bench/openvino_side_by_side.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import torch
 
-    torch.set_num_threads(args.threads)  # the sgemm peak on the same number of threads
+    torch.set_num_threads(args.threads)  # the peaks on the same number of threads
     with tempfile.TemporaryDirectory() as td:
         export = args.export or make_export(args.model, Path(td), args.size, args.calib)
         source = load_export_source(export)
@@ -93,10 +95,10 @@ def main(argv=None) -> int:
                 continue
             backends[n] = b
         macs = onnx_macs(export / source.manifest["onnx"]["fp32"]["file"])
-        peak = cpu_matmul_peak(seconds=2.0)
+        peaks = {"fp32": cpu_matmul_peak(seconds=2.0), "int8": cpu_int8_matmul_peak(seconds=2.0)}
         report = {"command": command, "export": str(export), "model": args.model or source.manifest.get("model"),
                   "input_shape": list(source.input_shape), "threads": args.threads, "macs_per_sample": macs,
-                  "sgemm_peak": peak, "machine": machine_info(),
+                  "peaks": peaks, "machine": machine_info(),
                   "onnxruntime_spinning": "on" if any(getattr(b, "spinning", False) for b in backends.values())
                   else "off (session.intra_op.allow_spinning 0)",
                   "openvino": {n: {k: b.describe().get(k) for k in ("config", "mac_precisions", "mac_kernels", "inference_precision")}
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
             for n, r in rows.items():
                 r.update(name=n, batch=batch)
                 r["gflops"] = gflops(macs, batch, r["median_ms"])
-                r["peak_share"] = r["gflops"] / peak["gflops"] if r["gflops"] else None
+                pk = peaks[peak_kind("cpu", r["precision"])[1]]
+                r["peak_share"] = r["gflops"] / pk["gflops"] if r["gflops"] and pk["gflops"] else None
             report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info,
                                       "load_before": load0, "load_after": load1,
                                       "fastest_passing": fastest_passing(list(rows.values()), statuses)})
@@ -131,14 +134,14 @@ def main(argv=None) -> int:
 def write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "side_by_side.json", report)
-    peak = report["sgemm_peak"]
+    fp, i8 = report["peaks"]["fp32"], report["peaks"]["int8"]
     md = [f"# ONNX Runtime vs OpenVINO, CPU, side by side ({report['model']}, input {report['input_shape']})", "",
           f"Command: `{report['command']}`.", "",
           f"{report['threads']} threads; ONNX Runtime intra-op spinning {report['onnxruntime_spinning']}. "
           f"Interleaved rounds (rotating start); latency = median of per-round medians with its 95% bootstrap "
           f"interval; ratio = median of per-round ratios (>1: the second is faster). GFLOP/s = 2 x "
-          f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, against a float32 sgemm peak of "
-          f"{peak['gflops']:.1f} GFLOP/s (torch.mm {peak['n']}², {peak['threads']} threads) measured in the same run. "
+          f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, against peaks measured in the same run: "
+          f"float32 {fp['gflops']:.1f} GFLOP/s ({fp['what']}); int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']}). "
           f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.", ""]
     for b in report["batches"]:
         la, lb = b["load_before"], b["load_after"]
@@ -149,19 +152,24 @@ def write(out: Path, report: dict) -> None:
                f"{b['info']['rounds']} rounds, stopped by {b['info']['stopped_by']}.", ""]
         md.append(markdown_table([{"backend": n, "precision": r["precision"], "median ms": r["median_ms"],
                                    "95% interval": f"[{r['median_ci95_ms'][0]:.3g}, {r['median_ci95_ms'][1]:.3g}]",
-                                   "GFLOP/s": r["gflops"], "share of sgemm peak": r["peak_share"],
+                                   "GFLOP/s": r["gflops"], "share of peak": r["peak_share"],
                                    "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.3g}"))
         md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
                                     "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""}
                                    for k, v in b["ratios"].items()], floatfmt="{:.3f}"), ""]
-    verdicts = [v for b in report["batches"] for v in b["fastest_passing"]]
+    verdicts = [{**v, "ort_ov": b["ratios"].get(f"{v['precision']}: onnxruntime / openvino")}
+                for b in report["batches"] for v in b["fastest_passing"]]
     md += ["## Fastest backend that passed parity (per precision and batch, from the interleaved rows above)", "",
            f"Parity: {report['parity_report']}" + (" — statuses: " + ", ".join(f"{n} {s}" for n, s in report["parity"].items())
                                                    if report["parity"] else "") + ".", ""]
     if verdicts:
         md += [markdown_table([{"precision": v["precision"], "batch": v["batch"], "fastest that passed": v["fastest_passing"] or "none passed",
                                 "its ms": v["fastest_passing_ms"], "fastest of all": v["fastest"], "its ms ": v["fastest_ms"],
-                                "its parity": v["fastest_parity"]} for v in verdicts], floatfmt="{:.4g}"), ""]
+                                "its parity": v["fastest_parity"],
+                                "ONNX Runtime / OpenVINO": f"{v['ort_ov']['ratio']:.3f} [{v['ort_ov']['ci95'][0]:.3f}, "
+                                                           f"{v['ort_ov']['ci95'][1]:.3f}]" if v["ort_ov"] else "-"}
+                               for v in verdicts], floatfmt="{:.4g}"),
+               "", "An ONNX Runtime / OpenVINO interval that contains 1 is a tie: the faster median then names no winner.", ""]
     md += ["## OpenVINO's runtime model on this CPU", ""]
     md += [f"- {n}: {v['inference_precision']}, MAC layers by precision {v['mac_precisions']}, kernels {v['mac_kernels']}"
            for n, v in report["openvino"].items()]

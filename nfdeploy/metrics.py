@@ -55,13 +55,13 @@ def top1_agreement(a: Any, b: Any) -> float:
 
 
 @torch.no_grad()
-def framework_error(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
-                    batch_size: int = 64, max_samples: int = 128) -> float | None:
+def framework_errors(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
+                     batch_size: int = 64, max_samples: int = 128) -> dict[str, float] | None:
     """The reference framework's own error in `precision`, which the judged tolerance is relative to
-    (nfdeploy.precision.judged_tolerance): rel L2 of `model` (the unfolded torch model) run on CPU in the
-    precision's dtype against `ref` (float64), on the first `max_samples` inputs (fp16/bf16 convolutions
-    are slow on CPU: a large model on all parity inputs would cost minutes). None where the rule has
-    nothing to scale: fp64 (the reference itself), tf32 (torch cannot run it on CPU), int8 (no rel L2 rule)."""
+    (nfdeploy.precision.judged_tolerance): {"rel_l2", "top1_agreement"} of `model` (the unfolded torch model)
+    run on CPU in the precision's dtype against `ref` (float64), on the first `max_samples` inputs (fp16/bf16
+    convolutions are slow on CPU: a large model on all parity inputs would cost minutes). None where the rule
+    has nothing to scale: fp64 (the reference itself), tf32 (torch cannot run it on CPU), int8 (no rel L2 rule)."""
     p = get_precision(precision)
     if precision in ("fp64", "tf32") or p.rel_l2 is None:
         return None
@@ -69,7 +69,14 @@ def framework_error(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, prec
     m = copy.deepcopy(model).to(dtype=p.torch_dtype).eval()
     out = torch.cat([m(torch.from_numpy(x[i:i + batch_size]).to(p.torch_dtype)).double()
                      for i in range(0, len(x), batch_size)])
-    return compare_outputs(ref, out)["rel_l2"]
+    return {"rel_l2": compare_outputs(ref, out)["rel_l2"], "top1_agreement": top1_agreement(out, ref)}
+
+
+def framework_error(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
+                    batch_size: int = 64, max_samples: int = 128) -> float | None:
+    """framework_errors' rel L2 alone (None where it has none)."""
+    e = framework_errors(model, x, ref, precision, batch_size, max_samples)
+    return None if e is None else e["rel_l2"]
 
 
 def judge(out: Any, ref: Any, precision: str, labels: Any = None,
@@ -106,4 +113,4 @@ def judge(out: Any, ref: Any, precision: str, labels: Any = None,
     return row
 
 
-__all__ = ["compare_outputs", "framework_error", "judge", "sqnr_db", "top1_agreement", "ulp_error"]
+__all__ = ["compare_outputs", "framework_error", "framework_errors", "judge", "sqnr_db", "top1_agreement", "ulp_error"]

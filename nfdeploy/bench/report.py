@@ -24,7 +24,7 @@ comparison's measurement (``measured_in`` says so). Every other backend is timed
 a time.
 
 Achieved GFLOP/s = 2 x multiply-accumulates (counted once from the export's fp32 ONNX graph, the folded
-model) x batch / median latency; its share of a peak measured in the same run (peak.py: float32 sgemm
+model) x batch / median latency; its share of a peak measured in the same run (peak.py: float32 matmul
 on torch's threads on CPU, a matmul of the row's precision on CUDA). The machine's load (load average,
 busiest other processes) is recorded before and after; a busy machine is warned about.
 """
@@ -346,8 +346,8 @@ def _findings(run: BenchRun, load_before: dict[str, Any], load_after: dict[str, 
     above = sorted({r["name"] for r in run.results + run.comp_results if (r.get("peak_share") or 0) > 1.0})
     if above:
         cpu_only = all(r["device"] == "cpu" for r in run.results + run.comp_results if r["name"] in above)
-        why = ("the sgemm peak of this run was measured low (a busy machine slows torch's threaded sgemm more than "
-               "these backends); shares of peak are meaningful on a quiet machine only" if cpu_only else
+        why = ("the float32 matmul peak of this run was measured low (a busy machine slows a threaded matmul more "
+               "than these backends); shares of peak are meaningful on a quiet machine only" if cpu_only else
                "the backend beat the matmul measured as the peak (another kernel family or math mode): the share "
                "compares with this run's measured matmul, not with the device's limit")
         warnings.append(f"achieved GFLOP/s above the measured peak ({', '.join(above)}): {why}")
@@ -599,7 +599,7 @@ def _method_md(r: dict[str, Any]) -> list[str]:
               f"- *median ms* = median of the per-round medians of the primary timing (device_ms on CUDA, host_ms on "
               f"CPU), *95% CI* = {s['ci']}; *img/s* = batch / median.",
               "- *GFLOP/s* = 2 × MACs per image × batch / median; *% peak* = share of the peak measured in this run "
-              "(Machine table; CPU float rows of every precision against the float32 sgemm peak; int8 rows against an "
+              "(Machine table; CPU float rows of every precision against the float32 matmul peak; int8 rows against an "
               "int8 matmul where one was measured, else empty).",
               f"- *memory MiB*: CPU {MEMORY_KIND['cpu']}; CUDA torch {MEMORY_KIND['cuda']}; ONNX Runtime and TensorRT on CUDA: "
               f"{MEMORY_KIND['cuda-outside-torch']} (empty).",

@@ -125,6 +125,9 @@ def export(
     calib_seed: Optional[int] = typer.Option(None, help="Seed choosing the calibration images (default 0)."),
     calib_dir: Optional[Path] = typer.Option(None, help="Folder of calibration images (needed for --timm int8)."),
     int8_keep: List[str] = typer.Option([], "--int8-keep", help="ONNX node/tensor name (glob) kept in float (repeatable)."),
+    int8_ort_weight_bits: Optional[int] = typer.Option(
+        None, help="int8-ort weight range: 7 (default; runs correctly on every x86 CPU) or 8 (more accurate; only "
+                   "for CPUs with VNNI/AMX: saturates without them)."),
 ):
     """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
     from nfdeploy.export import export_options, export_run, export_timm
@@ -135,7 +138,8 @@ def export(
                           input_size=input_size, trt=trt, trt_flavour=trt_flavour, profiles=profile, tf32=tf32,
                           optimization_level=opt_level, timing_cache=timing_cache,
                           compute_capabilities=compute_capability, calibration=calibration,
-                          calib_samples=calib_samples, calib_seed=calib_seed, calib_dir=calib_dir, int8_keep=int8_keep)
+                          calib_samples=calib_samples, calib_seed=calib_seed, calib_dir=calib_dir, int8_keep=int8_keep,
+                          int8_ort_weight_bits=int8_ort_weight_bits)
     res = export_timm(timm, out, checkpoint, opts) if timm is not None else export_run(run_dir, out, opts)
     totals = res.manifest["fold"]["totals"]
     typer.echo(f"folded {totals['weight_standardizations']} WS convs, {totals['scalars_folded']} scalars, "

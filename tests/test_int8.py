@@ -199,3 +199,30 @@ def test_histogram_calibration_with_a_short_last_batch(tmp_path, method):
     info = quantize_graph(tmp_path / "m.onnx", tmp_path / "q.onnx", "int8", CalibrationData(x, "noise", "folder"),
                           CalibrationOptions(method=method, samples=40))
     assert info["calibration"]["samples"] == 40 and lint_int8(onnx.load(str(tmp_path / "q.onnx")), "int8")["ok"]
+
+
+def test_int8_ort_weight_bits_choose_the_weight_range(tmp_path):
+    """int8-ort weights are 7-bit by default (no int16 saturation on CPUs without VNNI) and 8-bit on request;
+    the choice is checked and only accepted with the int8-ort precision."""
+    from nfdeploy.errors import UserError
+    from nfdeploy.export.onnx_graph import export_module
+    from nfdeploy.export.quantize import CalibrationData, quantize_graph
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 3)).eval()
+    export_module(net, tmp_path / "m.onnx", (3, 8, 8))
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    peaks = {}
+    for bits in (7, 8):
+        info = quantize_graph(tmp_path / "m.onnx", tmp_path / f"q{bits}.onnx", "int8-ort", CalibrationData(x, "noise", "folder"),
+                              CalibrationOptions(samples=16, ort_weight_bits=bits))
+        assert f"{bits}-bit range" in info["weights"]
+        g = onnx.load(str(tmp_path / f"q{bits}.onnx")).graph
+        ints = [onnx.numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+        peaks[bits] = max(int(np.abs(w.astype(np.int32)).max()) for w in ints)
+    assert peaks[7] <= 64 < peaks[8] <= 127, peaks
+    with pytest.raises(QuantizeError, match="7 or 8"):
+        CalibrationOptions(ort_weight_bits=6)
+    with pytest.raises(UserError, match="int8-ort"):
+        export_options(precisions=["fp32", "int8"], int8_ort_weight_bits=8)
+    assert export_options(precisions=["fp32", "int8-ort"], int8_ort_weight_bits=8).calibration.ort_weight_bits == 8

@@ -81,7 +81,7 @@ def export_options(preset: str = "default", *, precisions: Sequence[str] | None 
                    tf32: bool | None = None, optimization_level: int | None = None, timing_cache: Path | None = None,
                    compute_capabilities: Sequence[str] = (), calibration: str | None = None,
                    calib_samples: int | None = None, calib_seed: int | None = None, calib_dir: str | Path | None = None,
-                   int8_keep: Sequence[str] = ()) -> ExportOptions:
+                   int8_keep: Sequence[str] = (), int8_ort_weight_bits: int | None = None) -> ExportOptions:
     """The preset, overridden by every argument that is set; TensorRT settings only with trt=True
     (given without it they are an error, not silently ignored); calibration settings only with an
     int8 precision."""
@@ -106,9 +106,12 @@ def export_options(preset: str = "default", *, precisions: Sequence[str] | None 
                                  ("--int8-keep", int8_keep or None)) if v is not None]
     if int8_given and not any(PRECISIONS.get(q) and PRECISIONS[q].quantized_from for q in cfg.get("precisions", ())):
         raise ExportError(f"{', '.join(int8_given)} only apply to int8: add --precision int8 (or int8-ort)")
+    if int8_ort_weight_bits is not None and "int8-ort" not in cfg.get("precisions", ()):
+        raise ExportError("--int8-ort-weight-bits only applies to the ONNX Runtime int8 form: add --precision int8-ort")
     calib = CalibrationOptions(method=cal.get("calibration", "minmax"), samples=cal.get("calib_samples", 512),
                                seed=cal.get("calib_seed", 0), keep=tuple(int8_keep),
-                               calib_dir=str(calib_dir) if calib_dir is not None else None)
+                               calib_dir=str(calib_dir) if calib_dir is not None else None,
+                               **({"ort_weight_bits": int8_ort_weight_bits} if int8_ort_weight_bits is not None else {}))
     engine_opts = trt_options(p["tensorrt"], flavour=trt_flavour, profiles=profiles, tf32=tf32,
                               optimization_level=optimization_level, timing_cache=timing_cache,
                               compute_capabilities=compute_capabilities) if trt else None

@@ -80,9 +80,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-# Row statuses that fail a parity run, and the words the failure line uses for each.
 # The report's files, in the report dir (default_report_dir beside the export): parity writes them, bench and serve read.
 PARITY_JSON, PARITY_MD, PARITY_PNG = "parity.json", "parity.md", "parity.png"
+# Row statuses that fail a parity run, and the words the failure line uses for each.
 FAILURE_KINDS = {"FAIL": "outside tolerance", "broken": "failed to load", "crashed": "crashed while running"}
 
 
@@ -205,7 +205,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
     framework_full = {p: framework_errors(source.model, x, ref, p)
                       for p in sorted({b.precision for b in chosen if reasons[b.name] is None})}
-    framework = {p: e and e["rel_l2"] for p, e in framework_full.items()}
+    framework = {p: None if e is None else e["rel_l2"] for p, e in framework_full.items()}
     framework_top1 = {p: e["top1_agreement"] for p, e in framework_full.items() if e}
     for p, e in framework_full.items():
         if e is not None:
@@ -230,7 +230,8 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
               "tolerances": tolerances(), "backends": rows,
               "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
               "pairwise": _pairwise(outputs), "ok": not failed, "failed": failed,
-              "failure": failure_summary(rows) or None, "framework_errors": framework, "framework_top1": framework_top1, "isa": isa, "out_dir": str(out_dir)}
+              "failure": failure_summary(rows) or None, "framework_errors": framework, "framework_top1": framework_top1,
+              "isa": isa, "out_dir": str(out_dir)}
     if save_outputs:
         described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
                      for r in rows if r["name"] in outputs or r["name"] == REFERENCE}

@@ -1,7 +1,7 @@
 """A machine peak measured in the same run, for the share of peak a backend achieves: on CPU a large
 float32 matmul (the faster of torch.mm and ONNX Runtime's MatMul) on torch's intra-op thread count; on
-CUDA a large matmul in the row's precision (fp32 with TF32 off, TF32, fp16, bf16; int8 forms: an int8 x int8 -> int32 matmul,
-torch._int_mm), timed with CUDA events. The peak is the best of several repetitions (achieved GFLOP/s,
+CUDA a large matmul in the row's precision (fp32 with TF32 off, TF32, fp16, bf16; int8 forms: an int8 x
+int8 -> int32 matmul, torch._int_mm), timed with CUDA events. The peak is the best of several repetitions (achieved GFLOP/s,
 or giga-ops for int8, of the fastest one): what this machine delivers on the kind of work a convolution
 lowers to, not a datasheet number. Int8 rows on CPU are compared with ONNX Runtime's own u8 x s8 -> int32
 matmul (MatMulInteger: the MLAS integer GEMM its QLinearConv lowers to), never with the float32 peak
@@ -39,7 +39,7 @@ def best_seconds(call: Callable[[], Any], seconds: float) -> tuple[float, int]:
 def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
     """Best float32 matmul GFLOP/s on torch's intra-op thread count: the faster of torch.mm and ONNX Runtime's
     MatMul (MLAS sgemm) where ONNX Runtime is installed. Both are measured because neither always wins:
-    torch's BLAS on an AMD EPYC with AVX-512 reached half of MLAS's rate (242 vs 491 GFLOP/s, 2 threads),
+    torch's BLAS on an AMD EPYC with AVX-512 reached half of MLAS's rate (233 vs 519 GFLOP/s, 2 threads),
     and a peak below what the backends achieve would report shares above 100%."""
     a = torch.randn(n, n)
     b = torch.randn(n, n)

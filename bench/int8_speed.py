@@ -233,7 +233,7 @@ def write(out: Path, report: dict) -> None:
             continue
         f = g["fusion"]
         grows.append({"graph": m, "activations": g["quantize"]["activations"], "lint": "ok" if g["lint_ok"] else "errors",
-                      "ORT fusion": describe_fusion(f) if f else "n/a (TensorRT form: ORT runs what TensorRT would fuse as DQ→float op)",
+                      "ORT fusion": describe_fusion(f) if f else "n/a (the TensorRT form: ORT runs its Convs in float between DequantizeLinear nodes)",
                       "logits SQNR dB": report["accuracy"][m]["logits_sqnr_db"], "top-1 agreement": report["accuracy"][m]["top1_agreement"]})
     md += [markdown_table(grows, floatfmt="{:.3g}"), "",
            f"Accuracy: logits vs the model's fp32 graph on {next(iter(report['accuracy'].values()))['tiles']} held-out photo "

@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import photo_tiles  # noqa: E402
+from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from nfdeploy.bench import RoundPlan, machine_info, machine_load, parse_batches, time_group  # noqa: E402
 from nfdeploy.bench.peak import CPU_N, ort_matmul  # noqa: E402
-from nfdeploy.bench.rounds import describe_ratio, interleaved_rounds  # noqa: E402
-from nfdeploy.export.onnx_graph import export_module, run_with_values  # noqa: E402
+from nfdeploy.bench.machine import describe_loads  # noqa: E402
+from nfdeploy.bench.rounds import describe_ratio, interleaved_rounds, ratio_table_rows  # noqa: E402
+from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
 from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, lint_int8,  # noqa: E402
                                       ort_fusion, quantize_graph)
 from nfdeploy.metrics import sqnr_db  # noqa: E402
@@ -60,16 +61,10 @@ def make_graphs(work: Path, calib: CalibrationData, log) -> dict[str, dict]:
     """{member: {"path", "quantize": record | None, "fusion": ..., "lint_ok": ...}} for MEMBERS."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from nfdeploy.fold import fold_model, randomize_
-    from nfdeploy.models import create_model
-
     graphs: dict[str, dict] = {}
     fp32 = {}
     for model in ("nf_resnet50", "bn_resnet50"):
-        torch.manual_seed(0)
-        net, _ = fold_model(randomize_(create_model(model).eval(), seed=0).double(), dtype=torch.float32)
-        fp32[model] = work / f"{model}.onnx"
-        export_module(net, fp32[model], INPUT, opset=18)
+        fp32[model] = export_randomised(model, work / f"{model}.onnx", INPUT[-1])
     pre = work / "nf_resnet50.pre.onnx"
     t0 = time.perf_counter()
     quant_pre_process(str(fp32["nf_resnet50"]), str(pre))
@@ -239,20 +234,15 @@ def write(out: Path, report: dict) -> None:
            f"Accuracy: logits vs the model's fp32 graph on {next(iter(report['accuracy'].values()))['tiles']} held-out photo "
            f"tiles; calibration: {report['calibration']}.", ""]
     for b in report["batches"]:
-        la, lb = b["load_before"], b["load_after"]
         md += [f"## batch {b['batch']}", "",
-               f"Load average (1, 5, 15 min) before {la['loadavg_1_5_15']}, after {lb['loadavg_1_5_15']}; other processes "
-               f"used {la['other_processes_cores']} / {lb['other_processes_cores']} of {la['usable_cpus']} cores"
-               + (" — **busy machine**" if la["busy"] or lb["busy"] else "") + f". {b['info']['rounds']} rounds, "
+               f"{describe_loads(b['load_before'], b['load_after'])}. {b['info']['rounds']} rounds, "
                f"stopped by {b['info']['stopped_by']}.", ""]
         md.append(markdown_table([{"graph": n, "median ms": r["median_ms"],
                                    "95% interval": f"[{r['median_ci95_ms'][0]:.4g}, {r['median_ci95_ms'][1]:.4g}]",
                                    "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.4g}"))
         goal = GOALS.get(b["batch"])
-        md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
-                                    "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else "",
-                                    "goal": f">= {goal}" if goal and k == "nf fp32 / nf int8-ort" else ""}
-                                   for k, v in b["ratios"].items()], floatfmt="{:.3f}"), "",
+        md += ["", markdown_table([{**row, "goal": f">= {goal}" if goal and row["ratio"] == "nf fp32 / nf int8-ort" else ""}
+                                   for row in ratio_table_rows(b["ratios"])], floatfmt="{:.3f}"), "",
                "Share of node time by op type (ONNX Runtime profiler): "
                + "; ".join(f"{m}: " + ", ".join(f"{op} {100 * s:.1f}%" for op, s in list(p.items())[:6])
                            for m, p in b["profile"].items()), ""]

@@ -119,19 +119,23 @@ def photo_tiles(size: int = 224) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def resnet50_part(work: Path, log) -> dict:
+def export_randomised(name: str, path: Path, size: int = 224) -> Path:
+    """`name` with randomize_(seed 0) weights, folded in float64, exported as a float32 ONNX graph at `path`."""
     from nfdeploy.fold import fold_model, randomize_
     from nfdeploy.models import create_model
 
+    torch.manual_seed(0)
+    net, _ = fold_model(randomize_(create_model(name).eval(), seed=0).double(), dtype=torch.float32)
+    export_module(net, path, (3, size, size), opset=18)
+    return path
+
+
+def resnet50_part(work: Path, log) -> dict:
     x = photo_tiles()
     calib_x, eval_x = x[0::2], x[1::2]
     out = {"tiles": int(len(x)), "calibration_tiles": int(len(calib_x)), "evaluation_tiles": int(len(eval_x)), "models": {}}
     for name in ("nf_resnet50", "bn_resnet50"):
-        torch.manual_seed(0)
-        model = randomize_(create_model(name).eval(), seed=0)
-        net, _ = fold_model(model.double(), dtype=torch.float32)
-        fp32 = work / f"{name}.onnx"
-        export_module(net, fp32, (3, 224, 224), opset=18)
+        fp32 = export_randomised(name, work / f"{name}.onnx")
         calib = CalibrationData(calib_x, "sklearn sample photos (alternate tiles)", "photos")
         res = {}
         for method in ("minmax", "percentile"):

@@ -8,7 +8,7 @@ on alternate tiles, evaluation on the others. The reference is the fp32 ONNX gra
 
 - int8 (TensorRT form) with each calibration method; int8-ort (U8S8, asymmetric activations) minmax as contrast:
   logits SQNR, top-1 agreement, the int8 rule of the precision table (nfdeploy.metrics.judge, no labels).
-- per-block SQNR (block_values points, as quantize.block_sqnr, one thread) for the baseline.
+- per-block SQNR (quantize.block_sqnr; every ORT session on one thread, one_thread_ort) for the baseline.
 - per quantized tensor (each activation QuantizeLinear of the int8 graph): "local" SQNR (the int8 graph's own
   float tensor vs its DequantizeLinear output: this quantizer's noise alone) and "accumulated" SQNR (the DQ output
   vs the fp32 graph's same-named tensor), classified by the fp32 producer (post-SiLU, post-ReLU, gated branch,
@@ -195,21 +195,6 @@ def kind_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def blocks(fp32_path: Path, int8_path: Path, x: np.ndarray) -> list[dict]:
-    """quantize.block_sqnr, with one ORT thread."""
-    import onnx
-
-    from nfdeploy.export.onnx_graph import OUTPUT_NAME, block_values
-    from nfdeploy.metrics import sqnr_db
-
-    points = block_values(onnx.load(str(fp32_path)))
-    tensors = [p["value"] for p in points.values()]
-    ref, ref_logits = run(fp32_path, tensors, x)
-    out, out_logits = run(int8_path, tensors, x)
-    return [{"block": b, "tensor": t, "sqnr_db": sqnr_db(r, o)}
-            for b, t, r, o in zip([*points, "logits"], [*tensors, OUTPUT_NAME], [*ref, ref_logits], [*out, out_logits])]
-
-
 def keep_sets(fp32_path: Path) -> dict[str, list[str]]:
     import onnx
 
@@ -269,7 +254,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     import torch
 
     from nfdeploy.export.onnx_graph import export_module
-    from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, lint_int8, quantize_graph
+    from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, block_sqnr, lint_int8, quantize_graph
     from nfdeploy.interop.timm import create_timm_model, fold_timm_model, randomize_timm_
 
     t_model = time.perf_counter()
@@ -331,7 +316,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     best = max(methods, key=lambda m: base[m][1]["sqnr_db"])
     bpath = base[best][0]
     t0 = time.perf_counter()
-    res["blocks"] = {m: blocks(fp32, base[m][0], eval_x) for m in methods}
+    res["blocks"] = {m: block_sqnr(fp32, base[m][0], eval_x) for m in methods}  # one ORT thread: one_thread_ort
     worst = sorted(res["blocks"][best][:-1], key=lambda r: r["sqnr_db"])[:3]
     drops = []
     prev = None

@@ -1,6 +1,6 @@
-"""What 7-bit weights (reduce_range, the int8-ort form's fixed choice) cost or save on THIS CPU: the same
-fp32 graph quantized by onnxruntime.quantization in the ONNX Runtime form (U8S8, QDQ, per-channel
-weights, minmax) with 8-bit and with 7-bit weights, run on ONNX Runtime's CPU EP, logits compared with
+"""What 7-bit weights (reduce_range, the int8-ort form's default) cost or save on THIS CPU: the same fp32
+graph quantized by nfdeploy's quantize_graph in the ONNX Runtime form (U8S8, QDQ, per-channel weights,
+minmax) with --int8-ort-weight-bits 8 and 7, run on ONNX Runtime's CPU EP, logits compared with
 the fp32 graph (SQNR, top-1 agreement). On CPUs without VNNI, u8 x s8 pairs summed in int16 saturate
 with 8-bit weights; with VNNI they do not, and 7 bits only cost resolution. The CPU's flags are recorded.
 
@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import photo_tiles  # noqa: E402
+from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from nfdeploy.bench import machine_info  # noqa: E402
-from nfdeploy.export.onnx_graph import export_module, run_with_values  # noqa: E402
+from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
+from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph  # noqa: E402
 from nfdeploy.metrics import sqnr_db  # noqa: E402
 from nfdeploy.reports import markdown_table  # noqa: E402
 
@@ -42,39 +42,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    import onnxruntime.quantization as ortq
-
-    from nfdeploy.fold import fold_model, randomize_
-    from nfdeploy.models import create_model
-
     tiles = photo_tiles()
     calib, x = tiles[0::2], tiles[1::2]
     rows = []
     with tempfile.TemporaryDirectory() as td:
-        fp32 = Path(td) / "nf_resnet50.onnx"
-        torch.manual_seed(0)
-        net, _ = fold_model(randomize_(create_model("nf_resnet50").eval(), seed=0).double(), dtype=torch.float32)
-        export_module(net, fp32, (3, 224, 224), opset=18)
+        fp32 = export_randomised("nf_resnet50", Path(td) / "nf_resnet50.onnx")
         ref = run_with_values(fp32, [], x)[1]
-        import onnx
-
-        name = onnx.load(str(fp32)).graph.input[0].name
-        for bits, reduce_range in ((8, False), (7, True)):
+        for bits in (8, 7):
             q = Path(td) / f"int8-ort-{bits}bit.onnx"
-
-            class Reader(ortq.CalibrationDataReader):
-                def __init__(self):
-                    self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
-
-                def get_next(self):
-                    return next(self.it, None)
-
-            ortq.quantize_static(str(fp32), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                                 reduce_range=reduce_range, activation_type=ortq.QuantType.QUInt8,
-                                 weight_type=ortq.QuantType.QInt8, calibrate_method=ortq.CalibrationMethod.MinMax,
-                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+            quantize_graph(fp32, q, "int8-ort", CalibrationData(calib, "sklearn sample photos (alternate 224² tiles)",
+                                                                "photos"),
+                           CalibrationOptions(samples=len(calib), ort_weight_bits=bits))
             y = run_with_values(q, [], x)[1]
-            rows.append({"weights": f"{bits}-bit" + (" (reduce_range)" if reduce_range else ""),
+            rows.append({"weights": f"{bits}-bit" + (" (reduce_range, the default)" if bits == 7 else ""),
                          "logits SQNR dB": float(sqnr_db(ref, y)),
                          "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))), "tiles": int(len(x))})
             print(rows[-1], flush=True)

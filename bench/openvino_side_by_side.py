@@ -31,8 +31,10 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E40
 from nfdeploy.backends import export_backends, load_export_source  # noqa: E402
 from nfdeploy.bench import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
 from nfdeploy.bench.flops import gflops  # noqa: E402
+from nfdeploy.bench.machine import describe_loads  # noqa: E402
 from nfdeploy.bench.peak import cpu_int8_matmul_peak, peak_kind  # noqa: E402
 from nfdeploy.bench.report import fastest_passing  # noqa: E402
+from nfdeploy.bench.rounds import describe_ratio, ratio_table_rows  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
 from nfdeploy.parity import PARITY_JSON, parity_report  # noqa: E402
 from nfdeploy.reports import markdown_table  # noqa: E402
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
                                       "fastest_passing": fastest_passing(list(rows.values()), statuses)})
             print(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in rows.items()), flush=True)
             for k, v in rat.items():
-                print(f"  {k}: {v['ratio']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] over {v['rounds']} rounds", flush=True)
+                print(f"  {k}: {describe_ratio(v)}", flush=True)
             write(args.out, report)  # after every batch: a run cut short keeps what it measured
         for b in backends.values():
             b.deactivate()
@@ -144,19 +146,14 @@ def write(out: Path, report: dict) -> None:
           f"float32 {fp['gflops']:.1f} GFLOP/s ({fp['what']}); int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']}). "
           f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.", ""]
     for b in report["batches"]:
-        la, lb = b["load_before"], b["load_after"]
         md += [f"## batch {b['batch']}", "",
-               f"Load average (1, 5, 15 min) before {la['loadavg_1_5_15']}, after {lb['loadavg_1_5_15']}; other processes "
-               f"used {la['other_processes_cores']} / {lb['other_processes_cores']} of {la['usable_cpus']} cores"
-               + (" — **busy machine: figures are shared-machine figures**" if la["busy"] or lb["busy"] else "") + ". "
+               f"{describe_loads(b['load_before'], b['load_after'])}. "
                f"{b['info']['rounds']} rounds, stopped by {b['info']['stopped_by']}.", ""]
         md.append(markdown_table([{"backend": n, "precision": r["precision"], "median ms": r["median_ms"],
                                    "95% interval": f"[{r['median_ci95_ms'][0]:.3g}, {r['median_ci95_ms'][1]:.3g}]",
                                    "GFLOP/s": r["gflops"], "share of peak": r["peak_share"],
                                    "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.3g}"))
-        md += ["", markdown_table([{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
-                                    "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""}
-                                   for k, v in b["ratios"].items()], floatfmt="{:.3f}"), ""]
+        md += ["", markdown_table(ratio_table_rows(b["ratios"]), floatfmt="{:.3f}"), ""]
     verdicts = [{**v, "ort_ov": b["ratios"].get(f"{v['precision']}: onnxruntime / openvino")}
                 for b in report["batches"] for v in b["fastest_passing"]]
     md += ["## Fastest backend that passed parity (per precision and batch, from the interleaved rows above)", "",

@@ -164,4 +164,12 @@ def machine_load(sample_s: float = 0.5, top: int = 5, own_threads: int | None = 
     return out
 
 
-__all__ = ["BUSY_OTHER_CORES", "judge_load", "machine_info", "machine_load", "own_processes"]
+def describe_loads(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Two machine_load() records (before and after a measurement) on one line for a report."""
+    return (f"Load average (1, 5, 15 min) before {before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}; other "
+            f"processes used {before['other_processes_cores']} / {after['other_processes_cores']} of "
+            f"{before['usable_cpus']} cores" + (" — **busy machine: shared-machine figures**"
+                                                  if before["busy"] or after["busy"] else ""))
+
+
+__all__ = ["BUSY_OTHER_CORES", "describe_loads", "judge_load", "machine_info", "machine_load", "own_processes"]

@@ -141,6 +141,12 @@ def describe_ratio(r: Mapping[str, Any]) -> str:
             + (f" NOISY (cv {100 * (r['cv'] or 0):.1f}%)" if r["noisy"] else ""))
 
 
+def ratio_table_rows(ratios: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """{name: ratio_summary} as rows of a report table: ratio, median, 95% interval, rounds, noisy."""
+    return [{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
+             "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""} for k, v in ratios.items()]
+
+
 # ------------------------------------------------------------------------------------------ rounds
 
 def warm_up(timers: Mapping[str, Timer], plan: RoundPlan, budget_end: float | None = None) -> dict[str, dict[str, Any]]:
@@ -262,5 +268,5 @@ def _stop_reason(plan: RoundPlan, r: int, round_medians: Mapping[str, Sequence[f
 
 
 __all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "MIN_ROUNDS_BEFORE_CAP", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
-           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "round_iterations", "stats", "summarize",
+           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "ratio_table_rows", "round_iterations", "stats", "summarize",
            "warm_up", "window_medians"]

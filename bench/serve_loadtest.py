@@ -1,12 +1,15 @@
-"""`nfdeploy loadtest --serve` on a digits export and on nf_resnet50 (randomised, 224²): the table per
-concurrency, the bitwise share, the error counts and the two speed ratios, into one results dir.
+"""Serving on the bundled tritonserver, as a Triton operator would try it: a digits export at --max-batch 8
+(the sweep, the NaN flood beside 8 good clients, a burst of 64 clients × 16 requests, bad requests, a
+restart, concurrency-1 speed against the same backend in process, interleaved), an overload beyond a
+queue of 16 (sent = answered + refused), the batch-invariant mode for torch-cpu-fp32-folded (bitwise
+share against the sample alone without and with it, and its throughput cost), and nf_resnet50 224² at
+concurrency 8 (throughput served vs in process at the batch the batcher formed), at queue delays 0 and 5 ms.
 
     python bench/serve_loadtest.py [--digits EXPORT] [--r50 EXPORT] [--out bench/results/serve-cpu-DATE]
-        [--only digits|nf_resnet50]
+        [--only digits|overload|invariance|nf_resnet50|nf_resnet50-delay5ms]
 
 Without --digits, trains nf_digits for 2 epochs and exports it; without --r50, writes a randomised
-nf_resnet50 run and exports it. Each export gets a parity report for the served backend first (the
-server refuses nothing then, and its parameters say "pass").
+nf_resnet50 run and exports it. Each export gets a parity report for the served backends first.
 """
 
 from __future__ import annotations
@@ -20,18 +23,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu.sources import write_random_run  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json  # noqa: E402
 from nfdeploy.backends import default_report_dir  # noqa: E402
+from nfdeploy.bench.machine import machine_info  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
 from nfdeploy.parity import parity_report  # noqa: E402
-from nfdeploy.serve.loadtest import LoadOptions, loadtest  # noqa: E402
+from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance  # noqa: E402
 
 SERVED = "onnxruntime-cpu-fp32"
-# nf_resnet50 on 2 CPU cores answers a few requests a second: longer windows, fewer levels.
-SETTINGS = {
-    "digits": dict(opts=LoadOptions(concurrency=(1, 2, 4, 8, 16), window_s=1.0, max_windows=10, samples=32, overload=64),
-                   max_batch=32, delay_us=1000),
-    "nf_resnet50": dict(opts=LoadOptions(concurrency=(1, 2, 4, 8), window_s=4.0, max_windows=5, samples=16, overload=32,
-                                         timeout_s=60.0), max_batch=8, delay_us=5000),
+TORCH = "torch-cpu-fp32-folded"
+RUNS = {
+    "digits": dict(export="digits", serve=["--backend", SERVED, "--max-batch", "8"],
+                   opts=LoadOptions(concurrency=(1, 2, 4, 8, 16), window_s=1.0, max_windows=10, samples=32,
+                                    speed_time_s=15.0)),
+    "overload": dict(export="digits", serve=["--backend", SERVED, "--max-batch", "8", "--max-queue-size", "16"],
+                     opts=LoadOptions(concurrency=(1,), window_s=1.0, max_windows=3, samples=32, overload=64,
+                                      overload_requests=16, faults=False, speed=False)),
+    "nf_resnet50": dict(export="nf_resnet50", serve=["--backend", SERVED, "--max-batch", "8"],
+                        opts=LoadOptions(concurrency=(1, 8), window_s=5.0, max_windows=4, samples=16, timeout_s=60.0,
+                                         burst_clients=0, speed_time_s=30.0)),
+    # The same at a 5 ms queue delay: a closed loop of 8 clients otherwise alternates batches of 1 and 7.
+    "nf_resnet50-delay5ms": dict(export="nf_resnet50", serve=["--backend", SERVED, "--max-batch", "8",
+                                                              "--max-queue-delay-us", "5000"],
+                                 opts=LoadOptions(concurrency=(8,), window_s=5.0, max_windows=4, samples=16,
+                                                  timeout_s=60.0, faults=False, speed_time_s=30.0)),
 }
 
 
@@ -44,6 +59,7 @@ def make_export(kind: str, root: Path) -> Path:
     else:
         run = write_random_run(root / "run", "nf_resnet50", input_size=224)
     export_run(run, root / "export", export_options(precisions=["fp32"], check=False))
+    parity_report(root / "export", only=[SERVED, TORCH], max_samples=64, invariance_samples=8)
     return root / "export"
 
 
@@ -52,22 +68,28 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"serve-cpu-{date.today()}")
     ap.add_argument("--digits", type=Path, default=None)
     ap.add_argument("--r50", type=Path, default=None)
-    ap.add_argument("--only", choices=sorted(SETTINGS), default=None)
+    ap.add_argument("--only", choices=[*RUNS, "invariance"], default=None)
     args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "machine.json", machine_info())
     with tempfile.TemporaryDirectory() as td:
-        for kind, given in (("digits", args.digits), ("nf_resnet50", args.r50)):
-            if args.only and kind != args.only:
+        exports = {"digits": args.digits, "nf_resnet50": args.r50}
+
+        def export(kind: str) -> Path:
+            if exports[kind] is None:
+                exports[kind] = make_export(kind, Path(td) / kind)
+            return exports[kind]
+
+        for name, run in RUNS.items():
+            if args.only and name != args.only:
                 continue
-            export = given or make_export(kind, Path(td) / kind)
-            if not (default_report_dir(export) / "parity.json").is_file():
-                parity_report(export, only=[SERVED], max_samples=64, invariance_samples=8)
-            s = SETTINGS[kind]
-            out = args.out / kind
-            loadtest(export, out, s["opts"], serve_backend=SERVED, max_batch=s["max_batch"], max_queue_delay_us=s["delay_us"])
-            log = out.parent / f"{out.name}-server.log"
-            if log.is_file():  # the server's own log stays out of the committed results
-                log.unlink()
-            shutil.copy(default_report_dir(export) / "parity.md", out / "parity.md")
+            out = args.out / name
+            loadtest(export(run["export"]), out, run["opts"], serve_args=run["serve"])
+            (out.parent / f"{out.name}-server.log").unlink(missing_ok=True)  # the server's own log stays out
+            shutil.copy(default_report_dir(export(run["export"])) / "parity.md", out / "parity.md")
+        if args.only in (None, "invariance"):
+            rep = batch_invariance_study(export("digits"), TORCH, max_batch=8, concurrency=8, threads=2)
+            write_batch_invariance(rep, args.out / "invariance")
     return 0
 
 

@@ -1,5 +1,7 @@
-"""A Triton model repository from an export (with engines when it has them): every config.pbtxt, its
-parse into Triton's ModelConfig (JSON) and the checks, written beside each other; model files stay out.
+"""Both Triton model repositories of an export: the Python-backend one `nfdeploy serve` serves (loaded by the
+bundled tritonserver) and the native one for Triton's own container (with engines when it has them): every
+config.pbtxt, its parse into Triton's ModelConfig (JSON) and the checks, written beside each other; model
+files stay out.
 
     python bench/serve_repository.py EXPORT_DIR [--out bench/results/serve-cpu-DATE/repository]
 """
@@ -15,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json  # noqa: E402
-from nfdeploy.serve.repository import CONFIG, check_repository, describe_repository, package_export  # noqa: E402
+from nfdeploy.serve.repository import (CONFIG, PackageOptions, check_repository, describe_repository,  # noqa: E402
+                                       package_export)
+from nfdeploy.serve.server import load_check  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,17 +27,25 @@ def main(argv=None) -> int:
     ap.add_argument("export", type=Path)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"serve-cpu-{date.today()}" / "repository")
     args = ap.parse_args(argv)
+    failed = False
     with tempfile.TemporaryDirectory() as td:
-        repo = package_export(args.export, Path(td) / "repo")
-        checks = check_repository(repo, args.export)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for model in checks:
-            shutil.copy(repo / model / CONFIG, args.out / f"{model}.config.pbtxt")
-        atomic_write_json(args.out / "parsed.json", describe_repository(repo))
-        atomic_write_json(args.out / "checks.json", checks)
-        for model, problems in checks.items():
-            print(f"{model}: {'ok' if not problems else '; '.join(problems)}")
-    return 1 if any(checks.values()) else 0
+        for form, native in (("python", False), ("native", True)):
+            repo = Path(td) / form
+            package_export(args.export, repo, PackageOptions(native=native))
+            checks = check_repository(repo, args.export)
+            out = args.out / form
+            out.mkdir(parents=True, exist_ok=True)
+            for model in checks:
+                shutil.copy(repo / model / CONFIG, out / f"{model}.config.pbtxt")
+            atomic_write_json(out / "parsed.json", describe_repository(repo))
+            result = {"checks": checks}
+            if not native and not any(checks.values()):
+                result["load_check_s"] = load_check(repo)
+            atomic_write_json(out / "checks.json", result)
+            for model, problems in checks.items():
+                print(f"{form} {model}: {'ok' if not problems else '; '.join(problems)}")
+            failed |= any(checks.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class ExportSource:
     model is made once per dtype and shared by every backend that runs it."""
 
     manifest: dict[str, Any]
-    model: nn.Module  # unfolded, eval, float32
+    model: nn.Module | None  # unfolded, eval, float32; None when only file-based backends are needed (export_backend)
     export_dir: Path
     resolved: dict[str, Any] | None = None  # the run's config.json, when the export came from a run
     _folded_cache: dict[torch.dtype, nn.Module] = field(default_factory=dict, repr=False)
@@ -58,10 +58,15 @@ class ExportSource:
     def kind(self) -> str:
         return self.manifest["source"].get("kind", "?")
 
+    def unfolded(self) -> nn.Module:
+        if self.model is None:
+            raise ArtifactError(f"{self.export_dir}: this source was read without its model (load_export_source rebuilds it)")
+        return self.model
+
     def folded(self, dtype: torch.dtype = torch.float32) -> nn.Module:
         """The folded model in `dtype` (folded in float64 from a copy: the shared model is never changed)."""
         if dtype not in self._folded_cache:
-            model64 = copy.deepcopy(self.model).double()
+            model64 = copy.deepcopy(self.unfolded()).double()
             if self.kind == "timm":
                 from nfdeploy.interop.timm import fold_timm_model
 
@@ -74,15 +79,16 @@ class ExportSource:
         return self._folded_cache[dtype]
 
 
-def load_export_source(export_dir: str | Path) -> ExportSource:
+def load_export_source(export_dir: str | Path, *, run_dir: str | Path | None = None) -> ExportSource:
     """Read the export dir's manifest and rebuild the unfolded model it came from (its weights checked
     against the manifest). Each ONNX file and engine is checked against its sha256 by its backend when it
-    loads: a damaged file is that backend's failure ("broken"), and the others still run."""
+    loads: a damaged file is that backend's failure ("broken"), and the others still run. `run_dir`: where
+    the run's config.json and weights are, when not where the manifest says (a packaged Triton model)."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir, verify_files=False)
     src = manifest["source"]
     if src.get("kind") == "run":
-        run_dir = Path(src["run_dir"])
+        run_dir = Path(run_dir or src["run_dir"])
         if not run_dir.is_dir() and src.get("run_dir_relative"):  # run and export dirs copied elsewhere together
             run_dir = (export_dir / src["run_dir_relative"]).resolve()
         model, resolved = load_run_model(run_dir)
@@ -95,6 +101,24 @@ def load_export_source(export_dir: str | Path) -> ExportSource:
         return ExportSource(manifest, create_timm_model(src["timm_model"], src["checkpoint"]).float().eval(), export_dir)
     raise ArtifactError(f"{export_dir}: the reference model cannot be rebuilt (source {src.get('kind')!r} without "
                         "weights on disk); export from a run dir or a timm checkpoint")
+
+
+def manifest_source(export_dir: str | Path) -> ExportSource:
+    """The export's manifest without its model: enough to list its backends and to run the file-based ones
+    (a torch backend of such a source cannot activate; load_export_source rebuilds the model)."""
+    return ExportSource(load_manifest(export_dir, verify_files=False), None, Path(export_dir))
+
+
+def export_backend(export_dir: str | Path, name: str, *, threads: int | None = None,
+                   run_dir: str | Path | None = None) -> Backend:
+    """One backend of an export by name, not active. Only a torch backend rebuilds the model (from the run,
+    or from `run_dir`); the others need just the manifest and their own file, so a served ONNX, OpenVINO
+    or TensorRT backend runs without the training run beside it."""
+    source = load_export_source(export_dir, run_dir=run_dir) if name.startswith("torch-") else manifest_source(export_dir)
+    made = [b for b in export_backends(source, compile=False, threads=threads) if b.name == name]
+    if not made:
+        raise BackendSelectionError(f"{name}: no such backend of {export_dir}")
+    return made[0]
 
 
 def bn_twin(source: ExportSource, *, norm: str = "bn", randomized: bool = False, seed: int = 0) -> nn.Module | None:
@@ -153,7 +177,7 @@ def default_report_dir(export_dir: str | Path) -> Path:
 def torch_backend(source: ExportSource, spec: BackendSpec) -> TorchBackend:
     """A torch backend of the source: the unfolded model or the folded one in the spec's dtype."""
     dtype = PRECISIONS[spec.precision].torch_dtype
-    model = (lambda: source.model) if spec.variant == "unfolded" else (lambda: source.folded(dtype))
+    model = source.unfolded if spec.variant == "unfolded" else (lambda: source.folded(dtype))
     return TorchBackend(spec, source.input_shape, model)
 
 
@@ -225,4 +249,4 @@ def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:
 
 
 __all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "bn_twin", "default_report_dir", "twin_runner", "describe_backends",
-           "export_backends", "load_export_source", "select_backends", "torch_backend"]
+           "export_backend", "export_backends", "load_export_source", "manifest_source", "select_backends", "torch_backend"]

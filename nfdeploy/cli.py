@@ -369,75 +369,141 @@ def _int_list(text: str, what: str) -> list[int]:
         raise CliError(f"{what} takes a comma list of integers, got {text!r}") from None
 
 
+# Options that shape a served Triton model: one definition each, shared by serve, package and loadtest.
+BACKEND_OPT = typer.Option(None, "--backend", help="Backend to serve (default: the fastest that passed parity in the "
+                           "export's parity and bench reports; onnxruntime-cpu-fp32 when they do not decide).")
+MAX_BATCH_OPT = typer.Option(None, "--max-batch", help="Largest batch Triton's dynamic batcher forms (default 32).")
+QUEUE_DELAY_OPT = typer.Option(None, "--max-queue-delay-us", help="How long a request may wait for batch-mates, µs "
+                               "(default 0: batches form from what queued while the model ran).")
+QUEUE_SIZE_OPT = typer.Option(None, "--max-queue-size", help="Requests waiting at most; beyond it a request is refused "
+                              "at once (default 32 × max batch).")
+QUEUE_TIMEOUT_OPT = typer.Option(None, "--queue-timeout-us", help="A request waiting longer is refused (default: no timeout).")
+INSTANCES_OPT = typer.Option(None, "--instances", help="Model instances, each its own backend (default 1).")
+THREADS_OPT = typer.Option(None, "--threads", help="Threads per instance (ONNX Runtime/OpenVINO intra-op, torch CPU).")
+BATCH_INVARIANT_OPT = typer.Option(None, "--batch-invariant/--no-batch-invariant", help="Pad every executed batch to "
+                                   "--max-batch rows, so a response never depends on its batch-mates (not needed, and "
+                                   "skipped, when parity measured the backend bitwise batch-invariant).")
+ALLOW_UNCHECKED_OPT = typer.Option(None, "--allow-unchecked/--checked-only", help="Serve a backend that failed parity "
+                                   "(said in its parameters).")
+
+
+def _package_options(**given) -> "PackageOptions":
+    """PackageOptions from the CLI's serving options (None: the library's default)."""
+    from nfdeploy.serve.repository import PackageOptions
+
+    return PackageOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+def _serve_args(**given) -> list[str]:
+    """The same options as `nfdeploy serve` flags (for the server the load test starts)."""
+    out = []
+    for k, v in given.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):  # flags whose off form is --no-NAME
+            out.append(flag if v else "--no-" + flag[2:])
+        elif v is not None:
+            out += [flag, str(v)]
+    return out
+
+
 @app.command()
 @friendly
 def serve(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json; its parity report beside it)."),
-    backend: Optional[str] = typer.Option(None, help="Backend to serve (default: onnxruntime-cpu-fp32 without a GPU, "
-                                          "else the fastest that passed parity)."),
-    max_batch: int = typer.Option(32, help="Largest batch Triton's dynamic batcher forms."),
-    max_queue_delay_us: int = typer.Option(1000, help="How long a request may wait for others to batch with (µs)."),
-    max_queue_size: Optional[int] = typer.Option(None, help="Requests queued at most before Triton rejects (default 4 × max batch)."),
-    instances: int = typer.Option(1, help="Model instances (each its own backend)."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime CPU intra-op threads per instance."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    path: Path = typer.Argument(..., help="Export dir (packaged on the fly) or a model repository from `nfdeploy package`."),
+    backend: Optional[str] = BACKEND_OPT, max_batch: Optional[int] = MAX_BATCH_OPT,
+    max_queue_delay_us: Optional[int] = QUEUE_DELAY_OPT, max_queue_size: Optional[int] = QUEUE_SIZE_OPT,
+    queue_timeout_us: Optional[int] = QUEUE_TIMEOUT_OPT, instances: Optional[int] = INSTANCES_OPT,
+    threads: Optional[int] = THREADS_OPT, batch_invariant: Optional[bool] = BATCH_INVARIANT_OPT,
+    allow_unchecked: Optional[bool] = ALLOW_UNCHECKED_OPT,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; beyond it the repository, "
+                             "shared-memory, logging and trace APIs need a key printed at start)."),
     http_port: int = typer.Option(8000), grpc_port: int = typer.Option(8001), metrics_port: int = typer.Option(8002),
-    allow_unchecked: bool = typer.Option(False, "--allow-unchecked", help="Serve a backend that failed parity (said in its parameters)."),
 ):
-    """Serve one backend of an export with a real Triton server (PyTriton) and dynamic batching; Ctrl-C/SIGTERM stops."""
-    from nfdeploy.serve.server import ServeOptions, serve_until_signal
+    """Serve a Triton model repository (or an export, packaged as `nfdeploy package` would) with the bundled
+    tritonserver: each request answered on its own, ready only once the model answers; Ctrl-C/SIGTERM drains and stops."""
+    from nfdeploy.serve.server import ServeOptions, is_export_dir, serve_until_signal
+    from nfdeploy.serve.tritonserver import ServerAddress
 
-    opts = ServeOptions(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                        max_queue_size=max_queue_size, instances=instances,
-                        threads=threads, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                        allow_unchecked=allow_unchecked)
-    raise typer.Exit(serve_until_signal(export_dir, opts, log=typer.echo))
+    shaping = dict(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                   max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us, instances=instances,
+                   threads=threads, batch_invariant=batch_invariant, allow_unchecked=allow_unchecked)
+    if not is_export_dir(path) and any(v is not None for v in shaping.values()):
+        given = ", ".join("--" + k.replace("_", "-") for k, v in shaping.items() if v is not None)
+        raise CliError(f"{given}: {path} is a repository, whose config.pbtxt sets these; package it again to change them")
+    opts = ServeOptions(package=_package_options(**shaping),
+                        address=ServerAddress(host, http_port, grpc_port, metrics_port))
+    raise typer.Exit(serve_until_signal(path, opts, log=typer.echo))
 
 
 @app.command()
 @friendly
 def package(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json; its parity and bench reports beside it)."),
     out: Path = typer.Option(..., "--out", "-o", help="Triton model repository to write (replaced atomically)."),
-    max_queue_delay_us: int = typer.Option(1000, help="dynamic_batching max_queue_delay_microseconds."),
-    max_batch: int = typer.Option(32, help="max_batch_size of ONNX models (engines: within their profile)."),
+    backend: Optional[str] = BACKEND_OPT, max_batch: Optional[int] = MAX_BATCH_OPT,
+    max_queue_delay_us: Optional[int] = QUEUE_DELAY_OPT, max_queue_size: Optional[int] = QUEUE_SIZE_OPT,
+    queue_timeout_us: Optional[int] = QUEUE_TIMEOUT_OPT, instances: Optional[int] = INSTANCES_OPT,
+    threads: Optional[int] = THREADS_OPT, batch_invariant: Optional[bool] = BATCH_INVARIANT_OPT,
+    allow_unchecked: Optional[bool] = ALLOW_UNCHECKED_OPT,
+    env: Optional[str] = typer.Option(None, "--env", help="EXECUTION_ENV_PATH of the Python-backend model: an environment "
+                                      "(or conda-pack archive) with nfdeploy (default: this venv)."),
+    native: bool = typer.Option(False, "--native", help="Native onnxruntime_onnx / tensorrt_plan models for Triton's own "
+                                "container instead of the Python-backend model of the checked backend."),
+    load: bool = typer.Option(True, "--load-check/--no-load-check", help="Load the repository in the bundled "
+                              "tritonserver (Python-backend repositories) and stop it."),
 ):
-    """A standard Triton model repository (config.pbtxt + model files) for Triton's own container, checked."""
+    """Write the Triton model repository of an export (what `nfdeploy serve` serves), check it, load it."""
     from nfdeploy.serve.repository import check_repository, package_export
+    from nfdeploy.serve.server import load_check
 
-    repo = package_export(export_dir, out, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us)
-    checks = check_repository(repo, export_dir)
+    opts = _package_options(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                            max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us, instances=instances,
+                            threads=threads, batch_invariant=batch_invariant, allow_unchecked=allow_unchecked,
+                            env_path=env, native=native)
+    for model in package_export(export_dir, out, opts, log=typer.echo):
+        for note in model.notes:
+            typer.echo(f"{model.name}: {note}")
+    checks = check_repository(out, export_dir)
     for model, problems in checks.items():
         typer.echo(f"{model}: {'ok' if not problems else '; '.join(problems)}")
-    typer.echo(str(repo))
-    raise typer.Exit(1 if any(checks.values()) else 0)
+    if any(checks.values()):
+        raise typer.Exit(1)
+    if load and not native:
+        typer.echo(f"loaded by the bundled tritonserver and answered its warm-up in {load_check(out):.1f} s")
+    typer.echo(str(out))
 
 
 @app.command()
 @friendly
 def loadtest(
-    export_dir: Path = typer.Argument(..., help="Export dir the server serves (for the batch-1 outputs)."),
+    export_dir: Path = typer.Argument(..., help="Export dir the server serves (for the outputs alone)."),
     url: Optional[str] = typer.Option(None, help="gRPC address of a running server (loopback); default: start one."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports/loadtest)."),
     concurrency: str = typer.Option("1,2,4,8,16", help="Comma list of concurrency levels."),
-    backend: Optional[str] = typer.Option(None, help="Backend to serve (without --url) and compare against."),
-    max_batch: int = typer.Option(32), max_queue_delay_us: int = typer.Option(1000),
+    backend: Optional[str] = BACKEND_OPT, max_batch: Optional[int] = MAX_BATCH_OPT,
+    max_queue_delay_us: Optional[int] = QUEUE_DELAY_OPT, max_queue_size: Optional[int] = QUEUE_SIZE_OPT,
+    queue_timeout_us: Optional[int] = QUEUE_TIMEOUT_OPT, threads: Optional[int] = THREADS_OPT,
+    batch_invariant: Optional[bool] = BATCH_INVARIANT_OPT,
     window_s: float = typer.Option(1.0, help="Measurement window (s)."),
     max_windows: int = typer.Option(10, help="Windows per level at most."),
     samples: int = typer.Option(32, help="Distinct seeded inputs."),
-    overload: int = typer.Option(64, help="Concurrency of an overload level with a short timeout (0: none)."),
-    faults: bool = typer.Option(True, "--faults/--no-faults", help="Bad requests, a disconnect, a restart."),
+    overload: int = typer.Option(0, help="Clients of an overload burst, 8 requests each (0: none; beyond the queue "
+                                 "size to see refusals)."),
+    faults: bool = typer.Option(True, "--faults/--no-faults", help="NaN flood, bad requests, a disconnect, a restart."),
+    speed: bool = typer.Option(True, "--speed/--no-speed", help="Served vs in-process speed, interleaved."),
 ):
     """Concurrency sweep against a Triton server: throughput, latency percentiles, server times, batch sizes,
-    every response compared bitwise with the same sample alone, errors by kind, faults."""
+    every response compared bitwise with the same sample alone, errors by kind, faults, speed side by side."""
     from nfdeploy.backends import default_report_dir
     from nfdeploy.serve.loadtest import LoadOptions, loadtest as run_loadtest
 
     opts = LoadOptions(concurrency=_int_list(concurrency, "--concurrency"), window_s=window_s, max_windows=max_windows,
-                       samples=samples, overload=overload, faults=faults, backend=backend)
+                       samples=samples, overload=overload, faults=faults, speed=speed, backend=backend)
     out = out or default_report_dir(export_dir) / "loadtest"
-    run_loadtest(export_dir, out, opts, url=url, serve_backend=backend, max_batch=max_batch,
-                 max_queue_delay_us=max_queue_delay_us, log=typer.echo)
+    args = _serve_args(backend=backend, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                       max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us, threads=threads,
+                       batch_invariant=batch_invariant)
+    run_loadtest(export_dir, out, opts, url=url, serve_args=args, log=typer.echo)
     typer.echo(f"report: {out}/loadtest.md")
 
 

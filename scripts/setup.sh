@@ -4,7 +4,7 @@
 # machine's disk; an open range would pull a multi-GB CUDA build.
 #
 # The venv is made from an interpreter whose libpython is a shared library when one exists:
-# PyTriton's tritonserver Python backend embeds libpython, and a venv from a static build (pyenv's
+# the bundled tritonserver's Python backend embeds libpython, and a venv from a static build (pyenv's
 # default) fails when a served model loads. PYTHON=... overrides the choice.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

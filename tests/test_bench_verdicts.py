@@ -218,7 +218,7 @@ def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
     from nfdeploy.errors import UserError
     from nfdeploy.parity import PARITY_JSON, read_parity_rows
     from nfdeploy.bench.report import NO_PARITY_NOTE, read_parity_statuses
-    from nfdeploy.serve.server import parity_verdict
+    from nfdeploy.serve.choice import parity_verdict
 
     export = tmp_path / "export"
     export.mkdir()

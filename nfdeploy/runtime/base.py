@@ -139,6 +139,11 @@ class Backend(abc.ABC):
         return self._spec.describe()
 
     @property
+    def artifact(self) -> Path | None:
+        """The file this backend runs (an ONNX file, an engine); None when it runs a model in memory (torch)."""
+        return None
+
+    @property
     def batch_profiles(self) -> tuple[tuple[int, int], ...] | None:
         """(min, max) batch sizes per optimization profile (TensorRT engines); None: any batch size."""
         return None

@@ -112,6 +112,10 @@ class OpenVinoBackend(Backend):
             cfg["INFERENCE_NUM_THREADS"] = str(self.threads)
         return cfg
 
+    @property
+    def artifact(self) -> Path:
+        return self.path
+
     def unavailable_reason(self) -> str | None:
         try:
             c = core()

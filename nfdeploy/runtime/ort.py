@@ -65,6 +65,10 @@ class OrtBackend(Backend):
         self.copies_in_run = spec.device == "cuda"
         self.session = None
 
+    @property
+    def artifact(self) -> Path:
+        return self.path
+
     def unavailable_reason(self) -> str | None:
         try:
             ort = _ort()

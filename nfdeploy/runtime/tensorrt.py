@@ -138,6 +138,10 @@ class TensorRTBackend(Backend):
         profiles = self.entry.get("profiles")
         return tuple((int(p["min"]), int(p["max"])) for p in profiles) if profiles else None
 
+    @property
+    def artifact(self) -> Path:
+        return self.engine_path
+
     def unavailable_reason(self) -> str | None:
         gpu = cuda_gpu()
         if gpu is None:

@@ -1,4 +1,5 @@
-"""Serving: one checked backend behind a real Triton server (server), a standard Triton model
-repository for Triton's own container (repository), and a load test that proves every response
-equals the same sample served alone (loadtest). PyTriton and tritonclient are imported lazily
+"""Serving: a Triton model repository holding a Python-backend model that runs the export's
+checked backend (repository, python_model, choice), the tritonserver binary from PyTriton's wheel
+run on that repository (tritonserver, server), and a load test that proves every response equals
+the same sample run alone (loadtest). tritonclient is imported lazily
 (`pip install 'nfdeploy[serve]'`)."""

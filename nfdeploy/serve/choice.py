@@ -1,0 +1,75 @@
+"""What `serve` and `package` serve when not told: the fastest backend that passed parity, from the export's
+saved parity and bench reports, on CPU as on GPU; and whether a backend needs padding to answer the same
+whatever its batch-mates (from parity's batch-invariance measurement)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from nfdeploy.artifacts import read_json
+from nfdeploy.backends import REFERENCE, default_report_dir
+from nfdeploy.bench.report import BENCH_JSON
+from nfdeploy.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.runtime.base import Backend
+
+FALLBACK_BACKEND = "onnxruntime-cpu-fp32"
+UNCHECKED = "unchecked"  # no parity report, or the backend is not in it
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    reason: str  # one line: why this one
+
+
+def parity_verdict(export_dir: str | Path, backend_name: str) -> str:
+    """The backend's parity row status ("pass", "FAIL", "broken", ...) or "unchecked"."""
+    rows = read_parity_rows(export_dir)
+    return (rows or {}).get(backend_name, {}).get("status", UNCHECKED)
+
+
+def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batch: int) -> BackendChoice:
+    """Among the backends that run here and passed parity, the one with the lowest bench median per sample
+    at the largest benched batch size not above `max_batch` (the batches a busy server forms); ONNX Runtime
+    CPU fp32 with the reason when the reports do not decide."""
+    rows = read_parity_rows(export_dir)
+    if rows is None:
+        return BackendChoice(FALLBACK_BACKEND, f"no parity report beside the export (run `nfdeploy parity {export_dir}`)")
+    here = {b.name for b in backends if b.name != REFERENCE and b.unavailable_reason() is None}
+    passed = {n for n in here if rows.get(n, {}).get("status") == "pass"}
+    if not passed:
+        return BackendChoice(FALLBACK_BACKEND, "no backend that runs here passed parity")
+    bench_path = default_report_dir(export_dir) / BENCH_JSON
+    if not bench_path.is_file():
+        return BackendChoice(FALLBACK_BACKEND, f"no bench report beside the export (run `nfdeploy bench {export_dir}`)")
+    results = [r for r in read_json(bench_path, "bench report").get("results", [])
+               if r.get("name") in passed and r.get("median_ms") and r.get("measured_in", "alone") == "alone"]
+    batches = sorted({int(r["batch"]) for r in results})
+    if not batches:
+        return BackendChoice(FALLBACK_BACKEND, "the bench report times no backend that passed parity")
+    at = max([b for b in batches if b <= max_batch] or [min(batches)])
+    ranked = sorted((r for r in results if int(r["batch"]) == at), key=lambda r: r["median_ms"] / at)
+    best = ranked[0]
+    per = lambda r: f"{r['median_ms'] / at * 1e3:.0f} µs/sample"  # noqa: E731
+    runner_up = f"; next {ranked[1]['name']} {per(ranked[1])}" if len(ranked) > 1 else ""
+    return BackendChoice(best["name"], f"passed parity and is the fastest of {len(ranked)} that did at batch {at} "
+                                       f"in {bench_path.name} ({per(best)}{runner_up})")
+
+
+def batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any] | None:
+    """Parity's batch-invariance measurement of the backend ({"batches": [...], "bitwise": bool}), or None
+    when the report has none for it."""
+    path = default_report_dir(export_dir) / PARITY_JSON
+    if not path.is_file():
+        return None
+    cells = (read_json(path, "parity report").get("batch_matrix") or {}).get("backends", {}).get(backend_name)
+    if not cells:
+        return None
+    return {"batches": sorted(int(b) for b in cells),
+            "bitwise": all(c.get("bitwise_share") == 1.0 for c in cells.values())}
+
+
+__all__ = ["FALLBACK_BACKEND", "UNCHECKED", "BackendChoice", "batch_invariance", "choose_backend",
+           "parity_verdict"]

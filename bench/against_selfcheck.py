@@ -19,8 +19,8 @@ from datetime import date
 from pathlib import Path
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.bench import bench_against, parse_batches
-from nfdeploy.bench.against import render_against
+from nfdeploy.perf import bench_against, parse_batches
+from nfdeploy.perf.against import render_against
 
 BACKENDS = ["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"]
 

@@ -31,7 +31,7 @@ from nfdeploy.export import ExportOptions, export_model
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model
-from nfdeploy.reports import markdown_table, write_bench_result
+from nfdeploy.render import markdown_table, write_bench_result
 from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
 

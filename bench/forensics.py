@@ -23,17 +23,17 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import REFERENCE, ExportSource, export_backends, load_export_source
+from nfdeploy.check.backends import REFERENCE, ExportSource, export_backends, load_export_source
 from nfdeploy.export import ExportOptions, export_model, export_run
 from nfdeploy.metrics import framework_error, judge
-from nfdeploy.model_points import block_points
-from nfdeploy.parity import load_parity_data, parity_report
+from nfdeploy.check.model_points import block_points
+from nfdeploy.check.parity import load_parity_data, parity_report
 from nfdeploy.precision import judged_tolerance
-from nfdeploy.reports import markdown_table
+from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import BackendSpec, run_batched
-from nfdeploy.per_block import per_block_markdown, per_block_report, plot_per_block
+from nfdeploy.check.per_block import per_block_markdown, per_block_report, plot_per_block
 from nfdeploy.runtime.ort import OrtBackend
-from nfdeploy.saved_outputs import compare_saved_runs
+from nfdeploy.check.saved_outputs import compare_saved_runs
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:

@@ -11,7 +11,7 @@ log) after every step, so a run cut short returns every step it finished (at mos
    the CPU-vs-GPU comparison; the batch-invariance matrix (NF folded beside the folded BN twin, per
    precision and mode); a few epochs of digits training on the GPU if time is left.
 2. latency: unfolded NF, folded NF and folded BN twin on torch CUDA, fp32/TF32/fp16/bf16, eager and CUDA
-   graph, batches 1..256, CUDA-event device time (nfdeploy.bench.bench_report); model TFLOP/s and its
+   graph, batches 1..256, CUDA-event device time (nfdeploy.perf.bench_report); model TFLOP/s and its
    share of a matmul peak measured in the same run for the same precision.
 3. ONNX Runtime CUDA EP (fp32, TF32, fp16 ONNX; IO binding): parity and latency. Needs onnxruntime-gpu on
    PYTHONPATH (docs/gpu-runbook.md); nf_resnet50's ONNX is exported here, from the same seeded weights.
@@ -46,8 +46,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
-from nfdeploy.bench.flops import torch_macs  # noqa: E402
-from nfdeploy.bench.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
+from nfdeploy.perf.flops import torch_macs  # noqa: E402
+from nfdeploy.perf.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
 from bench.gpu.sources import (read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
                                unfolded_backends, write_random_run, write_torch_only_export)
 from bench.gpu.steps import Phase, write_json  # noqa: E402
@@ -187,7 +187,7 @@ class Suite:
         ph.summary["bundle"] = read_bundle_info(self.args.bundle)
 
         def parity(name: str, export: Path, only: list[str], samples: int, inv: int, **kw: Any) -> dict[str, Any]:
-            from nfdeploy.backends import export_backends, load_export_source
+            from nfdeploy.check.backends import export_backends, load_export_source
 
             backends = export_backends(load_export_source(export), compile=self.args.compile, tensorrt=False)
             rep = run_parity(export, ph.dir / f"parity-{name}", only=only, backends=backends, max_samples=samples,
@@ -213,13 +213,13 @@ class Suite:
         ph.save()
 
     def invariance(self, ph: Phase, name: str, export: Path, samples: int) -> dict[str, Any]:
-        """The batch-invariance matrix (nfdeploy.batch_matrix, parity's protocol) of the folded BN twin (eval
+        """The batch-invariance matrix (nfdeploy.check.batch_matrix, parity's protocol) of the folded BN twin (eval
         mode) per precision and mode, beside the NF rows of the parity report."""
-        from nfdeploy.backends import load_export_source
-        from nfdeploy.batch_matrix import DEFAULT_BATCHES, batch_invariance_matrix, matrix_rows
-        from nfdeploy.parity import load_parity_data
+        from nfdeploy.check.backends import load_export_source
+        from nfdeploy.check.batch_matrix import DEFAULT_BATCHES, batch_invariance_matrix, matrix_rows
+        from nfdeploy.check.parity import load_parity_data
         from nfdeploy.precision import get_precision
-        from nfdeploy.reports import markdown_table
+        from nfdeploy.render import markdown_table
 
         source = load_export_source(export)
         x = load_parity_data(source, None, None, samples)[0][:samples]
@@ -279,8 +279,8 @@ class Suite:
         ph.save()
 
     def bench_torch(self, ph: Phase, name: str, export: Path, budget: float) -> dict[str, Any]:
-        from nfdeploy.backends import export_backends, load_export_source
-        from nfdeploy.bench import bench_report
+        from nfdeploy.check.backends import export_backends, load_export_source
+        from nfdeploy.perf import bench_report
 
         source = load_export_source(export)
         if self.cuda:
@@ -300,8 +300,8 @@ class Suite:
         return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
 
     def flops_table(self, ph: Phase) -> dict[str, Any]:
-        from nfdeploy.backends import load_export_source
-        from nfdeploy.reports import markdown_table
+        from nfdeploy.check.backends import load_export_source
+        from nfdeploy.render import markdown_table
 
         peaks = ph.summary["results"].get("matmul peak", {})
         rows = []
@@ -359,7 +359,7 @@ class Suite:
         ph.save()
 
     def bench_ort(self, ph: Phase, name: str, export: Path, only: list[str], budget: float) -> dict[str, Any]:
-        from nfdeploy.bench import bench_report
+        from nfdeploy.perf import bench_report
 
         rep = bench_report(export, ph.dir / f"bench-{name}", batches=self.plan.batches, only=only, min_time=1.0,
                            warmup=0.5, compare=False, budget_s=budget, log=lambda m: self.log("   " + str(m)))
@@ -396,7 +396,7 @@ class Suite:
                  "p99_ms": r["p99_ms"], "batches": r["batch_stats"], "bitwise_share": r["correctness"].get("bitwise_share"),
                  "max_ulp": r["correctness"].get("max_ulp"), "errors": sum(r["errors"].values())} for r in rep["levels"]]
         ph.summary["results"][f"serving {backend}"] = {"levels": rows,
-                                                       "parity": rep["served"]["parameters"].get("nfdeploy.parity")}
+                                                       "parity": rep["served"]["parameters"].get("nfdeploy.check.parity")}
         return {"levels": len(rows), "min_bitwise_share": min(r["bitwise_share"] or 0 for r in rows)}
 
     def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
@@ -431,13 +431,13 @@ class Suite:
 
 
 def _machine() -> dict[str, Any]:
-    from nfdeploy.bench import machine_info
+    from nfdeploy.perf import machine_info
 
     return machine_info()
 
 
 def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
-    from nfdeploy.reports import markdown_table
+    from nfdeploy.render import markdown_table
 
     rows = [{k: r.get(k) for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "accuracy", "reason")
              if r.get(k) is not None} for r in rep.get("backends", [])]
@@ -449,7 +449,7 @@ def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
-    from nfdeploy.reports import markdown_table
+    from nfdeploy.render import markdown_table
 
     rows = [{"backend": r["name"], "precision": r["precision"], "batch": r["batch"], "metric": r["primary"],
              "scope": r["scope"], "median_ms": r["median_ms"], "p90_ms": r[r["primary"]]["p90"],

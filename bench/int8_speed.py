@@ -4,7 +4,7 @@ nf_resnet50 (randomised, folded, 224²) in fp32, the TensorRT int8 form (S8S8), 
 (U8S8, 7-bit weights) and the same form quantized from a graph passed through ONNX Runtime's
 `quant_pre_process` first; bn_resnet50 (the BN twin) in fp32 and its int8-ort form. All are nfdeploy
 ONNX Runtime backends (intra-op spinning off, as every nfdeploy session) timed side by side by
-nfdeploy.bench.time_group: interleaved rounds with rotating start until stable or capped, each ratio
+nfdeploy.perf.time_group: interleaved rounds with rotating start until stable or capped, each ratio
 the median of per-round ratios with its 95% bootstrap interval, the machine's load before and after.
 
 Calibration and accuracy use 224² tiles of scikit-learn's two sample photographs (calibrated on
@@ -34,15 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.bench import RoundPlan, machine_info, machine_load, parse_batches, time_group  # noqa: E402
-from nfdeploy.bench.peak import CPU_N, ort_matmul  # noqa: E402
-from nfdeploy.bench.machine import describe_loads  # noqa: E402
-from nfdeploy.bench.rounds import describe_ratio, interleaved_rounds, ratio_table_rows  # noqa: E402
+from nfdeploy.perf import RoundPlan, machine_info, machine_load, parse_batches, time_group  # noqa: E402
+from nfdeploy.perf.peak import CPU_N, ort_matmul  # noqa: E402
+from nfdeploy.machine import describe_loads  # noqa: E402
+from nfdeploy.perf.rounds import describe_ratio, interleaved_rounds, ratio_table_rows  # noqa: E402
 from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
 from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, lint_int8,  # noqa: E402
                                       ort_fusion, quantize_graph)
 from nfdeploy.metrics import sqnr_db  # noqa: E402
-from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.render import markdown_table  # noqa: E402
 from nfdeploy.runtime.base import BackendSpec  # noqa: E402
 from nfdeploy.runtime.ort import OrtBackend  # noqa: E402
 
@@ -211,7 +211,7 @@ def write(out: Path, report: dict) -> None:
     md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)", "",
           f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {report['threads']} threads, intra-op "
           f"spinning {report['spinning']}. CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}. "
-          "Interleaved rounds (nfdeploy.bench.time_group, rotating start); latency = median of per-round medians; "
+          "Interleaved rounds (nfdeploy.perf.time_group, rotating start); latency = median of per-round medians; "
           "ratio = median of per-round ratios (A / B > 1: B faster) with its 95% bootstrap interval.", "",
           "## The ceiling: ONNX Runtime's integer GEMM vs its float GEMM on this CPU", ""]
     c = report.get("kernel_ceiling")

@@ -33,7 +33,7 @@ from nfdeploy.export.onnx_graph import block_values, export_module, run_with_val
 from nfdeploy.export.quantize import (CALIBRATION_METHODS, INT8_FORMS, CalibrationData, CalibrationOptions,
                                       block_sqnr, lint_int8, quantize_graph, training_split_calibration)
 from nfdeploy.metrics import judge
-from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runs import load_run_model
 
 quiet = lambda *a, **k: None  # noqa: E731

@@ -356,7 +356,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
 
 def write(report: dict) -> None:
     from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-    from nfdeploy.reports import markdown_table
+    from nfdeploy.render import markdown_table
 
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "int8_timm_study.json", report)

@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.bench import machine_info  # noqa: E402
+from nfdeploy.perf import machine_info  # noqa: E402
 from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
 from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph  # noqa: E402
 from nfdeploy.metrics import sqnr_db  # noqa: E402
-from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.render import markdown_table  # noqa: E402
 
 
 def cpu_flags() -> list[str]:

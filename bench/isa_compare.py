@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.isa import ISA_CAPS, check_isa, isa_environment  # noqa: E402
-from nfdeploy.reports import markdown_table  # noqa: E402
-from nfdeploy.saved_outputs import OUTPUTS_FILE, compare_saved_runs, output_pair  # noqa: E402
+from nfdeploy.check.isa import ISA_CAPS, check_isa, isa_environment  # noqa: E402
+from nfdeploy.render import markdown_table  # noqa: E402
+from nfdeploy.check.saved_outputs import OUTPUTS_FILE, compare_saved_runs, output_pair  # noqa: E402
 
 TWIN = "bn-twin-torch-cpu-fp32-folded"
 
@@ -33,8 +33,8 @@ def twin_child(export: Path, inputs: Path, out: Path, threads: int) -> None:
     import numpy as np
     import torch
 
-    from nfdeploy.backends import load_export_source
-    from nfdeploy.bench.fold_groups import folded_twin
+    from nfdeploy.check.backends import load_export_source
+    from nfdeploy.perf.fold_groups import folded_twin
 
     torch.set_num_threads(threads)
     with np.load(inputs) as z:

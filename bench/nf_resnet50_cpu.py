@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu.sources import write_random_run  # noqa: E402
-from nfdeploy.bench import bench_report, parse_batches  # noqa: E402
+from nfdeploy.perf import bench_report, parse_batches  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
 
 

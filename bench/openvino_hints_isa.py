@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.render import markdown_table  # noqa: E402
 
 FILES = {"openvino fp32": "model.onnx", "openvino int8": "model.int8.onnx", "openvino int8-ort": "model.int8.ort.onnx"}
 CAPS = {  # label -> environment
@@ -85,9 +85,9 @@ def main(argv=None) -> int:
     import openvino as ov
     import torch
 
-    from nfdeploy.backends import load_export_source
+    from nfdeploy.check.backends import load_export_source
     from nfdeploy.metrics import ulp_error
-    from nfdeploy.parity import load_parity_data
+    from nfdeploy.check.parity import load_parity_data
     from nfdeploy.runtime.openvino import mac_precisions, runtime_precisions
 
     torch.set_num_threads(1)

@@ -1,5 +1,5 @@
 """ONNX Runtime vs OpenVINO on the CPU, side by side: the same ONNX files (fp32, the int8 S8S8 form
-model.int8.onnx, the int8 U8S8 form model.int8.ort.onnx) in interleaved rounds (nfdeploy.bench.time_group:
+model.int8.onnx, the int8 U8S8 form model.int8.ort.onnx) in interleaved rounds (nfdeploy.perf.time_group:
 every member in turn each round, rotating start; ratios are medians of per-round ratios with 95% bootstrap
 intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-accumulates) against a float32
 matmul peak of the row's kind (float32; int8 forms: ONNX Runtime's u8 x s8 MatMulInteger) measured in the
@@ -28,16 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu.sources import write_random_run  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.backends import export_backends, load_export_source  # noqa: E402
-from nfdeploy.bench import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
-from nfdeploy.bench.flops import gflops  # noqa: E402
-from nfdeploy.bench.machine import describe_loads  # noqa: E402
-from nfdeploy.bench.peak import cpu_int8_matmul_peak, peak_kind  # noqa: E402
-from nfdeploy.bench.report import fastest_passing  # noqa: E402
-from nfdeploy.bench.rounds import describe_ratio, ratio_table_rows  # noqa: E402
+from nfdeploy.check.backends import export_backends, load_export_source  # noqa: E402
+from nfdeploy.perf import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
+from nfdeploy.perf.flops import gflops  # noqa: E402
+from nfdeploy.machine import describe_loads  # noqa: E402
+from nfdeploy.perf.peak import cpu_int8_matmul_peak, peak_kind  # noqa: E402
+from nfdeploy.perf.report import fastest_passing  # noqa: E402
+from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
-from nfdeploy.parity import PARITY_JSON, parity_report  # noqa: E402
-from nfdeploy.reports import markdown_table  # noqa: E402
+from nfdeploy.check.parity import PARITY_JSON, parity_report  # noqa: E402
+from nfdeploy.render import markdown_table  # noqa: E402
 from nfdeploy.runtime.base import BackendUnavailable  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")

@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.backends import load_export_source, torch_backend  # noqa: E402
-from nfdeploy.bench.machine import machine_load  # noqa: E402
-from nfdeploy.bench.rounds import RoundPlan, describe_ratio  # noqa: E402
-from nfdeploy.bench.timing import time_group  # noqa: E402
+from nfdeploy.check.backends import load_export_source, torch_backend  # noqa: E402
+from nfdeploy.machine import machine_load  # noqa: E402
+from nfdeploy.perf.rounds import RoundPlan, describe_ratio  # noqa: E402
+from nfdeploy.perf.timing import time_group  # noqa: E402
 from nfdeploy.runtime.base import BackendSpec  # noqa: E402
 from nfdeploy.runtime.ort import OrtBackend  # noqa: E402
 

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.gpu.sources import write_random_run  # noqa: E402
 from nfdeploy.artifacts import atomic_write_json  # noqa: E402
-from nfdeploy.backends import default_report_dir  # noqa: E402
-from nfdeploy.bench.machine import machine_info  # noqa: E402
+from nfdeploy.check.backends import default_report_dir  # noqa: E402
+from nfdeploy.machine import machine_info  # noqa: E402
 from nfdeploy.export import export_options, export_run  # noqa: E402
-from nfdeploy.parity import parity_report  # noqa: E402
+from nfdeploy.check.parity import parity_report  # noqa: E402
 from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance  # noqa: E402
 
 SERVED = "onnxruntime-cpu-fp32"

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         return 0
     import timm
 
-    from nfdeploy.reports import markdown_table, write_bench_result
+    from nfdeploy.render import markdown_table, write_bench_result
 
     known = set(timm.list_models("*nf*"))
     names = args.models.split(",") if args.models else [n for n in ORDER if n in known] + sorted(known - set(ORDER))

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from nfdeploy.models import create_model, twin_name
 from nfdeploy.nn import adaptive_grad_clip_
-from nfdeploy.reports import markdown_table, write_bench_result
+from nfdeploy.render import markdown_table, write_bench_result
 
 
 def step_times(name: str, batch: int, size: int, in_chans: int, min_time: float, warmup: float) -> list[float]:

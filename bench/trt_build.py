@@ -23,7 +23,7 @@ from nfdeploy.export.onnx_graph import export_module
 from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions, build_engine
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
-from nfdeploy.reports import markdown_table, write_bench_result
+from nfdeploy.render import markdown_table, write_bench_result
 
 
 def plain_export(model: torch.nn.Module, path: Path, shape, dtype) -> None:

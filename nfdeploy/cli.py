@@ -85,7 +85,7 @@ def spp(
 ):
     """Signal propagation at init: per block average channel squared mean and variance."""
     from nfdeploy.models import list_models
-    from nfdeploy.spp import spp_report
+    from nfdeploy.models.spp import spp_report
 
     if model not in list_models() or not model.startswith("nf_"):
         raise CliError(f"unknown NF model {model!r}; known: {', '.join(m for m in list_models() if m.startswith('nf_'))}")
@@ -221,9 +221,9 @@ def backends(
     """Every backend the export could run on: name, device, precision, math mode, tolerance, availability."""
     import json
 
-    from nfdeploy.backends import describe_backends, export_backends, load_export_source
+    from nfdeploy.check.backends import describe_backends, export_backends, load_export_source
     from nfdeploy.precision import describe_tolerance
-    from nfdeploy.reports import markdown_table
+    from nfdeploy.render import markdown_table
 
     rows = describe_backends(export_backends(load_export_source(export_dir)))
     if as_json:
@@ -253,12 +253,12 @@ def parity(
                                       "instruction set (sse41, avx, avx2, avx512_core, ...; recorded in the reports)."),
 ):
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
-    from nfdeploy.parity import PARITY_JSON, PARITY_MD, PARITY_PNG, parity_report
+    from nfdeploy.check.parity import PARITY_JSON, PARITY_MD, PARITY_PNG, parity_report
 
     if max_samples < 1:
         raise CliError(f"--max-samples must be positive, got {max_samples}")
     if isa is not None:
-        from nfdeploy.isa import check_isa, run_parity_under_isa
+        from nfdeploy.check.isa import check_isa, run_parity_under_isa
 
         raise typer.Exit(run_parity_under_isa(check_isa(isa), export_dir, out, dataset=dataset, data_path=data_path,
                                               only=only, max_samples=max_samples, per_block=per_block,
@@ -281,7 +281,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where compare.json/.md go (default: B)."),
 ):
     """Compare two saved parity runs of one export on the same inputs: bitwise share, max ULP, rel L2, top-1."""
-    from nfdeploy.saved_outputs import compare_saved_runs
+    from nfdeploy.check.saved_outputs import compare_saved_runs
 
     rep = compare_saved_runs(a, b, out or b)
     typer.echo(f"instruction set: A {rep['machine_a']['isa']}; B {rep['machine_b']['isa']}")
@@ -310,7 +310,7 @@ def bench(
     # torch's OpenMP threads spin after a parallel region (libgomp's default) and starve the next member of a
     # round; libgomp reads this once, when torch loads, which in this process is the import below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from nfdeploy.bench import bench_against, bench_report, parse_batches
+    from nfdeploy.perf import bench_against, bench_report, parse_batches
 
     if against is not None:
         rep = bench_against(export_dir, against, out, batches=parse_batches(batch), only=only or None,
@@ -335,7 +335,7 @@ def pipeline(
     progress: bool = typer.Option(True, help="Show a progress bar while training."),
 ):
     """The whole pipeline: train → export (ONNX; TensorRT engine when installed) → parity → bench."""
-    from nfdeploy.pipeline import run_pipeline
+    from nfdeploy.workflow import run_pipeline
 
     res = run_pipeline(recipe, out, overrides={"train.epochs": epochs} if epochs is not None else None, trt=trt,
                        batches=batch, min_time=min_time, progress=progress, log=typer.echo)
@@ -494,7 +494,7 @@ def loadtest(
 ):
     """Concurrency sweep against a Triton server: throughput, latency percentiles, server times, batch sizes,
     every response compared bitwise with the same sample alone, errors by kind, faults, speed side by side."""
-    from nfdeploy.backends import default_report_dir
+    from nfdeploy.check.backends import default_report_dir
     from nfdeploy.serve.loadtest import LoadOptions, loadtest as run_loadtest
 
     opts = LoadOptions(concurrency=_int_list(concurrency, "--concurrency"), window_s=window_s, max_windows=max_windows,

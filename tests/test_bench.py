@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from nfdeploy.bench import bench_report, time_backend
+from nfdeploy.perf import bench_report, time_backend
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.train import train
@@ -105,8 +105,8 @@ def test_comparison_has_both_ratios(report):
 def test_torch_flop_count_matches_the_onnx_mac_count(report):
     """The two counts of one model's arithmetic agree: torch.utils.flop_counter on the folded module and
     the Conv/Gemm/MatMul MACs of the exported fp32 graph."""
-    from nfdeploy.backends import load_export_source
-    from nfdeploy.bench.flops import onnx_macs, torch_macs
+    from nfdeploy.check.backends import load_export_source
+    from nfdeploy.perf.flops import onnx_macs, torch_macs
 
     _, rep = report
     source = load_export_source(rep["export_dir"])

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from nfdeploy.bench import bench_against, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary, RoundPlan
-from nfdeploy.bench.report import informative_table
-from nfdeploy.bench.rounds import cv, window_medians
+from nfdeploy.perf import bench_against, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary, RoundPlan
+from nfdeploy.perf.report import informative_table
+from nfdeploy.perf.rounds import cv, window_medians
 
 FAST = RoundPlan(warmup_s=0.0, min_time_s=0.0, min_iters=1, max_time_s=60.0)
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from dataclasses import asdict
 
-from nfdeploy.backends import ExportSource
-from nfdeploy.bench import bench_report
-from nfdeploy.bench.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
-from nfdeploy.bench.peak import no_peak, peak_for, peak_kind
-from nfdeploy.bench.report import annotate_work
-from nfdeploy.bench.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
+from nfdeploy.check.backends import ExportSource
+from nfdeploy.perf import bench_report
+from nfdeploy.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
+from nfdeploy.perf.peak import no_peak, peak_for, peak_kind
+from nfdeploy.perf.report import annotate_work
+from nfdeploy.perf.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
 from nfdeploy.fold import randomize_
 from nfdeploy.models import create_model
 from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
@@ -44,7 +44,7 @@ def test_int8_rows_never_use_the_float_peak():
 
 def test_ort_matmul_computes_the_product_it_times():
     """The timed calls are real matmuls: int8 exactly the int32 product, fp32 the float product."""
-    from nfdeploy.bench.peak import ort_matmul
+    from nfdeploy.perf.peak import ort_matmul
 
     (y8,) = ort_matmul("int8", n=64, threads=1)()
     rng = np.random.default_rng(0)  # ort_matmul's inputs, drawn the same way
@@ -153,7 +153,7 @@ def test_bench_failures_are_failed_and_unavailable_is_skipped(tmp_path):
 
 
 def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
-    from nfdeploy.bench import BenchError
+    from nfdeploy.perf import BenchError
 
     with pytest.raises(BenchError, match="threads"):
         bench_report(tmp_path / "nowhere", threads=0, log=quiet)
@@ -162,7 +162,7 @@ def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
 
 
 def test_fastest_passing_picks_per_precision_and_batch_the_fastest_that_passed():
-    from nfdeploy.bench.report import fastest_passing
+    from nfdeploy.perf.report import fastest_passing
 
     rows = [{"name": "fast-but-failed", "precision": "fp32", "batch": 1, "median_ms": 1.0},
             {"name": "slow-pass", "precision": "fp32", "batch": 1, "median_ms": 3.0},
@@ -183,7 +183,7 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
     without a parity report the report says the fastest backend is unchecked."""
     import json
 
-    from nfdeploy.bench.report import NO_PARITY_NOTE
+    from nfdeploy.perf.report import NO_PARITY_NOTE
 
     m = randomize_(create_model("nf_resnet_c8")).eval()
     src = ExportSource({"model": "nf_resnet_c8", "input": {"shape": ["batch", *SHAPE]},
@@ -216,8 +216,8 @@ def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
     import pytest
 
     from nfdeploy.errors import UserError
-    from nfdeploy.parity import PARITY_JSON, read_parity_rows
-    from nfdeploy.bench.report import NO_PARITY_NOTE, read_parity_statuses
+    from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+    from nfdeploy.perf.report import NO_PARITY_NOTE, read_parity_statuses
     from nfdeploy.serve.choice import parity_verdict
 
     export = tmp_path / "export"

@@ -18,7 +18,7 @@ from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportError, ExportOptions, export_model, export_run, load_manifest, load_preset
 from nfdeploy.export.onnx_graph import (SCOPES_KEY, block_values, export_module, lint_graph, node_scopes, read_metadata,
                                        run_with_values)
-from nfdeploy.model_points import FEATURES, BlockStructureError
+from nfdeploy.check.model_points import FEATURES, BlockStructureError
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
 from nfdeploy.precision import PRECISIONS
@@ -316,7 +316,7 @@ def test_cli_exports_a_timm_model(tmp_path):
 
 def test_a_copied_run_and_export_pair_finds_its_run(digits_run, digits_export, tmp_path):
     """On another machine the absolute run_dir does not exist; the relative path recorded beside it does."""
-    from nfdeploy.backends import load_export_source
+    from nfdeploy.check.backends import load_export_source
 
     moved = tmp_path / "elsewhere"
     run = shutil.copytree(digits_run, moved / digits_run.parent.name / digits_run.name)

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from nfdeploy.backends import REFERENCE, export_backends, load_export_source
-from nfdeploy.batch_matrix import batch_invariance_matrix, profile_reason
+from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
+from nfdeploy.check.batch_matrix import batch_invariance_matrix, profile_reason
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.export.onnx_graph import block_values
 from nfdeploy.metrics import judge, ulp_error
-from nfdeploy.model_points import FEATURES, block_points, capture_points
-from nfdeploy.parity import load_parity_data, parity_report
-from nfdeploy.per_block import onnx_points, per_block_report
+from nfdeploy.check.model_points import FEATURES, block_points, capture_points
+from nfdeploy.check.parity import load_parity_data, parity_report
+from nfdeploy.check.per_block import onnx_points, per_block_report
 from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
 from nfdeploy.runtime.base import BackendSpec, run_batched
 from nfdeploy.runtime.ort import OrtBackend
-from nfdeploy.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
+from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.train import train
 
 REPO = Path(__file__).resolve().parent.parent

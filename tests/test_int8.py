@@ -14,7 +14,7 @@ from nfdeploy.config import load_recipe
 from nfdeploy.export import export_options, export_run, load_manifest
 from nfdeploy.export.quantize import (CalibrationOptions, QuantizeError, block_sqnr, lint_int8,
                                       training_split_calibration)
-from nfdeploy.parity import parity_report
+from nfdeploy.check.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 

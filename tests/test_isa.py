@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, write_recipe
 from nfdeploy.config import load_recipe
 from nfdeploy.export import export_options, export_run
-from nfdeploy.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
+from nfdeploy.check.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
 from nfdeploy.precision import tolerances
 from nfdeploy.train import train
 

@@ -6,7 +6,7 @@ import torch
 from nfdeploy.models import create_model, get_config, list_models, twin_name
 from nfdeploy.models.nf_resnet import ResidualBlock
 from nfdeploy.nn import ScaledStdConv2d
-from nfdeploy.spp import measure_spp, spp_report
+from nfdeploy.models.spp import measure_spp, spp_report
 
 NF_NAMES = ["nf_resnet18", "nf_resnet26", "nf_resnet34", "nf_resnet50", "nf_resnet101"]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import write_recipe
-from nfdeploy.backends import export_backends, load_export_source
+from nfdeploy.check.backends import export_backends, load_export_source
 from nfdeploy.config import load_recipe
 from nfdeploy.export import export_options, export_run
-from nfdeploy.parity import parity_report
+from nfdeploy.check.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.base import BackendBroken, BackendSpec, BackendUnavailable
 from nfdeploy.train import train

@@ -12,7 +12,7 @@ from conftest import run_cli
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.metrics import judge
-from nfdeploy.parity import parity_report
+from nfdeploy.check.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 
@@ -135,8 +135,8 @@ def test_cli_parity_and_bad_inputs(export_dir, tmp_path):
 
 
 def test_accuracy_is_not_applicable_when_labels_are_not_the_models_classes(export_dir):
-    from nfdeploy.backends import load_export_source
-    from nfdeploy.parity import load_parity_data
+    from nfdeploy.check.backends import load_export_source
+    from nfdeploy.check.parity import load_parity_data
 
     source = load_export_source(export_dir)
     x, y, _, why = load_parity_data(source, max_samples=16)
@@ -193,8 +193,8 @@ def test_cli_broken_backend_exits_1_and_nothing_checked_exits_2(export_dir, tmp_
 
 def test_nothing_checked_is_an_error_even_when_activation_refuses(export_dir, tmp_path):
     """A backend that passes the cheap probe but refuses at activation (BackendUnavailable) ran nothing either."""
-    from nfdeploy.backends import REFERENCE, export_backends, load_export_source
-    from nfdeploy.parity import NothingCheckedError
+    from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
+    from nfdeploy.check.parity import NothingCheckedError
     from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
 
     class RefusesAtActivation(Backend):
@@ -244,7 +244,7 @@ def test_an_engine_runs_only_at_batch_sizes_inside_its_profile(export_dir, tmp_p
     """Parity runs batches of 64 and a batch study up to 64; an engine built with the default profile 1:8:32
     must see none of that. The profile comes from the engine's build record (TensorRTBackend.batch_profiles);
     the constraint is enforced here on a real ONNX Runtime session, since no engine runs on this CPU."""
-    from nfdeploy.backends import REFERENCE, export_backends, load_export_source
+    from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
     from nfdeploy.runtime.tensorrt import TensorRTBackend
 
     record = {"file": "model.engine", "precision": "fp32", "flavour": "tensorrt-rtx", "tf32": False,
@@ -287,7 +287,7 @@ def test_a_profile_above_batch_one_pads_and_drops_the_padding(export_dir):
 
 
 def test_only_selects_whole_name_parts_or_a_glob():
-    from nfdeploy.backends import BackendSelectionError, select_backends
+    from nfdeploy.check.backends import BackendSelectionError, select_backends
     from nfdeploy.runtime.base import Backend, BackendSpec, name_matches
 
     assert name_matches("onnxruntime-cuda-fp32", "fp32") and not name_matches("onnxruntime-cuda-fp32-tf32", "fp32")

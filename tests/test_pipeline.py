@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from nfdeploy.bench import BenchError
+from nfdeploy.perf import BenchError
 from nfdeploy.config import RecipeError
 from nfdeploy.export import ExportError
-from nfdeploy.pipeline import PipelineError, run_pipeline
+from nfdeploy.workflow import PipelineError, run_pipeline
 
 quiet = lambda *a, **k: None  # noqa: E731
 

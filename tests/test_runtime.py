@@ -83,7 +83,7 @@ def test_cuda_backends_say_why_they_cannot_run(model):
 
 def test_folded_model_is_shared_per_dtype(tmp_path):
     """ExportSource folds once per dtype, whatever number of backends run that dtype."""
-    from nfdeploy.backends import ExportSource, torch_backend
+    from nfdeploy.check.backends import ExportSource, torch_backend
 
     m = randomize_(create_model("nf_resnet_c8")).eval()
     src = ExportSource({"input": {"shape": ["batch", *SHAPE]}, "source": {"kind": "run"}}, m, tmp_path)

@@ -17,10 +17,10 @@ from conftest import run_cli, write_recipe
 
 pytest.importorskip("pytriton", reason="nfdeploy[serve] is not installed (its wheel carries tritonserver)")
 
-from nfdeploy.backends import default_report_dir, export_backend  # noqa: E402
+from nfdeploy.check.backends import default_report_dir, export_backend  # noqa: E402
 from nfdeploy.config import load_recipe  # noqa: E402
 from nfdeploy.export import ExportOptions, export_run  # noqa: E402
-from nfdeploy.parity import parity_report  # noqa: E402
+from nfdeploy.check.parity import parity_report  # noqa: E402
 from nfdeploy.serve.choice import FALLBACK_BACKEND, choose_backend  # noqa: E402
 from nfdeploy.serve.loadtest import LoadOptions, Target, burst, expectation, loadtest, model_facts  # noqa: E402
 from nfdeploy.serve.python_model import ServedModel  # noqa: E402
@@ -82,7 +82,7 @@ def test_loadtest_every_request_answered_on_its_own(export_dir, tmp_path):
     rep = loadtest(export_dir, tmp_path / "lt", opts, serve_args=["--backend", SERVED, "--max-batch", "8",
                                                                   "--max-queue-size", "8"], log=quiet)
     params = rep["served"]["parameters"]
-    assert params["nfdeploy.backend"] == SERVED and params["nfdeploy.parity"] == "pass" and params["nfdeploy.checked"] == "yes"
+    assert params["nfdeploy.backend"] == SERVED and params["nfdeploy.check.parity"] == "pass" and params["nfdeploy.checked"] == "yes"
     assert params["nfdeploy.artifact_sha256"] == json.loads((export_dir / "manifest.json").read_text())["onnx"]["fp32"]["sha256"]
     assert rep["served"]["max_queue_size"] == 8 and rep["served"]["max_batch"] == 8
     formed = set()
@@ -262,8 +262,8 @@ def test_a_broken_config_fails_its_check(export_dir, tmp_path, breakage, expecte
 def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     """From a real parity report and a real bench report of two CPU backends; the fallback names its reason;
     a faster backend that failed parity is never chosen."""
-    from nfdeploy.bench import bench_report
-    from nfdeploy.backends import export_backends, manifest_source
+    from nfdeploy.perf import bench_report
+    from nfdeploy.check.backends import export_backends, manifest_source
 
     export = tmp_path / "export"
     shutil.copytree(export_dir, export)
@@ -318,12 +318,12 @@ def test_refusals_need_no_server(export_dir, tmp_path):
     warnings = []
     allowed = package_export(failed, tmp_path / "repo", PackageOptions(backend=SERVED, allow_unchecked=True),
                              log=warnings.append)[0].parameters
-    assert allowed["nfdeploy.parity"] == "FAIL" and allowed["nfdeploy.allow_unchecked"] == "yes"
+    assert allowed["nfdeploy.check.parity"] == "FAIL" and allowed["nfdeploy.allow_unchecked"] == "yes"
     assert allowed["nfdeploy.checked"] == "no" and len(warnings) == 1 and "FAIL" in warnings[0]
     bare = tmp_path / "bare"
     shutil.copytree(export_dir, bare)
     unchecked = package_export(bare, tmp_path / "repo2", PackageOptions(), log=warnings.append)[0].parameters
-    assert unchecked["nfdeploy.parity"] == "unchecked" and unchecked["nfdeploy.backend"] == FALLBACK_BACKEND
+    assert unchecked["nfdeploy.check.parity"] == "unchecked" and unchecked["nfdeploy.backend"] == FALLBACK_BACKEND
     assert "no parity report" in unchecked["nfdeploy.chosen"] and "no parity verdict" in warnings[-1]
     with pytest.raises(RepositoryError, match="no such backend"):
         package_export(export_dir, tmp_path / "repo3", PackageOptions(backend="onnxruntime-cpu-fp64"), log=quiet)

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from nfdeploy.backends import ExportSource, bn_twin, twin_runner
+from nfdeploy.check.backends import ExportSource, bn_twin, twin_runner
 from nfdeploy.models import create_model
 
 SHAPE = (3, 32, 32)

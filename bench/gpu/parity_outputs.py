@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 def run_parity(export_dir: Path, out_dir: Path, *, only: Sequence[str] | None, backends: Sequence[Any] | None = None,
                max_samples: int = 512, invariance_samples: int = 64, log: Callable[[str], None] = print,
                **kw: Any) -> dict[str, Any]:
-    from nfdeploy.backends import load_export_source
-    from nfdeploy.parity import load_parity_data, parity_report
+    from nfdeploy.check.backends import load_export_source
+    from nfdeploy.check.parity import load_parity_data, parity_report
 
     from nfdeploy.artifacts import array_sha256
 

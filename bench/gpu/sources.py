@@ -93,7 +93,7 @@ def write_torch_only_export(run_dir: Path, export_dir: Path, reason: str) -> Pat
 def twin_backends(source: Any, precisions: tuple[str, ...], modes: tuple[str, ...], device: str) -> list[Any]:
     """The folded twin with the other norm (backends.bn_twin, randomized; its speed and its batch invariance
     in eval mode do not depend on the constants' values) as torch backends named ...-bn-folded-MODE."""
-    from nfdeploy.backends import bn_twin
+    from nfdeploy.check.backends import bn_twin
     from nfdeploy.fold import fold_model
     from nfdeploy.precision import PRECISIONS
     from nfdeploy.runtime.base import BackendSpec

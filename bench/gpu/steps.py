@@ -157,7 +157,7 @@ def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
 
 
 def render_phase_md(s: dict[str, Any]) -> str:
-    from nfdeploy.reports import markdown_table
+    from nfdeploy.render import markdown_table
 
     lines = [f"# GPU suite, phase {s['phase']}: {s['title']}", "",
              f"Started {s['started']}; wall time {s.get('wall_seconds', 0):.0f} s of a {s['budget_s']:.0f} s budget.", "",

@@ -1,6 +1,6 @@
 """ONNX graph level: export a folded torch module, fuse static pads, lint, metadata, block values.
 
-Block values: the points of nfdeploy.model_points (stem, every residual block, the pre-logits
+Block values: the points of nfdeploy.check.model_points (stem, every residual block, the pre-logits
 features) as ONNX values, found through the dynamo exporter's per-node name-scope metadata, and run
 on ONNX Runtime as extra graph outputs: the one implementation used by parity forensics and by the
 int8 per-block SQNR.
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nfdeploy.errors import require
-from nfdeploy.model_points import FEATURES, BlockStructureError
+from nfdeploy.check.model_points import FEATURES, BlockStructureError
 from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts import atomic_path, atomic_write_bytes, sha256_file
+from nfdeploy.machine import cuda_gpu
 from nfdeploy.errors import MissingExtraError, one_line
 from nfdeploy.precision import PRECISIONS
-from nfdeploy.runtime.base import cuda_gpu
 from nfdeploy.runtime.tensorrt import import_tensorrt
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

@@ -235,17 +235,6 @@ def verify_artifact(path: Path, sha256: str | None, *, record: str = "its manife
         raise BackendBroken(f"{path.name} does not match {record} (sha256 differs): {remedy}")
 
 
-def cuda_gpu() -> dict[str, Any] | None:
-    """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
-    try:
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # noqa: BLE001 - a broken driver/runtime is "no usable GPU"
-        return None
-
-
 def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Outputs of x run in chunks of at most `batch_size`, every chunk a batch size the backend accepts:
     chunks shrink to the largest size inside its profiles, and a last chunk smaller than every profile's
@@ -266,4 +255,4 @@ def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.nda
 
 
 __all__ = ["Backend", "BackendBroken", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
-           "cuda_gpu", "name_matches", "run_batched", "verify_artifact"]
+           "name_matches", "run_batched", "verify_artifact"]

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from nfdeploy.machine import cuda_gpu
 from nfdeploy.errors import MissingExtraError, one_line
-from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, cuda_gpu, verify_artifact
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, verify_artifact
 
 # The flavours, as nfdeploy spells them everywhere (names, build records, --trt-flavour), and their modules.
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}

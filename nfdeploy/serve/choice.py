@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nfdeploy.artifacts import read_json
-from nfdeploy.backends import REFERENCE, default_report_dir
-from nfdeploy.bench.report import BENCH_JSON
-from nfdeploy.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.check.backends import REFERENCE, default_report_dir
+from nfdeploy.perf.report import BENCH_JSON
+from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
 from nfdeploy.runtime.base import Backend
 
 FALLBACK_BACKEND = "onnxruntime-cpu-fp32"

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import export_backend, load_export_source
-from nfdeploy.bench.rounds import RoundPlan, interleaved_rounds, summarize
+from nfdeploy.check.backends import export_backend, load_export_source
+from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds, summarize
 from nfdeploy.errors import UserError, one_line, require
 from nfdeploy.metrics import ulp_error
-from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.serve.python_model import BATCH_OUTPUT
 from nfdeploy.serve.repository import MODEL_VERSION, model_name_of
 from nfdeploy.serve.tritonserver import LOOPBACK, ServeError, free_port, ready_status, terminate_with_parent
@@ -451,7 +451,7 @@ def sequential_outputs(target: Target, exp: Expectation) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- speed
 class ServedTimer:
-    """A Timer (nfdeploy.bench.rounds) for a served model under a closed loop of `concurrency` long-lived
+    """A Timer (nfdeploy.perf.rounds) for a served model under a closed loop of `concurrency` long-lived
     clients: one call lets them run until `per_call` more requests are answered and returns the wall ms per
     answered request (host time); between calls the clients wait (their last requests drain first), so the
     other members of an interleaved round run alone."""
@@ -893,7 +893,7 @@ def write_report(rep: dict[str, Any], out_dir: Path) -> None:
     pad = int(s["parameters"].get("nfdeploy.pad_to") or 0)
     lines = [f"# Load test: {s['model']} served by {rep['backend']}", "",
              f"Triton {s['server_version']}, max batch {s['max_batch']}, queue delay {s['max_queue_delay_us']} µs, queue "
-             f"size {s['max_queue_size']}, parity: {s['parameters'].get('nfdeploy.parity')}, batch invariance: "
+             f"size {s['max_queue_size']}, parity: {s['parameters'].get('nfdeploy.check.parity')}, batch invariance: "
              f"{s['parameters'].get('nfdeploy.batch_invariance')}; {rep['cpu_count']} CPUs shared by client and server "
              "(client CPU = the load generator's share of all cores). Server times are per request, from Triton's "
              "statistics over the measured windows.", "", markdown_table(table),

@@ -59,7 +59,7 @@ class ServedModel:
 
 def load_served_model(version_dir: Path, params: dict[str, str], max_batch: int) -> ServedModel:
     """The packaged backend of a model version dir, active and warmed up on one zero sample."""
-    from nfdeploy.backends import export_backend
+    from nfdeploy.check.backends import export_backend
     from nfdeploy.export import load_manifest
 
     export_dir = version_dir / EXPORT_SUBDIR

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nfdeploy.artifacts import make_staging_dir, read_json, sha256_file
-from nfdeploy.backends import REFERENCE, export_backends, manifest_source
+from nfdeploy.check.backends import REFERENCE, export_backends, manifest_source
 from nfdeploy.errors import UserError, require
 from nfdeploy.export import MANIFEST, load_manifest
-from nfdeploy.parity import read_parity_rows
+from nfdeploy.check.parity import read_parity_rows
 from nfdeploy.runtime.base import Backend
 from nfdeploy.serve.choice import UNCHECKED, batch_invariance, choose_backend, parity_verdict
 from nfdeploy.serve.python_model import BATCH_OUTPUT, EXPORT_SUBDIR, RUN_SUBDIR
@@ -215,7 +215,7 @@ def write_python_model(export_dir: Path, staging: Path, opts: PackageOptions, lo
     (version / "model.py").write_text(MODEL_PY)
     env = opts.env_path if opts.env_path is not None else default_env_path()
     params = {**({"EXECUTION_ENV_PATH": env} if env else {}),
-              "nfdeploy.backend": backend.name, "nfdeploy.parity": verdict,
+              "nfdeploy.backend": backend.name, "nfdeploy.check.parity": verdict,
               "nfdeploy.checked": "yes" if verdict == "pass" else "no",
               "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
               "nfdeploy.chosen": why, "nfdeploy.artifact": artifact, "nfdeploy.artifact_sha256": digest,
@@ -242,7 +242,7 @@ def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -
         src = export_dir / entry["file"]
         params = {"intra_op_thread_count": str(threads), "inter_op_thread_count": "1",
                   "nfdeploy.export_file": entry["file"], "nfdeploy.sha256": entry["sha256"],
-                  "nfdeploy.parity": rows.get(f"onnxruntime-cpu-{prec}", {}).get("status", UNCHECKED)}
+                  "nfdeploy.check.parity": rows.get(f"onnxruntime-cpu-{prec}", {}).get("status", UNCHECKED)}
         (staging / name / "1").mkdir(parents=True)
         shutil.copyfile(src, staging / name / "1" / PLATFORMS["onnxruntime_onnx"])
         io = onnx_io(src)

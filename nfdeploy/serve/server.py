@@ -123,7 +123,7 @@ def describe_served(server: ModelServer) -> list[str]:
     """What `serve` prints once ready: each model and its backend, why that backend, the URLs."""
     lines = []
     for name, p in server.models.items():
-        lines.append(f"serving {name} with {p.get('nfdeploy.backend', '?')} (parity: {p.get('nfdeploy.parity', '?')})")
+        lines.append(f"serving {name} with {p.get('nfdeploy.backend', '?')} (parity: {p.get('nfdeploy.check.parity', '?')})")
         if p.get("nfdeploy.chosen"):
             lines.append(f"  chosen: {p['nfdeploy.chosen']}")
         if p.get("nfdeploy.batch_invariance"):

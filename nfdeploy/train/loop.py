@@ -32,7 +32,7 @@ from nfdeploy.data import ImageDataset
 from nfdeploy.errors import UserError
 from nfdeploy.models import NFResNet, NFResNetCfg, create_model
 from nfdeploy.nn import adaptive_grad_clip_
-from nfdeploy.reports import plot_training_curves
+from nfdeploy.render import plot_training_curves
 from nfdeploy.runs import CONFIG, CURVES, METRICS, SUMMARY, WEIGHTS
 from nfdeploy.train import distributed as D
 from nfdeploy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint

@@ -1,6 +1,6 @@
 """Error per block: where inside the model a backend departs from the reference.
 
-Every backend against the float64 model of its own variant at the points of nfdeploy.model_points
+Every backend against the float64 model of its own variant at the points of nfdeploy.check.model_points
 (stem, every block of the residual stream, the pre-logits features), in the model's own module names.
 Torch backends: forward hooks. ONNX Runtime: a copy of the graph with those values added as graph
 outputs (nfdeploy.export.onnx_graph.block_values / run_with_values), run instead of the backend's own
@@ -19,9 +19,9 @@ import torch
 from nfdeploy.errors import require
 from nfdeploy.export.onnx_graph import block_values, run_with_values
 from nfdeploy.metrics import compare_outputs, ulp_error
-from nfdeploy.model_points import FEATURES, BlockStructureError, block_points, capture_points, classifier_path, module_ops
+from nfdeploy.check.model_points import FEATURES, BlockStructureError, block_points, capture_points, classifier_path, module_ops
 from nfdeploy.precision import get_precision
-from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from nfdeploy.backends import ExportSource, bn_twin
+from nfdeploy.check.backends import ExportSource, bn_twin
 from nfdeploy.errors import one_line, require
 from nfdeploy.export.onnx_graph import export_module
 from nfdeploy.fold import fold_model

@@ -13,7 +13,7 @@ import torch
 
 from nfdeploy.artifacts import atomic_write_text
 from nfdeploy.models import create_model, twin_name
-from nfdeploy.reports import pyplot, save_figure
+from nfdeploy.render import pyplot, save_figure
 
 
 def measure_spp(name: str, batch: int = 8, input_size: int | None = None, seed: int = 0,

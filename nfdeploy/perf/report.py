@@ -42,19 +42,19 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
+from nfdeploy.check.backends import (ExportSource, default_report_dir, export_backends, load_export_source,
                                select_backends)
-from nfdeploy.bench.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name, source_norm
-from nfdeploy.bench.flops import gflops, onnx_macs, torch_macs
-from nfdeploy.bench.machine import machine_info, machine_load
-from nfdeploy.bench.peak import peak_for
-from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, MIN_ROUNDS_BEFORE_CAP, STABILITY_BAND, WINDOW_ROUNDS,
+from nfdeploy.perf.fold_groups import comparison_backends, comparison_groups, group_ratios, main_name, source_norm
+from nfdeploy.perf.flops import gflops, onnx_macs, torch_macs
+from nfdeploy.machine import machine_info, machine_load
+from nfdeploy.perf.peak import peak_for
+from nfdeploy.perf.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, MIN_ROUNDS_BEFORE_CAP, STABILITY_BAND, WINDOW_ROUNDS,
                                    WINDOWS, RoundPlan, describe_ratio)
-from nfdeploy.bench.timing import (DEVICE_TIMING, HOST_TIMING, MEMORY_KIND, activate_measured, failure_row,
+from nfdeploy.perf.timing import (DEVICE_TIMING, HOST_TIMING, MEMORY_KIND, activate_measured, failure_row,
                                    time_backend, time_group)
 from nfdeploy.errors import UserError, one_line
-from nfdeploy.parity import PARITY_JSON, read_parity_rows
-from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, name_matches
 
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from nfdeploy.bench.rounds import RoundPlan, interleaved_rounds
+from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds
 from nfdeploy.errors import one_line
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nfdeploy.bench import bench_report, parse_batches
+from nfdeploy.perf import bench_report, parse_batches
 from nfdeploy.config import load_recipe
 from nfdeploy.errors import UserError
 from nfdeploy.export import export_options, export_run
-from nfdeploy.parity import parity_report
+from nfdeploy.check.parity import parity_report
 from nfdeploy.runs import WEIGHTS
 from nfdeploy.train import train
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from nfdeploy.artifacts import array_sha256, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from nfdeploy.errors import UserError, one_line
-from nfdeploy.isa import isa_label
+from nfdeploy.check.isa import isa_label
 from nfdeploy.metrics import compare_outputs, top1_agreement, ulp_error
 from nfdeploy.precision import get_precision
-from nfdeploy.reports import markdown_table
+from nfdeploy.render import markdown_table
 
 OUTPUTS_FILE = "outputs.npz"
 PROVENANCE_FILE = "provenance.json"
@@ -46,8 +46,8 @@ def save_outputs(out_dir: Path, manifest: dict[str, Any], x: np.ndarray, labels:
                  isa: dict[str, Any] | None = None) -> dict[str, Any]:
     """outputs.npz (every backend's logits keyed by backend name, in the dtype given: never rounded, so a
     float64 reference stays float64; the inputs; the labels) + provenance.json (with each output's dtype
-    and `isa`: the instruction-set caps the run was under, nfdeploy.isa.isa_record)."""
-    from nfdeploy.bench.machine import machine_info
+    and `isa`: the instruction-set caps the run was under, nfdeploy.check.isa.isa_record)."""
+    from nfdeploy.machine import machine_info
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **{f"out:{k}": v for k, v in outputs.items()}, inputs=x,

@@ -35,9 +35,18 @@ def _cpu_info() -> dict[str, Any]:
     return info
 
 
-def _gpu_info() -> dict[str, Any] | None:
-    from nfdeploy.runtime.base import cuda_gpu
+def cuda_gpu() -> dict[str, Any] | None:
+    """{"name", "compute_capability": "8.6"} of CUDA device 0 as torch sees it, or None."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - a broken driver/runtime is "no usable GPU"
+        return None
 
+
+def _gpu_info() -> dict[str, Any] | None:
     base = cuda_gpu()
     if base is None:
         return None

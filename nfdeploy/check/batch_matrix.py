@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from nfdeploy.backends import bn_twin, twin_runner
+from nfdeploy.check.backends import bn_twin, twin_runner
 from nfdeploy.metrics import ulp_error
-from nfdeploy.reports import pyplot, save_figure
+from nfdeploy.render import pyplot, save_figure
 
 # Every column is against batch 1, the baseline: batch 1 itself is not a column.
 DEFAULT_BATCHES = (3, 16, 64)  # parity's default run: small, odd, large

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.backends import REFERENCE, default_report_dir, export_backends, load_export_source
-from nfdeploy.bench.machine import machine_info, machine_load
-from nfdeploy.bench.peak import peak_for
-from nfdeploy.bench.report import BenchError, annotate_work, informative_table, torch_threads, work_model
-from nfdeploy.bench.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
+from nfdeploy.check.backends import REFERENCE, default_report_dir, export_backends, load_export_source
+from nfdeploy.machine import machine_info, machine_load
+from nfdeploy.perf.peak import peak_for
+from nfdeploy.perf.report import BenchError, annotate_work, informative_table, torch_threads, work_model
+from nfdeploy.perf.rounds import (BOOTSTRAP_SAMPLES, CI_LEVEL, STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan,
                                    describe_ratio)
-from nfdeploy.bench.timing import activate_measured, failure_row, time_group
-from nfdeploy.reports import markdown_table
+from nfdeploy.perf.timing import activate_measured, failure_row, time_group
+from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import name_matches
 
 AGAINST_JSON, AGAINST_MD = "against.json", "against.md"

@@ -2,7 +2,7 @@
 
 Per backend: max |error|, relative L2 error, cosine similarity, top-1 agreement, accuracy and its
 delta, judged by the precision table (nfdeploy/precision.py). Batch invariance: the one protocol of
-nfdeploy.batch_matrix (each sample inside full batches of several sizes vs its own batch-1 output; an NF
+nfdeploy.check.batch_matrix (each sample inside full batches of several sizes vs its own batch-1 output; an NF
 net has no batch statistics, the BatchNorm twin in training mode is the contrast), with a small column set
 by default and batch sizes 2..64 under --batch-matrix. Cross-backend: every pair of backends that ran.
 One backend is active at a time.
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
-from nfdeploy.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source, select_backends
-from nfdeploy.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
+from nfdeploy.check.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source, select_backends
+from nfdeploy.check.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
                                    plot_batch_matrix)
 from nfdeploy.errors import UserError, one_line
-from nfdeploy.isa import isa_label, isa_record
+from nfdeploy.check.isa import isa_label, isa_record
 from nfdeploy.metrics import compare_outputs, framework_errors, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
-from nfdeploy.reports import markdown_table, pyplot, save_figure
+from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable, run_batched
 
 
@@ -173,11 +173,11 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     that dtype on these inputs) (precision.judged_tolerance). A backend that cannot run here is skipped;
     one whose artifact fails to load ("broken") or that fails while running ("crashed") fails the run; a
     run in which no selected backend produced an output raises NothingCheckedError and writes nothing.
-    Forensics: per_block (nfdeploy.per_block) (error at every block, first diverging block; written after
+    Forensics: per_block (nfdeploy.check.per_block) (error at every block, first diverging block; written after
     the main report, so its failure loses nothing), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
     ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
-    from nfdeploy.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs as write_saved_outputs
+    from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs as write_saved_outputs
 
     export_dir = Path(export_dir)
     source = load_export_source(export_dir)
@@ -223,7 +223,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
         raise _nothing_checked(chosen, rows)
     matrix.update(bn_twin_matrix(source, xi, batches))  # the contrast: batch statistics in train mode
     failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
-    # The instruction-set caps this process runs under (nfdeploy.isa) and what torch's own dispatch chose.
+    # The instruction-set caps this process runs under (nfdeploy.check.isa) and what torch's own dispatch chose.
     isa = {**isa_record(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
               "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
@@ -241,7 +241,7 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     if per_block:  # after the main report is on disk: a failure here must not discard every backend's run
         ran = [b for b in chosen if b.name in outputs]
         tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
-        from nfdeploy.per_block import per_block_report
+        from nfdeploy.check.per_block import per_block_report
 
         try:
             report["per_block"] = per_block_report(
@@ -304,7 +304,7 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
                               f"{judged_tolerance(p, e)['rel_l2']:.3g}" + ("" if math.isfinite(e) else
                               f" ({judged_tolerance(p, e)['rule']})") for p, e in fw.items()) + "\n")
     if "per_block" in report:
-        from nfdeploy.per_block import per_block_markdown, plot_per_block
+        from nfdeploy.check.per_block import per_block_markdown, plot_per_block
 
         md += ["\n## Error per block\n", per_block_markdown(report["per_block"])]
         plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")

@@ -34,9 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"against-cpu-{date.today()}")
     args = ap.parse_args(argv)
     out: dict = {"export": str(args.export), "backends": BACKENDS, "conditions": {}}
-    md = ["# Export against a copy of itself (self-check of the method)", "",
-          f"Command: `python bench/against_selfcheck.py {args.export} --batches {args.batches} --min-time "
-          f"{args.min_time} --max-time {args.max_time}`. Backends {', '.join(BACKENDS)}.", ""]
+    md = [
+        "# Export against a copy of itself (self-check of the method)",
+        "",
+        f"Command: `python bench/against_selfcheck.py {args.export} --batches {args.batches} --min-time "
+        f"{args.min_time} --max-time {args.max_time}`. Backends {', '.join(BACKENDS)}.",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as td:
         copy = Path(td) / "copy"
         shutil.copytree(args.export, copy)
@@ -45,8 +49,16 @@ def main(argv=None) -> int:
             if cond == "busy core":  # a second process burning one core throughout, killed afterwards
                 burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
-                rep = bench_against(args.export, copy, Path(td) / cond.replace(" ", "-"), batches=parse_batches(args.batches),
-                                    only=BACKENDS, min_time=args.min_time, warmup=0.5, max_time=args.max_time)
+                rep = bench_against(
+                    args.export,
+                    copy,
+                    Path(td) / cond.replace(" ", "-"),
+                    batches=parse_batches(args.batches),
+                    only=BACKENDS,
+                    min_time=args.min_time,
+                    warmup=0.5,
+                    max_time=args.max_time,
+                )
             finally:
                 if burner is not None:
                     burner.kill()

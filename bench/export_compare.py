@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import torch
 
+from nfdeploy.artifacts import ModelSource
 from nfdeploy.export import ExportOptions, export_model
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.metrics import compare_outputs
@@ -39,7 +40,9 @@ quiet = lambda *a, **k: None  # noqa: E731
 
 
 def _ort(path: Path, shape: tuple[int, ...]) -> OrtBackend:
-    return OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), shape, path, threads=torch.get_num_threads()).activate()
+    return OrtBackend(
+        BackendSpec("onnxruntime", "cpu", "fp32"), shape, path, threads=torch.get_num_threads()
+    ).activate()
 
 
 def ort_latency_ms(path: Path, shape: tuple[int, ...], seconds: float = 3.0) -> float:
@@ -69,9 +72,18 @@ def plain_export(model: torch.nn.Module, shape, path: Path) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.float().eval(), (x,), str(path), dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                          opset_version=18, external_data=False, verbose=False)
+        torch.onnx.export(
+            model.float().eval(),
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
     seconds = time.perf_counter() - t0
     m = onnx.load(str(path))
     ops = {}
@@ -84,22 +96,52 @@ def top_ops(ops: dict, k: int = 6) -> str:
     return ", ".join(f"{o} {n}" for o, n in sorted(ops.items(), key=lambda t: -t[1])[:k])
 
 
-def bench_one(label: str, model: torch.nn.Module, fold, shape, x: np.ndarray, tmp: Path, norm: str = "nf") -> list[dict]:
+def bench_one(
+    label: str, model: torch.nn.Module, fold, shape, x: np.ndarray, tmp: Path, norm: str = "nf"
+) -> list[dict]:
     model = model.double().eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(x).double())
     rows = []
-    res = export_model(model, tmp / label, fold=fold, name=label, input_shape=shape, norm=norm, source={"kind": "bench"},
-                       preprocessing={}, check_data=None, opts=ExportOptions(precisions=("fp32",), check=False), log=quiet)
-    e = res.manifest["onnx"]["fp32"]
+    res = export_model(
+        model,
+        tmp / label,
+        fold=fold,
+        name=label,
+        input_shape=shape,
+        norm=norm,
+        source=ModelSource(kind="bench"),
+        preprocessing={},
+        check_data=None,
+        opts=ExportOptions(precisions=("fp32",), check=False),
+        log=quiet,
+    )
+    e = res.manifest.onnx["fp32"]
     path = tmp / label / "model.onnx"
-    rows.append({"model": label, "variant": "nfdeploy folded", "nodes": e["nodes"], "top ops": top_ops(e["ops"]),
-                 "export_s": e["export_seconds"] + e["fold_seconds"], **parity(path, ref, x),
-                 "ort_cpu_ms_b1": ort_latency_ms(path, shape)})
+    rows.append(
+        {
+            "model": label,
+            "variant": "nfdeploy folded",
+            "nodes": e.nodes,
+            "top ops": top_ops(e.ops),
+            "export_s": e["export_seconds"] + e["fold_seconds"],
+            **parity(path, ref, x),
+            "ort_cpu_ms_b1": ort_latency_ms(path, shape),
+        }
+    )
     ppath = tmp / f"{label}-plain.onnx"
     p = plain_export(model, shape, ppath)
-    rows.append({"model": label, "variant": "plain torch.onnx.export", "nodes": p["nodes"], "top ops": top_ops(p["ops"]),
-                 "export_s": p["export_seconds"], **parity(ppath, ref, x), "ort_cpu_ms_b1": ort_latency_ms(ppath, shape)})
+    rows.append(
+        {
+            "model": label,
+            "variant": "plain torch.onnx.export",
+            "nodes": p["nodes"],
+            "top ops": top_ops(p["ops"]),
+            "export_s": p["export_seconds"],
+            **parity(ppath, ref, x),
+            "ort_cpu_ms_b1": ort_latency_ms(ppath, shape),
+        }
+    )
     print(markdown_table(rows, floatfmt="{:.3g}"), flush=True)
     return rows
 
@@ -121,13 +163,23 @@ def main(argv=None) -> int:
             from nfdeploy.train import train
 
             run = train(load_recipe("nf_digits"), tmp / "digits-run", progress=False, log=quiet).run_dir
-        from nfdeploy.runs import load_run_model
+        from nfdeploy.artifacts.run_dir import load_run_model
 
         digits, _ = load_run_model(run)
         c = digits.cfg
-        x = np.random.default_rng(1).standard_normal((args.samples, c.in_chans, c.input_size, c.input_size)).astype(np.float32)
-        rows += bench_one("digits nf_resnet_c8 (trained)", digits, lambda dt: fold_model(digits, dtype=dt),
-                          (c.in_chans, c.input_size, c.input_size), x, tmp)
+        x = (
+            np.random.default_rng(1)
+            .standard_normal((args.samples, c.in_chans, c.input_size, c.input_size))
+            .astype(np.float32)
+        )
+        rows += bench_one(
+            "digits nf_resnet_c8 (trained)",
+            digits,
+            lambda dt: fold_model(digits, dtype=dt),
+            (c.in_chans, c.input_size, c.input_size),
+            x,
+            tmp,
+        )
         shape = (3, args.size, args.size)
         x = np.random.default_rng(2).standard_normal((args.samples, *shape)).astype(np.float32)
         r50 = randomize_(create_model("nf_resnet50"), seed=0)
@@ -137,17 +189,32 @@ def main(argv=None) -> int:
 
             for name in args.timm.split(","):
                 m = randomize_timm_(create_timm_model(name), seed=0)
-                rows += bench_one(f"timm {name} (randomised)", m,
-                                  lambda dt, m=m: fold_timm_model(m, input_size=(args.size, args.size), dtype=dt), shape, x, tmp)
-    meta = {"date": date.today().isoformat(), "device": "cpu", "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "onnx": onnx.__version__, "input": f"batch x 3 x {args.size} x {args.size} (digits: 1x32x32)",
-            "parity": f"ONNX Runtime CPU EP vs float64 unfolded PyTorch, {args.samples} N(0,1) inputs",
-            "latency": "ONNX Runtime CPU EP, batch 1, host wall time, median after 1 s warm-up",
-            "opset": "18 (20 for GELU models: native Gelu)"}
-    md = (f"# Folded nfdeploy export vs plain torch.onnx.export ({meta['date']}, CPU)\n\n"
-          f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset {meta['opset']}, dynamic batch. "
-          f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n" + markdown_table(rows, floatfmt="{:.3g}")
-          + "\n`python bench/export_compare.py`\n")
+                rows += bench_one(
+                    f"timm {name} (randomised)",
+                    m,
+                    lambda dt, m=m: fold_timm_model(m, input_size=(args.size, args.size), dtype=dt),
+                    shape,
+                    x,
+                    tmp,
+                )
+    meta = {
+        "date": date.today().isoformat(),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "input": f"batch x 3 x {args.size} x {args.size} (digits: 1x32x32)",
+        "parity": f"ONNX Runtime CPU EP vs float64 unfolded PyTorch, {args.samples} N(0,1) inputs",
+        "latency": "ONNX Runtime CPU EP, batch 1, host wall time, median after 1 s warm-up",
+        "opset": "18 (20 for GELU models: native Gelu)",
+    }
+    md = (
+        f"# Folded nfdeploy export vs plain torch.onnx.export ({meta['date']}, CPU)\n\n"
+        f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset {meta['opset']}, dynamic batch. "
+        f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n"
+        + markdown_table(rows, floatfmt="{:.3g}")
+        + "\n`python bench/export_compare.py`\n"
+    )
     write_bench_result(args.out, f"export_compare-cpu-{meta['date']}", meta, rows, md)
     return 0
 

@@ -51,8 +51,14 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-def bench_batch(variants: dict[str, torch.nn.Module], x: torch.Tensor, warmup_s: float, iters: int,
-                min_time_s: float, max_iters: int) -> dict[str, dict[str, float]]:
+def bench_batch(
+    variants: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    warmup_s: float,
+    iters: int,
+    min_time_s: float,
+    max_iters: int,
+) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {k: [] for k in variants}
     ticks0, wall0 = _cpu_ticks(), time.perf_counter()
     with torch.inference_mode():
@@ -71,10 +77,26 @@ def bench_batch(variants: dict[str, torch.nn.Module], x: torch.Tensor, warmup_s:
                 break
     ticks1, wall = _cpu_ticks(), time.perf_counter() - wall0
     # Share of all cores used by *other* processes while we timed: contention makes numbers unreliable.
-    foreign = None if ticks0 is None or ticks1 is None else max(0.0, (
-        (ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1])) / (os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)))
-    stats = {k: {"median_ms": statistics.median(v), "p10_ms": _pct(v, 0.1), "p90_ms": _pct(v, 0.9),
-                 "min_ms": min(v), "mean_ms": statistics.fmean(v), "n": len(v)} for k, v in times.items()}
+    foreign = (
+        None
+        if ticks0 is None or ticks1 is None
+        else max(
+            0.0,
+            ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1]))
+            / (os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)),
+        )
+    )
+    stats = {
+        k: {
+            "median_ms": statistics.median(v),
+            "p10_ms": _pct(v, 0.1),
+            "p90_ms": _pct(v, 0.9),
+            "min_ms": min(v),
+            "mean_ms": statistics.fmean(v),
+            "n": len(v),
+        }
+        for k, v in times.items()
+    }
     return stats, foreign
 
 
@@ -105,8 +127,10 @@ def main() -> None:
         m.to(memory_format=fmt)
     cfg = nf.cfg
     x_check = torch.randn(2, cfg.in_chans, args.size, args.size)
-    parity = {"folded NF": unfolded_equivalence(nf, folded_nf, x_check),
-              "folded BN twin": unfolded_equivalence(bn, folded_bn, x_check)}
+    parity = {
+        "folded NF": unfolded_equivalence(nf, folded_nf, x_check),
+        "folded BN twin": unfolded_equivalence(bn, folded_bn, x_check),
+    }
 
     load_before = os.getloadavg()
     results = {}
@@ -114,44 +138,88 @@ def main() -> None:
         x = torch.randn(b, cfg.in_chans, args.size, args.size).contiguous(memory_format=fmt)
         r, foreign = bench_batch(variants, x, args.warmup, args.iters, args.min_time, args.max_iters)
         med = {k: v["median_ms"] for k, v in r.items()}
-        results[b] = {"variants": r, "foreign_cpu_load": foreign,
-                      "speedup_folded_vs_unfolded": med["unfolded NF"] / med["folded NF"],
-                      "folded_nf_over_folded_bn": med["folded NF"] / med["folded BN twin"]}
+        results[b] = {
+            "variants": r,
+            "foreign_cpu_load": foreign,
+            "speedup_folded_vs_unfolded": med["unfolded NF"] / med["folded NF"],
+            "folded_nf_over_folded_bn": med["folded NF"] / med["folded BN twin"],
+        }
         print(f"batch {b}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
     load_after = os.getloadavg()
 
-    goals = {f"batch {b}": {"folded_nf_ge_1.5x_faster_than_unfolded": r["speedup_folded_vs_unfolded"] >= 1.5,
-                            "folded_nf_no_slower_than_folded_bn": r["folded_nf_over_folded_bn"] <= 1 + NOISE_BAND}
-             for b, r in results.items()}
+    goals = {
+        f"batch {b}": {
+            "folded_nf_ge_1.5x_faster_than_unfolded": r["speedup_folded_vs_unfolded"] >= 1.5,
+            "folded_nf_no_slower_than_folded_bn": r["folded_nf_over_folded_bn"] <= 1 + NOISE_BAND,
+        }
+        for b, r in results.items()
+    }
     ncpu = os.cpu_count() or 1
-    env = {"date": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "num_threads": torch.get_num_threads(), "cpu": _cpu_name(), "cpu_count": ncpu,
-           "mkldnn": torch.backends.mkldnn.is_available(), "python": platform.python_version(),
-           "loadavg_1m_before": load_before[0], "loadavg_1m_after": load_after[0],
-           "channels_last": args.channels_last,
-           "busy_warning": any((r["foreign_cpu_load"] or 0.0) > 0.1 for r in results.values())}
-    doc = {"benchmark": "fold_speed", "quantity": "host wall time per batch (ms), eager, inference_mode, float32",
-           "model": args.model, "twin": twin_name(args.model), "input_size": args.size, "env": env,
-           "parity_float32": parity, "fold_totals": report.totals, "folded_ops": {"NF": report.ops},
-           "noise_band": NOISE_BAND, "results": {str(b): r for b, r in results.items()}, "goals": goals}
+    env = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cpu_count": ncpu,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "python": platform.python_version(),
+        "loadavg_1m_before": load_before[0],
+        "loadavg_1m_after": load_after[0],
+        "channels_last": args.channels_last,
+        "busy_warning": any((r["foreign_cpu_load"] or 0.0) > 0.1 for r in results.values()),
+    }
+    doc = {
+        "benchmark": "fold_speed",
+        "quantity": "host wall time per batch (ms), eager, inference_mode, float32",
+        "model": args.model,
+        "twin": twin_name(args.model),
+        "input_size": args.size,
+        "env": env,
+        "parity_float32": parity,
+        "fold_totals": report.totals,
+        "folded_ops": {"NF": report.ops},
+        "noise_band": NOISE_BAND,
+        "results": {str(b): r for b, r in results.items()},
+        "goals": goals,
+    }
 
-    lines = [f"# Fold speed: {args.model} @ {args.size}x{args.size}, PyTorch eager CPU, float32",
-             "", f"{env['date']} · torch {env['torch']} · {env['cpu']} · {env['num_threads']} threads · "
-             f"{'channels_last' if args.channels_last else 'NCHW'} · other processes' CPU share while timing: "
-             + ", ".join(f"b{b} {r['foreign_cpu_load']:.0%}" for b, r in results.items() if r["foreign_cpu_load"] is not None)
-             + (" · **machine busy: numbers unreliable**" if env["busy_warning"] else ""), "",
-             "| batch | variant | median ms | p90 ms | min ms | n | folded speedup | folded NF ÷ folded BN |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Fold speed: {args.model} @ {args.size}x{args.size}, PyTorch eager CPU, float32",
+        "",
+        f"{env['date']} · torch {env['torch']} · {env['cpu']} · {env['num_threads']} threads · "
+        f"{'channels_last' if args.channels_last else 'NCHW'} · other processes' CPU share while timing: "
+        + ", ".join(
+            f"b{b} {r['foreign_cpu_load']:.0%}" for b, r in results.items() if r["foreign_cpu_load"] is not None
+        )
+        + (" · **machine busy: numbers unreliable**" if env["busy_warning"] else ""),
+        "",
+        "| batch | variant | median ms | p90 ms | min ms | n | folded speedup | folded NF ÷ folded BN |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for b, r in results.items():
         for k, v in r["variants"].items():
-            extra = (f"{r['speedup_folded_vs_unfolded']:.2f}x", f"{r['folded_nf_over_folded_bn']:.3f}") \
-                if k == "folded NF" else ("", "")
-            lines.append(f"| {b} | {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} | {v['min_ms']:.1f} | {v['n']} "
-                         f"| {extra[0]} | {extra[1]} |")
-    lines += ["", "Goals (folded NF ≥ 1.5x faster than unfolded; folded NF no slower than folded BN twin, "
-              f"within {NOISE_BAND:.0%}):", ""]
-    lines += [f"- {b}: " + ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in g.items()) for b, g in goals.items()]
-    lines += ["", "Float32 parity vs unfolded: " + ", ".join(f"{k} rel L2 {v['rel_l2']:.1e}" for k, v in parity.items())]
+            extra = (
+                (f"{r['speedup_folded_vs_unfolded']:.2f}x", f"{r['folded_nf_over_folded_bn']:.3f}")
+                if k == "folded NF"
+                else ("", "")
+            )
+            lines.append(
+                f"| {b} | {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} | {v['min_ms']:.1f} | {v['n']} "
+                f"| {extra[0]} | {extra[1]} |"
+            )
+    lines += [
+        "",
+        "Goals (folded NF ≥ 1.5x faster than unfolded; folded NF no slower than folded BN twin, "
+        f"within {NOISE_BAND:.0%}):",
+        "",
+    ]
+    lines += [
+        f"- {b}: " + ", ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in g.items()) for b, g in goals.items()
+    ]
+    lines += [
+        "",
+        "Float32 parity vs unfolded: " + ", ".join(f"{k} rel L2 {v['rel_l2']:.1e}" for k, v in parity.items()),
+    ]
     md = "\n".join(lines) + "\n"
 
     args.out.mkdir(parents=True, exist_ok=True)

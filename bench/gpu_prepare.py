@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
 from bench.gpu.sources import BUNDLE_EXPORT, BUNDLE_INFO, BUNDLE_RUN  # noqa: E402
 from bench.gpu.steps import write_json  # noqa: E402
+from nfdeploy.artifacts import Manifest  # noqa: E402
 from nfdeploy.errors import one_line  # noqa: E402
 
 HOPPER_CC = "9.0"
@@ -40,21 +41,27 @@ def build_rtx(export: Path, dest: Path, log) -> dict:
     from nfdeploy.export.presets import trt_options
     from nfdeploy.export.tensorrt import build_engine
 
-    manifest = json.loads((export / "manifest.json").read_text())
-    shape = tuple(manifest["input"]["shape"][1:])
-    onnx = export / manifest["onnx"]["fp32"]["file"]
+    manifest = Manifest.read(export, verify_files=False)
+    shape = manifest.input.chw
+    onnx = export / manifest.onnx["fp32"].file
     dest.mkdir(parents=True, exist_ok=True)
     rec: dict = {"onnx": onnx.name, "input_shape": list(shape)}
     try:
-        r = build_engine(onnx, dest / "hopper.engine", "fp32", shape,
-                         trt_options(flavour="tensorrt-rtx", profiles=("1:8:32",), compute_capabilities=(HOPPER_CC,)))
+        r = build_engine(
+            onnx,
+            dest / "hopper.engine",
+            "fp32",
+            shape,
+            trt_options(flavour="tensorrt-rtx", profiles=("1:8:32",), compute_capabilities=(HOPPER_CC,)),
+        )
         rec["hopper"] = {"built": True, "record": r}
     except Exception as e:  # noqa: BLE001 - the builder's refusal is the finding
         rec["hopper"] = {"built": False, "error": one_line(e, 1000)}
     log(f"  TensorRT-RTX for CC {HOPPER_CC}: {rec['hopper'].get('error') or 'built'}")
     try:
-        r = build_engine(onnx, dest / "default.engine", "fp32", shape,
-                         trt_options(flavour="tensorrt-rtx", profiles=("1:8:32",)))
+        r = build_engine(
+            onnx, dest / "default.engine", "fp32", shape, trt_options(flavour="tensorrt-rtx", profiles=("1:8:32",))
+        )
         rec["default_targets"] = {"built": True, "record": r}
         log(f"  TensorRT-RTX default targets: {r.get('compute_capabilities')}")
     except Exception as e:  # noqa: BLE001
@@ -104,23 +111,41 @@ def main(argv: list[str] | None = None) -> int:
             rtx = {"error": one_line(e, 400)}
         write_json(bundle / "trt_rtx.json", rtx)
         timings["tensorrt_rtx"] = time.perf_counter() - t
-    files = {str(p.relative_to(bundle)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(bundle.rglob("*")) if p.is_file()}
-    info = {"created_by": "bench/gpu_prepare.py", "recipe": "nf_digits", "epochs": args.epochs,
-            "seed": recipe.train.seed, "torch": torch.__version__, "train_summary": {
-                k: res.summary.get(k) for k in ("test_accuracy", "device", "seconds") if k in res.summary},
-            "files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
+    files = {
+        str(p.relative_to(bundle)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file()
+    }
+    info = {
+        "created_by": "bench/gpu_prepare.py",
+        "recipe": "nf_digits",
+        "epochs": args.epochs,
+        "seed": recipe.train.seed,
+        "torch": torch.__version__,
+        "train_summary": {k: res.summary.get(k) for k in ("test_accuracy", "device", "seconds") if k in res.summary},
+        "files": files,
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+    }
     write_json(bundle / BUNDLE_INFO, info)
     log(f"bundle {bundle}: {len(files)} files, {info['total_bytes'] / 2**20:.2f} MiB")
 
     t = time.perf_counter()
-    rep = run_parity(export, args.cpu_out.resolve() / "parity-nf_digits", only=["torch-cpu", "onnxruntime-cpu"],
-                     max_samples=args.samples, log=lambda m: log("  " + str(m)))
+    rep = run_parity(
+        export,
+        args.cpu_out.resolve() / "parity-nf_digits",
+        only=["torch-cpu", "onnxruntime-cpu"],
+        max_samples=args.samples,
+        log=lambda m: log("  " + str(m)),
+    )
     timings["cpu_parity"] = time.perf_counter() - t
-    write_json(args.cpu_out.resolve() / "prepare.json", {"timings_s": timings, "bundle": str(bundle),
-                                                         "inputs_sha256": rep["inputs_sha256"], "ok": rep["ok"]})
-    log(f"CPU half: ok={rep['ok']} failed={rep['failed']}; inputs sha256 {rep['inputs_sha256'][:16]}…; "
-        f"timings {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    write_json(
+        args.cpu_out.resolve() / "prepare.json",
+        {"timings_s": timings, "bundle": str(bundle), "inputs_sha256": rep["inputs_sha256"], "ok": rep["ok"]},
+    )
+    log(
+        f"CPU half: ok={rep['ok']} failed={rep['failed']}; inputs sha256 {rep['inputs_sha256'][:16]}…; "
+        f"timings {json.dumps({k: round(v, 1) for k, v in timings.items()})}"
+    )
     return 0 if rep["ok"] else 1
 
 

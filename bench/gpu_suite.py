@@ -17,8 +17,8 @@ log) after every step, so a run cut short returns every step it finished (at mos
    PYTHONPATH (docs/gpu-runbook.md); nf_resnet50's ONNX is exported here, from the same seeded weights.
 4. TensorRT-RTX: what the builder said on the CPU machine (the bundle's trt_rtx.json) and what the runtime
    says on this GPU, when tensorrt_rtx is importable here.
-5. serving: `nfdeploy serve` (the bundled tritonserver, a Python-backend model) on each GPU backend of the digits export in
-   turn, load-tested at concurrency 1, 4, 16 with every response compared bitwise to the same sample alone
+5. serving: `nfdeploy serve` (the bundled tritonserver, a Python-backend model) on each GPU backend of the digits export
+   in turn, load-tested at concurrency 1, 4, 16 with every response compared bitwise to the same sample alone
    (nfdeploy.serve.loadtest); on a machine without a GPU, onnxruntime-cpu-fp32. Needs nfdeploy[serve] and an
    interpreter with a shared libpython; a step that cannot start a server records why. Not in the default
    --phase list: ask for it (--phase 5).
@@ -46,15 +46,26 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from bench.gpu.parity_outputs import run_parity  # noqa: E402
-from nfdeploy.perf.flops import torch_macs  # noqa: E402
-from nfdeploy.perf.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
-from bench.gpu.sources import (read_bundle_info, relocate_bundle, twin_backends,  # noqa: E402
-                               unfolded_backends, write_random_run, write_torch_only_export)
+from bench.gpu.sources import (  # noqa: E402
+    read_bundle_info,
+    relocate_bundle,
+    twin_backends,
+    unfolded_backends,
+    write_random_run,
+    write_torch_only_export,
+)
 from bench.gpu.steps import Phase, write_json  # noqa: E402
 from nfdeploy.errors import one_line  # noqa: E402
+from nfdeploy.perf.flops import torch_macs  # noqa: E402
+from nfdeploy.perf.peak import cpu_matmul_peak, cuda_matmul_peak  # noqa: E402
 
-TITLES = {1: "torch parity and batch invariance", 2: "latency (torch CUDA)", 3: "ONNX Runtime CUDA EP",
-          4: "TensorRT-RTX", 5: "serving (Triton, concurrency sweep)"}
+TITLES = {
+    1: "torch parity and batch invariance",
+    2: "latency (torch CUDA)",
+    3: "ONNX Runtime CUDA EP",
+    4: "TensorRT-RTX",
+    5: "serving (Triton, concurrency sweep)",
+}
 DEFAULT_BUDGET = {1: 240.0, 2: 270.0, 3: 300.0, 4: 60.0, 5: 240.0}
 TORCH_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 INVARIANCE_MODES = ("eager", "cudagraph")
@@ -82,8 +93,11 @@ def capabilities() -> dict[str, Any]:
     """What this machine can run, with the reason for each thing it cannot (recorded, and shown)."""
     import importlib
 
-    caps: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                            "cuda": torch.cuda.is_available()}
+    caps: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
     for mod in ("onnx", "onnxscript", "onnx_ir", "onnxruntime", "tensorrt_rtx", "tensorrt"):
         try:
             m = importlib.import_module(mod)
@@ -101,9 +115,14 @@ def capabilities() -> dict[str, Any]:
         caps["onnxruntime"]["providers"] = ort.get_available_providers()
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        caps["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
-                       "memory_gib": round(p.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-                       "cudnn": torch.backends.cudnn.version()}
+        caps["gpu"] = {
+            "name": p.name,
+            "compute_capability": f"{p.major}.{p.minor}",
+            "sms": p.multi_processor_count,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return caps
 
 
@@ -164,15 +183,20 @@ class Suite:
 
         export = self.exports / "nf_resnet50"
         if not (export / "manifest.json").is_file():
-            export_run(self.r50_run(), export, export_options("default", precisions=precisions, check=False),
-                       log=lambda m: self.log("   " + str(m)))
+            export_run(
+                self.r50_run(),
+                export,
+                export_options("default", precisions=precisions, check=False),
+                log=lambda m: self.log("   " + str(m)),
+            )
         return export
 
     def torch_only(self) -> list[str]:
         """Backend-name substrings for the torch parity of phase 1."""
         modes = ["eager", "cudagraph"] + (["compile"] if self.args.compile else [])
-        return ["torch-cpu-fp32"] + [f"torch-cuda-{t}-folded-{m}" for t in ("fp32", "fp32-tf32", "fp16", "bf16")
-                                     for m in modes]
+        return ["torch-cpu-fp32"] + [
+            f"torch-cuda-{t}-folded-{m}" for t in ("fp32", "fp32-tf32", "fp16", "bf16") for m in modes
+        ]
 
     # -------------------------------------------------------------------------------- phases
     def phase1(self) -> None:
@@ -190,22 +214,47 @@ class Suite:
             from nfdeploy.check.backends import export_backends, load_export_source
 
             backends = export_backends(load_export_source(export), compile=self.args.compile, tensorrt=False)
-            rep = run_parity(export, ph.dir / f"parity-{name}", only=only, backends=backends, max_samples=samples,
-                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)), **kw)
+            rep = run_parity(
+                export,
+                ph.dir / f"parity-{name}",
+                only=only,
+                backends=backends,
+                max_samples=samples,
+                invariance_samples=inv,
+                log=lambda m: self.log("   " + str(m)),
+                **kw,
+            )
             ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
             return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
 
         p = self.plan
-        ph.step("parity nf_digits (carried export)", lambda: parity(
-            "nf_digits", self.digits_export(), self.torch_only() + ["onnxruntime-cpu"], p.digits_samples,
-            p.digits_invariance, batch_matrix=True), limit=0.35 * ph.summary["budget_s"])
-        ph.step("batch invariance nf_digits (NF folded vs BN twin)",
-                lambda: self.invariance(ph, "nf_digits", self.digits_export(), p.digits_invariance), limit=40)
-        ph.step(f"parity nf_resnet50 (random weights, {p.r50_size}²)", lambda: parity(
-            "nf_resnet50", self.r50_torch_export(), self.torch_only(), p.r50_samples, p.r50_invariance),
-            limit=0.35 * ph.summary["budget_s"])
-        ph.step("batch invariance nf_resnet50 (NF folded vs BN twin)",
-                lambda: self.invariance(ph, "nf_resnet50", self.r50_torch_export(), p.r50_invariance), limit=60)
+        ph.step(
+            "parity nf_digits (carried export)",
+            lambda: parity(
+                "nf_digits",
+                self.digits_export(),
+                self.torch_only() + ["onnxruntime-cpu"],
+                p.digits_samples,
+                p.digits_invariance,
+                batch_matrix=True,
+            ),
+            limit=0.35 * ph.summary["budget_s"],
+        )
+        ph.step(
+            "batch invariance nf_digits (NF folded vs BN twin)",
+            lambda: self.invariance(ph, "nf_digits", self.digits_export(), p.digits_invariance),
+            limit=40,
+        )
+        ph.step(
+            f"parity nf_resnet50 (random weights, {p.r50_size}²)",
+            lambda: parity("nf_resnet50", self.r50_torch_export(), self.torch_only(), p.r50_samples, p.r50_invariance),
+            limit=0.35 * ph.summary["budget_s"],
+        )
+        ph.step(
+            "batch invariance nf_resnet50 (NF folded vs BN twin)",
+            lambda: self.invariance(ph, "nf_resnet50", self.r50_torch_export(), p.r50_invariance),
+            limit=60,
+        )
         if self.cuda:
             ph.step(f"train nf_digits on the GPU ({p.train_epochs} epochs)", self.train_digits, limit=60)
         else:
@@ -231,12 +280,15 @@ class Suite:
             try:
                 with b:
                     matrix[f"BN twin folded (eval) {b.name}"] = batch_invariance_matrix(
-                        b.run, x, get_precision(b.precision).torch_dtype, DEFAULT_BATCHES)
+                        b.run, x, get_precision(b.precision).torch_dtype, DEFAULT_BATCHES
+                    )
             except Exception as e:  # noqa: BLE001 - e.g. bf16 on a GPU without it: a finding
                 matrix[f"BN twin folded (eval) {b.name}"] = {"error": {"skipped": one_line(e, 200)}}
         write_json(ph.dir / f"invariance-{name}.json", matrix)
-        ph.summary["results"][f"batch invariance {name}"] = {"matrix": matrix,
-                                                             "markdown": markdown_table(matrix_rows(matrix))}
+        ph.summary["results"][f"batch invariance {name}"] = {
+            "matrix": matrix,
+            "markdown": markdown_table(matrix_rows(matrix)),
+        }
         return {"rows": len(matrix)}
 
     def train_digits(self) -> dict[str, Any]:
@@ -244,10 +296,17 @@ class Suite:
         from nfdeploy.train import train
 
         t = time.perf_counter()
-        res = train(load_recipe("nf_digits", {"train.epochs": self.plan.train_epochs}), self.runs / "nf_digits-gpu",
-                    progress=False, log=lambda m: self.log("   " + str(m)))
-        return {"epochs": self.plan.train_epochs, "seconds": time.perf_counter() - t,
-                **{k: res.summary.get(k) for k in ("test_accuracy", "device", "best_test_accuracy") if k in res.summary}}
+        res = train(
+            load_recipe("nf_digits", {"train.epochs": self.plan.train_epochs}),
+            self.runs / "nf_digits-gpu",
+            progress=False,
+            log=lambda m: self.log("   " + str(m)),
+        )
+        return {
+            "epochs": self.plan.train_epochs,
+            "seconds": time.perf_counter() - t,
+            **{k: res.summary.get(k) for k in ("test_accuracy", "device", "best_test_accuracy") if k in res.summary},
+        }
 
     def phase2(self) -> None:
         ph = self.phase(2)
@@ -269,8 +328,14 @@ class Suite:
             ph.skip("torch CUDA latency", "no CUDA device visible to torch: the CPU fp32 backends stand in")
         for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", self.r50_torch_export)):
             share = self.plan.bench_budget[name]
-            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn, share=share: self.bench_torch(
-                ph, name, export_fn(), max(ph.left() - 40, 10) * share), limit=None, reserve=35)
+            ph.step(
+                f"latency {name}",
+                lambda name=name, export_fn=export_fn, share=share: self.bench_torch(
+                    ph, name, export_fn(), max(ph.left() - 40, 10) * share
+                ),
+                limit=None,
+                reserve=35,
+            )
             gc.collect()
             if self.cuda:
                 torch.cuda.empty_cache()
@@ -285,17 +350,33 @@ class Suite:
         source = load_export_source(export)
         if self.cuda:
             modes = INVARIANCE_MODES + (("compile",) if self.args.compile else ())
-            own = [b for b in export_backends(source, compile=self.args.compile, tensorrt=False)
-                   if b.name.startswith("torch-cuda")]
-            backends = unfolded_backends(source, TORCH_PRECISIONS, modes) + own + \
-                twin_backends(source, TORCH_PRECISIONS, modes, "cuda")
+            own = [
+                b
+                for b in export_backends(source, compile=self.args.compile, tensorrt=False)
+                if b.name.startswith("torch-cuda")
+            ]
+            backends = (
+                unfolded_backends(source, TORCH_PRECISIONS, modes)
+                + own
+                + twin_backends(source, TORCH_PRECISIONS, modes, "cuda")
+            )
         else:
-            own = [b for b in export_backends(source, compile=False, tensorrt=False)
-                   if b.name.startswith("torch-cpu-fp32")]
+            own = [
+                b for b in export_backends(source, compile=False, tensorrt=False) if b.name.startswith("torch-cpu-fp32")
+            ]
             backends = own + twin_backends(source, ("fp32",), ("",), "cpu")
         # Call as it is now; the parallel bench branch adds interleaved rounds (switch them on here after merging).
-        rep = bench_report(source, ph.dir / f"bench-{name}", batches=self.plan.batches, min_time=1.0, warmup=0.5,
-                           compare=False, budget_s=budget, backends=backends, log=lambda m: self.log("   " + str(m)))
+        rep = bench_report(
+            source,
+            ph.dir / f"bench-{name}",
+            batches=self.plan.batches,
+            min_time=1.0,
+            warmup=0.5,
+            compare=False,
+            budget_s=budget,
+            backends=backends,
+            log=lambda m: self.log("   " + str(m)),
+        )
         ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
         return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
 
@@ -316,14 +397,28 @@ class Suite:
                 prec = r["precision"]
                 peak = [p["tflops"] for p in peaks.get(prec, [])]
                 tflops = gflop * r["batch"] / (r["median_ms"] * 1e-3) / 1e3
-                rows.append({"model": name, "backend": r["backend"], "batch": r["batch"], "GFLOP/img": round(gflop, 4),
-                             "median ms": r["median_ms"], "metric": r["metric"], "TFLOP/s": tflops,
-                             "matmul peak TFLOP/s": max(peak) if peak else None,
-                             "share of peak": tflops / max(peak) if peak else None})
-        write_json(ph.dir / "flops.json", {"method": "FLOPs = 2 x MACs of convolutions and matmuls (torch.utils.flop_counter) of the NF model per "
-                                                     "image (the twin has the same convs); peak = best of the matmul "
-                                                     "peaks measured before/after in this run, same precision",
-                                           "rows": rows})
+                rows.append(
+                    {
+                        "model": name,
+                        "backend": r["backend"],
+                        "batch": r["batch"],
+                        "GFLOP/img": round(gflop, 4),
+                        "median ms": r["median_ms"],
+                        "metric": r["metric"],
+                        "TFLOP/s": tflops,
+                        "matmul peak TFLOP/s": max(peak) if peak else None,
+                        "share of peak": tflops / max(peak) if peak else None,
+                    }
+                )
+        write_json(
+            ph.dir / "flops.json",
+            {
+                "method": "FLOPs = 2 x MACs of convolutions and matmuls (torch.utils.flop_counter) of the NF model per "
+                "image (the twin has the same convs); peak = best of the matmul "
+                "peaks measured before/after in this run, same precision",
+                "rows": rows,
+            },
+        )
         ph.summary["results"]["TFLOP/s"] = {"rows": len(rows), "markdown": markdown_table(rows, floatfmt="{:.4g}")}
         return {"rows": len(rows)}
 
@@ -332,37 +427,69 @@ class Suite:
         caps = ph.step("onnxruntime", lambda: capabilities()["onnxruntime"], limit=60)
         cuda_ep = bool(caps and "CUDAExecutionProvider" in caps.get("providers", []))
         if not cuda_ep:
-            ph.skip("ONNX Runtime CUDA EP", "CUDAExecutionProvider not available: " + json.dumps(caps)[:300]
-                    + " (install onnxruntime-gpu first: docs/gpu-runbook.md)")
+            ph.skip(
+                "ONNX Runtime CUDA EP",
+                "CUDAExecutionProvider not available: "
+                + json.dumps(caps)[:300]
+                + " (install onnxruntime-gpu first: docs/gpu-runbook.md)",
+            )
         only = ["onnxruntime-cuda"] if cuda_ep else ["onnxruntime-cpu"]
 
         def parity(name: str, export: Path, samples: int, inv: int) -> dict[str, Any]:
-            rep = run_parity(export, ph.dir / f"parity-{name}", only=only + ["onnxruntime-cpu-fp32"], max_samples=samples,
-                             invariance_samples=inv, log=lambda m: self.log("   " + str(m)))
+            rep = run_parity(
+                export,
+                ph.dir / f"parity-{name}",
+                only=only + ["onnxruntime-cpu-fp32"],
+                max_samples=samples,
+                invariance_samples=inv,
+                log=lambda m: self.log("   " + str(m)),
+            )
             ph.summary["results"][f"parity {name}"] = _parity_digest(rep)
             return {"ok": rep["ok"], "failed": rep["failed"], "inputs_sha256": rep["inputs_sha256"]}
 
         p = self.plan
-        ph.step("parity nf_digits (carried ONNX)", lambda: parity("nf_digits", self.digits_export(), p.digits_samples,
-                                                                  p.digits_invariance), limit=60)
+        ph.step(
+            "parity nf_digits (carried ONNX)",
+            lambda: parity("nf_digits", self.digits_export(), p.digits_samples, p.digits_invariance),
+            limit=60,
+        )
         ph.step("export nf_resnet50 (fp32, fp16 ONNX)", lambda: {"dir": str(self.r50_onnx_export())}, limit=150)
         if (self.exports / "nf_resnet50" / "manifest.json").is_file():
-            ph.step("parity nf_resnet50", lambda: parity("nf_resnet50", self.exports / "nf_resnet50", p.r50_samples,
-                                                         p.r50_invariance), limit=60)
-        for name, export_fn in (("nf_digits", self.digits_export), ("nf_resnet50", lambda: self.exports / "nf_resnet50")):
+            ph.step(
+                "parity nf_resnet50",
+                lambda: parity("nf_resnet50", self.exports / "nf_resnet50", p.r50_samples, p.r50_invariance),
+                limit=60,
+            )
+        for name, export_fn in (
+            ("nf_digits", self.digits_export),
+            ("nf_resnet50", lambda: self.exports / "nf_resnet50"),
+        ):
             if not (export_fn() / "manifest.json").is_file():
                 ph.skip(f"ONNX Runtime latency {name}", "no ONNX export")
                 continue
-            ph.step(f"latency {name}", lambda name=name, export_fn=export_fn: self.bench_ort(
-                ph, name, export_fn(), only, max(ph.left() - 10, 5) * (0.4 if name == "nf_digits" else 1.0)),
-                reserve=5)
+            ph.step(
+                f"latency {name}",
+                lambda name=name, export_fn=export_fn: self.bench_ort(
+                    ph, name, export_fn(), only, max(ph.left() - 10, 5) * (0.4 if name == "nf_digits" else 1.0)
+                ),
+                reserve=5,
+            )
         ph.save()
 
     def bench_ort(self, ph: Phase, name: str, export: Path, only: list[str], budget: float) -> dict[str, Any]:
         from nfdeploy.perf import bench_report
 
-        rep = bench_report(export, ph.dir / f"bench-{name}", batches=self.plan.batches, only=only, min_time=1.0,
-                           warmup=0.5, compare=False, budget_s=budget, log=lambda m: self.log("   " + str(m)))
+        rep = bench_report(
+            export,
+            ph.dir / f"bench-{name}",
+            batches=self.plan.batches,
+            only=only,
+            min_time=1.0,
+            warmup=0.5,
+            compare=False,
+            budget_s=budget,
+            log=lambda m: self.log("   " + str(m)),
+        )
         ph.summary["results"][f"latency {name}"] = _bench_digest(rep)
         return {"cells": len(rep["results"]), "failed": len(rep["failed"]), "over_budget": len(rep["over_budget"])}
 
@@ -378,25 +505,56 @@ class Suite:
 
     def phase5(self) -> None:
         ph = self.phase(5)
-        backends = (["onnxruntime-cuda-fp32", "torch-cuda-fp32-folded-eager", "torch-cuda-fp16-folded-eager"]
-                    if self.cuda else ["onnxruntime-cpu-fp32"])
+        backends = (
+            ["onnxruntime-cuda-fp32", "torch-cuda-fp32-folded-eager", "torch-cuda-fp16-folded-eager"]
+            if self.cuda
+            else ["onnxruntime-cpu-fp32"]
+        )
         for backend in backends:
-            ph.step(f"serve + loadtest nf_digits {backend}", lambda backend=backend: self.serve_sweep(
-                ph, self.digits_export(), backend), limit=max(30.0, ph.left() / 2), reserve=10)
+            ph.step(
+                f"serve + loadtest nf_digits {backend}",
+                lambda backend=backend: self.serve_sweep(ph, self.digits_export(), backend),
+                limit=max(30.0, ph.left() / 2),
+                reserve=10,
+            )
         ph.save()
 
     def serve_sweep(self, ph: Phase, export: Path, backend: str) -> dict[str, Any]:
         from nfdeploy.serve.loadtest import LoadOptions, loadtest
 
-        opts = LoadOptions(concurrency=(1, 4, 16), window_s=0.5 if self.args.tiny else 1.0, max_windows=3 if self.args.tiny else 6,
-                           samples=16, overload=0, faults=False, speed=False)
-        rep = loadtest(export, ph.dir / f"loadtest-{backend}", opts, serve_args=["--backend", backend, "--max-batch", "32"],
-                       log=lambda m: self.log("   " + str(m)))
-        rows = [{"concurrency": r["concurrency"], "throughput_ips": r["throughput_ips"], "p50_ms": r["p50_ms"],
-                 "p99_ms": r["p99_ms"], "batches": r["batch_stats"], "bitwise_share": r["correctness"].get("bitwise_share"),
-                 "max_ulp": r["correctness"].get("max_ulp"), "errors": sum(r["errors"].values())} for r in rep["levels"]]
-        ph.summary["results"][f"serving {backend}"] = {"levels": rows,
-                                                       "parity": rep["served"]["parameters"].get("nfdeploy.check.parity")}
+        opts = LoadOptions(
+            concurrency=(1, 4, 16),
+            window_s=0.5 if self.args.tiny else 1.0,
+            max_windows=3 if self.args.tiny else 6,
+            samples=16,
+            overload=0,
+            faults=False,
+            speed=False,
+        )
+        rep = loadtest(
+            export,
+            ph.dir / f"loadtest-{backend}",
+            opts,
+            serve_args=["--backend", backend, "--max-batch", "32"],
+            log=lambda m: self.log("   " + str(m)),
+        )
+        rows = [
+            {
+                "concurrency": r["concurrency"],
+                "throughput_ips": r["throughput_ips"],
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "batches": r["batch_stats"],
+                "bitwise_share": r["correctness"].get("bitwise_share"),
+                "max_ulp": r["correctness"].get("max_ulp"),
+                "errors": sum(r["errors"].values()),
+            }
+            for r in rep["levels"]
+        ]
+        ph.summary["results"][f"serving {backend}"] = {
+            "levels": rows,
+            "parity": rep["served"]["parameters"].get("nfdeploy.check.parity"),
+        }
         return {"levels": len(rows), "min_bitwise_share": min(r["bitwise_share"] or 0 for r in rows)}
 
     def trt_rtx_runtime(self, ph: Phase) -> dict[str, Any]:
@@ -404,8 +562,11 @@ class Suite:
         try:
             import tensorrt_rtx as trt
         except Exception as e:  # noqa: BLE001
-            ph.skip("TensorRT-RTX runtime", f"tensorrt_rtx is not importable here ({one_line(e, 200)}); its wheels "
-                                            "were not carried (over 100 MB: see docs/gpu-runbook.md)")
+            ph.skip(
+                "TensorRT-RTX runtime",
+                f"tensorrt_rtx is not importable here ({one_line(e, 200)}); its wheels "
+                "were not carried (over 100 MB: see docs/gpu-runbook.md)",
+            )
             return {"importable": False}
         if not self.cuda:
             ph.skip("TensorRT-RTX runtime", "no CUDA device visible to torch: an engine cannot be deserialized here")
@@ -439,22 +600,45 @@ def _machine() -> dict[str, Any]:
 def _parity_digest(rep: dict[str, Any]) -> dict[str, Any]:
     from nfdeploy.render import markdown_table
 
-    rows = [{k: r.get(k) for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "accuracy", "reason")
-             if r.get(k) is not None} for r in rep.get("backends", [])]
+    rows = [
+        {
+            k: r.get(k)
+            for k in ("name", "status", "rel_l2", "max_abs", "top1_agreement", "accuracy", "reason")
+            if r.get(k) is not None
+        }
+        for r in rep.get("backends", [])
+    ]
     inv = rep.get("batch_matrix", {}).get("backends", {})
-    return {"ok": rep.get("ok"), "failed": rep.get("failed"), "data": rep.get("data"),
-            "inputs_sha256": rep.get("inputs_sha256"), "inputs_shape": rep.get("inputs_shape"),
-            "backends": rows, "batch_invariance": inv,
-            "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}")}
+    return {
+        "ok": rep.get("ok"),
+        "failed": rep.get("failed"),
+        "data": rep.get("data"),
+        "inputs_sha256": rep.get("inputs_sha256"),
+        "inputs_shape": rep.get("inputs_shape"),
+        "backends": rows,
+        "batch_invariance": inv,
+        "markdown": markdown_table(rows, ["name", "status", "rel_l2", "top1_agreement", "reason"], floatfmt="{:.3g}"),
+    }
 
 
 def _bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
     from nfdeploy.render import markdown_table
 
-    rows = [{"backend": r["name"], "precision": r["precision"], "batch": r["batch"], "metric": r["primary"],
-             "scope": r["scope"], "median_ms": r["median_ms"], "p90_ms": r[r["primary"]]["p90"],
-             "throughput_ips": r["throughput_ips"], "iterations": r["iterations"], "truncated": r["truncated"]}
-            for r in rep["results"]]
+    rows = [
+        {
+            "backend": r["name"],
+            "precision": r["precision"],
+            "batch": r["batch"],
+            "metric": r["primary"],
+            "scope": r["scope"],
+            "median_ms": r["median_ms"],
+            "p90_ms": r[r["primary"]]["p90"],
+            "throughput_ips": r["throughput_ips"],
+            "iterations": r["iterations"],
+            "truncated": r["truncated"],
+        }
+        for r in rep["results"]
+    ]
     # unfolded / NF folded / BN folded side by side, per precision, mode and batch (same run, one backend at a time)
     by: dict[tuple[str, str, int], dict[str, float]] = {}
     for r in rep["results"]:
@@ -466,21 +650,42 @@ def _bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
     for (prec, mode, batch), m in sorted(by.items()):
         unf, nf, bn = m.get("unfolded"), m.get("folded"), m.get("bn-folded")
         if nf and (unf or bn):
-            ratios.append({"precision": prec, "mode": mode, "batch": batch, "unfolded_ms": unf, "nf_folded_ms": nf,
-                           "bn_folded_ms": bn, "folded_speedup": unf / nf if unf else None,
-                           "nf_over_bn": nf / bn if bn else None})
-    return {"results": rows, "ratios": ratios, "skipped": rep["skipped"], "failed": rep["failed"],
-            "over_budget": rep["over_budget"], "settings": rep["settings"], "wall_seconds": rep["wall_seconds"],
-            "markdown": markdown_table(rows, floatfmt="{:.4g}") + "\n\nUnfolded vs folded vs BN twin (medians from one "
-            "bench run, backends timed one after another, not interleaved):\n\n" + markdown_table(ratios, floatfmt="{:.4g}")}
+            ratios.append(
+                {
+                    "precision": prec,
+                    "mode": mode,
+                    "batch": batch,
+                    "unfolded_ms": unf,
+                    "nf_folded_ms": nf,
+                    "bn_folded_ms": bn,
+                    "folded_speedup": unf / nf if unf else None,
+                    "nf_over_bn": nf / bn if bn else None,
+                }
+            )
+    return {
+        "results": rows,
+        "ratios": ratios,
+        "skipped": rep["skipped"],
+        "failed": rep["failed"],
+        "over_budget": rep["over_budget"],
+        "settings": rep["settings"],
+        "wall_seconds": rep["wall_seconds"],
+        "markdown": markdown_table(rows, floatfmt="{:.4g}") + "\n\nUnfolded vs folded vs BN twin (medians from one "
+        "bench run, backends timed one after another, not interleaved):\n\n"
+        + markdown_table(ratios, floatfmt="{:.4g}"),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=REPO / ".gpu" / "bundle", help="carried digits run + export")
     ap.add_argument("--out", type=Path, required=True, help="where phaseN.json / phaseN.tar.gz / suite.log go")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/gs-work"), help="exports, runs, reports (kept while "
-                                                                            "the machine stays warm)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/gs-work"),
+        help="exports, runs, reports (kept while the machine stays warm)",
+    )
     ap.add_argument("--phase", default="1,2,3,4", help="comma list of phases to run, in the order given")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="wall-time limit of this invocation")
     ap.add_argument("--budget", action="append", default=[], metavar="N=S", help="phase N's budget in s (repeatable)")
@@ -501,15 +706,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     suite = Suite(args)
-    suite.log(f"gpu suite: phases {args.phases}, device {suite.dev}, torch {torch.__version__}, bundle {args.bundle}, "
-              f"work {suite.work}, deadline {args.deadline_s:.0f} s")
+    suite.log(
+        f"gpu suite: phases {args.phases}, device {suite.dev}, torch {torch.__version__}, bundle {args.bundle}, "
+        f"work {suite.work}, deadline {args.deadline_s:.0f} s"
+    )
     for n in args.phases:
         try:
             getattr(suite, f"phase{n}")()
         except Exception as e:  # noqa: BLE001 - a phase that breaks outside its steps must not sink the next
             suite.log(f"phase {n} broke: {one_line(e)}")
-    suite.log(f"done in {time.perf_counter() - suite.t0:.0f} s; files in {suite.out}: "
-              + ", ".join(sorted(p.name for p in suite.out.iterdir())))
+    suite.log(
+        f"done in {time.perf_counter() - suite.t0:.0f} s; files in {suite.out}: "
+        + ", ".join(sorted(p.name for p in suite.out.iterdir()))
+    )
     suite.logfile.close()
     return 0
 

@@ -32,28 +32,45 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.perf import RoundPlan, machine_info, machine_load, parse_batches, time_group  # noqa: E402
-from nfdeploy.perf.peak import CPU_N, ort_matmul  # noqa: E402
-from nfdeploy.machine import describe_loads  # noqa: E402
-from nfdeploy.perf.rounds import describe_ratio, interleaved_rounds, ratio_table_rows  # noqa: E402
-from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
-from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, lint_int8,  # noqa: E402
-                                      ort_fusion, quantize_graph)
-from nfdeploy.metrics import sqnr_db  # noqa: E402
-from nfdeploy.render import markdown_table  # noqa: E402
-from nfdeploy.runtime.base import BackendSpec  # noqa: E402
-from nfdeploy.runtime.ort import OrtBackend  # noqa: E402
+from bench.int8_study import export_randomised, photo_tiles
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.export.onnx_graph import run_with_values
+from nfdeploy.export.quantize import (
+    CalibrationData,
+    CalibrationOptions,
+    describe_fusion,
+    lint_int8,
+    ort_fusion,
+    quantize_graph,
+)
+from nfdeploy.machine import describe_loads
+from nfdeploy.metrics import sqnr_db
+from nfdeploy.perf import RoundPlan, machine_info, machine_load, parse_batches, time_group
+from nfdeploy.perf.peak import CPU_N, ort_matmul
+from nfdeploy.perf.rounds import describe_ratio, interleaved_rounds, ratio_table_rows
+from nfdeploy.render import markdown_table
+from nfdeploy.runtime.base import BackendSpec
+from nfdeploy.runtime.ort import OrtBackend
 
 INPUT = (3, 224, 224)
 # (member, model, form, pre-processed): the graphs timed side by side
-MEMBERS = (("nf fp32", "nf_resnet50", "fp32", False), ("nf int8", "nf_resnet50", "int8", False),
-           ("nf int8-ort", "nf_resnet50", "int8-ort", False), ("nf int8-ort pre", "nf_resnet50", "int8-ort", True),
-           ("bn fp32", "bn_resnet50", "fp32", False), ("bn int8-ort", "bn_resnet50", "int8-ort", False))
+MEMBERS = (
+    ("nf fp32", "nf_resnet50", "fp32", False),
+    ("nf int8", "nf_resnet50", "int8", False),
+    ("nf int8-ort", "nf_resnet50", "int8-ort", False),
+    ("nf int8-ort pre", "nf_resnet50", "int8-ort", True),
+    ("bn fp32", "bn_resnet50", "fp32", False),
+    ("bn int8-ort", "bn_resnet50", "int8-ort", False),
+)
 # (A, B): A / B > 1 means B is faster
-RATIOS = (("nf fp32", "nf int8-ort"), ("nf fp32", "nf int8"), ("nf fp32", "nf int8-ort pre"),
-          ("nf int8-ort", "nf int8-ort pre"), ("bn fp32", "bn int8-ort"), ("bn int8-ort", "nf int8-ort"))
+RATIOS = (
+    ("nf fp32", "nf int8-ort"),
+    ("nf fp32", "nf int8"),
+    ("nf fp32", "nf int8-ort pre"),
+    ("nf int8-ort", "nf int8-ort pre"),
+    ("bn fp32", "bn int8-ort"),
+    ("bn int8-ort", "nf int8-ort"),
+)
 GOALS = {1: 2.5, 32: 3.0}  # issue 17: int8-ort >= 2.5x fp32 at batch 1, >= 3x at batch 32
 
 
@@ -80,24 +97,38 @@ def make_graphs(work: Path, calib: CalibrationData, log) -> dict[str, dict]:
 
         lint = lint_int8(onnx.load(str(path)), form, allow_batchnorm=model.startswith("bn_"))
         fusion = ort_fusion(path) if form == "int8-ort" else None
-        graphs[member] = {"path": path, "quantize": {k: rec[k] for k in ("form", "activations", "weights", "quantize_seconds")},
-                          "lint_ok": lint["ok"], "lint_errors": lint["errors"][:5], "written_ops": lint["ops"],
-                          "fusion": fusion, "pre_processed": preprocessed,
-                          **({"quant_pre_process_seconds": pre_s} if preprocessed else {})}
-        log(f"{member}: quantized in {rec['quantize_seconds']:.0f} s" + (f"; {describe_fusion(fusion)}" if fusion else ""))
+        graphs[member] = {
+            "path": path,
+            "quantize": {k: rec[k] for k in ("form", "activations", "weights", "quantize_seconds")},
+            "lint_ok": lint["ok"],
+            "lint_errors": lint["errors"][:5],
+            "written_ops": lint["ops"],
+            "fusion": fusion,
+            "pre_processed": preprocessed,
+            **({"quant_pre_process_seconds": pre_s} if preprocessed else {}),
+        }
+        log(
+            f"{member}: quantized in {rec['quantize_seconds']:.0f} s"
+            + (f"; {describe_fusion(fusion)}" if fusion else "")
+        )
     return graphs
 
 
 def accuracy(graphs: dict[str, dict], x: np.ndarray) -> dict[str, dict]:
     """SQNR of each int8 graph's logits vs its model's fp32 graph, and top-1 agreement, on held-out tiles."""
-    ref = {m: run_with_values(graphs[f"{m.split('_')[0]} fp32"]["path"], [], x)[1] for m in ("nf_resnet50", "bn_resnet50")}
+    ref = {
+        m: run_with_values(graphs[f"{m.split('_')[0]} fp32"]["path"], [], x)[1] for m in ("nf_resnet50", "bn_resnet50")
+    }
     out = {}
     for member, model, form, _ in MEMBERS:
         if form == "fp32":
             continue
         y = run_with_values(graphs[member]["path"], [], x)[1]
-        out[member] = {"logits_sqnr_db": float(sqnr_db(ref[model], y)),
-                       "top1_agreement": float(np.mean(y.argmax(1) == ref[model].argmax(1))), "tiles": int(len(x))}
+        out[member] = {
+            "logits_sqnr_db": float(sqnr_db(ref[model], y)),
+            "top1_agreement": float(np.mean(y.argmax(1) == ref[model].argmax(1))),
+            "tiles": int(len(x)),
+        }
     return out
 
 
@@ -137,13 +168,20 @@ def kernel_ceiling(threads: int, plan: RoundPlan, n: int = CPU_N) -> dict:
             t0 = time.perf_counter()
             call()
             return (time.perf_counter() - t0) * 1e3, None
+
         return run
 
     res = interleaved_rounds({k: timer(c) for k, c in calls.items()}, plan, ratios=[("fp32", "int8")])
-    gops = {k: 2.0 * n ** 3 / (m["median_ms"] * 1e6) for k, m in res["members"].items()}
-    return {"n": n, "threads": threads, "median_ms": {k: m["median_ms"] for k, m in res["members"].items()},
-            "giga_ops_per_s": gops, "fp32 / int8": res["ratios"]["fp32/int8"], "rounds": res["rounds"],
-            "stopped_by": res["stopped_by"]}
+    gops = {k: 2.0 * n**3 / (m["median_ms"] * 1e6) for k, m in res["members"].items()}
+    return {
+        "n": n,
+        "threads": threads,
+        "median_ms": {k: m["median_ms"] for k, m in res["members"].items()},
+        "giga_ops_per_s": gops,
+        "fp32 / int8": res["ratios"]["fp32/int8"],
+        "rounds": res["rounds"],
+        "stopped_by": res["stopped_by"],
+    }
 
 
 def main(argv=None) -> int:
@@ -167,13 +205,22 @@ def main(argv=None) -> int:
 
     tiles = photo_tiles()
     calib = CalibrationData(tiles[0::2], "sklearn sample photos (alternate 224² tiles)", "photos")
-    report = {"command": command, "onnxruntime": onnxruntime.__version__, "threads": args.threads,
-              "machine": machine_info(), "spinning": "off (session.intra_op.allow_spinning 0, every nfdeploy ORT session)",
-              "calibration": calib.describe(), "batches": [], "log": lines}
+    report = {
+        "command": command,
+        "onnxruntime": onnxruntime.__version__,
+        "threads": args.threads,
+        "machine": machine_info(),
+        "spinning": "off (session.intra_op.allow_spinning 0, every nfdeploy ORT session)",
+        "calibration": calib.describe(),
+        "batches": [],
+        "log": lines,
+    }
     plan = RoundPlan(warmup_s=1.0, min_time_s=args.min_time, max_time_s=args.max_time)
     report["kernel_ceiling"] = c = kernel_ceiling(args.threads, plan)
-    log(f"GEMM {c['n']}³ on ONNX Runtime: fp32 {c['giga_ops_per_s']['fp32']:.0f} GFLOP/s, u8s8 int8 "
-        f"{c['giga_ops_per_s']['int8']:.0f} giga-ops/s; fp32 / int8 time {describe_ratio(c['fp32 / int8'])}")
+    log(
+        f"GEMM {c['n']}³ on ONNX Runtime: fp32 {c['giga_ops_per_s']['fp32']:.0f} GFLOP/s, u8s8 int8 "
+        f"{c['giga_ops_per_s']['int8']:.0f} giga-ops/s; fp32 / int8 time {describe_ratio(c['fp32 / int8'])}"
+    )
     with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp:
         graphs = make_graphs(Path(tmp), calib, log)
         report["graphs"] = {m: {k: v for k, v in g.items() if k != "path"} for m, g in graphs.items()}
@@ -181,7 +228,7 @@ def main(argv=None) -> int:
         for m, a in report["accuracy"].items():
             log(f"{m}: logits SQNR {a['logits_sqnr_db']:.1f} dB vs fp32, top-1 agreement {a['top1_agreement']:.0%}")
         backends = {}
-        for member, model, form, _ in MEMBERS:
+        for member, _model, form, _ in MEMBERS:
             spec = BackendSpec("onnxruntime", "cpu", "fp32" if form == "fp32" else form)
             backends[member] = OrtBackend(spec, INPUT, graphs[member]["path"], threads=args.threads)
             backends[member].activate()
@@ -190,12 +237,26 @@ def main(argv=None) -> int:
             load0 = machine_load()
             rows, rat, info = time_group(backends, batch, INPUT, plan, ratios=ratios)
             load1 = machine_load()
-            profile = {m: op_profile(graphs[m]["path"], batch, args.threads, args.profile_runs)
-                       for m in ("nf fp32", "nf int8-ort")}
-            report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info, "profile": profile,
-                                      "load_before": load0, "load_after": load1})
-            log(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.1f} ms" for n, r in rows.items())
-                + f" ({info['rounds']} rounds, {info['stopped_by']})")
+            profile = {
+                m: op_profile(graphs[m]["path"], batch, args.threads, args.profile_runs)
+                for m in ("nf fp32", "nf int8-ort")
+            }
+            report["batches"].append(
+                {
+                    "batch": batch,
+                    "rows": rows,
+                    "ratios": rat,
+                    "info": info,
+                    "profile": profile,
+                    "load_before": load0,
+                    "load_after": load1,
+                }
+            )
+            log(
+                f"batch {batch}: "
+                + ", ".join(f"{n} {r['median_ms']:.1f} ms" for n, r in rows.items())
+                + f" ({info['rounds']} rounds, {info['stopped_by']})"
+            )
             for k, v in rat.items():
                 log(f"  {k}: {describe_ratio(v)}")
             write(args.out, report)  # after every batch: a run cut short keeps what it measured
@@ -208,44 +269,94 @@ def main(argv=None) -> int:
 def write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "int8_speed.json", report)
-    md = ["# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)", "",
-          f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {report['threads']} threads, intra-op "
-          f"spinning {report['spinning']}. CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}. "
-          "Interleaved rounds (nfdeploy.perf.time_group, rotating start); latency = median of per-round medians; "
-          "ratio = median of per-round ratios (A / B > 1: B faster) with its 95% bootstrap interval.", "",
-          "## The ceiling: ONNX Runtime's integer GEMM vs its float GEMM on this CPU", ""]
+    md = [
+        "# INT8 vs fp32 latency, ONNX Runtime CPU (nf_resnet50 / bn_resnet50, randomised, folded, 224²)",
+        "",
+        f"Command: `{report['command']}`. ONNX Runtime {report['onnxruntime']}, {report['threads']} threads, intra-op "
+        f"spinning {report['spinning']}. "
+        f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}. "
+        "Interleaved rounds (nfdeploy.perf.time_group, rotating start); latency = median of per-round medians; "
+        "ratio = median of per-round ratios (A / B > 1: B faster) with its 95% bootstrap interval.",
+        "",
+        "## The ceiling: ONNX Runtime's integer GEMM vs its float GEMM on this CPU",
+        "",
+    ]
     c = report.get("kernel_ceiling")
     if c:
         r = c["fp32 / int8"]
-        md += [f"MatMul fp32 vs MatMulInteger u8 x s8 -> int32, {c['n']}³, {c['threads']} threads, interleaved: "
-               f"{c['giga_ops_per_s']['fp32']:.1f} GFLOP/s vs {c['giga_ops_per_s']['int8']:.1f} giga-ops/s; fp32 time / "
-               f"int8 time {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds "
-               f"(stopped by {c['stopped_by']}). A network that were all GEMM could gain no more than this from int8.", ""]
+        md += [
+            f"MatMul fp32 vs MatMulInteger u8 x s8 -> int32, {c['n']}³, {c['threads']} threads, interleaved: "
+            f"{c['giga_ops_per_s']['fp32']:.1f} GFLOP/s vs {c['giga_ops_per_s']['int8']:.1f} giga-ops/s; fp32 time / "
+            f"int8 time {r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds "
+            f"(stopped by {c['stopped_by']}). A network that were all GEMM could gain no more than this from int8.",
+            "",
+        ]
     md += ["## What ONNX Runtime runs of each int8 graph (its optimized graph, extended level)", ""]
     grows = []
     for m, g in report["graphs"].items():
         if g["quantize"] is None:
             continue
         f = g["fusion"]
-        grows.append({"graph": m, "activations": g["quantize"]["activations"], "lint": "ok" if g["lint_ok"] else "errors",
-                      "ORT fusion": describe_fusion(f) if f else "n/a (the TensorRT form: ORT runs its Convs in float between DequantizeLinear nodes)",
-                      "logits SQNR dB": report["accuracy"][m]["logits_sqnr_db"], "top-1 agreement": report["accuracy"][m]["top1_agreement"]})
-    md += [markdown_table(grows, floatfmt="{:.3g}"), "",
-           f"Accuracy: logits vs the model's fp32 graph on {next(iter(report['accuracy'].values()))['tiles']} held-out photo "
-           f"tiles; calibration: {report['calibration']}.", ""]
+        grows.append(
+            {
+                "graph": m,
+                "activations": g["quantize"]["activations"],
+                "lint": "ok" if g["lint_ok"] else "errors",
+                "ORT fusion": describe_fusion(f)
+                if f
+                else "n/a (the TensorRT form: ORT runs its Convs in float between DequantizeLinear nodes)",
+                "logits SQNR dB": report["accuracy"][m]["logits_sqnr_db"],
+                "top-1 agreement": report["accuracy"][m]["top1_agreement"],
+            }
+        )
+    md += [
+        markdown_table(grows, floatfmt="{:.3g}"),
+        "",
+        "Accuracy: logits vs the model's fp32 graph on "
+        f"{next(iter(report['accuracy'].values()))['tiles']} held-out photo "
+        f"tiles; calibration: {report['calibration']}.",
+        "",
+    ]
     for b in report["batches"]:
-        md += [f"## batch {b['batch']}", "",
-               f"{describe_loads(b['load_before'], b['load_after'])}. {b['info']['rounds']} rounds, "
-               f"stopped by {b['info']['stopped_by']}.", ""]
-        md.append(markdown_table([{"graph": n, "median ms": r["median_ms"],
-                                   "95% interval": f"[{r['median_ci95_ms'][0]:.4g}, {r['median_ci95_ms'][1]:.4g}]",
-                                   "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.4g}"))
+        md += [
+            f"## batch {b['batch']}",
+            "",
+            f"{describe_loads(b['load_before'], b['load_after'])}. {b['info']['rounds']} rounds, "
+            f"stopped by {b['info']['stopped_by']}.",
+            "",
+        ]
+        md.append(
+            markdown_table(
+                [
+                    {
+                        "graph": n,
+                        "median ms": r["median_ms"],
+                        "95% interval": f"[{r['median_ci95_ms'][0]:.4g}, {r['median_ci95_ms'][1]:.4g}]",
+                        "noisy": "NOISY" if r["noisy"] else "",
+                    }
+                    for n, r in b["rows"].items()
+                ],
+                floatfmt="{:.4g}",
+            )
+        )
         goal = GOALS.get(b["batch"])
-        md += ["", markdown_table([{**row, "goal": f">= {goal}" if goal and row["ratio"] == "nf fp32 / nf int8-ort" else ""}
-                                   for row in ratio_table_rows(b["ratios"])], floatfmt="{:.3f}"), "",
-               "Share of node time by op type (ONNX Runtime profiler): "
-               + "; ".join(f"{m}: " + ", ".join(f"{op} {100 * s:.1f}%" for op, s in list(p.items())[:6])
-                           for m, p in b["profile"].items()), ""]
+        md += [
+            "",
+            markdown_table(
+                [
+                    {**row, "goal": f">= {goal}" if goal and row["ratio"] == "nf fp32 / nf int8-ort" else ""}
+                    for row in ratio_table_rows(b["ratios"])
+                ],
+                floatfmt="{:.3f}",
+            ),
+            "",
+            "Share of node time by op type (ONNX Runtime profiler): "
+            + "; ".join(
+                f"{m}: " + ", ".join(f"{op} {100 * s:.1f}%" for op, s in list(p.items())[:6])
+                for m, p in b["profile"].items()
+            ),
+            "",
+        ]
     md += ["## Log", "", "```", *report["log"], "```"]
     atomic_write_text(out / "int8_speed.md", "\n".join(md) + "\n")
 

@@ -18,7 +18,6 @@ the other half.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -28,13 +27,21 @@ import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.artifacts.run_dir import load_run_model
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.export.onnx_graph import block_values, export_module, run_with_values
-from nfdeploy.export.quantize import (CALIBRATION_METHODS, INT8_FORMS, CalibrationData, CalibrationOptions,
-                                      block_sqnr, lint_int8, quantize_graph, training_split_calibration)
+from nfdeploy.export.quantize import (
+    CALIBRATION_METHODS,
+    INT8_FORMS,
+    CalibrationData,
+    CalibrationOptions,
+    block_sqnr,
+    lint_int8,
+    quantize_graph,
+    training_split_calibration,
+)
 from nfdeploy.metrics import judge
 from nfdeploy.render import markdown_table, pyplot, save_figure
-from nfdeploy.runs import load_run_model
 
 quiet = lambda *a, **k: None  # noqa: E731
 
@@ -46,8 +53,11 @@ def last_stage_adds(fp32_path: Path, stages_from: int) -> list[str]:
     model = onnx.load(str(fp32_path))
     blocks = block_values(model)
     producers = {o: n for n in model.graph.node for o in n.output}
-    return [producers[v["value"]].name for b, v in blocks.items() if b.startswith("blocks.")
-            and int(b.split(".")[1]) >= stages_from and producers[v["value"]].op_type == "Add"]
+    return [
+        producers[v["value"]].name
+        for b, v in blocks.items()
+        if b.startswith("blocks.") and int(b.split(".")[1]) >= stages_from and producers[v["value"]].op_type == "Add"
+    ]
 
 
 def digits_part(run: Path, work: Path, methods: list[str], samples: int, log) -> dict:
@@ -82,24 +92,51 @@ def digits_part(run: Path, work: Path, methods: list[str], samples: int, log) ->
 
                 lint = lint_int8(onnx.load(str(path)), form, allow_batchnorm=name.startswith("bn_"))
                 out = run_with_values(path, [], x)[1]
-                row = {"model": name, "form": form, "method": method, "kept": kept, **_row(out, ref, y, form),
-                       "lint_ok": lint["ok"], "dq_consumers": lint["dq_consumers"],
-                       "quantize_seconds": info["quantize_seconds"]}
+                row = {
+                    "model": name,
+                    "form": form,
+                    "method": method,
+                    "kept": kept,
+                    **_row(out, ref, y, form),
+                    "lint_ok": lint["ok"],
+                    "dq_consumers": lint["dq_consumers"],
+                    "quantize_seconds": info["quantize_seconds"],
+                }
                 rows.append(row)
                 if kept == "none" and form == "int8":
                     blocks[method] = block_sqnr(fp32, path, x)
                 elif kept != "none":
                     blocks[f"{method}, {kept}"] = block_sqnr(fp32, path, x)
-                log(f"{name} {form} {method} kept={kept}: acc {row['accuracy']:.2%} (ref {row['reference_accuracy']:.2%}), "
-                    f"agreement {row['top1_agreement']:.2%}, SQNR {row['sqnr_db']:.1f} dB → {row['status']}")
-    return {"model": name, "run": str(run), "epochs": resolved["recipe"]["train"]["epochs"],
-            "seed": resolved["recipe"]["train"]["seed"], "calibration": calib.describe(),
-            "test_images": int(len(x)), "rows": rows, "blocks": blocks, "mixed_mode_nodes": keep_sets["last-stage adds"]}
+                log(
+                    f"{name} {form} {method} kept={kept}: acc {row['accuracy']:.2%} "
+                    f"(ref {row['reference_accuracy']:.2%}), "
+                    f"agreement {row['top1_agreement']:.2%}, SQNR {row['sqnr_db']:.1f} dB → {row['status']}"
+                )
+    return {
+        "model": name,
+        "run": str(run),
+        "epochs": resolved["recipe"]["train"]["epochs"],
+        "seed": resolved["recipe"]["train"]["seed"],
+        "calibration": calib.describe(),
+        "test_images": int(len(x)),
+        "rows": rows,
+        "blocks": blocks,
+        "mixed_mode_nodes": keep_sets["last-stage adds"],
+    }
 
 
 def _row(out, ref, y, prec) -> dict:
     r = judge(out, ref, prec, y)
-    keys = ("accuracy", "reference_accuracy", "accuracy_drop", "top1_agreement", "sqnr_db", "rel_l2", "status", "reason")
+    keys = (
+        "accuracy",
+        "reference_accuracy",
+        "accuracy_drop",
+        "top1_agreement",
+        "sqnr_db",
+        "rel_l2",
+        "status",
+        "reason",
+    )
     return {k: r.get(k) for k in keys if k in r}
 
 
@@ -112,7 +149,7 @@ def photo_tiles(size: int = 224) -> np.ndarray:
         h, w, _ = img.shape
         for top in range(0, h - size + 1, size // 2):
             for left in range(0, w - size + 1, size // 2):
-                tiles.append(img[top:top + size, left:left + size])
+                tiles.append(img[top : top + size, left : left + size])
     x = np.stack(tiles).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
     std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -133,7 +170,12 @@ def export_randomised(name: str, path: Path, size: int = 224) -> Path:
 def resnet50_part(work: Path, log) -> dict:
     x = photo_tiles()
     calib_x, eval_x = x[0::2], x[1::2]
-    out = {"tiles": int(len(x)), "calibration_tiles": int(len(calib_x)), "evaluation_tiles": int(len(eval_x)), "models": {}}
+    out = {
+        "tiles": int(len(x)),
+        "calibration_tiles": int(len(calib_x)),
+        "evaluation_tiles": int(len(eval_x)),
+        "models": {},
+    }
     for name in ("nf_resnet50", "bn_resnet50"):
         fp32 = export_randomised(name, work / f"{name}.onnx")
         calib = CalibrationData(calib_x, "sklearn sample photos (alternate tiles)", "photos")
@@ -143,9 +185,11 @@ def resnet50_part(work: Path, log) -> dict:
             t0 = time.perf_counter()
             quantize_graph(fp32, path, "int8", calib, CalibrationOptions(method=method, samples=len(calib_x)))
             res[method] = block_sqnr(fp32, path, eval_x)
-            log(f"{name} {method}: quantized + measured in {time.perf_counter() - t0:.0f} s; logits SQNR "
+            log(
+                f"{name} {method}: quantized + measured in {time.perf_counter() - t0:.0f} s; logits SQNR "
                 f"{res[method][-1]['sqnr_db']:.1f} dB, worst block "
-                f"{min(r['sqnr_db'] for r in res[method][:-1]):.1f} dB")
+                f"{min(r['sqnr_db'] for r in res[method][:-1]):.1f} dB"
+            )
         out["models"][name] = res
     return out
 
@@ -175,31 +219,57 @@ def main() -> None:
         print(msg, flush=True)
         lines.append(msg)
 
-    report = {"command": "PYTHONPATH=$PWD python bench/int8_study.py " + " ".join(os.sys.argv[1:]),
-              "load_average_start": os.getloadavg(), "cpu_count": os.cpu_count()}
+    report = {
+        "command": "PYTHONPATH=$PWD python bench/int8_study.py " + " ".join(os.sys.argv[1:]),
+        "load_average_start": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="int8-study-") as tmp:
         work = Path(tmp)
         if args.nf_run and args.bn_run:
-            report["digits"] = [digits_part(r, work, args.methods.split(","), args.samples, log)
-                                for r in (args.nf_run, args.bn_run)]
+            report["digits"] = [
+                digits_part(r, work, args.methods.split(","), args.samples, log) for r in (args.nf_run, args.bn_run)
+            ]
         if args.resnet50:
             report["resnet50"] = resnet50_part(work, log)
     report["load_average_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "int8_study.json", report)
-    md = [f"# INT8 study (ONNX Runtime CPU)\n", f"Command: `{report['command']}`\n",
-          f"Load average (1/5/15 min) at start {report['load_average_start']}, end {report['load_average_end']} "
-          f"on {report['cpu_count']} cores (other jobs shared the machine).\n"]
+    md = [
+        "# INT8 study (ONNX Runtime CPU)\n",
+        f"Command: `{report['command']}`\n",
+        f"Load average (1/5/15 min) at start {report['load_average_start']}, end {report['load_average_end']} "
+        f"on {report['cpu_count']} cores (other jobs shared the machine).\n",
+    ]
     if "digits" in report:
         rows = [r for d in report["digits"] for r in d["rows"]]
-        md += ["## Digits: NF vs BN twin, per calibration method and int8 form\n",
-               "Test split ({} images); reference = unfolded model in float64. Calibration: {}. Rule: top-1 agreement "
-               "≥ 99% and accuracy drop ≤ 0.5 points.\n".format(report["digits"][0]["test_images"],
-                                                                   report["digits"][0]["calibration"]),
-               "Runs: " + "; ".join(f"{d['model']} ({d['epochs']} epochs, seed {d['seed']}, {d['run']})" for d in report["digits"]) + "\n",
-               markdown_table(rows, ["model", "form", "method", "kept", "reference_accuracy", "accuracy", "accuracy_drop",
-                                     "top1_agreement", "sqnr_db", "status"], floatfmt="{:.4g}"),
-               "\n## Digits: SQNR per block (int8 TensorRT form vs the fp32 graph)\n"]
+        md += [
+            "## Digits: NF vs BN twin, per calibration method and int8 form\n",
+            "Test split ({} images); reference = unfolded model in float64. Calibration: {}. Rule: top-1 agreement "
+            "≥ 99% and accuracy drop ≤ 0.5 points.\n".format(
+                report["digits"][0]["test_images"], report["digits"][0]["calibration"]
+            ),
+            "Runs: "
+            + "; ".join(f"{d['model']} ({d['epochs']} epochs, seed {d['seed']}, {d['run']})" for d in report["digits"])
+            + "\n",
+            markdown_table(
+                rows,
+                [
+                    "model",
+                    "form",
+                    "method",
+                    "kept",
+                    "reference_accuracy",
+                    "accuracy",
+                    "accuracy_drop",
+                    "top1_agreement",
+                    "sqnr_db",
+                    "status",
+                ],
+                floatfmt="{:.4g}",
+            ),
+            "\n## Digits: SQNR per block (int8 TensorRT form vs the fp32 graph)\n",
+        ]
         for d in report["digits"]:
             brow = {}
             for label, rs in d["blocks"].items():
@@ -209,9 +279,12 @@ def main() -> None:
             plot_blocks(d["blocks"], args.out / f"blocks_{d['model']}.png", f"{d['model']}: per-block SQNR, int8")
     if "resnet50" in report:
         r50 = report["resnet50"]
-        md += ["## nf_resnet50 vs bn_resnet50 (randomised, 224², int8 TensorRT form): SQNR per block\n",
-               f"{r50['tiles']} tiles of 224² from scikit-learn's sample photos; calibrated on {r50['calibration_tiles']}, "
-               f"measured on the other {r50['evaluation_tiles']}.\n"]
+        md += [
+            "## nf_resnet50 vs bn_resnet50 (randomised, 224², int8 TensorRT form): SQNR per block\n",
+            f"{r50['tiles']} tiles of 224² from scikit-learn's sample photos; "
+            f"calibrated on {r50['calibration_tiles']}, "
+            f"measured on the other {r50['evaluation_tiles']}.\n",
+        ]
         brow = {}
         series = {}
         for name, per in r50["models"].items():

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import export_randomised, photo_tiles  # noqa: E402
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.perf import machine_info  # noqa: E402
-from nfdeploy.export.onnx_graph import run_with_values  # noqa: E402
-from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph  # noqa: E402
-from nfdeploy.metrics import sqnr_db  # noqa: E402
-from nfdeploy.render import markdown_table  # noqa: E402
+from bench.int8_study import export_randomised, photo_tiles
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.export.onnx_graph import run_with_values
+from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph
+from nfdeploy.metrics import sqnr_db
+from nfdeploy.perf import machine_info
+from nfdeploy.render import markdown_table
 
 
 def cpu_flags() -> list[str]:
@@ -50,21 +50,35 @@ def main(argv=None) -> int:
         ref = run_with_values(fp32, [], x)[1]
         for bits in (8, 7):
             q = Path(td) / f"int8-ort-{bits}bit.onnx"
-            quantize_graph(fp32, q, "int8-ort", CalibrationData(calib, "sklearn sample photos (alternate 224² tiles)",
-                                                                "photos"),
-                           CalibrationOptions(samples=len(calib), ort_weight_bits=bits))
+            quantize_graph(
+                fp32,
+                q,
+                "int8-ort",
+                CalibrationData(calib, "sklearn sample photos (alternate 224² tiles)", "photos"),
+                CalibrationOptions(samples=len(calib), ort_weight_bits=bits),
+            )
             y = run_with_values(q, [], x)[1]
-            rows.append({"weights": f"{bits}-bit" + (" (reduce_range, the default)" if bits == 7 else ""),
-                         "logits SQNR dB": float(sqnr_db(ref, y)),
-                         "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))), "tiles": int(len(x))})
+            rows.append(
+                {
+                    "weights": f"{bits}-bit" + (" (reduce_range, the default)" if bits == 7 else ""),
+                    "logits SQNR dB": float(sqnr_db(ref, y)),
+                    "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))),
+                    "tiles": int(len(x)),
+                }
+            )
             print(rows[-1], flush=True)
     command = "python bench/int8_weight_bits.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report = {"command": command, "machine": machine_info(), "cpu_flags": cpu_flags(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "int8_weight_bits.json", report)
-    md = ["# int8-ort: 8-bit vs 7-bit weights on this CPU (nf_resnet50, randomised, 224², photo tiles)", "",
-          f"Command: `{command}`. CPU flags of note: {', '.join(report['cpu_flags']) or 'none (no AVX-512, no VNNI)'}.", "",
-          markdown_table(rows, floatfmt="{:.3g}"), ""]
+    md = [
+        "# int8-ort: 8-bit vs 7-bit weights on this CPU (nf_resnet50, randomised, 224², photo tiles)",
+        "",
+        f"Command: `{command}`. CPU flags of note: {', '.join(report['cpu_flags']) or 'none (no AVX-512, no VNNI)'}.",
+        "",
+        markdown_table(rows, floatfmt="{:.3g}"),
+        "",
+    ]
     atomic_write_text(args.out / "int8_weight_bits.md", "\n".join(md))
     return 0
 

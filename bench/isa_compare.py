@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.check.isa import ISA_CAPS, check_isa, isa_environment  # noqa: E402
-from nfdeploy.render import markdown_table  # noqa: E402
-from nfdeploy.check.saved_outputs import OUTPUTS_FILE, compare_saved_runs, output_pair  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.check.isa import ISA_CAPS, check_isa, isa_environment
+from nfdeploy.check.saved_outputs import OUTPUTS_FILE, compare_saved_runs, output_pair
+from nfdeploy.render import markdown_table
 
 TWIN = "bn-twin-torch-cpu-fp32-folded"
 
@@ -50,8 +50,20 @@ def twin_rows(export: Path, runs: dict[str, Path], words: list[str], threads: in
     outs = {}
     for w in words:
         f = runs[w] / "bn_twin_outputs.npy"
-        subprocess.run([sys.executable, __file__, str(export), "--twin-child", str(runs[words[0]] / OUTPUTS_FILE), str(f),
-                        "--threads", str(threads)], env=isa_environment(w, os.environ), check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                str(export),
+                "--twin-child",
+                str(runs[words[0]] / OUTPUTS_FILE),
+                str(f),
+                "--threads",
+                str(threads),
+            ],
+            env=isa_environment(w, os.environ),
+            check=True,
+        )
         outs[w] = np.load(f)
         f.unlink()  # the comparison is the record; the array is re-made by the command
     return [{"A": words[0], "B": w, "backend": TWIN, **output_pair(outs[words[0]], outs[w], "fp32")} for w in words[1:]]
@@ -75,8 +87,21 @@ def main() -> None:
     runs = {}
     for w in words:
         d = args.out / "saved" / w  # not "runs/": .gitignore drops every runs/ dir
-        cmd = [sys.executable, "-m", "nfdeploy", "parity", str(args.export), "--isa", w, "--save-outputs", "-o", str(d),
-               "--threads", str(args.threads), *[a for o in only for a in ("--only", o)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nfdeploy",
+            "parity",
+            str(args.export),
+            "--isa",
+            w,
+            "--save-outputs",
+            "-o",
+            str(d),
+            "--threads",
+            str(args.threads),
+            *[a for o in only for a in ("--only", o)],
+        ]
         print("+", shlex.join(cmd), flush=True)
         rc = subprocess.run(cmd).returncode
         if rc not in (0, 1):  # 1: some backend failed parity; its outputs are still saved and compared
@@ -87,25 +112,54 @@ def main() -> None:
         rep = compare_saved_runs(runs[base], runs[w], args.out / "compare" / f"{base}-vs-{w}")
         reports[w] = rep
         for r in rep["same_backend"]:
-            rows.append({"A": rep["machine_a"]["isa"], "B": rep["machine_b"]["isa"], "backend": r["backend"],
-                         "bitwise identical": r["bitwise_share"], "max ULP": r["max_ulp"], "rel L2": r["rel_l2"],
-                         "top-1 agreement": r["top1_agreement"]})
+            rows.append(
+                {
+                    "A": rep["machine_a"]["isa"],
+                    "B": rep["machine_b"]["isa"],
+                    "backend": r["backend"],
+                    "bitwise identical": r["bitwise_share"],
+                    "max ULP": r["max_ulp"],
+                    "rel L2": r["rel_l2"],
+                    "top-1 agreement": r["top1_agreement"],
+                }
+            )
     for r in twin_rows(args.export, runs, words, args.threads):
-        rows.append({"A": r["A"], "B": reports[r["B"]]["machine_b"]["isa"], "backend": r["backend"],
-                     "bitwise identical": r["bitwise_share"], "max ULP": r["max_ulp"], "rel L2": r["rel_l2"],
-                     "top-1 agreement": r["top1_agreement"]})
-    atomic_write_json(args.out / "isa_compare.json", {"export": str(args.export), "isa_caps": {w: ISA_CAPS[w] for w in words},
-                                                      "threads": args.threads, "only": only, "rows": rows})
+        rows.append(
+            {
+                "A": r["A"],
+                "B": reports[r["B"]]["machine_b"]["isa"],
+                "backend": r["backend"],
+                "bitwise identical": r["bitwise_share"],
+                "max ULP": r["max_ulp"],
+                "rel L2": r["rel_l2"],
+                "top-1 agreement": r["top1_agreement"],
+            }
+        )
+    atomic_write_json(
+        args.out / "isa_compare.json",
+        {
+            "export": str(args.export),
+            "isa_caps": {w: ISA_CAPS[w] for w in words},
+            "threads": args.threads,
+            "only": only,
+            "rows": rows,
+        },
+    )
     cmd = f"python bench/isa_compare.py {args.export} --out {args.out} --isa {','.join(words)} --threads {args.threads}"
-    md = ["# Across instruction sets\n", f"Command: `{cmd}`. Baseline: {base}; "
-          f"{args.threads} thread(s); backends selected by {only}. Each capped run is a child process "
-          "(`nfdeploy parity EXPORT --isa WORD --save-outputs`); caps per word:\n",
-          markdown_table([{"word": w, **{k: v or "-" for k, v in ISA_CAPS[w].items()}} for w in words]),
-          "\nONNX Runtime's MLAS picks its kernels from CPUID and has no instruction-set switch: its rows run this "
-          "CPU's own instruction set in every run (the control). torch's own ATen kernels are not capped (they also "
-          "make the inputs). The BN twin row: the export's topology with BatchNorm in place of the NF scaling, random "
-          "constants, folded (the bench's twin), in torch fp32 on the same inputs, one child process per cap "
-          f"(`{TWIN}`).\n", "## Uncapped vs each cap, per backend\n", markdown_table(rows, floatfmt="{:.3g}")]
+    md = [
+        "# Across instruction sets\n",
+        f"Command: `{cmd}`. Baseline: {base}; "
+        f"{args.threads} thread(s); backends selected by {only}. Each capped run is a child process "
+        "(`nfdeploy parity EXPORT --isa WORD --save-outputs`); caps per word:\n",
+        markdown_table([{"word": w, **{k: v or "-" for k, v in ISA_CAPS[w].items()}} for w in words]),
+        "\nONNX Runtime's MLAS picks its kernels from CPUID and has no instruction-set switch: its rows run this "
+        "CPU's own instruction set in every run (the control). torch's own ATen kernels are not capped (they also "
+        "make the inputs). The BN twin row: the export's topology with BatchNorm in place of the NF scaling, random "
+        "constants, folded (the bench's twin), in torch fp32 on the same inputs, one child process per cap "
+        f"(`{TWIN}`).\n",
+        "## Uncapped vs each cap, per backend\n",
+        markdown_table(rows, floatfmt="{:.3g}"),
+    ]
     atomic_write_text(args.out / "isa_compare.md", "\n".join(md))
     print((args.out / "isa_compare.md").read_text())
 

@@ -16,9 +16,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run  # noqa: E402
-from nfdeploy.perf import bench_report, parse_batches  # noqa: E402
-from nfdeploy.export import export_options, export_run  # noqa: E402
+from bench.gpu.sources import write_random_run
+from nfdeploy.export import export_options, export_run
+from nfdeploy.perf import bench_report, parse_batches
 
 
 def main(argv=None) -> int:
@@ -36,9 +36,15 @@ def main(argv=None) -> int:
             run = write_random_run(Path(td) / "run", "nf_resnet50", input_size=args.size)
             export = Path(td) / "export"
             export_run(run, export, export_options(precisions=["fp32"], check=False))
-        bench_report(export, args.out, batches=parse_batches(args.batches),
-                     only=["torch-cpu-fp32", "onnxruntime-cpu-fp32"], min_time=args.min_time, warmup=1.0,
-                     max_time=args.max_time)
+        bench_report(
+            export,
+            args.out,
+            batches=parse_batches(args.batches),
+            only=["torch-cpu-fp32", "onnxruntime-cpu-fp32"],
+            min_time=args.min_time,
+            warmup=1.0,
+            max_time=args.max_time,
+        )
     return 0
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.render import markdown_table  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.render import markdown_table
 
 FILES = {"openvino fp32": "model.onnx", "openvino int8": "model.int8.onnx", "openvino int8-ort": "model.int8.ort.onnx"}
 CAPS = {  # label -> environment
@@ -59,8 +59,11 @@ def child(export: Path, x_path: Path, out: Path) -> None:
     for label, f in FILES.items():
         if not (export / f).is_file():
             continue
-        cm = core.compile_model(str(export / f), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1",
-                                                         "PERFORMANCE_HINT": "LATENCY"})
+        cm = core.compile_model(
+            str(export / f),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1", "PERFORMANCE_HINT": "LATENCY"},
+        )
         outs[label] = np.asarray(cm(x)[0], dtype=np.float32)
         kernels[label] = mac_kernels(cm)
     opts = ort.SessionOptions()
@@ -86,8 +89,8 @@ def main(argv=None) -> int:
     import torch
 
     from nfdeploy.check.backends import load_export_source
-    from nfdeploy.metrics import ulp_error
     from nfdeploy.check.parity import load_parity_data
+    from nfdeploy.metrics import ulp_error
     from nfdeploy.runtime.openvino import mac_precisions, runtime_precisions
 
     torch.set_num_threads(1)
@@ -97,26 +100,55 @@ def main(argv=None) -> int:
     with torch.no_grad():
         ref = source.model.double()(torch.from_numpy(x).double()).numpy()
     core = ov.Core()
-    report = {"command": "python bench/openvino_hints_isa.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-              "export": str(args.export), "data": desc, "openvino": ov.__version__, "onnxruntime": ort.__version__,
-              "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
-              "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
-              "default_hint": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
-              "cpu_flags": sorted({f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-                                   for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "sse4"))}),
-              "hints": [], "caps": []}
+    report = {
+        "command": "python bench/openvino_hints_isa.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "export": str(args.export),
+        "data": desc,
+        "openvino": ov.__version__,
+        "onnxruntime": ort.__version__,
+        "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
+        "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "default_hint": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
+        "cpu_flags": sorted(
+            {
+                f
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+                for f in line.split(":", 1)[1].split()
+                if f.startswith(("avx", "amx", "sse4"))
+            }
+        ),
+        "hints": [],
+        "caps": [],
+    }
     # A. precision hints
     s = ort.InferenceSession(str(args.export / "model.onnx"), providers=["CPUExecutionProvider"])
     y = s.run(None, {s.get_inputs()[0].name: x})[0]
-    report["hints"].append({"runtime": "onnxruntime", "hint": "-", "compiled precision": "-", "MAC layers": "-",
-                            "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1)))})
+    report["hints"].append(
+        {
+            "runtime": "onnxruntime",
+            "hint": "-",
+            "compiled precision": "-",
+            "MAC layers": "-",
+            "rel L2 vs fp64": rel_l2(y, ref),
+            "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))),
+        }
+    )
     for hint in ("f32", "bf16", None):
-        cm = core.compile_model(str(args.export / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {})
+        cm = core.compile_model(
+            str(args.export / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+        )
         y = np.asarray(cm(x)[0])
-        report["hints"].append({"runtime": "openvino", "hint": hint or "(none: default)",
-                                "compiled precision": cm.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-                                "MAC layers": str(mac_precisions(runtime_precisions(cm))),
-                                "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1)))})
+        report["hints"].append(
+            {
+                "runtime": "openvino",
+                "hint": hint or "(none: default)",
+                "compiled precision": cm.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                "MAC layers": str(mac_precisions(runtime_precisions(cm))),
+                "rel L2 vs fp64": rel_l2(y, ref),
+                "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))),
+            }
+        )
     # B. instruction-set caps, one child process each
     with tempfile.TemporaryDirectory() as td:
         xp = Path(td) / "x.npy"
@@ -124,27 +156,53 @@ def main(argv=None) -> int:
         runs = {}
         for label, env in CAPS.items():
             out = Path(td) / f"{len(runs)}.npz"
-            base = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "DNNL_MAX_CPU_ISA")}
-            subprocess.run([sys.executable, __file__, str(args.export), "--child", str(xp), str(out)],
-                           env={**base, **env}, check=True, capture_output=True)
+            base = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "DNNL_MAX_CPU_ISA")
+            }
+            subprocess.run(
+                [sys.executable, __file__, str(args.export), "--child", str(xp), str(out)],
+                env={**base, **env},
+                check=True,
+                capture_output=True,
+            )
             runs[label] = (dict(np.load(out)), json.loads(out.with_suffix(".json").read_text()))
     native = runs["native"][0]
     for label, (outs, kernels) in runs.items():
         for name, y in outs.items():
             n = native[name]
-            report["caps"].append({"cap": label, "backend": name, "bitwise identical": float(np.mean(y == n)),
-                                   "max ULP": float(ulp_error(y, n, torch.float32).max()), "rel L2 vs native": rel_l2(y, n),
-                                   "rel L2 vs fp64": rel_l2(y, ref), "top-1 agreement vs native": float(np.mean(y.argmax(1) == n.argmax(1))),
-                                   "kernels": ", ".join(f"{k}×{v}" for k, v in kernels.get(name, {}).items()) or "(MLAS)"})
+            report["caps"].append(
+                {
+                    "cap": label,
+                    "backend": name,
+                    "bitwise identical": float(np.mean(y == n)),
+                    "max ULP": float(ulp_error(y, n, torch.float32).max()),
+                    "rel L2 vs native": rel_l2(y, n),
+                    "rel L2 vs fp64": rel_l2(y, ref),
+                    "top-1 agreement vs native": float(np.mean(y.argmax(1) == n.argmax(1))),
+                    "kernels": ", ".join(f"{k}×{v}" for k, v in kernels.get(name, {}).items()) or "(MLAS)",
+                }
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "hints_isa.json", report)
-    md = ["# OpenVINO on this CPU: precision hints and instruction-set caps", "",
-          f"Command: `{report['command']}`. Data: {desc}. OpenVINO {report['openvino']}, ONNX Runtime {report['onnxruntime']}.",
-          f"CPU: {report['cpu']}; flags {', '.join(report['cpu_flags'])}; OpenVINO capabilities {report['capabilities']}; "
-          f"default INFERENCE_PRECISION_HINT {report['default_hint']}.", "",
-          "## A. Precision hints (fp32 ONNX file)", "", markdown_table(report["hints"], floatfmt="{:.3g}"), "",
-          "## B. Instruction-set caps (1 thread; each against the uncapped run)", "",
-          markdown_table(report["caps"], floatfmt="{:.3g}")]
+    md = [
+        "# OpenVINO on this CPU: precision hints and instruction-set caps",
+        "",
+        f"Command: `{report['command']}`. Data: {desc}. OpenVINO {report['openvino']}, "
+        f"ONNX Runtime {report['onnxruntime']}.",
+        f"CPU: {report['cpu']}; flags {', '.join(report['cpu_flags'])}; "
+        f"OpenVINO capabilities {report['capabilities']}; "
+        f"default INFERENCE_PRECISION_HINT {report['default_hint']}.",
+        "",
+        "## A. Precision hints (fp32 ONNX file)",
+        "",
+        markdown_table(report["hints"], floatfmt="{:.3g}"),
+        "",
+        "## B. Instruction-set caps (1 thread; each against the uncapped run)",
+        "",
+        markdown_table(report["caps"], floatfmt="{:.3g}"),
+    ]
     atomic_write_text(args.out / "hints_isa.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0

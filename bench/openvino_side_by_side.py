@@ -22,23 +22,22 @@ import argparse
 import shlex
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run  # noqa: E402
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.check.backends import export_backends, load_export_source  # noqa: E402
-from nfdeploy.perf import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group  # noqa: E402
-from nfdeploy.perf.flops import gflops  # noqa: E402
-from nfdeploy.machine import describe_loads  # noqa: E402
-from nfdeploy.perf.peak import cpu_int8_matmul_peak, peak_kind  # noqa: E402
-from nfdeploy.perf.report import fastest_passing  # noqa: E402
-from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows  # noqa: E402
-from nfdeploy.export import export_options, export_run  # noqa: E402
-from nfdeploy.check.parity import PARITY_JSON, parity_report  # noqa: E402
-from nfdeploy.render import markdown_table  # noqa: E402
-from nfdeploy.runtime.base import BackendUnavailable  # noqa: E402
+from bench.gpu.sources import write_random_run
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.check.backends import export_backends, load_export_source
+from nfdeploy.check.parity import PARITY_JSON, parity_report
+from nfdeploy.export import export_options, export_run
+from nfdeploy.machine import describe_loads
+from nfdeploy.perf import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group
+from nfdeploy.perf.flops import gflops
+from nfdeploy.perf.peak import cpu_int8_matmul_peak, peak_kind
+from nfdeploy.perf.report import fastest_passing
+from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows
+from nfdeploy.render import markdown_table
+from nfdeploy.runtime.base import BackendUnavailable
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
 RUNTIMES = ("onnxruntime", "openvino")
@@ -62,8 +61,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=2.0, help="timed seconds per member and batch, at least")
     ap.add_argument("--max-time", type=float, default=60.0, help="cap per batch (all members) before 'noisy'")
-    ap.add_argument("--parity", action="store_true",
-                    help="run nfdeploy parity on these backends first (report in OUT/parity) and name the fastest that passed")
+    ap.add_argument(
+        "--parity",
+        action="store_true",
+        help="run nfdeploy parity on these backends first (report in OUT/parity) and name the fastest that passed",
+    )
     ap.add_argument("--parity-samples", type=int, default=512)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -79,8 +81,14 @@ def main(argv=None) -> int:
         names = [f"{rt}-cpu-{p}" for p in PRECISIONS for rt in RUNTIMES]
         statuses, parity_where = None, "no parity run (--parity not given)"
         if args.parity:  # before any session of the timed group exists: parity holds one backend at a time
-            parity = parity_report(export, args.out / "parity", only=names, max_samples=args.parity_samples,
-                                   threads=args.threads, log=lambda m: print(m, flush=True))
+            parity = parity_report(
+                export,
+                args.out / "parity",
+                only=names,
+                max_samples=args.parity_samples,
+                threads=args.threads,
+                log=lambda m: print(m, flush=True),
+            )
             statuses = {r["name"]: r["status"] for r in parity["backends"]}
             parity_where = str(args.out / "parity" / PARITY_JSON)
         pool = {b.name: b for b in export_backends(source, tensorrt=False, threads=args.threads)}
@@ -96,20 +104,41 @@ def main(argv=None) -> int:
                 skipped[n] = str(e)
                 continue
             backends[n] = b
-        macs = onnx_macs(export / source.manifest["onnx"]["fp32"]["file"])
+        macs = onnx_macs(export / source.manifest.onnx["fp32"].file)
         peaks = {"fp32": cpu_matmul_peak(seconds=2.0), "int8": cpu_int8_matmul_peak(seconds=2.0)}
-        report = {"command": command, "export": str(export), "model": args.model or source.manifest.get("model"),
-                  "input_shape": list(source.input_shape), "threads": args.threads, "macs_per_sample": macs,
-                  "peaks": peaks, "machine": machine_info(),
-                  "onnxruntime_spinning": "on" if any(getattr(b, "spinning", False) for b in backends.values())
-                  else "off (session.intra_op.allow_spinning 0)",
-                  "openvino": {n: {k: b.describe().get(k) for k in ("config", "mac_precisions", "mac_kernels", "inference_precision")}
-                               for n, b in backends.items() if n.startswith("openvino")},
-                  "skipped": skipped, "parity": statuses, "parity_report": parity_where, "batches": []}
-        ratios = {f"{p}: onnxruntime / openvino": (f"onnxruntime-cpu-{p}", f"openvino-cpu-{p}") for p in PRECISIONS
-                  if f"onnxruntime-cpu-{p}" in backends and f"openvino-cpu-{p}" in backends}
-        ratios |= {f"{rt}: fp32 / {p}": (f"{rt}-cpu-fp32", f"{rt}-cpu-{p}") for rt in RUNTIMES for p in PRECISIONS[1:]
-                   if f"{rt}-cpu-fp32" in backends and f"{rt}-cpu-{p}" in backends}
+        report = {
+            "command": command,
+            "export": str(export),
+            "model": args.model or source.manifest.model,
+            "input_shape": list(source.input_shape),
+            "threads": args.threads,
+            "macs_per_sample": macs,
+            "peaks": peaks,
+            "machine": machine_info(),
+            "onnxruntime_spinning": "on"
+            if any(getattr(b, "spinning", False) for b in backends.values())
+            else "off (session.intra_op.allow_spinning 0)",
+            "openvino": {
+                n: {k: b.describe().get(k) for k in ("config", "mac_precisions", "mac_kernels", "inference_precision")}
+                for n, b in backends.items()
+                if n.startswith("openvino")
+            },
+            "skipped": skipped,
+            "parity": statuses,
+            "parity_report": parity_where,
+            "batches": [],
+        }
+        ratios = {
+            f"{p}: onnxruntime / openvino": (f"onnxruntime-cpu-{p}", f"openvino-cpu-{p}")
+            for p in PRECISIONS
+            if f"onnxruntime-cpu-{p}" in backends and f"openvino-cpu-{p}" in backends
+        }
+        ratios |= {
+            f"{rt}: fp32 / {p}": (f"{rt}-cpu-fp32", f"{rt}-cpu-{p}")
+            for rt in RUNTIMES
+            for p in PRECISIONS[1:]
+            if f"{rt}-cpu-fp32" in backends and f"{rt}-cpu-{p}" in backends
+        }
         plan = RoundPlan(warmup_s=1.0, min_time_s=args.min_time, max_time_s=args.max_time)
         for batch in parse_batches(args.batches):
             load0 = machine_load()
@@ -120,9 +149,17 @@ def main(argv=None) -> int:
                 r["gflops"] = gflops(macs, batch, r["median_ms"])
                 pk = peaks[peak_kind("cpu", r["precision"])[1]]
                 r["peak_share"] = r["gflops"] / pk["gflops"] if r["gflops"] and pk["gflops"] else None
-            report["batches"].append({"batch": batch, "rows": rows, "ratios": rat, "info": info,
-                                      "load_before": load0, "load_after": load1,
-                                      "fastest_passing": fastest_passing(list(rows.values()), statuses)})
+            report["batches"].append(
+                {
+                    "batch": batch,
+                    "rows": rows,
+                    "ratios": rat,
+                    "info": info,
+                    "load_before": load0,
+                    "load_after": load1,
+                    "fastest_passing": fastest_passing(list(rows.values()), statuses),
+                }
+            )
             print(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in rows.items()), flush=True)
             for k, v in rat.items():
                 print(f"  {k}: {describe_ratio(v)}", flush=True)
@@ -137,39 +174,90 @@ def write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "side_by_side.json", report)
     fp, i8 = report["peaks"]["fp32"], report["peaks"]["int8"]
-    md = [f"# ONNX Runtime vs OpenVINO, CPU, side by side ({report['model']}, input {report['input_shape']})", "",
-          f"Command: `{report['command']}`.", "",
-          f"{report['threads']} threads; ONNX Runtime intra-op spinning {report['onnxruntime_spinning']}. "
-          f"Interleaved rounds (rotating start); latency = median of per-round medians with its 95% bootstrap "
-          f"interval; ratio = median of per-round ratios (>1: the second is faster). GFLOP/s = 2 x "
-          f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, against peaks measured in the same run: "
-          f"float32 {fp['gflops']:.1f} GFLOP/s ({fp['what']}); int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']}). "
-          f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.", ""]
+    md = [
+        f"# ONNX Runtime vs OpenVINO, CPU, side by side ({report['model']}, input {report['input_shape']})",
+        "",
+        f"Command: `{report['command']}`.",
+        "",
+        f"{report['threads']} threads; ONNX Runtime intra-op spinning {report['onnxruntime_spinning']}. "
+        f"Interleaved rounds (rotating start); latency = median of per-round medians with its 95% bootstrap "
+        f"interval; ratio = median of per-round ratios (>1: the second is faster). GFLOP/s = 2 x "
+        f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, "
+        "against peaks measured in the same run: "
+        f"float32 {fp['gflops']:.1f} GFLOP/s ({fp['what']}); "
+        f"int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']}). "
+        f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.",
+        "",
+    ]
     for b in report["batches"]:
-        md += [f"## batch {b['batch']}", "",
-               f"{describe_loads(b['load_before'], b['load_after'])}. "
-               f"{b['info']['rounds']} rounds, stopped by {b['info']['stopped_by']}.", ""]
-        md.append(markdown_table([{"backend": n, "precision": r["precision"], "median ms": r["median_ms"],
-                                   "95% interval": f"[{r['median_ci95_ms'][0]:.3g}, {r['median_ci95_ms'][1]:.3g}]",
-                                   "GFLOP/s": r["gflops"], "share of peak": r["peak_share"],
-                                   "noisy": "NOISY" if r["noisy"] else ""} for n, r in b["rows"].items()], floatfmt="{:.3g}"))
+        md += [
+            f"## batch {b['batch']}",
+            "",
+            f"{describe_loads(b['load_before'], b['load_after'])}. "
+            f"{b['info']['rounds']} rounds, stopped by {b['info']['stopped_by']}.",
+            "",
+        ]
+        md.append(
+            markdown_table(
+                [
+                    {
+                        "backend": n,
+                        "precision": r["precision"],
+                        "median ms": r["median_ms"],
+                        "95% interval": f"[{r['median_ci95_ms'][0]:.3g}, {r['median_ci95_ms'][1]:.3g}]",
+                        "GFLOP/s": r["gflops"],
+                        "share of peak": r["peak_share"],
+                        "noisy": "NOISY" if r["noisy"] else "",
+                    }
+                    for n, r in b["rows"].items()
+                ],
+                floatfmt="{:.3g}",
+            )
+        )
         md += ["", markdown_table(ratio_table_rows(b["ratios"]), floatfmt="{:.3f}"), ""]
-    verdicts = [{**v, "ort_ov": b["ratios"].get(f"{v['precision']}: onnxruntime / openvino")}
-                for b in report["batches"] for v in b["fastest_passing"]]
-    md += ["## Fastest backend that passed parity (per precision and batch, from the interleaved rows above)", "",
-           f"Parity: {report['parity_report']}" + (" — statuses: " + ", ".join(f"{n} {s}" for n, s in report["parity"].items())
-                                                   if report["parity"] else "") + ".", ""]
+    verdicts = [
+        {**v, "ort_ov": b["ratios"].get(f"{v['precision']}: onnxruntime / openvino")}
+        for b in report["batches"]
+        for v in b["fastest_passing"]
+    ]
+    md += [
+        "## Fastest backend that passed parity (per precision and batch, from the interleaved rows above)",
+        "",
+        f"Parity: {report['parity_report']}"
+        + (" — statuses: " + ", ".join(f"{n} {s}" for n, s in report["parity"].items()) if report["parity"] else "")
+        + ".",
+        "",
+    ]
     if verdicts:
-        md += [markdown_table([{"precision": v["precision"], "batch": v["batch"], "fastest that passed": v["fastest_passing"] or "none passed",
-                                "its ms": v["fastest_passing_ms"], "fastest of all": v["fastest"], "its ms ": v["fastest_ms"],
-                                "its parity": v["fastest_parity"],
-                                "ONNX Runtime / OpenVINO": f"{v['ort_ov']['ratio']:.3f} [{v['ort_ov']['ci95'][0]:.3f}, "
-                                                           f"{v['ort_ov']['ci95'][1]:.3f}]" if v["ort_ov"] else "-"}
-                               for v in verdicts], floatfmt="{:.4g}"),
-               "", "An ONNX Runtime / OpenVINO interval that contains 1 is a tie: the faster median then names no winner.", ""]
+        md += [
+            markdown_table(
+                [
+                    {
+                        "precision": v["precision"],
+                        "batch": v["batch"],
+                        "fastest that passed": v["fastest_passing"] or "none passed",
+                        "its ms": v["fastest_passing_ms"],
+                        "fastest of all": v["fastest"],
+                        "its ms ": v["fastest_ms"],
+                        "its parity": v["fastest_parity"],
+                        "ONNX Runtime / OpenVINO": f"{v['ort_ov']['ratio']:.3f} [{v['ort_ov']['ci95'][0]:.3f}, "
+                        f"{v['ort_ov']['ci95'][1]:.3f}]"
+                        if v["ort_ov"]
+                        else "-",
+                    }
+                    for v in verdicts
+                ],
+                floatfmt="{:.4g}",
+            ),
+            "",
+            "An ONNX Runtime / OpenVINO interval that contains 1 is a tie: the faster median then names no winner.",
+            "",
+        ]
     md += ["## OpenVINO's runtime model on this CPU", ""]
-    md += [f"- {n}: {v['inference_precision']}, MAC layers by precision {v['mac_precisions']}, kernels {v['mac_kernels']}"
-           for n, v in report["openvino"].items()]
+    md += [
+        f"- {n}: {v['inference_precision']}, MAC layers by precision {v['mac_precisions']}, kernels {v['mac_kernels']}"
+        for n, v in report["openvino"].items()
+    ]
     if report["skipped"]:
         md += ["", "Skipped: " + "; ".join(f"{n}: {why}" for n, why in report["skipped"].items())]
     atomic_write_text(out / "side_by_side.md", "\n".join(md) + "\n")

@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from nfdeploy.check.backends import load_export_source, torch_backend  # noqa: E402
-from nfdeploy.machine import machine_load  # noqa: E402
-from nfdeploy.perf.rounds import RoundPlan, describe_ratio  # noqa: E402
-from nfdeploy.perf.timing import time_group  # noqa: E402
-from nfdeploy.runtime.base import BackendSpec  # noqa: E402
-from nfdeploy.runtime.ort import OrtBackend  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.check.backends import load_export_source, torch_backend
+from nfdeploy.machine import machine_load
+from nfdeploy.perf.rounds import RoundPlan, describe_ratio
+from nfdeploy.perf.timing import time_group
+from nfdeploy.runtime.base import BackendSpec
+from nfdeploy.runtime.ort import OrtBackend
 
 
 def main() -> int:
@@ -39,46 +39,75 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     source = load_export_source(args.export_dir)
-    onnx = args.export_dir / source.manifest["onnx"]["fp32"]["file"]
+    onnx = args.export_dir / source.manifest.onnx["fp32"].file
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(shutil.copy(onnx, Path(tmp) / "copy.onnx"))
         for batch in (int(b) for b in args.batches.split(",")):
             for spinning in (True, False):
-                members = {"A": OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, onnx,
-                                           threads=args.threads),
-                           "B": OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, copy,
-                                           threads=args.threads),
-                           "torch": torch_backend(source, BackendSpec("torch", "cpu", "fp32", "folded"))}
+                members = {
+                    "A": OrtBackend(
+                        BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, onnx, threads=args.threads
+                    ),
+                    "B": OrtBackend(
+                        BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, copy, threads=args.threads
+                    ),
+                    "torch": torch_backend(source, BackendSpec("torch", "cpu", "fp32", "folded")),
+                }
                 members["A"].spinning = members["B"].spinning = spinning
                 for b in members.values():
                     b.activate()
                 try:
                     load = machine_load()
-                    res, ratios, info = time_group(members, batch, source.input_shape,
-                                                   RoundPlan(warmup_s=1.0, min_time_s=args.min_time, min_iters=10,
-                                                             max_time_s=6 * args.min_time),
-                                                   ratios={"A/B": ("A", "B"), "A/torch": ("A", "torch")})
+                    res, ratios, info = time_group(
+                        members,
+                        batch,
+                        source.input_shape,
+                        RoundPlan(warmup_s=1.0, min_time_s=args.min_time, min_iters=10, max_time_s=6 * args.min_time),
+                        ratios={"A/B": ("A", "B"), "A/torch": ("A", "torch")},
+                    )
                 finally:
                     for b in members.values():
                         b.deactivate()
-                r = {"batch": batch, "ort_spinning": spinning, "A_ms": res["A"]["median_ms"],
-                     "B_ms": res["B"]["median_ms"], "torch_ms": res["torch"]["median_ms"],
-                     "A/B": describe_ratio(ratios["A/B"]), "A/B_ci95": ratios["A/B"]["ci95"],
-                     "rounds": info["rounds"], "settled": info["settled"], "load_before": load["loadavg_1_5_15"],
-                     "other_cores_before": load["other_processes_cores"]}
+                r = {
+                    "batch": batch,
+                    "ort_spinning": spinning,
+                    "A_ms": res["A"]["median_ms"],
+                    "B_ms": res["B"]["median_ms"],
+                    "torch_ms": res["torch"]["median_ms"],
+                    "A/B": describe_ratio(ratios["A/B"]),
+                    "A/B_ci95": ratios["A/B"]["ci95"],
+                    "rounds": info["rounds"],
+                    "settled": info["settled"],
+                    "load_before": load["loadavg_1_5_15"],
+                    "other_cores_before": load["other_processes_cores"],
+                }
                 rows.append(r)
                 print(r, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "ort_spinning.json", {"rows": rows, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                                                        "threads": args.threads, "export": str(args.export_dir)})
-    md = [f"# ORT export vs a copy of itself, torch folded in the same round ({source.manifest['model']})", "",
-          f"Command: `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} python bench/ort_spinning.py EXPORT --out OUT "
-          f"--batches {args.batches} --threads {args.threads} --min-time {args.min_time}`", "",
-          "| batch | ORT spinning | A ms | B (copy) ms | torch ms | A / B [95% interval] | settled | load before |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['batch']} | {'on' if r['ort_spinning'] else 'off'} | {r['A_ms']:.3g} | {r['B_ms']:.3g} | "
-           f"{r['torch_ms']:.3g} | {r['A/B']} | {r['settled']} | {r['load_before']} |" for r in rows]
+    atomic_write_json(
+        args.out / "ort_spinning.json",
+        {
+            "rows": rows,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "threads": args.threads,
+            "export": str(args.export_dir),
+        },
+    )
+    md = [
+        f"# ORT export vs a copy of itself, torch folded in the same round ({source.manifest.model})",
+        "",
+        f"Command: `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} python bench/ort_spinning.py EXPORT --out OUT "
+        f"--batches {args.batches} --threads {args.threads} --min-time {args.min_time}`",
+        "",
+        "| batch | ORT spinning | A ms | B (copy) ms | torch ms | A / B [95% interval] | settled | load before |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['batch']} | {'on' if r['ort_spinning'] else 'off'} | {r['A_ms']:.3g} | {r['B_ms']:.3g} | "
+        f"{r['torch_ms']:.3g} | {r['A/B']} | {r['settled']} | {r['load_before']} |"
+        for r in rows
+    ]
     atomic_write_text(args.out / "ort_spinning.md", "\n".join(md) + "\n")
     return 0
 

@@ -22,31 +22,57 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run  # noqa: E402
-from nfdeploy.artifacts import atomic_write_json  # noqa: E402
-from nfdeploy.check.backends import default_report_dir  # noqa: E402
-from nfdeploy.machine import machine_info  # noqa: E402
-from nfdeploy.export import export_options, export_run  # noqa: E402
-from nfdeploy.check.parity import parity_report  # noqa: E402
-from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance  # noqa: E402
+from bench.gpu.sources import write_random_run
+from nfdeploy.artifacts import atomic_write_json
+from nfdeploy.check.backends import default_report_dir
+from nfdeploy.check.parity import parity_report
+from nfdeploy.export import export_options, export_run
+from nfdeploy.machine import machine_info
+from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance
 
 SERVED = "onnxruntime-cpu-fp32"
 TORCH = "torch-cpu-fp32-folded"
 RUNS = {
-    "digits": dict(export="digits", serve=["--backend", SERVED, "--max-batch", "8"],
-                   opts=LoadOptions(concurrency=(1, 2, 4, 8, 16), window_s=1.0, max_windows=10, samples=32,
-                                    speed_time_s=15.0)),
-    "overload": dict(export="digits", serve=["--backend", SERVED, "--max-batch", "8", "--max-queue-size", "16"],
-                     opts=LoadOptions(concurrency=(1,), window_s=1.0, max_windows=3, samples=32, overload=64,
-                                      overload_requests=16, faults=False, speed=False)),
-    "nf_resnet50": dict(export="nf_resnet50", serve=["--backend", SERVED, "--max-batch", "8"],
-                        opts=LoadOptions(concurrency=(1, 8), window_s=5.0, max_windows=4, samples=16, timeout_s=60.0,
-                                         burst_clients=0, speed_time_s=30.0)),
+    "digits": dict(
+        export="digits",
+        serve=["--backend", SERVED, "--max-batch", "8"],
+        opts=LoadOptions(concurrency=(1, 2, 4, 8, 16), window_s=1.0, max_windows=10, samples=32, speed_time_s=15.0),
+    ),
+    "overload": dict(
+        export="digits",
+        serve=["--backend", SERVED, "--max-batch", "8", "--max-queue-size", "16"],
+        opts=LoadOptions(
+            concurrency=(1,),
+            window_s=1.0,
+            max_windows=3,
+            samples=32,
+            overload=64,
+            overload_requests=16,
+            faults=False,
+            speed=False,
+        ),
+    ),
+    "nf_resnet50": dict(
+        export="nf_resnet50",
+        serve=["--backend", SERVED, "--max-batch", "8"],
+        opts=LoadOptions(
+            concurrency=(1, 8),
+            window_s=5.0,
+            max_windows=4,
+            samples=16,
+            timeout_s=60.0,
+            burst_clients=0,
+            speed_time_s=30.0,
+        ),
+    ),
     # The same at a 5 ms queue delay: a closed loop of 8 clients otherwise alternates batches of 1 and 7.
-    "nf_resnet50-delay5ms": dict(export="nf_resnet50", serve=["--backend", SERVED, "--max-batch", "8",
-                                                              "--max-queue-delay-us", "5000"],
-                                 opts=LoadOptions(concurrency=(8,), window_s=5.0, max_windows=4, samples=16,
-                                                  timeout_s=60.0, faults=False, speed_time_s=30.0)),
+    "nf_resnet50-delay5ms": dict(
+        export="nf_resnet50",
+        serve=["--backend", SERVED, "--max-batch", "8", "--max-queue-delay-us", "5000"],
+        opts=LoadOptions(
+            concurrency=(8,), window_s=5.0, max_windows=4, samples=16, timeout_s=60.0, faults=False, speed_time_s=30.0
+        ),
+    ),
 }
 
 

@@ -16,16 +16,23 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nfdeploy.artifacts import atomic_write_json  # noqa: E402
-from nfdeploy.serve.repository import (CONFIG, PackageOptions, check_repository, describe_repository,  # noqa: E402
-                                       package_export)
-from nfdeploy.serve.server import load_check  # noqa: E402
+from nfdeploy.artifacts import atomic_write_json
+from nfdeploy.serve.repository import (
+    MODEL_CONFIG,
+    PackageOptions,
+    check_repository,
+    describe_repository,
+    package_export,
+)
+from nfdeploy.serve.server import load_check
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("export", type=Path)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / f"serve-cpu-{date.today()}" / "repository")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / f"serve-cpu-{date.today()}" / "repository"
+    )
     args = ap.parse_args(argv)
     failed = False
     with tempfile.TemporaryDirectory() as td:
@@ -36,7 +43,7 @@ def main(argv=None) -> int:
             out = args.out / form
             out.mkdir(parents=True, exist_ok=True)
             for model in checks:
-                shutil.copy(repo / model / CONFIG, out / f"{model}.config.pbtxt")
+                shutil.copy(repo / model / MODEL_CONFIG, out / f"{model}.config.pbtxt")
             atomic_write_json(out / "parsed.json", describe_repository(repo))
             result = {"checks": checks}
             if not native and not any(checks.values()):

@@ -68,17 +68,35 @@ def main(argv: list[str] | None = None) -> int:
                 t[name] += step_times(name, args.batch, size, in_chans, args.min_time / args.rounds, args.warmup)
         med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
         p90 = {k: sorted(v)[int(0.9 * (len(v) - 1))] * 1e3 for k, v in t.items()}
-        rows.append({"nf_model": nf, "input": f"{args.batch}x{in_chans}x{size}x{size}",
-                     "nf_median_ms": med[nf], "nf_p90_ms": p90[nf], "bn_median_ms": med[bn], "bn_p90_ms": p90[bn],
-                     "nf_over_bn": med[nf] / med[bn], "steps_nf": len(t[nf]), "steps_bn": len(t[bn]),
-                     "goal_le_1.25": med[nf] / med[bn] <= 1.25})
-    meta = {"date": date.today().isoformat(), "device": "cpu", "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "batch": args.batch,
-            "timing": "host wall time per step (perf_counter), median over steps after time-based warm-up",
-            "step": "forward + backward (+ AGC on NF), cross-entropy with label smoothing"}
-    md = (f"# NF vs BN-twin training step, CPU ({meta['date']})\n\n"
-          f"torch {meta['torch']}, {meta['threads']} threads. {meta['step']}; {meta['timing']}.\n\n"
-          + markdown_table(rows, floatfmt="{:.3f}") + "\n`python bench/train_step.py`\n")
+        rows.append(
+            {
+                "nf_model": nf,
+                "input": f"{args.batch}x{in_chans}x{size}x{size}",
+                "nf_median_ms": med[nf],
+                "nf_p90_ms": p90[nf],
+                "bn_median_ms": med[bn],
+                "bn_p90_ms": p90[bn],
+                "nf_over_bn": med[nf] / med[bn],
+                "steps_nf": len(t[nf]),
+                "steps_bn": len(t[bn]),
+                "goal_le_1.25": med[nf] / med[bn] <= 1.25,
+            }
+        )
+    meta = {
+        "date": date.today().isoformat(),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "timing": "host wall time per step (perf_counter), median over steps after time-based warm-up",
+        "step": "forward + backward (+ AGC on NF), cross-entropy with label smoothing",
+    }
+    md = (
+        f"# NF vs BN-twin training step, CPU ({meta['date']})\n\n"
+        f"torch {meta['torch']}, {meta['threads']} threads. {meta['step']}; {meta['timing']}.\n\n"
+        + markdown_table(rows, floatfmt="{:.3f}")
+        + "\n`python bench/train_step.py`\n"
+    )
     write_bench_result(args.out, f"train_step-cpu-{meta['date']}", meta, rows, md)
     return 0
 

@@ -32,9 +32,18 @@ def plain_export(model: torch.nn.Module, path: Path, shape, dtype) -> None:
     x = torch.randn(2, *shape, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=18,
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def main(argv=None) -> int:
@@ -49,8 +58,10 @@ def main(argv=None) -> int:
     rows, records = [], {}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        sources = {"nfdeploy nf_resnet50 (folded NF)": ("nf", "nf_resnet50"),
-                   "nfdeploy bn_resnet50 (folded BN twin)": ("nf", "bn_resnet50")}
+        sources = {
+            "nfdeploy nf_resnet50 (folded NF)": ("nf", "nf_resnet50"),
+            "nfdeploy bn_resnet50 (folded BN twin)": ("nf", "bn_resnet50"),
+        }
         if not args.no_timm:
             sources["timm nf_resnet50 (plain export)"] = ("timm", "nf_resnet50")
         for label, (kind, name) in sources.items():
@@ -65,21 +76,41 @@ def main(argv=None) -> int:
                     plain_export(randomize_timm_(create_timm_model(name), seed=0), onnx_path, shape, dtype)
                 rec = build_engine(onnx_path, tmp / f"{name}-{kind}-{prec}.engine", prec, shape, opts)
                 records[f"{label} {prec}"] = rec
-                rows.append({"model": label, "precision": prec, "onnx_nodes": _nodes(onnx_path),
-                             "network_layers": rec["network_layers"], "build_s": rec["build_seconds"],
-                             "engine_MiB": rec["engine_bytes"] / 2**20})
+                rows.append(
+                    {
+                        "model": label,
+                        "precision": prec,
+                        "onnx_nodes": _nodes(onnx_path),
+                        "network_layers": rec["network_layers"],
+                        "build_s": rec["build_seconds"],
+                        "engine_MiB": rec["engine_bytes"] / 2**20,
+                    }
+                )
                 print(markdown_table(rows[-1:], floatfmt="{:.3g}"), flush=True)
     any_rec = next(iter(records.values()))
-    meta = {"date": date.today().isoformat(), "flavour": any_rec["flavour"], "version": any_rec["version"],
-            "built_without_gpu": any_rec["built_without_gpu"], "gpu": any_rec["gpu"],
-            "compute_capabilities": any_rec["compute_capabilities"], "input": f"batch x 3 x {args.size} x {args.size}",
-            "profiles": "1:8:32", "machine": "2 CPU cores, no GPU" if any_rec["built_without_gpu"] else any_rec["gpu"]}
-    md = (f"# TensorRT build: nf_resnet50 folded NF vs folded BN twin vs timm plain export ({meta['date']})\n\n"
-          f"{meta['flavour']} {meta['version']} on {meta['machine']}; targets {', '.join(meta['compute_capabilities'] or [])}; "
-          f"input {meta['input']}, profile {meta['profiles']}, strongly typed (fp16 = the fp16 ONNX variant). "
-          "network_layers = parsed network before fusion.\n\n"
-          + markdown_table(rows, floatfmt="{:.3g}") + "\n`PYTHONPATH=tests/torchvision_shim python bench/trt_build.py`\n")
-    write_bench_result(args.out, f"trt_build-{'cpu' if meta['built_without_gpu'] else 'gpu'}-{meta['date']}", meta, rows, md)
+    meta = {
+        "date": date.today().isoformat(),
+        "flavour": any_rec["flavour"],
+        "version": any_rec["version"],
+        "built_without_gpu": any_rec["built_without_gpu"],
+        "gpu": any_rec["gpu"],
+        "compute_capabilities": any_rec["compute_capabilities"],
+        "input": f"batch x 3 x {args.size} x {args.size}",
+        "profiles": "1:8:32",
+        "machine": "2 CPU cores, no GPU" if any_rec["built_without_gpu"] else any_rec["gpu"],
+    }
+    md = (
+        f"# TensorRT build: nf_resnet50 folded NF vs folded BN twin vs timm plain export ({meta['date']})\n\n"
+        f"{meta['flavour']} {meta['version']} on {meta['machine']}; "
+        f"targets {', '.join(meta['compute_capabilities'] or [])}; "
+        f"input {meta['input']}, profile {meta['profiles']}, strongly typed (fp16 = the fp16 ONNX variant). "
+        "network_layers = parsed network before fusion.\n\n"
+        + markdown_table(rows, floatfmt="{:.3g}")
+        + "\n`PYTHONPATH=tests/torchvision_shim python bench/trt_build.py`\n"
+    )
+    write_bench_result(
+        args.out, f"trt_build-{'cpu' if meta['built_without_gpu'] else 'gpu'}-{meta['date']}", meta, rows, md
+    )
     return 0
 
 

@@ -52,9 +52,16 @@ class DataSection:
         """The dataset this section names, resized to `input_size` (default: the section's)."""
         from nfdeploy.data import load_dataset
 
-        return load_dataset(self.dataset, self.path or None, input_size=input_size or self.input_size, seed=self.seed,
-                            test_fraction=self.test_fraction, synthetic_size=self.synthetic_size,
-                            num_classes=self.num_classes, in_chans=self.in_chans)
+        return load_dataset(
+            self.dataset,
+            self.path or None,
+            input_size=input_size or self.input_size,
+            seed=self.seed,
+            test_fraction=self.test_fraction,
+            synthetic_size=self.synthetic_size,
+            num_classes=self.num_classes,
+            in_chans=self.in_chans,
+        )
 
 
 @dataclass
@@ -167,7 +174,9 @@ def _validate(r: Recipe) -> Recipe:
     need(d.synthetic_size >= 8, "data.synthetic_size", "must be >= 8")
     need(d.num_classes >= 2, "data.num_classes", "must be >= 2")
     need(d.in_chans in (1, 3), "data.in_chans", "must be 1 or 3")
-    need(d.dataset not in ("cifar10", "imagefolder") or bool(d.path), "data.path", f"required for dataset {d.dataset!r}")
+    need(
+        d.dataset not in ("cifar10", "imagefolder") or bool(d.path), "data.path", f"required for dataset {d.dataset!r}"
+    )
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", "must be > 0")
@@ -240,8 +249,10 @@ def list_recipes() -> dict[str, str]:
         tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
         model, data, train = (tables.get(k, {}) for k in ("model", "data", "train"))
         size = data.get("input_size", DataSection.input_size)
-        out[path.stem] = (f"{model.get('name', ModelSection.name)} on {data.get('dataset', DataSection.dataset)}, "
-                          f"{size}x{size}, {train.get('epochs', TrainSection.epochs)} epochs")
+        out[path.stem] = (
+            f"{model.get('name', ModelSection.name)} on {data.get('dataset', DataSection.dataset)}, "
+            f"{size}x{size}, {train.get('epochs', TrainSection.epochs)} epochs"
+        )
     return out
 
 
@@ -282,7 +293,18 @@ def recipe_from_resolved(resolved: dict[str, Any]) -> Recipe:
 
 
 __all__ = [
-    "DATASETS", "DEFAULT_RECIPE", "RECIPE_DIR", "DataSection", "ModelSection", "Recipe", "RecipeError",
-    "TrainSection", "list_recipes", "load_recipe", "parse_override", "recipe_from_dict", "recipe_from_resolved",
+    "DATASETS",
+    "DEFAULT_RECIPE",
+    "RECIPE_DIR",
+    "DataSection",
+    "ModelSection",
+    "Recipe",
+    "RecipeError",
+    "TrainSection",
+    "list_recipes",
+    "load_recipe",
+    "parse_override",
+    "recipe_from_dict",
+    "recipe_from_resolved",
     "resolve_recipe_path",
 ]

@@ -202,7 +202,9 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int, what:
     try:
         tr, te = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
     except ValueError as exc:
-        raise DataError(f"{what}: cannot make a stratified split with test_fraction={test_fraction}: {one_line(exc)}") from None
+        raise DataError(
+            f"{what}: cannot make a stratified split with test_fraction={test_fraction}: {one_line(exc)}"
+        ) from None
     return np.sort(tr), np.sort(te)
 
 
@@ -230,8 +232,12 @@ def _load_digits(input_size: int, seed: int, test_fraction: float) -> ImageDatas
     labels = torch.from_numpy(y)
     tr, te = _stratified_split(y, test_fraction, seed, "digits")
     return _finish(
-        "digits", _split(images, labels, tr), _split(images, labels, te),
-        [str(i) for i in range(10)], False, "sklearn.datasets.load_digits",
+        "digits",
+        _split(images, labels, tr),
+        _split(images, labels, te),
+        [str(i) for i in range(10)],
+        False,
+        "sklearn.datasets.load_digits",
     )
 
 
@@ -372,8 +378,7 @@ def _class_dirs(root: Path) -> list[Path]:
 
 def _image_files(d: Path) -> list[Path]:
     return sorted(
-        f for f in d.rglob("*")
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+        f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
     )
 
 
@@ -427,7 +432,9 @@ def _read_tree(root: Path, class_names: list[str], input_size: int, mode: str) -
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)
 
 
-def _load_imagefolder(path: str | None, input_size: int, seed: int, test_fraction: float, in_chans: int) -> ImageDataset:
+def _load_imagefolder(
+    path: str | None, input_size: int, seed: int, test_fraction: float, in_chans: int
+) -> ImageDataset:
     root = _existing_dir(path, "imagefolder")
     if in_chans not in (1, 3):
         raise DataError(f"imagefolder {root}: in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
@@ -485,7 +492,11 @@ def _load_synthetic(input_size: int, seed: int, size: int, num_classes: int, in_
     train = make(size)
     test = make(max(1, size // 4))
     return _finish(
-        "synthetic", train, test, [f"class{i}" for i in range(num_classes)], False,
+        "synthetic",
+        train,
+        test,
+        [f"class{i}" for i in range(num_classes)],
+        False,
         f"synthetic(seed={seed}, size={size}, num_classes={num_classes}, in_chans={in_chans})",
     )
 

@@ -33,7 +33,9 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtraError(f"{module} is not installed ({e}); install it with: pip install 'nfdeploy[{extra}]'") from None
+        raise MissingExtraError(
+            f"{module} is not installed ({e}); install it with: pip install 'nfdeploy[{extra}]'"
+        ) from None
 
 
 __all__ = ["MissingExtraError", "UserError", "one_line", "require"]

@@ -30,9 +30,11 @@ from nfdeploy.nn import GammaAct, ScaledStdConv2d, standardize_weight
 from nfdeploy.nn.layers import SqueezeExcite
 
 _ACT_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-_RESIDUAL_BN_REASON = ("BatchNorm on the residual stream (between an Add and a nonlinear activation): "
-                       "its input also feeds the identity path and no linear op is adjacent, so it "
-                       "cannot fold into any conv")
+_RESIDUAL_BN_REASON = (
+    "BatchNorm on the residual stream (between an Add and a nonlinear activation): "
+    "its input also feeds the identity path and no linear op is adjacent, so it "
+    "cannot fold into any conv"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,7 +58,12 @@ class FoldedSE(nn.Module):
     def __init__(self, fc1: nn.Conv2d, fc2: nn.Conv2d):
         super().__init__()
         self.pool, self.fc1, self.relu, self.fc2, self.sigmoid = (
-            nn.AdaptiveAvgPool2d(1), fc1, nn.ReLU(), fc2, nn.Sigmoid())
+            nn.AdaptiveAvgPool2d(1),
+            fc1,
+            nn.ReLU(),
+            fc2,
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.pool(x)))))
@@ -65,8 +72,15 @@ class FoldedSE(nn.Module):
 class FoldedBlock(nn.Module):
     """out = shortcut(act(norm1(x)) or x) + [se](conv_n(act(...conv_0(act(norm1(x))))))."""
 
-    def __init__(self, norm1: nn.Module, act1: nn.Module, shortcut: FoldedShortcut | None,
-                 convs: list[nn.Conv2d], acts: list[nn.Module], se: FoldedSE | None):
+    def __init__(
+        self,
+        norm1: nn.Module,
+        act1: nn.Module,
+        shortcut: FoldedShortcut | None,
+        convs: list[nn.Conv2d],
+        acts: list[nn.Module],
+        se: FoldedSE | None,
+    ):
         super().__init__()
         self.norm1, self.act1, self.shortcut = norm1, act1, shortcut
         self.convs, self.acts, self.se = nn.ModuleList(convs), nn.ModuleList(acts), se
@@ -87,8 +101,9 @@ class FoldedNet(nn.Module):
 
     Module names mirror NFResNet's, so a report's "blocks.3.convs.0.weight" names a parameter of both."""
 
-    def __init__(self, stem: nn.Sequential, blocks: list[FoldedBlock], final_norm: nn.Module,
-                 final_act: nn.Module, fc: nn.Linear):
+    def __init__(
+        self, stem: nn.Sequential, blocks: list[FoldedBlock], final_norm: nn.Module, final_act: nn.Module, fc: nn.Linear
+    ):
         super().__init__()
         self.stem, self.blocks = stem, nn.Sequential(*blocks)
         self.final_norm, self.final_act, self.pool, self.fc = final_norm, final_act, nn.AdaptiveAvgPool2d(1), fc
@@ -122,20 +137,36 @@ class FoldReport:
     def totals(self) -> dict[str, int]:
         folded = [e for s in self._sections() for e in s["folded"]]
         kinds = Counter(e["kind"] for e in folded)
-        return {"blocks": len(self.blocks), "folded": len(folded),
-                "weight_standardizations": kinds["weight_standardization"],
-                "batchnorms_folded": kinds["batchnorm"], "scalars_folded": kinds["scalar"],
-                "explicit": sum(len(s["explicit"]) for s in self._sections()), "removed": len(self.removed)}
+        return {
+            "blocks": len(self.blocks),
+            "folded": len(folded),
+            "weight_standardizations": kinds["weight_standardization"],
+            "batchnorms_folded": kinds["batchnorm"],
+            "scalars_folded": kinds["scalar"],
+            "explicit": sum(len(s["explicit"]) for s in self._sections()),
+            "removed": len(self.removed),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy({"norm": self.norm, "dtype": self.dtype, "stem": self.stem, "blocks": self.blocks,
-                              "head": self.head, "removed": self.removed, "ops": self.ops, "totals": self.totals})
+        return copy.deepcopy(
+            {
+                "norm": self.norm,
+                "dtype": self.dtype,
+                "stem": self.stem,
+                "blocks": self.blocks,
+                "head": self.head,
+                "removed": self.removed,
+                "ops": self.ops,
+                "totals": self.totals,
+            }
+        )
 
 
 def count_ops(module: nn.Module) -> dict[str, int]:
     """Leaf module type name -> count (Identity excluded: it is no op)."""
-    return dict(Counter(type(m).__name__ for m in module.modules()
-                        if not list(m.children()) and not isinstance(m, nn.Identity)))
+    return dict(
+        Counter(type(m).__name__ for m in module.modules() if not list(m.children()) and not isinstance(m, nn.Identity))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,8 +182,14 @@ class _Conv:
         w = src.weight.detach()
         if isinstance(src, ScaledStdConv2d):
             w = standardize_weight(w.double(), src.gain.detach().double(), src.eps)
-            section["folded"].append({"constant": "WS(weight, gain)", "kind": "weight_standardization",
-                                      "value": None, "into": [f"{name}.weight"]})
+            section["folded"].append(
+                {
+                    "constant": "WS(weight, gain)",
+                    "kind": "weight_standardization",
+                    "value": None,
+                    "into": [f"{name}.weight"],
+                }
+            )
         else:
             w = w.to(torch.float64, copy=True)
         self.weight = w
@@ -176,8 +213,18 @@ class _Conv:
 
     def build(self, dtype: torch.dtype) -> nn.Conv2d:
         s = self.src
-        conv = nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation,
-                         s.groups, bias=self.bias is not None, padding_mode=s.padding_mode, device="meta")
+        conv = nn.Conv2d(
+            s.in_channels,
+            s.out_channels,
+            s.kernel_size,
+            s.stride,
+            s.padding,
+            s.dilation,
+            s.groups,
+            bias=self.bias is not None,
+            padding_mode=s.padding_mode,
+            device="meta",
+        )
         conv.weight = nn.Parameter(self.weight.to(dtype), requires_grad=False)
         if self.bias is not None:
             conv.bias = nn.Parameter(self.bias.to(dtype), requires_grad=False)
@@ -201,8 +248,14 @@ def _fold_bn(conv: _Conv, bn: nn.BatchNorm2d, bn_name: str, section: dict) -> No
         s = s * bn.weight.detach().double()
     conv.scale_out(s)
     conv.shift_out(-mu * s + (bn.bias.detach().double() if bn.affine else 0.0))
-    section["folded"].append({"constant": f"BatchNorm({bn_name})", "kind": "batchnorm", "value": None,
-                              "into": [f"{conv.name}.weight", f"{conv.name}.bias"]})
+    section["folded"].append(
+        {
+            "constant": f"BatchNorm({bn_name})",
+            "kind": "batchnorm",
+            "value": None,
+            "into": [f"{conv.name}.weight", f"{conv.name}.bias"],
+        }
+    )
 
 
 def _explicit_bn(bn: nn.Module, name: str, section: dict, dtype: torch.dtype) -> nn.Module:
@@ -216,8 +269,9 @@ def _explicit_bn(bn: nn.Module, name: str, section: dict, dtype: torch.dtype) ->
     return out
 
 
-def _fold_block(b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype,
-                norm1_folded: bool = False) -> FoldedBlock:
+def _fold_block(
+    b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype, norm1_folded: bool = False
+) -> FoldedBlock:
     p = f"blocks.{i}"
     sec: dict[str, Any] = {"block": i, "transition": b.shortcut is not None, "folded": [], "explicit": []}
     norm1 = nn.Identity() if norm1_folded else _explicit_bn(b.norm1, f"{p}.norm1", sec, dtype)
@@ -246,8 +300,12 @@ def _fold_block(b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype
     label = ("attn_gain*" if se_gain != 1.0 else "") + ("alpha*skip_gain" if b.skip_gain is not None else "") or "c"
     if c != 1.0:
         last.scale_out(torch.tensor(c, dtype=torch.float64))
-        entry = {"constant": label, "kind": "scalar", "value": c, "into": [f"{last.name}.weight"]
-                 + ([f"{last.name}.bias"] if last.bias is not None else [])}
+        entry = {
+            "constant": label,
+            "kind": "scalar",
+            "value": c,
+            "into": [f"{last.name}.weight"] + ([f"{last.name}.bias"] if last.bias is not None else []),
+        }
         if c == 0.0 and b.se is not None:
             entry["note"] = "branch output is exactly zero; SE gate left unchanged"
         sec["folded"].append(entry)
@@ -260,8 +318,9 @@ def _fold_block(b: ResidualBlock, i: int, report: FoldReport, dtype: torch.dtype
     if not isinstance(b.drop_path, nn.Identity):
         report.removed.append({"module": f"{p}.drop_path", "reason": "stochastic depth is identity at inference"})
     report.blocks.append(sec)
-    return FoldedBlock(norm1, _act(b.act1), shortcut, [c_.build(dtype) for c_ in convs],
-                       [_act(a, inplace=True) for a in b.acts], se)
+    return FoldedBlock(
+        norm1, _act(b.act1), shortcut, [c_.build(dtype) for c_ in convs], [_act(a, inplace=True) for a in b.acts], se
+    )
 
 
 @torch.no_grad()
@@ -274,8 +333,7 @@ def fold_model(model: NFResNet, dtype: torch.dtype = torch.float32) -> tuple[Fol
     # transition block, nothing else reads that output (the shortcut takes act(norm1(x))): it is an
     # ordinary conv -> BN pair and folds into the stem conv.
     b0 = model.blocks[0]
-    stem_bn = (isinstance(b0.norm1, nn.BatchNorm2d) and b0.shortcut is not None
-               and isinstance(model.stem[-1], nn.Conv2d))
+    stem_bn = isinstance(b0.norm1, nn.BatchNorm2d) and b0.shortcut is not None and isinstance(model.stem[-1], nn.Conv2d)
     stem_mods = []
     for k, m in enumerate(model.stem):
         if isinstance(m, nn.Conv2d):
@@ -293,8 +351,14 @@ def fold_model(model: NFResNet, dtype: torch.dtype = torch.float32) -> tuple[Fol
     m = model.final_act.multiplier
     w = model.fc.weight.detach().double() * m
     if m != 1.0:
-        report.head["folded"].append({"constant": "gamma" if cfg.norm == "nf" else "final_act.multiplier",
-                                      "kind": "scalar", "value": m, "into": ["fc.weight"]})
+        report.head["folded"].append(
+            {
+                "constant": "gamma" if cfg.norm == "nf" else "final_act.multiplier",
+                "kind": "scalar",
+                "value": m,
+                "into": ["fc.weight"],
+            }
+        )
     fc = nn.Linear(model.fc.in_features, model.fc.out_features, bias=model.fc.bias is not None, device="meta")
     fc.weight = nn.Parameter(w.to(dtype), requires_grad=False)
     if model.fc.bias is not None:
@@ -362,5 +426,14 @@ def randomize_(model: NFResNet, seed: int = 0) -> NFResNet:
     return model
 
 
-__all__ = ["FoldReport", "FoldedBlock", "FoldedNet", "FoldedSE", "FoldedShortcut",
-           "count_ops", "fold_model", "randomize_", "unfolded_equivalence"]
+__all__ = [
+    "FoldReport",
+    "FoldedBlock",
+    "FoldedNet",
+    "FoldedSE",
+    "FoldedShortcut",
+    "count_ops",
+    "fold_model",
+    "randomize_",
+    "unfolded_equivalence",
+]

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 
-
 def _cpu_info() -> dict[str, Any]:
     info: dict[str, Any] = {"model": platform.processor() or "unknown", "mhz_as_found": None}
     try:
@@ -51,13 +50,22 @@ def _gpu_info() -> dict[str, Any] | None:
     if base is None:
         return None
     p = torch.cuda.get_device_properties(0)
-    g: dict[str, Any] = {**base, "memory_gib": p.total_memory / 2**30, "multiprocessors": p.multi_processor_count,
-                         "cuda_runtime": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    g: dict[str, Any] = {
+        **base,
+        "memory_gib": p.total_memory / 2**30,
+        "multiprocessors": p.multi_processor_count,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     if shutil.which("nvidia-smi"):
         q = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
         try:
-            r = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader", "-i", "0"],
-                               capture_output=True, text=True, timeout=10)
+            r = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if r.returncode == 0 and r.stdout.strip():
                 g["nvidia_smi_as_found"] = dict(zip(q.split(","), (v.strip() for v in r.stdout.strip().split(","))))
         except (OSError, subprocess.SubprocessError):
@@ -68,8 +76,11 @@ def _gpu_info() -> dict[str, Any] | None:
 def _versions() -> dict[str, Any]:
     import nfdeploy
 
-    v: dict[str, Any] = {"nfdeploy": nfdeploy.__version__, "python": platform.python_version(),
-                         "torch": torch.__version__}
+    v: dict[str, Any] = {
+        "nfdeploy": nfdeploy.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     for pkg in ("numpy", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-rtx"):
         try:
             v[pkg] = md.version(pkg)
@@ -86,10 +97,16 @@ def _versions() -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu": _cpu_info(), "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "gpu": _gpu_info(), "versions": _versions(),
-            # libgomp (torch's OpenMP) reads it once, when torch loads; `nfdeploy bench` sets PASSIVE before that
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_info(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "gpu": _gpu_info(),
+        "versions": _versions(),
+        # libgomp (torch's OpenMP) reads it once, when torch loads; `nfdeploy bench` sets PASSIVE before that
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 # A machine counts as busy when other processes together use this share of one core or more, or the
@@ -108,8 +125,8 @@ def _proc_cpu_ticks() -> dict[int, tuple[str, int, int]]:
         except OSError:
             continue
         # comm is in parentheses and may contain spaces; fields after it start at state (field 3).
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        rest = stat[stat.rindex(")") + 2:].split()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2 :].split()
         out[int(d.name)] = (name, int(rest[1]), int(rest[11]) + int(rest[12]))  # ppid, utime + stime
     return out
 
@@ -125,7 +142,9 @@ def own_processes(parents: dict[int, int], me: int) -> set[int]:
     return mine
 
 
-def judge_load(load_1min: float | None, usable: int, others_cores: float, own_threads: int) -> tuple[bool, float | None]:
+def judge_load(
+    load_1min: float | None, usable: int, others_cores: float, own_threads: int
+) -> tuple[bool, float | None]:
     """(busy, load average left after the bench's own threads). The 1-minute load average counts the bench's
     own running threads too (up to one per usable CPU): they are subtracted before other processes are
     blamed. Busy: other processes use BUSY_OTHER_CORES of a core or more, or what is left of the load
@@ -163,22 +182,33 @@ def machine_load(sample_s: float = 0.5, top: int = 5, own_threads: int | None = 
     procs.sort(key=lambda p: -p["cpu_share"])
     others = sum(p["cpu_share"] for p in procs)
     busy, others_load = judge_load(load[0] if load else None, usable, others, own_threads)
-    out: dict[str, Any] = {"loadavg_1_5_15": load, "usable_cpus": usable, "other_processes_cores": round(others, 3),
-                           "own_threads": own_threads, "loadavg_1_without_own_threads": others_load,
-                           "busiest_other_processes": procs[:top], "sample_s": sample_s, "busy": busy}
+    out: dict[str, Any] = {
+        "loadavg_1_5_15": load,
+        "usable_cpus": usable,
+        "other_processes_cores": round(others, 3),
+        "own_threads": own_threads,
+        "loadavg_1_without_own_threads": others_load,
+        "busiest_other_processes": procs[:top],
+        "sample_s": sample_s,
+        "busy": busy,
+    }
     if busy:
-        out["warning"] = (f"busy machine: other processes use {others:.2f} of {usable} cores"
-                          + (f", load average {load[0]:.2f} ({others_load:.2f} without the bench's own "
-                             f"{own_threads} threads)" if load else ""))
+        out["warning"] = f"busy machine: other processes use {others:.2f} of {usable} cores" + (
+            f", load average {load[0]:.2f} ({others_load:.2f} without the bench's own {own_threads} threads)"
+            if load
+            else ""
+        )
     return out
 
 
 def describe_loads(before: dict[str, Any], after: dict[str, Any]) -> str:
     """Two machine_load() records (before and after a measurement) on one line for a report."""
-    return (f"Load average (1, 5, 15 min) before {before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}; other "
-            f"processes used {before['other_processes_cores']} / {after['other_processes_cores']} of "
-            f"{before['usable_cpus']} cores" + (" — **busy machine: shared-machine figures**"
-                                                  if before["busy"] or after["busy"] else ""))
+    return (
+        f"Load average (1, 5, 15 min) before {before['loadavg_1_5_15']}, after {after['loadavg_1_5_15']}; other "
+        f"processes used {before['other_processes_cores']} / {after['other_processes_cores']} of "
+        f"{before['usable_cpus']} cores"
+        + (" — **busy machine: shared-machine figures**" if before["busy"] or after["busy"] else "")
+    )
 
 
 __all__ = ["BUSY_OTHER_CORES", "describe_loads", "judge_load", "machine_info", "machine_load", "own_processes"]

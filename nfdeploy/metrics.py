@@ -2,7 +2,8 @@
 
 All errors are computed in float64 on the logits: max_abs = max|out - ref|, max_rel = max_abs / max|ref|,
 rel_l2 = ||out - ref|| / ||ref||, cosine similarity, SQNR in dB = 10 log10(sum ref² / sum (out - ref)²)
-(None when out equals ref exactly), top-1 agreement = share of samples whose arg-max equals the reference's. A non-finite value in the output fails the comparison, whatever the tolerance
+(None when out equals ref exactly), top-1 agreement = share of samples whose arg-max equals the reference's.
+A non-finite value in the output fails the comparison, whatever the tolerance
 (`nan <= tol` is False, but the failure must be explicit, with its count).
 """
 
@@ -26,9 +27,13 @@ def compare_outputs(ref: Any, out: Any) -> dict[str, float]:
     """max_abs, max_rel, rel_l2 and cosine of `out` against `ref` (tensors or arrays), in float64."""
     r, o = _to_double(ref), _to_double(out)
     d = o - r
-    return {"max_abs": float(d.abs().max()), "max_rel": float(d.abs().max() / r.abs().max()),
-            "rel_l2": float(d.norm() / r.norm()), "sqnr_db": sqnr_db(r, o),
-            "cosine": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0))}
+    return {
+        "max_abs": float(d.abs().max()),
+        "max_rel": float(d.abs().max() / r.abs().max()),
+        "rel_l2": float(d.norm() / r.norm()),
+        "sqnr_db": sqnr_db(r, o),
+        "cosine": float(torch.nn.functional.cosine_similarity(o.flatten(), r.flatten(), dim=0)),
+    }
 
 
 def ulp_error(out: Any, ref: Any, dtype: torch.dtype) -> np.ndarray:
@@ -55,8 +60,9 @@ def top1_agreement(a: Any, b: Any) -> float:
 
 
 @torch.no_grad()
-def framework_errors(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
-                     batch_size: int = 64, max_samples: int = 128) -> dict[str, float] | None:
+def framework_errors(
+    model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str, batch_size: int = 64, max_samples: int = 128
+) -> dict[str, float] | None:
     """The reference framework's own error in `precision`, which the judged tolerance is relative to
     (nfdeploy.precision.judged_tolerance): {"rel_l2", "top1_agreement"} of `model` (the unfolded torch model)
     run on CPU in the precision's dtype against `ref` (float64), on the first `max_samples` inputs (fp16/bf16
@@ -67,20 +73,23 @@ def framework_errors(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, pre
         return None
     x, ref = x[:max_samples], ref[:max_samples]
     m = copy.deepcopy(model).to(dtype=p.torch_dtype).eval()
-    out = torch.cat([m(torch.from_numpy(x[i:i + batch_size]).to(p.torch_dtype)).double()
-                     for i in range(0, len(x), batch_size)])
+    out = torch.cat(
+        [m(torch.from_numpy(x[i : i + batch_size]).to(p.torch_dtype)).double() for i in range(0, len(x), batch_size)]
+    )
     return {"rel_l2": compare_outputs(ref, out)["rel_l2"], "top1_agreement": top1_agreement(out, ref)}
 
 
-def framework_error(model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str,
-                    batch_size: int = 64, max_samples: int = 128) -> float | None:
+def framework_error(
+    model: torch.nn.Module, x: np.ndarray, ref: np.ndarray, precision: str, batch_size: int = 64, max_samples: int = 128
+) -> float | None:
     """framework_errors' rel L2 alone (None where it has none)."""
     e = framework_errors(model, x, ref, precision, batch_size, max_samples)
     return None if e is None else e["rel_l2"]
 
 
-def judge(out: Any, ref: Any, precision: str, labels: Any = None,
-          tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+def judge(
+    out: Any, ref: Any, precision: str, labels: Any = None, tolerance: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Errors, top-1 agreement and (with labels) accuracy of `out` against `ref`, with
     status "pass" or "FAIL" by the tolerance of `precision` in the precision table."""
     o, r = _to_double(out), _to_double(ref)

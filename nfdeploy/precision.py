@@ -23,7 +23,6 @@ the reference's (`max_accuracy_drop`).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,23 +45,65 @@ class Precision:
 
     def tolerance(self) -> dict[str, float]:
         """The judged limits only: a key that is absent is not judged."""
-        tol = {"rel_l2": self.rel_l2, "top1_agreement": self.top1_agreement, "max_accuracy_drop": self.max_accuracy_drop}
+        tol = {
+            "rel_l2": self.rel_l2,
+            "top1_agreement": self.top1_agreement,
+            "max_accuracy_drop": self.max_accuracy_drop,
+        }
         return {k: v for k, v in tol.items() if v is not None}
 
 
-PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp64", torch.float64, "fp64", 1e-10, 1.0, math_mode="ieee fp64"),
-    Precision("fp32", torch.float32, "fp32", 1e-5, 1.0, "model.onnx", "model.engine", math_mode="ieee fp32"),
-    Precision("tf32", torch.float32, "fp32-tf32", 1e-3, 0.995, graph="fp32", math_mode="tf32 conv/matmul"),
-    Precision("fp16", torch.float16, "fp16", 1e-2, 0.995, "model.fp16.onnx", "model.fp16.engine",
-              math_mode="fp16 storage and compute"),
-    Precision("bf16", torch.bfloat16, "bf16", 1e-2, 0.995, "model.bf16.onnx", "model.bf16.engine",
-              math_mode="bf16 storage and compute"),
-    Precision("int8", torch.float32, "int8", None, 0.99, "model.int8.onnx", "model.int8.engine",
-              math_mode="int8 Q/DQ, S8S8 (TensorRT form)", max_accuracy_drop=0.005, quantized_from="fp32"),
-    Precision("int8-ort", torch.float32, "int8-ort", None, 0.99, "model.int8.ort.onnx",
-              math_mode="int8 Q/DQ, U8S8 (ONNX Runtime CPU form)", max_accuracy_drop=0.005, quantized_from="fp32"),
-)}
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp64", torch.float64, "fp64", 1e-10, 1.0, math_mode="ieee fp64"),
+        Precision("fp32", torch.float32, "fp32", 1e-5, 1.0, "model.onnx", "model.engine", math_mode="ieee fp32"),
+        Precision("tf32", torch.float32, "fp32-tf32", 1e-3, 0.995, graph="fp32", math_mode="tf32 conv/matmul"),
+        Precision(
+            "fp16",
+            torch.float16,
+            "fp16",
+            1e-2,
+            0.995,
+            "model.fp16.onnx",
+            "model.fp16.engine",
+            math_mode="fp16 storage and compute",
+        ),
+        Precision(
+            "bf16",
+            torch.bfloat16,
+            "bf16",
+            1e-2,
+            0.995,
+            "model.bf16.onnx",
+            "model.bf16.engine",
+            math_mode="bf16 storage and compute",
+        ),
+        Precision(
+            "int8",
+            torch.float32,
+            "int8",
+            None,
+            0.99,
+            "model.int8.onnx",
+            "model.int8.engine",
+            math_mode="int8 Q/DQ, S8S8 (TensorRT form)",
+            max_accuracy_drop=0.005,
+            quantized_from="fp32",
+        ),
+        Precision(
+            "int8-ort",
+            torch.float32,
+            "int8-ort",
+            None,
+            0.99,
+            "model.int8.ort.onnx",
+            math_mode="int8 Q/DQ, U8S8 (ONNX Runtime CPU form)",
+            max_accuracy_drop=0.005,
+            quantized_from="fp32",
+        ),
+    )
+}
 # The precisions an export writes files for, in order (fp32 always first: the others are checked against it).
 EXPORT_PRECISIONS: tuple[str, ...] = tuple(p for p, v in PRECISIONS.items() if v.onnx_file)
 
@@ -82,8 +123,9 @@ def get_precision(name: str) -> Precision:
 REFERENCE_ERROR_FACTOR = 2.0
 
 
-def judged_tolerance(precision: str, framework_rel_l2: float | None,
-                     framework_top1: float | None = None) -> dict[str, Any]:
+def judged_tolerance(
+    precision: str, framework_rel_l2: float | None, framework_top1: float | None = None
+) -> dict[str, Any]:
     """The tolerance a backend of `precision` is judged by: the table's limits, with rel L2 raised to
     max(floor, REFERENCE_ERROR_FACTOR × `framework_rel_l2`), the reference framework's own error in that
     dtype (None: the floor alone), and top-1 agreement lowered to `framework_top1`, the framework's own
@@ -100,14 +142,20 @@ def judged_tolerance(precision: str, framework_rel_l2: float | None,
     if framework_rel_l2 is not None and not math.isfinite(framework_rel_l2):
         # The framework itself overflowed (or produced NaN) in this dtype: its error says nothing about
         # what this precision can reach, and an infinite tolerance would leave only the top-1 rule.
-        tol.update(floor_rel_l2=p.rel_l2, framework_rel_l2=None,
-                   rule=f"{p.rel_l2:g} (the table's floor: the framework's own {precision} error is "
-                        f"{framework_rel_l2}, so the framework-relative rule does not apply)")
+        tol.update(
+            floor_rel_l2=p.rel_l2,
+            framework_rel_l2=None,
+            rule=f"{p.rel_l2:g} (the table's floor: the framework's own {precision} error is "
+            f"{framework_rel_l2}, so the framework-relative rule does not apply)",
+        )
         return tol
     fw = framework_rel_l2
     tol["rel_l2"] = p.rel_l2 if fw is None else max(p.rel_l2, REFERENCE_ERROR_FACTOR * fw)
-    tol.update(floor_rel_l2=p.rel_l2, framework_rel_l2=fw,
-               rule=f"max({p.rel_l2:g}, {REFERENCE_ERROR_FACTOR:g} x framework {precision} error)")
+    tol.update(
+        floor_rel_l2=p.rel_l2,
+        framework_rel_l2=fw,
+        rule=f"max({p.rel_l2:g}, {REFERENCE_ERROR_FACTOR:g} x framework {precision} error)",
+    )
     return tol
 
 
@@ -118,8 +166,11 @@ def tolerances() -> dict[str, dict[str, Any]]:
 
 def describe_tolerance(tol: dict[str, float]) -> str:
     """One tolerance dict (Precision.tolerance()) in words."""
-    words = {"rel_l2": "rel L2 ≤ {:g}", "top1_agreement": "top-1 agreement ≥ {:.1%}",
-             "max_accuracy_drop": "accuracy drop ≤ {:.1%}"}
+    words = {
+        "rel_l2": "rel L2 ≤ {:g}",
+        "top1_agreement": "top-1 agreement ≥ {:.1%}",
+        "max_accuracy_drop": "accuracy drop ≤ {:.1%}",
+    }
     return ", ".join(words[k].format(v) for k, v in tol.items() if k in words)
 
 
@@ -127,5 +178,14 @@ def describe_tolerances() -> str:
     return "; ".join(f"{p.name}: {describe_tolerance(p.tolerance())}" for p in PRECISIONS.values())
 
 
-__all__ = ["EXPORT_PRECISIONS", "PRECISIONS", "REFERENCE_ERROR_FACTOR", "Precision", "describe_tolerance",
-           "describe_tolerances", "get_precision", "judged_tolerance", "tolerances"]
+__all__ = [
+    "EXPORT_PRECISIONS",
+    "PRECISIONS",
+    "REFERENCE_ERROR_FACTOR",
+    "Precision",
+    "describe_tolerance",
+    "describe_tolerances",
+    "get_precision",
+    "judged_tolerance",
+    "tolerances",
+]

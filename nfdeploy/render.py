@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nfdeploy.artifacts import atomic_path
 
@@ -41,8 +42,9 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, ti
     save_figure(fig, path)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
-                   floatfmt: str = "{:.4g}") -> str:
+def markdown_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = "{:.4g}"
+) -> str:
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
@@ -57,8 +59,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines) + "\n"
 
 
-def write_bench_result(out_dir: str | Path, stem: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]],
-                       markdown: str) -> None:
+def write_bench_result(
+    out_dir: str | Path, stem: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]], markdown: str
+) -> None:
     """bench/results/STEM.json ({"meta", "rows"}) and STEM.md, atomically; prints the Markdown."""
     from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 

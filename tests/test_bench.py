@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from nfdeploy.perf import bench_report, time_backend
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
+from nfdeploy.perf import bench_report, time_backend
 from nfdeploy.train import train
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -18,8 +18,9 @@ STATS = ("min", "median", "p90", "p99", "mean")
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    run = train(load_recipe("nf_digits", {"train.epochs": 1, "train.threads": 2}), root / "run", progress=False,
-                log=quiet).run_dir
+    run = train(
+        load_recipe("nf_digits", {"train.epochs": 1, "train.threads": 2}), root / "run", progress=False, log=quiet
+    ).run_dir
     export_run(run, root / "export", ExportOptions(precisions=("fp32", "fp16")), log=quiet)
     out = root / "bench"
     threads = torch.get_num_threads()
@@ -33,22 +34,39 @@ def report(tmp_path_factory):
 
 def test_files_written(report):
     out, rep = report
-    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "latency_vs_batch.png",
-                                               "throughput_vs_batch.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "bench.json",
+        "bench.md",
+        "latency_vs_batch.png",
+        "throughput_vs_batch.png",
+    }
     for png in ("latency_vs_batch.png", "throughput_vs_batch.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(rep))
     md = (out / "bench.md").read_text()
-    for text in ("## Machine", "## Timing method", "host wall time", "CUDA events", "folded speedup", "NF/BN folded",
-                 "### Skipped", "onnxruntime"):
+    for text in (
+        "## Machine",
+        "## Timing method",
+        "host wall time",
+        "CUDA events",
+        "folded speedup",
+        "NF/BN folded",
+        "### Skipped",
+        "onnxruntime",
+    ):
         assert text in md
 
 
 def test_rows_and_stats(report):
     _, rep = report
     names = {r["name"] for r in rep["results"]}
-    assert {"torch-cpu-fp64-unfolded", "torch-cpu-fp32-unfolded", "torch-cpu-fp32-folded", "onnxruntime-cpu-fp32",
-            "onnxruntime-cpu-fp16"} <= names
+    assert {
+        "torch-cpu-fp64-unfolded",
+        "torch-cpu-fp32-unfolded",
+        "torch-cpu-fp32-folded",
+        "onnxruntime-cpu-fp32",
+        "onnxruntime-cpu-fp16",
+    } <= names
     for r in rep["results"] + rep["comparison"]["results"]:
         assert r["device"] == "cpu" and r["device_ms"] is None and r["primary"] == "host_ms"
         assert r["batch"] in BATCHES and r["input_shape"] == [1, 32, 32]
@@ -94,10 +112,16 @@ def test_comparison_has_both_ratios(report):
             assert r["model"] == "nf"
             assert r["speedup_folded_vs_unfolded"] > 0 and r["ratio_nf_folded_to_bn_folded"] > 0
             # one measurement feeds every table: the ratio row shows the comparison's own medians
-            medians = {x["variant"]: x["median_ms"] for x in rep["comparison"]["results"]
-                       if x["group"] == group and x["batch"] == b}
-            assert (r["unfolded_ms"], r["nf_folded_ms"], r["bn_folded_ms"]) == \
-                (medians["nf-unfolded"], medians["nf-folded"], medians["bn-folded"])
+            medians = {
+                x["variant"]: x["median_ms"]
+                for x in rep["comparison"]["results"]
+                if x["group"] == group and x["batch"] == b
+            }
+            assert (r["unfolded_ms"], r["nf_folded_ms"], r["bn_folded_ms"]) == (
+                medians["nf-unfolded"],
+                medians["nf-folded"],
+                medians["bn-folded"],
+            )
     variants = {(r["group"], r["variant"]) for r in rep["comparison"]["results"]}
     assert ("onnxruntime-cpu-fp32", "bn-folded") in variants and ("torch-cpu-fp32", "nf-unfolded") in variants
 
@@ -110,7 +134,7 @@ def test_torch_flop_count_matches_the_onnx_mac_count(report):
 
     _, rep = report
     source = load_export_source(rep["export_dir"])
-    graph = onnx_macs(source.export_dir / source.manifest["onnx"]["fp32"]["file"])
+    graph = onnx_macs(source.export_dir / source.manifest.onnx["fp32"].file)
     assert graph > 0 and torch_macs(source.folded(), source.input_shape) == graph
     assert torch_macs(source.model, source.input_shape) == graph  # unfolded: the same convolutions
     assert rep["work"]["macs_per_sample"] == graph
@@ -160,9 +184,15 @@ def test_time_backend_cuda_path_with_fake_events(monkeypatch):
             return np.zeros((len(batch), 10), np.float32)
 
     c = torch.cuda
-    for attr, value in {"is_available": lambda: True, "current_stream": lambda: object(), "Event": FakeEvent,
-                        "synchronize": lambda: None, "memory_allocated": lambda: 2**20,
-                        "reset_peak_memory_stats": lambda: None, "max_memory_allocated": lambda: 3 * 2**20}.items():
+    for attr, value in {
+        "is_available": lambda: True,
+        "current_stream": lambda: object(),
+        "Event": FakeEvent,
+        "synchronize": lambda: None,
+        "memory_allocated": lambda: 2**20,
+        "reset_peak_memory_stats": lambda: None,
+        "max_memory_allocated": lambda: 3 * 2**20,
+    }.items():
         monkeypatch.setattr(c, attr, value)
     fake = FakeOrt(BackendSpec("onnxruntime", "cuda", "fp32"), (1, 8, 8)).activate()
     r = time_backend(fake, 4, (1, 8, 8), warmup_s=0.0, min_time_s=0.0, min_iters=5)

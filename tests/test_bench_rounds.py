@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from nfdeploy.perf import bench_against, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary, RoundPlan
+from nfdeploy.perf import RoundPlan, bench_against, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary
 from nfdeploy.perf.report import informative_table
 from nfdeploy.perf.rounds import cv, window_medians
 
@@ -60,10 +60,12 @@ def test_interleaved_constant_members_settle_with_exact_ratios():
         def f():
             calls.append(name)
             return ms, None
+
         return f
 
-    res = interleaved_rounds({"A": timer("A", 2.0), "B": timer("B", 1.0), "C": timer("C", 4.0)}, FAST,
-                             ratios=[("A", "B"), ("B", "C")])
+    res = interleaved_rounds(
+        {"A": timer("A", 2.0), "B": timer("B", 1.0), "C": timer("C", 4.0)}, FAST, ratios=[("A", "B"), ("B", "C")]
+    )
     assert res["settled"] and res["stopped_by"] == "settled" and res["rounds"] == FAST.min_rounds
     assert res["ratios"]["A/B"]["ratio"] == 2.0 and res["ratios"]["A/B"]["ci95"] == [2.0, 2.0]
     assert res["ratios"]["B/C"]["ratio"] == 0.25
@@ -71,7 +73,7 @@ def test_interleaved_constant_members_settle_with_exact_ratios():
         m = res["members"][name]
         assert m["median_ms"] == ms and m["round_iters"] == 1 and m["iterations"] == m["rounds"] == FAST.min_rounds
         assert not m["noisy"] and m["host_ms"]["p99"] == ms and m["device_ms"] is None
-    timed = calls[-3 * FAST.min_rounds:]  # after warm-up: rounds rotate their start (A B C, B C A, C A B, ...)
+    timed = calls[-3 * FAST.min_rounds :]  # after warm-up: rounds rotate their start (A B C, B C A, C A B, ...)
     assert timed[:9] == list("ABCBCACAB")
 
 
@@ -86,14 +88,17 @@ def test_interleaved_drifting_member_is_noisy():
 
 
 def test_device_timing_is_primary_when_asked():
-    res = interleaved_rounds({"A": lambda: (5.0, 2.0), "B": lambda: (5.0, 1.0)}, FAST, ratios=[("A", "B")],
-                             primary="device_ms")
+    res = interleaved_rounds(
+        {"A": lambda: (5.0, 2.0), "B": lambda: (5.0, 1.0)}, FAST, ratios=[("A", "B")], primary="device_ms"
+    )
     assert res["ratios"]["A/B"]["ratio"] == 2.0 and res["members"]["A"]["device_ms"]["median"] == 2.0
 
 
 def test_informative_table_drops_constant_and_empty_columns():
-    rows = [{"backend": "a", "batch": 1, "threads": 2, "host ms": "", "ms": "1.0"},
-            {"backend": "b", "batch": 1, "threads": 2, "host ms": "", "ms": "2.0"}]
+    rows = [
+        {"backend": "a", "batch": 1, "threads": 2, "host ms": "", "ms": "1.0"},
+        {"backend": "b", "batch": 1, "threads": 2, "host ms": "", "ms": "2.0"},
+    ]
     text = "\n".join(informative_table(rows, keep=("batch",)))
     header = text.splitlines()[0]
     assert header == "| backend | batch | ms |"
@@ -108,8 +113,9 @@ def digits_export(tmp_path_factory):
 
     quiet = lambda *a, **k: None  # noqa: E731
     root = tmp_path_factory.mktemp("against")
-    run = train(load_recipe("nf_digits", {"train.epochs": 1, "train.threads": 2}), root / "run", progress=False,
-                log=quiet).run_dir
+    run = train(
+        load_recipe("nf_digits", {"train.epochs": 1, "train.threads": 2}), root / "run", progress=False, log=quiet
+    ).run_dir
     export_run(run, root / "export", ExportOptions(precisions=("fp32",)), log=quiet)
     return root
 
@@ -118,15 +124,24 @@ def digits_export(tmp_path_factory):
 def test_against_copy_structure(digits_export):
     root = digits_export
     shutil.copytree(root / "export", root / "copy")
-    rep = bench_against(root / "export", root / "copy", root / "out", batches=(1, 2),
-                        only=["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"], min_time=0.05, warmup=0.02,
-                        max_time=0.5, log=lambda *a: None)
+    rep = bench_against(
+        root / "export",
+        root / "copy",
+        root / "out",
+        batches=(1, 2),
+        only=["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"],
+        min_time=0.05,
+        warmup=0.02,
+        max_time=0.5,
+        log=lambda *a: None,
+    )
     assert json.loads((root / "out" / "against.json").read_text()) == json.loads(json.dumps(rep))
     assert "## A / B" in (root / "out" / "against.md").read_text()
     assert rep["identical_onnx"] == {"fp32": True}
     assert rep["a"]["onnx_sha256"] == rep["b"]["onnx_sha256"]
     assert {(r["backend"], r["batch"]) for r in rep["rows"]} == {
-        (n, b) for n in ("torch-cpu-fp32-folded", "onnxruntime-cpu-fp32") for b in (1, 2)}
+        (n, b) for n in ("torch-cpu-fp32-folded", "onnxruntime-cpu-fp32") for b in (1, 2)
+    }
     for r in rep["rows"]:
         assert math.isfinite(r["ratio"]) and r["ratio"] > 0 and r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
         assert r["rounds"] >= 3 and r["a"]["rounds"] == r["b"]["rounds"] == r["rounds"]

@@ -3,21 +3,22 @@ time, at least MIN_ROUNDS_BEFORE_CAP rounds, skipped (unavailable) vs failed (fa
 timing), whether a torch.compile row ran compiled, and a load verdict that does not blame the bench itself."""
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
-from dataclasses import asdict
+from conftest import model_manifest
 
 from nfdeploy.check.backends import ExportSource
-from nfdeploy.perf import bench_report
+from nfdeploy.fold import randomize_
 from nfdeploy.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
+from nfdeploy.models import create_model
+from nfdeploy.perf import bench_report
 from nfdeploy.perf.peak import no_peak, peak_for, peak_kind
 from nfdeploy.perf.report import annotate_work
 from nfdeploy.perf.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
-from nfdeploy.fold import randomize_
-from nfdeploy.models import create_model
-from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendSpec
 from nfdeploy.runtime.torch_backend import TorchBackend
 
 SHAPE = (3, 32, 32)
@@ -65,6 +66,7 @@ def test_cuda_int8_peak_is_measured():
 def test_rounds_are_sized_by_wall_time_not_device_time():
     """A call that costs 2 ms of host time but reports 0.001 ms of device time: rounds sized from the
     device figure would run ~10^4 calls (20 s) per round; sized from wall time, about 10."""
+
     def timer():
         time.sleep(0.002)
         return 2.0, 0.001
@@ -128,14 +130,24 @@ class _Fails(Backend):
 
 def test_bench_failures_are_failed_and_unavailable_is_skipped(tmp_path):
     m = randomize_(create_model("nf_resnet_c8")).eval()
-    src = ExportSource({"model": "nf_resnet_c8", "input": {"shape": ["batch", *SHAPE]},
-                       "source": {"kind": "run", "model_config": asdict(m.cfg)}}, m, tmp_path / "export")
+    src = ExportSource(model_manifest("nf_resnet_c8", SHAPE, asdict(m.cfg)), m, tmp_path / "export")
     (tmp_path / "export").mkdir()
     compiled = TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded", "compile"), SHAPE, src.folded)
     backends = [_Fails("gone", "unavailable"), _Fails("load", "load"), _Fails("run", "run"), compiled]
     threads = torch.get_num_threads()
-    rep = bench_report(src, tmp_path / "out", batches=(2, 3), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2,
-                       compare=False, backends=backends, log=quiet, threads=1)
+    rep = bench_report(
+        src,
+        tmp_path / "out",
+        batches=(2, 3),
+        min_time=0.02,
+        warmup=0.0,
+        min_iters=1,
+        max_time=0.2,
+        compare=False,
+        backends=backends,
+        log=quiet,
+        threads=1,
+    )
     assert rep["settings"]["threads"] == 1 and rep["machine_load"]["after"]["own_threads"] == 1
     assert torch.get_num_threads() == threads  # restored after the call
     assert [s["name"] for s in rep["skipped"]] == ["onnxruntime-cpu-fp32-gone"]
@@ -164,17 +176,21 @@ def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
 def test_fastest_passing_picks_per_precision_and_batch_the_fastest_that_passed():
     from nfdeploy.perf.report import fastest_passing
 
-    rows = [{"name": "fast-but-failed", "precision": "fp32", "batch": 1, "median_ms": 1.0},
-            {"name": "slow-pass", "precision": "fp32", "batch": 1, "median_ms": 3.0},
-            {"name": "mid-pass", "precision": "fp32", "batch": 1, "median_ms": 2.0},
-            {"name": "fast-but-failed", "precision": "fp32", "batch": 8, "median_ms": 4.0},
-            {"name": "unchecked", "precision": "int8", "batch": 1, "median_ms": 0.5}]
+    rows = [
+        {"name": "fast-but-failed", "precision": "fp32", "batch": 1, "median_ms": 1.0},
+        {"name": "slow-pass", "precision": "fp32", "batch": 1, "median_ms": 3.0},
+        {"name": "mid-pass", "precision": "fp32", "batch": 1, "median_ms": 2.0},
+        {"name": "fast-but-failed", "precision": "fp32", "batch": 8, "median_ms": 4.0},
+        {"name": "unchecked", "precision": "int8", "batch": 1, "median_ms": 0.5},
+    ]
     statuses = {"fast-but-failed": "FAIL", "slow-pass": "pass", "mid-pass": "pass"}
     got = {(v["precision"], v["batch"]): v for v in fastest_passing(rows, statuses)}
     assert got[("fp32", 1)]["fastest_passing"] == "mid-pass" and got[("fp32", 1)]["fastest_passing_ms"] == 2.0
     assert got[("fp32", 1)]["fastest"] == "fast-but-failed" and got[("fp32", 1)]["fastest_parity"] == "FAIL"
     assert got[("fp32", 8)]["fastest_passing"] is None
-    assert got[("int8", 1)]["fastest_passing"] is None and got[("int8", 1)]["fastest_parity"] == "not in the parity report"
+    assert (
+        got[("int8", 1)]["fastest_passing"] is None and got[("int8", 1)]["fastest_parity"] == "not in the parity report"
+    )
     assert fastest_passing(rows, None) == []  # no parity report: no verdict
 
 
@@ -186,17 +202,18 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
     from nfdeploy.perf.report import NO_PARITY_NOTE
 
     m = randomize_(create_model("nf_resnet_c8")).eval()
-    src = ExportSource({"model": "nf_resnet_c8", "input": {"shape": ["batch", *SHAPE]},
-                       "source": {"kind": "run", "model_config": asdict(m.cfg)}}, m, tmp_path / "export")
+    src = ExportSource(model_manifest("nf_resnet_c8", SHAPE, asdict(m.cfg)), m, tmp_path / "export")
     (tmp_path / "export").mkdir()
     folded = TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded"), SHAPE, src.folded)
     unfolded = TorchBackend(BackendSpec("torch", "cpu", "fp32", "unfolded"), SHAPE, lambda: src.model)
     parity_dir = tmp_path / "export-reports"  # default_report_dir of the export
     parity_dir.mkdir()
-    (parity_dir / "parity.json").write_text(json.dumps({"backends": [{"name": folded.name, "status": "FAIL"},
-                                                                     {"name": unfolded.name, "status": "pass"}]}))
-    settings = dict(batches=(2,), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, log=quiet,
-                    threads=1)
+    (parity_dir / "parity.json").write_text(
+        json.dumps({"backends": [{"name": folded.name, "status": "FAIL"}, {"name": unfolded.name, "status": "pass"}]})
+    )
+    settings = dict(
+        batches=(2,), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, log=quiet, threads=1
+    )
     rep = bench_report(src, tmp_path / "out", backends=[folded, unfolded], **settings)
     (verdict,) = rep["fastest_passing"]["rows"]
     assert (verdict["precision"], verdict["batch"], verdict["fastest_passing"]) == ("fp32", 2, unfolded.name)
@@ -215,8 +232,8 @@ def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
     does not mistake for "unchecked"."""
     import pytest
 
-    from nfdeploy.errors import UserError
     from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+    from nfdeploy.errors import UserError
     from nfdeploy.perf.report import NO_PARITY_NOTE, read_parity_statuses
     from nfdeploy.serve.choice import parity_verdict
 
@@ -231,7 +248,7 @@ def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
     assert read_parity_rows(export)["onnxruntime-cpu-fp32"]["status"] == "pass"
     assert read_parity_statuses(export) == ({"onnxruntime-cpu-fp32": "pass"}, str(report))
     assert parity_verdict(export, "onnxruntime-cpu-fp32") == "pass"
-    for bad in ('{"backends": {"onnxruntime-cpu-fp32": "pass"}}', '[1, 2]', '{"backends": [{"status": "pass"}]}', "{"):
+    for bad in ('{"backends": {"onnxruntime-cpu-fp32": "pass"}}', "[1, 2]", '{"backends": [{"status": "pass"}]}', "{"):
         report.write_text(bad)
         with pytest.raises(UserError, match="parity"):
             read_parity_rows(export)

@@ -9,7 +9,6 @@ from PIL import Image
 
 from nfdeploy.data import DataError, ImageDataset, load_dataset
 
-
 # ----------------------------------------------------------------------------- digits
 
 
@@ -77,9 +76,7 @@ def test_augment_determinism_and_no_flip_for_digits(digits):
     raw = digits.augment(digits.train.images[idx], torch.Generator().manual_seed(1))
     orig = torch.nn.functional.pad(digits.train.images[idx], (2, 2, 2, 2))
     for i in range(8):
-        assert any(
-            torch.equal(raw[i], orig[i, :, dy : dy + 16, dx : dx + 16]) for dy in range(5) for dx in range(5)
-        )
+        assert any(torch.equal(raw[i], orig[i, :, dy : dy + 16, dx : dx + 16]) for dy in range(5) for dx in range(5))
 
 
 def test_flip_used_for_rgb():

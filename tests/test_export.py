@@ -10,15 +10,22 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
-from nfdeploy.artifacts import ArtifactError
-from nfdeploy.config import load_recipe
-from nfdeploy.export import ExportError, ExportOptions, export_model, export_run, load_manifest, load_preset
-from nfdeploy.export.onnx_graph import (SCOPES_KEY, block_values, export_module, lint_graph, node_scopes, read_metadata,
-                                       run_with_values)
+from nfdeploy.artifacts import ArtifactError, Manifest, ModelSource
 from nfdeploy.check.model_points import FEATURES, BlockStructureError
+from nfdeploy.config import load_recipe
+from nfdeploy.export import ExportError, ExportOptions, export_model, export_run, load_preset
+from nfdeploy.export.onnx_graph import (
+    SCOPES_KEY,
+    block_values,
+    export_module,
+    lint_graph,
+    node_scopes,
+    read_metadata,
+    run_with_values,
+)
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
 from nfdeploy.precision import PRECISIONS
@@ -44,9 +51,14 @@ def digits_export(digits_run, tmp_path_factory) -> Path:
 
 
 def test_export_dir_manifest_and_checks(digits_export, digits_run):
-    m = load_manifest(digits_export)
-    assert {p.name for p in digits_export.iterdir()} == {"model.onnx", "model.fp16.onnx", "model.bf16.onnx",
-                                                          "manifest.json", "fold_report.json"}
+    m = Manifest.read(digits_export).to_dict()
+    assert {p.name for p in digits_export.iterdir()} == {
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.bf16.onnx",
+        "manifest.json",
+        "fold_report.json",
+    }
     assert m["source"]["weights_sha256"] and m["source"]["run_dir"] == str(digits_run.resolve())
     assert m["onnx"]["fp32"]["opset"] >= 18 and m["onnx"]["bf16"]["opset"] >= 22
     assert m["fold"]["totals"]["weight_standardizations"] == 10 and m["fold"]["totals"]["explicit"] == 0
@@ -61,6 +73,37 @@ def test_export_dir_manifest_and_checks(digits_export, digits_run):
     assert abs(c["fp32"]["accuracy"] - c["fp32"]["reference_accuracy"]) < 1e-12
 
 
+def test_the_manifest_reads_and_writes_the_same_json(digits_export, tmp_path):
+    """Manifest is the typed form of manifest.json: reading then writing gives back the file's JSON, and the
+    fields other modules read are typed."""
+    on_disk = json.loads((digits_export / "manifest.json").read_text())
+    m = Manifest.read(digits_export)
+    assert m.to_dict() == on_disk
+    assert m.input.chw == (1, 32, 32) and m.input.class_names == [str(i) for i in range(10)]
+    assert m.source.kind == "run" and m.onnx["fp16"].file == "model.fp16.onnx" and m.onnx["fp32"].nodes > 0
+    assert set(m.artifact_sha256s()) == {"model.onnx", "model.fp16.onnx", "model.bf16.onnx"}
+    m.write(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == on_disk
+
+
+def test_a_manifest_that_is_not_one_says_which_file_and_what(digits_export, tmp_path):
+    from nfdeploy.artifacts import ArtifactError
+
+    on_disk = json.loads((digits_export / "manifest.json").read_text())
+    for damage, want in (
+        (lambda m: m.pop("onnx"), "missing onnx"),
+        (lambda m: m["onnx"]["fp16"].pop("sha256"), "onnx.fp16: missing sha256"),
+        (lambda m: m.update(format="nfdeploy-export-v0"), "format 'nfdeploy-export-v0'"),
+        (lambda m: m.update(input=[1, 32, 32]), "input: expected an object"),
+    ):
+        m = json.loads(json.dumps(on_disk))
+        damage(m)
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ArtifactError, match=want) as e:
+            Manifest.read(tmp_path, verify_files=False)
+        assert str(tmp_path / "manifest.json") in str(e.value) and "\n" not in str(e.value)
+
+
 def test_graphs_are_folded_and_lint_clean(digits_export):
     m = json.loads((digits_export / "manifest.json").read_text())
     for prec, entry in m["onnx"].items():
@@ -72,11 +115,16 @@ def test_graphs_are_folded_and_lint_clean(digits_export):
         conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
         inits = {i.name: i for i in model.graph.initializer}
         assert all(w in inits for w in conv_weights)
-        want = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}[prec]
+        want = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}[
+            prec
+        ]
         assert all(inits[w].data_type == want for w in conv_weights)
     # NF graph = folded BN twin's graph less its residual-stream BatchNormalizations
     twin = m["bn_twin"]
-    assert twin["nf_equals_twin_minus_residual_bns"] and twin["nodes"] - twin["residual_stream_batchnorms"] == twin["nf_nodes"]
+    assert (
+        twin["nf_equals_twin_minus_residual_bns"]
+        and twin["nodes"] - twin["residual_stream_batchnorms"] == twin["nf_nodes"]
+    )
 
 
 def test_metadata_props(digits_export):
@@ -85,11 +133,11 @@ def test_metadata_props(digits_export):
     assert json.loads(meta["nfdeploy.input_shape"]) == ["batch", 1, 32, 32]
     assert json.loads(meta["nfdeploy.class_names"]) == [str(i) for i in range(10)]
     assert len(json.loads(meta["nfdeploy.mean"])) == 1 and len(json.loads(meta["nfdeploy.std"])) == 1
-    assert meta["nfdeploy.source_sha256"] == load_manifest(digits_export)["source"]["weights_sha256"]
+    assert meta["nfdeploy.source_sha256"] == Manifest.read(digits_export).source.weights_sha256
 
 
 def test_dynamic_batch_matches_folded_torch(digits_export, digits_run):
-    from nfdeploy.runs import load_run_model
+    from nfdeploy.artifacts.run_dir import load_run_model
 
     model, _ = load_run_model(digits_run)
     folded, _ = fold_model(model)
@@ -114,8 +162,13 @@ def test_block_values_strict_rule(tmp_path):
     points = block_values(model)
     assert list(points) == ["stem", *[f"blocks.{i}" for i in range(len(points) - 2)], FEATURES]
     assert len(points) > 3 and len({v["value"] for v in points.values()}) == len(points)
-    inner = next(o for n in model.graph.node if "blocks.0" in node_scopes(n) for o in n.output
-                 if o != points["blocks.0"]["value"])
+    inner = next(
+        o
+        for n in model.graph.node
+        if "blocks.0" in node_scopes(n)
+        for o in n.output
+        if o != points["blocks.0"]["value"]
+    )
     leaky = onnx.load(str(path))
     leaky.graph.output.append(onnx.helper.make_tensor_value_info(inner, onnx.TensorProto.FLOAT, None))
     with pytest.raises(BlockStructureError, match="expected one value leaving 'blocks.0'"):
@@ -144,7 +197,7 @@ def test_tampered_export_is_refused(digits_export, tmp_path):
     with open(copy / "model.fp16.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ArtifactError, match="does not match its manifest"):
-        load_manifest(copy)
+        Manifest.read(copy)
 
 
 def test_lint_catches_unfolded_weight_math_and_scalars(tmp_path):
@@ -176,7 +229,9 @@ def test_static_asymmetric_pad_fuses_into_conv(tmp_path):
     pads = next(list(a.ints) for a in model.graph.node[0].attribute if a.name == "pads")
     assert pads == [0, 0, 1, 1]
     x = torch.randn(2, 3, 9, 9)
-    y = ort.InferenceSession(str(tmp_path / "pad.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    y = ort.InferenceSession(str(tmp_path / "pad.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
     with torch.no_grad():
         assert np.abs(y - net(x).numpy()).max() <= 1e-5
 
@@ -184,7 +239,7 @@ def test_static_asymmetric_pad_fuses_into_conv(tmp_path):
 def test_bn_twin_run_keeps_only_residual_batchnorms(tmp_path):
     recipe = load_recipe("bn_digits", {"train.epochs": 1, "train.threads": 2})
     run = train(recipe, tmp_path / "bn", progress=False, log=quiet).run_dir
-    m = export_run(run, tmp_path / "bn_export", ExportOptions(precisions=("fp32",)), log=quiet).manifest
+    m = export_run(run, tmp_path / "bn_export", ExportOptions(precisions=("fp32",)), log=quiet).manifest.to_dict()
     # 3 blocks: block 0's norm1 folds into the stem conv; blocks 1-2 norm1 + final_norm stay
     assert m["onnx"]["fp32"]["ops"]["BatchNormalization"] == 3
     assert m["checks"]["fp32"]["rel_l2"] <= FP32_REL_L2 and m["checks"]["fp32"]["top1_agreement"] == 1.0
@@ -193,10 +248,20 @@ def test_bn_twin_run_keeps_only_residual_batchnorms(tmp_path):
 def test_nf_resnet50_randomised_export_parity(tmp_path):
     model = randomize_(create_model("nf_resnet50"), seed=3).double().eval()
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()
-    res = export_model(model, tmp_path / "r50", fold=lambda dt: fold_model(model, dtype=dt), name="nf_resnet50",
-                       input_shape=(3, 64, 64), norm="nf", source={"kind": "test"}, preprocessing={},
-                       check_data=(x, None), opts=ExportOptions(precisions=("fp32", "fp16")), log=quiet)
-    ops = res.manifest["onnx"]["fp32"]["ops"]
+    res = export_model(
+        model,
+        tmp_path / "r50",
+        fold=lambda dt: fold_model(model, dtype=dt),
+        name="nf_resnet50",
+        input_shape=(3, 64, 64),
+        norm="nf",
+        source=ModelSource(kind="test"),
+        preprocessing={},
+        check_data=(x, None),
+        opts=ExportOptions(precisions=("fp32", "fp16")),
+        log=quiet,
+    )
+    ops = res.manifest.onnx["fp32"].ops
     assert ops["Conv"] == 53 and "BatchNormalization" not in ops and "Mul" not in ops
     assert res.checks["fp32"]["rel_l2"] <= FP32_REL_L2 and res.checks["fp32"]["top1_agreement"] == 1.0
     assert res.checks["fp16"]["rel_l2"] <= FP16_REL_L2
@@ -258,8 +323,9 @@ def test_bad_inputs_are_one_line_errors_and_leave_nothing(digits_run, digits_exp
     (bad_weights / "weights.safetensors").write_bytes(b"\x00" * 64)
     _one_line_error(run_cli("export", str(bad_weights), "--out", str(digits_export)), "corrupt weights file")
     assert {p.name: p.read_bytes() for p in digits_export.iterdir()} == before
-    _one_line_error(run_cli("export", str(digits_run), "--out", str(tmp_path / "e6"), "--profile", "0:1:2"),
-                    "add --trt")
+    _one_line_error(
+        run_cli("export", str(digits_run), "--out", str(tmp_path / "e6"), "--profile", "0:1:2"), "add --trt"
+    )
     for name in ("e1", "e2", "e3", "e4", "e5", "e6"):
         assert not (tmp_path / name).exists()
     _no_leftovers(tmp_path)
@@ -274,7 +340,7 @@ def test_reexport_replaces_the_whole_dir(digits_run, tmp_path):
     second = run_cli("export", str(digits_run), "--out", str(out), "--precision", "fp32", "--no-check")
     assert second.returncode == 0, second.stderr
     assert not (out / "model.fp16.onnx").exists()  # no mix of old and new files
-    m = load_manifest(out)
+    m = Manifest.read(out).to_dict()
     assert list(m["onnx"]) == ["fp32"] and m["checks"] == {}
     _no_leftovers(tmp_path)
 
@@ -286,11 +352,23 @@ def test_failed_parity_check_exits_with_numbers_and_writes_nothing(tmp_path):
         model.fc.weight.mul_(1e6)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
     with pytest.raises(ExportError) as e:
-        export_model(model, tmp_path / "out", fold=lambda dt: fold_model(model, dtype=dt), name="overflow",
-                     input_shape=(3, 32, 32), norm="nf", source={"kind": "test"}, preprocessing={},
-                     check_data=(x, None), opts=ExportOptions(precisions=("fp32", "fp16")), log=quiet)
+        export_model(
+            model,
+            tmp_path / "out",
+            fold=lambda dt: fold_model(model, dtype=dt),
+            name="overflow",
+            input_shape=(3, 32, 32),
+            norm="nf",
+            source=ModelSource(kind="test"),
+            preprocessing={},
+            check_data=(x, None),
+            opts=ExportOptions(precisions=("fp32", "fp16")),
+            log=quiet,
+        )
     msg = str(e.value)
-    assert "parity check failed" in msg and "fp16: " in msg and "non-finite" in msg and "fp32:" not in msg  # fp32 passed
+    assert (
+        "parity check failed" in msg and "fp16: " in msg and "non-finite" in msg and "fp32:" not in msg
+    )  # fp32 passed
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
 
@@ -303,15 +381,26 @@ def test_cli_exports_a_timm_model(tmp_path):
         pytest.skip("timm is not installed (nfdeploy[timm])")
     shim = str(Path(__file__).parent / "torchvision_shim")
     out = tmp_path / "timm"
-    proc = run_cli("export", "--timm", "dm_nfnet_f0", "--input-size", "65", "--precision", "fp32", "--out", str(out),
-                   env={"PYTHONPATH": shim})
+    proc = run_cli(
+        "export",
+        "--timm",
+        "dm_nfnet_f0",
+        "--input-size",
+        "65",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        env={"PYTHONPATH": shim},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = load_manifest(out)
+    m = Manifest.read(out).to_dict()
     assert m["source"]["kind"] == "timm" and m["input"]["shape"] == ["batch", 3, 65, 65]
     assert m["onnx"]["fp32"]["lint"]["ok"] and "Pad" not in m["onnx"]["fp32"]["ops"]
     assert m["checks"]["fp32"]["rel_l2"] <= FP32_REL_L2 and m["checks"]["fp32"]["status"] == "pass"
-    _one_line_error(run_cli("export", "--timm", "nfnet_zz", "--out", str(tmp_path / "x"), env={"PYTHONPATH": shim}),
-                    "nfnet_zz")
+    _one_line_error(
+        run_cli("export", "--timm", "nfnet_zz", "--out", str(tmp_path / "x"), env={"PYTHONPATH": shim}), "nfnet_zz"
+    )
 
 
 def test_a_copied_run_and_export_pair_finds_its_run(digits_run, digits_export, tmp_path):

@@ -210,6 +210,7 @@ def test_report_bn_twin():
     for i, entry in enumerate(d["blocks"][1:], start=1):
         (bn,) = entry["explicit"]
         assert bn["op"] == "BatchNormalization" and bn["where"] == f"blocks.{i}.norm1" and "residual" in bn["reason"]
-        assert [e["into"] for e in entry["folded"]] == [[f"blocks.{i}.convs.{k}.weight", f"blocks.{i}.convs.{k}.bias"]
-                                                       for k in range(2)]
+        assert [e["into"] for e in entry["folded"]] == [
+            [f"blocks.{i}.convs.{k}.weight", f"blocks.{i}.convs.{k}.bias"] for k in range(2)
+        ]
     assert d["head"]["explicit"][0]["where"] == "final_norm" and d["head"]["explicit"][0]["reason"]

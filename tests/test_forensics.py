@@ -12,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 
+from nfdeploy.artifacts import InputSpec, Manifest, ModelSource, OnnxEntry
 from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
 from nfdeploy.check.batch_matrix import batch_invariance_matrix, profile_reason
+from nfdeploy.check.model_points import FEATURES, block_points, capture_points
+from nfdeploy.check.parity import load_parity_data, parity_report
+from nfdeploy.check.per_block import onnx_points, per_block_report
+from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.export.onnx_graph import block_values
 from nfdeploy.metrics import judge, ulp_error
-from nfdeploy.check.model_points import FEATURES, block_points, capture_points
-from nfdeploy.check.parity import load_parity_data, parity_report
-from nfdeploy.check.per_block import onnx_points, per_block_report
 from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
 from nfdeploy.runtime.base import BackendSpec, run_batched
 from nfdeploy.runtime.ort import OrtBackend
-from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.train import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +79,9 @@ def test_points_of_unfolded_and_folded_agree(export_dir):
     unfolded, folded = source.model.double(), source.folded(torch.float64)
     names = [p for p, _ in block_points(folded)]
     assert names == [p for p, _ in block_points(unfolded)]
-    assert names[0] == "stem" and names[-1] == FEATURES and names[1:-1] == [f"blocks.{i}" for i in range(len(names) - 2)]
+    assert (
+        names[0] == "stem" and names[-1] == FEATURES and names[1:-1] == [f"blocks.{i}" for i in range(len(names) - 2)]
+    )
     with capture_points(unfolded) as a, capture_points(folded) as b:
         unfolded(x), folded(x)
     for p in names[:-1]:  # the folded features are scaled by 1/final gain (moved into fc): see per_block_report
@@ -90,9 +93,19 @@ def test_points_of_unfolded_and_folded_agree(export_dir):
 
 
 def test_parity_per_block_matrix_and_saved_outputs(export_dir, tmp_path):
-    rep = parity_report(export_dir, tmp_path / "r", only=["cpu-fp32", "onnxruntime-cpu-fp16"], max_samples=64,
-                        invariance_samples=16, per_block=True, per_block_samples=32, batch_matrix=True,
-                        save_outputs=True, threads=2, log=quiet)
+    rep = parity_report(
+        export_dir,
+        tmp_path / "r",
+        only=["cpu-fp32", "onnxruntime-cpu-fp16"],
+        max_samples=64,
+        invariance_samples=16,
+        per_block=True,
+        per_block_samples=32,
+        batch_matrix=True,
+        save_outputs=True,
+        threads=2,
+        log=quiet,
+    )
     assert rep["ok"], rep["failed"]
     fw = rep["framework_errors"]["fp32"]
     row = {r["name"]: r for r in rep["backends"]}["onnxruntime-cpu-fp32"]
@@ -156,10 +169,25 @@ def test_planted_defect_is_localised(export_dir, tmp_path, where):
 
 def test_compare_thread_counts_and_refusals(export_dir, tmp_path, cli):
     for t in (1, 2):
-        parity_report(export_dir, tmp_path / f"t{t}", only=["onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"],
-                      max_samples=64, invariance_samples=8, save_outputs=True, threads=t, log=quiet)
-    parity_report(export_dir, tmp_path / "fewer", only=["onnxruntime-cpu-fp32"], max_samples=32, invariance_samples=8,
-                  save_outputs=True, log=quiet)
+        parity_report(
+            export_dir,
+            tmp_path / f"t{t}",
+            only=["onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"],
+            max_samples=64,
+            invariance_samples=8,
+            save_outputs=True,
+            threads=t,
+            log=quiet,
+        )
+    parity_report(
+        export_dir,
+        tmp_path / "fewer",
+        only=["onnxruntime-cpu-fp32"],
+        max_samples=32,
+        invariance_samples=8,
+        save_outputs=True,
+        log=quiet,
+    )
     rep = compare_saved_runs(tmp_path / "t1", tmp_path / "t2", tmp_path / "cmp")
     same = {r["backend"]: r for r in rep["same_backend"]}
     assert set(same) == {REFERENCE, "onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"}
@@ -234,8 +262,14 @@ def test_batch_matrix_measures_what_it_claims():
         assert v["bitwise_share"] == 0.0 and v["max_rel_l2"] > 1e-2 and v["max_ulp"] > 1e3
 
 
-def _fake_manifest() -> dict:
-    return {"model": "m", "source": {"weights_sha256": "w"}, "onnx": {"fp32": {"sha256": "o"}}}
+def _fake_manifest() -> Manifest:
+    return Manifest(
+        model="m",
+        norm="nf",
+        input=InputSpec(shape=["batch", 1, 2, 2]),
+        source=ModelSource(kind="test", weights_sha256="w"),
+        onnx={"fp32": OnnxEntry(file="model.onnx", sha256="o")},
+    )
 
 
 def test_saved_outputs_keep_float64_and_compare_in_float64(tmp_path):
@@ -264,7 +298,7 @@ def test_compare_damaged_saved_run_is_one_line(tmp_path, cli, damage):
     npz, prov_path = tmp_path / "b" / OUTPUTS_FILE, tmp_path / "b" / PROVENANCE_FILE
     prov = json.loads(prov_path.read_text())
     if damage == "truncated npz":
-        npz.write_bytes(npz.read_bytes()[:npz.stat().st_size // 2])
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
         want = "unreadable"
     elif damage == "missing keys":
         del prov["inputs_sha256"], prov["machine"]

@@ -11,7 +11,6 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, write_recipe
 
 if str(REPO) not in sys.path:
@@ -30,8 +29,12 @@ def make_bundle(tmp_path):
     bundle = tmp_path / "bundle"
     recipe = load_recipe(str(write_recipe(tmp_path / "r.toml", data={"synthetic_size": 64, "num_classes": 4})))
     train(recipe, bundle / BUNDLE_RUN, progress=False, log=lambda m: None)
-    export_run(bundle / BUNDLE_RUN, bundle / BUNDLE_EXPORT, export_options("default", precisions=["fp32"], check=False),
-               log=lambda m: None)
+    export_run(
+        bundle / BUNDLE_RUN,
+        bundle / BUNDLE_EXPORT,
+        export_options("default", precisions=["fp32"], check=False),
+        log=lambda m: None,
+    )
     return bundle
 
 
@@ -41,8 +44,26 @@ def test_phase1_degrades_on_cpu(tmp_path):
 
     bundle = make_bundle(tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
-    assert gpu_suite.main(["--bundle", str(bundle), "--out", str(out), "--work", str(work), "--phase", "1", "--tiny",
-                           "--deadline-s", "900", "--budget", "1=900"]) == 0
+    assert (
+        gpu_suite.main(
+            [
+                "--bundle",
+                str(bundle),
+                "--out",
+                str(out),
+                "--work",
+                str(work),
+                "--phase",
+                "1",
+                "--tiny",
+                "--deadline-s",
+                "900",
+                "--budget",
+                "1=900",
+            ]
+        )
+        == 0
+    )
     # What comes back from the device machine: few files, none deeper than $OUT/a/b/file.
     names = sorted(p.name for p in out.iterdir())
     assert names == ["phase1.tar.gz", "suite.log", "summary.json"]
@@ -85,4 +106,6 @@ def test_phase1_degrades_on_cpu(tmp_path):
     twin = [k for k in inv if k.startswith("BN twin folded (eval) ")]
     assert twin and all(k.removeprefix("BN twin folded (eval) ").startswith("torch-cpu-fp32-bn-folded") for k in twin)
     assert "onnxruntime-cpu-fp32" in inv and "bn twin torch-cpu-fp32 (train mode)" in inv
-    assert all(np.isfinite(c["max_rel_l2"]) and 0 <= c["bitwise_share"] <= 1 for per in inv.values() for c in per.values())
+    assert all(
+        np.isfinite(c["max_rel_l2"]) and 0 <= c["bitwise_share"] <= 1 for per in inv.values() for c in per.values()
+    )

@@ -1,20 +1,25 @@
 """INT8 with explicit Q/DQ on the digits NF model: calibration on the training split, the int8 lint,
 the int8 rule in the export check and in parity, the TensorRT-RTX build outcome, bad options."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import run_cli
-from nfdeploy.config import load_recipe
-from nfdeploy.export import export_options, export_run, load_manifest
-from nfdeploy.export.quantize import (CalibrationOptions, QuantizeError, block_sqnr, lint_int8,
-                                      training_split_calibration)
+
+from nfdeploy.artifacts import Manifest
 from nfdeploy.check.parity import parity_report
+from nfdeploy.config import load_recipe
+from nfdeploy.export import export_options, export_run
+from nfdeploy.export.quantize import (
+    CalibrationOptions,
+    QuantizeError,
+    block_sqnr,
+    lint_int8,
+    training_split_calibration,
+)
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 
@@ -30,21 +35,27 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "nf"
-    return train(load_recipe("nf_digits", {"train.epochs": EPOCHS, "train.threads": 2}), out, progress=False,
-                 log=quiet).run_dir
+    return train(
+        load_recipe("nf_digits", {"train.epochs": EPOCHS, "train.threads": 2}), out, progress=False, log=quiet
+    ).run_dir
 
 
 @pytest.fixture(scope="module")
 def int8_export(digits_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "nf-int8"
-    opts = export_options(precisions=["fp32", "int8", "int8-ort"], calibration="minmax", calib_samples=CALIB_SAMPLES,
-                          trt=True, compute_capabilities=["8.9"])
+    opts = export_options(
+        precisions=["fp32", "int8", "int8-ort"],
+        calibration="minmax",
+        calib_samples=CALIB_SAMPLES,
+        trt=True,
+        compute_capabilities=["8.9"],
+    )
     export_run(digits_run, out, opts, log=quiet)
     return out
 
 
 def test_manifest_records_calibration_and_rule(int8_export):
-    m = load_manifest(int8_export)
+    m = Manifest.read(int8_export).to_dict()
     assert {"model.onnx", "model.int8.onnx", "model.int8.ort.onnx"} <= {p.name for p in int8_export.iterdir()}
     for form, acts in (("int8", "int8 symmetric"), ("int8-ort", "uint8 asymmetric")):
         e = m["onnx"][form]
@@ -82,8 +93,11 @@ def test_lint_catches_misplaced_qdq_and_scalar_mul(int8_export):
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(int8_export / "model.int8.onnx"))
-    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in
-              {i.name for i in model.graph.initializer})
+    dq = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] not in {i.name for i in model.graph.initializer}
+    )
     model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
     model.graph.node.append(helper.make_node("Mul", [dq.output[0], "two"], ["scaled"], name="nf_scalar"))
     errors = lint_int8(model, "int8")["errors"]
@@ -95,7 +109,7 @@ def test_tensorrt_rtx_int8_build_outcome(int8_export):
     """TensorRT-RTX builds ahead of time without a GPU: where it is installed, the int8 Q/DQ graph must give
     a strongly typed engine with its Q/DQ layers (a refusal is a failure, its message shown); where it is
     not, the manifest must say why no engine was built."""
-    m = load_manifest(int8_export)
+    m = Manifest.read(int8_export).to_dict()
     assert "int8-ort" not in m["engines"] and "int8-ort" not in m["engine_failures"]  # no engine for the ORT form
     try:
         import tensorrt_rtx  # noqa: F401
@@ -120,7 +134,7 @@ def test_int8_backends_in_parity(int8_export, tmp_path):
 
 
 def test_calibration_reads_only_the_training_split(digits_run):
-    from nfdeploy.runs import load_run_model
+    from nfdeploy.artifacts.run_dir import load_run_model
     from nfdeploy.config import recipe_from_resolved
 
     _, resolved = load_run_model(digits_run)
@@ -145,8 +159,9 @@ def test_mixed_mode_keeps_named_adds_in_float(int8_export, tmp_path):
     assert list(blocks)[0] == "stem" and list(blocks)[-1] == "features" and "blocks.2" in blocks
     x = np.random.default_rng(0).standard_normal((32, 1, 32, 32)).astype(np.float32)
     out = tmp_path / "mixed.onnx"
-    info = quantize_graph(fp32, out, "int8", CalibrationData(x, "random", "test-only"),
-                          CalibrationOptions(keep=(blocks["blocks.2"],)))
+    info = quantize_graph(
+        fp32, out, "int8", CalibrationData(x, "random", "test-only"), CalibrationOptions(keep=(blocks["blocks.2"],))
+    )
     assert len(info["kept_in_float"]) == 1
     lint = lint_int8(onnx.load(str(out)), "int8")
     assert lint["ok"] and lint["dq_consumers"]["Add"] == 4  # one residual Add fewer takes Q/DQ inputs
@@ -154,13 +169,19 @@ def test_mixed_mode_keeps_named_adds_in_float(int8_export, tmp_path):
     assert [r["block"] for r in per_block] == [*blocks, "logits"] and all(r["sqnr_db"] > 10 for r in per_block)
     assert [r["tensor"] for r in per_block][:-1] == list(blocks.values())
     with pytest.raises(QuantizeError, match="matches no node"):
-        quantize_graph(fp32, tmp_path / "x.onnx", "int8", CalibrationData(x, "random", "test-only"),
-                       CalibrationOptions(keep=("no_such_tensor",)))
+        quantize_graph(
+            fp32,
+            tmp_path / "x.onnx",
+            "int8",
+            CalibrationData(x, "random", "test-only"),
+            CalibrationOptions(keep=("no_such_tensor",)),
+        )
 
 
 def test_cli_bad_calibration_method_is_one_line(digits_run, tmp_path):
-    r = run_cli("export", str(digits_run), "--out", str(tmp_path / "e"), "--precision", "fp32,int8",
-                "--calibration", "kmeans")
+    r = run_cli(
+        "export", str(digits_run), "--out", str(tmp_path / "e"), "--precision", "fp32,int8", "--calibration", "kmeans"
+    )
     assert r.returncode == 2 and not (tmp_path / "e").exists()
     assert r.stderr.strip().count("\n") == 0 and "unknown calibration method 'kmeans'" in r.stderr
     r = run_cli("export", str(digits_run), "--out", str(tmp_path / "e"), "--calib-samples", "8")
@@ -182,7 +203,9 @@ def test_folder_calibration_reads_the_named_folder(tmp_path):
     assert calib.split == "folder" and calib.images.shape == (2, 3, 64, 64) and len(calib.files) == 2
     assert calib.images.dtype == np.float32 and -3 < calib.images.mean() < 3
     with pytest.raises(Exception, match="holds no images"):
-        folder_calibration(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, (3, 64, 64), mean, std, 4, 0)
+        folder_calibration(
+            tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, (3, 64, 64), mean, std, 4, 0
+        )
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
@@ -193,11 +216,18 @@ def test_histogram_calibration_with_a_short_last_batch(tmp_path, method):
     from nfdeploy.export.quantize import CalibrationData, quantize_graph
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)
+    ).eval()
     export_module(net, tmp_path / "m.onnx", (3, 8, 8))
     x = np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)
-    info = quantize_graph(tmp_path / "m.onnx", tmp_path / "q.onnx", "int8", CalibrationData(x, "noise", "folder"),
-                          CalibrationOptions(method=method, samples=40))
+    info = quantize_graph(
+        tmp_path / "m.onnx",
+        tmp_path / "q.onnx",
+        "int8",
+        CalibrationData(x, "noise", "folder"),
+        CalibrationOptions(method=method, samples=40),
+    )
     assert info["calibration"]["samples"] == 40 and lint_int8(onnx.load(str(tmp_path / "q.onnx")), "int8")["ok"]
 
 
@@ -209,13 +239,20 @@ def test_int8_ort_weight_bits_choose_the_weight_range(tmp_path):
     from nfdeploy.export.quantize import CalibrationData, quantize_graph
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 3)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 3)
+    ).eval()
     export_module(net, tmp_path / "m.onnx", (3, 8, 8))
     x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
     peaks = {}
     for bits in (7, 8):
-        info = quantize_graph(tmp_path / "m.onnx", tmp_path / f"q{bits}.onnx", "int8-ort", CalibrationData(x, "noise", "folder"),
-                              CalibrationOptions(samples=16, ort_weight_bits=bits))
+        info = quantize_graph(
+            tmp_path / "m.onnx",
+            tmp_path / f"q{bits}.onnx",
+            "int8-ort",
+            CalibrationData(x, "noise", "folder"),
+            CalibrationOptions(samples=16, ort_weight_bits=bits),
+        )
         assert f"{bits}-bit range" in info["weights"]
         g = onnx.load(str(tmp_path / f"q{bits}.onnx")).graph
         ints = [onnx.numpy_helper.to_array(i) for i in g.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]

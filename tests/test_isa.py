@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_recipe
+
+from nfdeploy.check.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
 from nfdeploy.config import load_recipe
 from nfdeploy.export import export_options, export_run
-from nfdeploy.check.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
 from nfdeploy.precision import tolerances
 from nfdeploy.train import train
 
@@ -35,8 +35,10 @@ def native_capability() -> str:
 def test_every_word_caps_onednn_and_openvino_alike_and_default_strips_inherited_caps():
     for word, caps in ISA_CAPS.items():
         assert caps["ONEDNN_MAX_CPU_ISA"] == caps["OV_CPU_MAX_ISA"], word  # OpenVINO refuses a mismatch
-    env = isa_environment("default", {"ONEDNN_MAX_CPU_ISA": "AVX", "DNNL_MAX_CPU_ISA": "AVX", "ATEN_CPU_CAPABILITY": "default",
-                                      "PATH": "/bin"})
+    env = isa_environment(
+        "default",
+        {"ONEDNN_MAX_CPU_ISA": "AVX", "DNNL_MAX_CPU_ISA": "AVX", "ATEN_CPU_CAPABILITY": "default", "PATH": "/bin"},
+    )
     assert env == {"PATH": "/bin", "NFDEPLOY_ISA": "default"}
     assert isa_environment("AVX512-Core", {})["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
     assert set(ISA_CAPS["sse41"]) <= set(ISA_VARIABLES)

@@ -5,8 +5,8 @@ import torch
 
 from nfdeploy.models import create_model, get_config, list_models, twin_name
 from nfdeploy.models.nf_resnet import ResidualBlock
-from nfdeploy.nn import ScaledStdConv2d
 from nfdeploy.models.spp import measure_spp, spp_report
+from nfdeploy.nn import ScaledStdConv2d
 
 NF_NAMES = ["nf_resnet18", "nf_resnet26", "nf_resnet34", "nf_resnet50", "nf_resnet101"]
 
@@ -34,8 +34,16 @@ def test_twin_has_identical_topology():
     assert not any(isinstance(m, ScaledStdConv2d) for m in bn.modules())
 
 
-@pytest.mark.parametrize("name,size", [("nf_resnet_c20", 32), ("nf_resnet18", 64), ("nf_seresnet_c20", 32),
-                                       ("bn_resnet_c20", 32), ("nf_resnet_c26b", 32)])
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("nf_resnet_c20", 32),
+        ("nf_resnet18", 64),
+        ("nf_seresnet_c20", 32),
+        ("bn_resnet_c20", 32),
+        ("nf_resnet_c26b", 32),
+    ],
+)
 def test_forward_backward_shapes(name, size):
     m = create_model(name, num_classes=7, in_chans=1, drop_rate=0.1, drop_path_rate=0.1)
     x = torch.randn(4, 1, size, size)
@@ -57,7 +65,7 @@ def test_betas_follow_the_variance_recurrence():
     blocks = [b for b in m.blocks if isinstance(b, ResidualBlock)]
     expected = 1.0
     for b in blocks:
-        assert abs(b.beta - expected ** 0.5) < 1e-12
+        assert abs(b.beta - expected**0.5) < 1e-12
         expected = (1.0 if b.shortcut is not None else expected) + 0.04
 
 

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from nfdeploy.nn import GammaAct, ScaledStdConv2d, activation_gamma, adaptive_grad_clip_, standardize_weight, unitwise_norm
+from nfdeploy.nn import (
+    GammaAct,
+    ScaledStdConv2d,
+    activation_gamma,
+    adaptive_grad_clip_,
+    standardize_weight,
+    unitwise_norm,
+)
 
 
 def test_relu_gamma_matches_closed_form():
@@ -40,7 +47,7 @@ def test_standardized_weight_statistics():
     per_out = w.flatten(1)
     assert per_out.mean(1).abs().max() < 1e-6
     # sum_j W_hat_ij^2 = gain_i^2  (unit fan-in-scaled variance)
-    assert torch.allclose((per_out ** 2).sum(1), conv.gain.double() ** 2, rtol=1e-5)
+    assert torch.allclose((per_out**2).sum(1), conv.gain.double() ** 2, rtol=1e-5)
     assert torch.allclose(per_out.var(1, correction=0) * fan_in, conv.gain.double() ** 2, rtol=1e-5)
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_recipe
+
 from nfdeploy.check.backends import export_backends, load_export_source
+from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import export_options, export_run
-from nfdeploy.check.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.base import BackendBroken, BackendSpec, BackendUnavailable
 from nfdeploy.train import train
@@ -30,8 +30,12 @@ def export_dir(tmp_path_factory) -> Path:
     is off: an undertrained net's int8 accuracy is not what these tests judge, which runtime runs it is)."""
     d = tmp_path_factory.mktemp("ov")
     run = train(load_recipe(str(write_recipe(d / "recipe.toml"))), d / "run", progress=False, log=quiet).run_dir
-    export_run(run, d / "export", export_options(precisions=["fp32", "int8", "int8-ort"], calib_samples=32, check=False),
-               log=quiet)
+    export_run(
+        run,
+        d / "export",
+        export_options(precisions=["fp32", "int8", "int8-ort"], calib_samples=32, check=False),
+        log=quiet,
+    )
     return d / "export"
 
 
@@ -53,14 +57,24 @@ def test_names_unique_and_registered(export_dir):
     assert len(names) == len(set(names))
     assert [n for n in names if n.startswith("openvino")] == list(OV_NAMES)
     files = {b.name: b.describe()["file"] for b in backends if b.name.startswith("openvino")}
-    assert files == {"openvino-cpu-fp32": "model.onnx", "openvino-cpu-bf16": "model.onnx",
-                     "openvino-cpu-int8": "model.int8.onnx", "openvino-cpu-int8-ort": "model.int8.ort.onnx"}
+    assert files == {
+        "openvino-cpu-fp32": "model.onnx",
+        "openvino-cpu-bf16": "model.onnx",
+        "openvino-cpu-int8": "model.int8.onnx",
+        "openvino-cpu-int8-ort": "model.int8.ort.onnx",
+    }
 
 
 @pytest.mark.slow
 def test_parity_fp32_and_bf16_within_their_tolerances(export_dir, tmp_path):
-    rep = parity_report(export_dir, tmp_path, only=["openvino-cpu-fp32", "openvino-cpu-bf16"], log=quiet,
-                        invariance_samples=8, max_samples=128)
+    rep = parity_report(
+        export_dir,
+        tmp_path,
+        only=["openvino-cpu-fp32", "openvino-cpu-bf16"],
+        log=quiet,
+        invariance_samples=8,
+        max_samples=128,
+    )
     rows = {r["name"]: r for r in rep["backends"]}
     fp32 = rows["openvino-cpu-fp32"]
     assert fp32["status"] == "pass", fp32
@@ -125,8 +139,9 @@ def test_truncated_missing_or_tampered_onnx_is_broken(export_dir, tmp_path):
         missing.activate()
     from nfdeploy.artifacts import sha256_file
 
-    tampered = OpenVinoBackend(BackendSpec("openvino", "cpu", "fp32"), (3, 32, 32), export_dir / "model.onnx",
-                               sha256="0" * 64)
+    tampered = OpenVinoBackend(
+        BackendSpec("openvino", "cpu", "fp32"), (3, 32, 32), export_dir / "model.onnx", sha256="0" * 64
+    )
     with pytest.raises(BackendBroken, match="does not match its manifest"):
         tampered.activate()
     assert sha256_file(export_dir / "model.onnx") != "0" * 64

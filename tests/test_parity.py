@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
+from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.metrics import judge
-from nfdeploy.check.parity import parity_report
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.train import train
 
@@ -35,15 +35,22 @@ def report(export_dir) -> dict:
 
 def test_every_cpu_backend_within_tolerance(report):
     rows = {r["name"]: r for r in report["backends"]}
-    for name in ("torch-cpu-fp64-unfolded", "torch-cpu-fp32-unfolded", "torch-cpu-fp32-folded",
-                 "onnxruntime-cpu-fp32", "onnxruntime-cpu-fp16"):
+    for name in (
+        "torch-cpu-fp64-unfolded",
+        "torch-cpu-fp32-unfolded",
+        "torch-cpu-fp32-folded",
+        "onnxruntime-cpu-fp32",
+        "onnxruntime-cpu-fp16",
+    ):
         assert rows[name]["status"] == "pass", rows[name]
     for name in ("torch-cpu-fp32-unfolded", "torch-cpu-fp32-folded", "onnxruntime-cpu-fp32", "onnxruntime-cpu-fp16"):
         tol = PRECISIONS[rows[name]["precision"]]
         assert rows[name]["rel_l2"] <= tol.rel_l2 and rows[name]["top1_agreement"] >= tol.top1_agreement
     assert {rows[n]["precision"] for n in ("onnxruntime-cpu-fp32", "onnxruntime-cpu-fp16")} == {"fp32", "fp16"}
     assert report["ok"] and report["data"] == "digits test split (360 images)"
-    assert rows["torch-cpu-fp32-folded"]["accuracy"] > 0.5 and abs(rows["torch-cpu-fp32-folded"]["accuracy_delta"]) < 1e-12
+    assert (
+        rows["torch-cpu-fp32-folded"]["accuracy"] > 0.5 and abs(rows["torch-cpu-fp32-folded"]["accuracy_delta"]) < 1e-12
+    )
 
 
 def test_unrunnable_backends_are_listed_with_reasons(report):
@@ -54,8 +61,12 @@ def test_unrunnable_backends_are_listed_with_reasons(report):
     bf16 = rows["onnxruntime-cpu-bf16"]
     assert bf16["status"] == "skipped" and "NOT_IMPLEMENTED" in bf16["reason"] and "Conv" in bf16["reason"]
     if not torch.cuda.is_available():
-        for name in ("torch-cuda-fp32-folded-eager", "torch-cuda-fp32-tf32-folded-cudagraph", "onnxruntime-cuda-fp32",
-                     "onnxruntime-cuda-fp32-tf32"):
+        for name in (
+            "torch-cuda-fp32-folded-eager",
+            "torch-cuda-fp32-tf32-folded-cudagraph",
+            "onnxruntime-cuda-fp32",
+            "onnxruntime-cuda-fp32-tf32",
+        ):
             assert rows[name]["status"] == "skipped" and rows[name]["reason"]
     assert not any(n.startswith("tensorrt") for n in rows)  # this export has no engines: no engine rows
 
@@ -86,7 +97,9 @@ def test_batch_invariance_nf_vs_bn_twin(report):
 def test_pairwise_and_files(report, export_dir):
     ran = [r for r in report["backends"] if r.get("status") == "pass" and r["name"] != "torch-cpu-fp64-unfolded"]
     assert len(report["pairwise"]) == len(ran) * (len(ran) - 1) // 2
-    fp32_pair = next(p for p in report["pairwise"] if {p["a"], p["b"]} == {"torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"})
+    fp32_pair = next(
+        p for p in report["pairwise"] if {p["a"], p["b"]} == {"torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"}
+    )
     assert fp32_pair["rel_l2"] <= 1e-5 and fp32_pair["top1_agreement"] == 1.0
     out = export_dir.parent / "reports"
     assert json.loads((out / "parity.json").read_text())["ok"] is True
@@ -141,7 +154,7 @@ def test_accuracy_is_not_applicable_when_labels_are_not_the_models_classes(expor
     source = load_export_source(export_dir)
     x, y, _, why = load_parity_data(source, max_samples=16)
     assert y is not None and why is None and len(y) == len(x) == 16
-    source.manifest["input"]["class_names"] = [f"imagenet class {i}" for i in range(10)]  # a model of other classes
+    source.manifest.input.class_names = [f"imagenet class {i}" for i in range(10)]  # a model of other classes
     x, y, _, why = load_parity_data(source, max_samples=16)
     assert y is None and "not applicable" in why and len(x) == 16
 
@@ -153,7 +166,7 @@ def _truncated_copy(export_dir: Path, dst: Path, file: str, *, fix_manifest: boo
 
     shutil.copytree(export_dir, dst)
     data = (dst / file).read_bytes()
-    (dst / file).write_bytes(data[:len(data) // 2])
+    (dst / file).write_bytes(data[: len(data) // 2])
     if fix_manifest:
         m = json.loads((dst / "manifest.json").read_text())
         entry = next(e for e in m["onnx"].values() if e["file"] == file)
@@ -165,8 +178,9 @@ def _truncated_copy(export_dir: Path, dst: Path, file: str, *, fix_manifest: boo
 @pytest.mark.parametrize("fix_manifest", [False, True], ids=["sha256-mismatch", "loader-fails"])
 def test_a_backend_that_fails_to_load_fails_parity(export_dir, tmp_path, fix_manifest):
     broken = _truncated_copy(export_dir, tmp_path / "broken", "model.fp16.onnx", fix_manifest=fix_manifest)
-    rep = parity_report(broken, tmp_path / "rep", only=["onnxruntime-cpu"], max_samples=64, invariance_samples=8,
-                        log=quiet)
+    rep = parity_report(
+        broken, tmp_path / "rep", only=["onnxruntime-cpu"], max_samples=64, invariance_samples=8, log=quiet
+    )
     rows = {r["name"]: r for r in rep["backends"]}
     assert rows["onnxruntime-cpu-fp16"]["status"] == "broken" and rows["onnxruntime-cpu-fp32"]["status"] == "pass"
     why = rows["onnxruntime-cpu-fp16"]["reason"]
@@ -188,7 +202,9 @@ def test_cli_broken_backend_exits_1_and_nothing_checked_exits_2(export_dir, tmp_
         pytest.skip("a CUDA device is visible: onnxruntime-cuda may run here")
     none = run_cli("parity", str(export_dir), "--only", "onnxruntime-cuda", "-o", str(tmp_path / "b"))
     assert none.returncode == 2 and none.stderr.startswith("error: nothing was checked: ")
-    assert len(none.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()  # no report to mistake for a pass
+    assert (
+        len(none.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    )  # no report to mistake for a pass
 
 
 def test_nothing_checked_is_an_error_even_when_activation_refuses(export_dir, tmp_path):
@@ -247,15 +263,21 @@ def test_an_engine_runs_only_at_batch_sizes_inside_its_profile(export_dir, tmp_p
     from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
     from nfdeploy.runtime.tensorrt import TensorRTBackend
 
-    record = {"file": "model.engine", "precision": "fp32", "flavour": "tensorrt-rtx", "tf32": False,
-              "profiles": [{"min": 1, "opt": 8, "max": 32}]}
+    record = {
+        "file": "model.engine",
+        "precision": "fp32",
+        "flavour": "tensorrt-rtx",
+        "tf32": False,
+        "profiles": [{"min": 1, "opt": 8, "max": 32}],
+    }
     assert TensorRTBackend((1, 8, 8), tmp_path / "model.engine", record).batch_profiles == ((1, 32),)
     source = load_export_source(export_dir)
     ref = next(b for b in export_backends(source) if b.name == REFERENCE)
     engine_like = _ProfiledOrt(export_dir, ((1, 32),))
     engine_like.__class__.seen = []
-    rep = parity_report(export_dir, tmp_path / "r", backends=[ref, engine_like], max_samples=100,
-                        invariance_samples=40, log=quiet)
+    rep = parity_report(
+        export_dir, tmp_path / "r", backends=[ref, engine_like], max_samples=100, invariance_samples=40, log=quiet
+    )
     seen = engine_like.__class__.seen
     assert seen and max(seen) == 32 and min(seen) >= 1  # 100 samples ran as 32+32+32+4, never 64
     row = rep["backends"][1]
@@ -272,7 +294,7 @@ def test_a_profile_above_batch_one_pads_and_drops_the_padding(export_dir):
     x = np.random.default_rng(0).standard_normal((21, 1, 32, 32)).astype(np.float32)
     plain = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), (1, 32, 32), export_dir / "model.onnx")
     with plain:
-        want = np.concatenate([plain.run(x[i:i + 1]) for i in range(len(x))])
+        want = np.concatenate([plain.run(x[i : i + 1]) for i in range(len(x))])
     engine_like = _ProfiledOrt(export_dir, ((4, 8),))
     engine_like.__class__.seen = []
     with engine_like:
@@ -298,16 +320,27 @@ def test_only_selects_whole_name_parts_or_a_glob():
     assert not name_matches("onnxruntime-cpu-fp16", "fp1") and not name_matches("torch-cpu-fp32-folded", "fold")
 
     class Named(Backend):
-        _activate = _deactivate = lambda self: None
-        _run = lambda self, b: b
+        def _activate(self):
+            pass
 
-    specs = [BackendSpec("onnxruntime", "cpu", "fp32"), BackendSpec("onnxruntime", "cuda", "tf32"),
-             BackendSpec("onnxruntime", "cpu", "int8"), BackendSpec("onnxruntime", "cpu", "int8-ort")]
+        _deactivate = _activate
+
+        def _run(self, b):
+            return b
+
+    specs = [
+        BackendSpec("onnxruntime", "cpu", "fp32"),
+        BackendSpec("onnxruntime", "cuda", "tf32"),
+        BackendSpec("onnxruntime", "cpu", "int8"),
+        BackendSpec("onnxruntime", "cpu", "int8-ort"),
+    ]
     bs = [Named(s, (1, 8, 8)) for s in specs]
     assert [b.name for b in select_backends(bs, ["fp32"])] == ["onnxruntime-cpu-fp32"]
     assert [b.name for b in select_backends(bs, ["int8"])] == ["onnxruntime-cpu-int8"]
-    assert [b.name for b in select_backends(bs, ["onnxruntime-cpu-int8*"])] == ["onnxruntime-cpu-int8",
-                                                                                "onnxruntime-cpu-int8-ort"]
+    assert [b.name for b in select_backends(bs, ["onnxruntime-cpu-int8*"])] == [
+        "onnxruntime-cpu-int8",
+        "onnxruntime-cpu-int8-ort",
+    ]
     with pytest.raises(BackendSelectionError, match="--only fp6 matches no backend"):
         select_backends(bs, ["fp32", "fp6"])
 
@@ -333,7 +366,9 @@ def test_top1_rule_is_no_stricter_than_the_framework_in_that_dtype():
     assert tol["top1_agreement"] == 0.95 and tol["floor_top1"] == table and tol["framework_top1"] == 0.95
     assert judged_tolerance("bf16", 2e-2, 1.0)["top1_agreement"] == table  # never raised above the table
     assert judged_tolerance("bf16", 2e-2)["top1_agreement"] == table
-    assert judged_tolerance("int8", None, 0.5)["top1_agreement"] == PRECISIONS["int8"].top1_agreement  # no framework rule
+    assert (
+        judged_tolerance("int8", None, 0.5)["top1_agreement"] == PRECISIONS["int8"].top1_agreement
+    )  # no framework rule
     ref = np.tile(np.arange(10.0), (100, 1))
     out = ref.copy()
     out[:3] = out[:3, ::-1]  # 97% agreement, rel L2 large: judged by both rules

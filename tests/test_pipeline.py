@@ -3,24 +3,27 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from nfdeploy.perf import BenchError
+
 from nfdeploy.config import RecipeError
 from nfdeploy.export import ExportError
+from nfdeploy.perf import BenchError
 from nfdeploy.workflow import PipelineError, run_pipeline
 
 quiet = lambda *a, **k: None  # noqa: E731
 
 
-@pytest.mark.parametrize("kwargs, error, needle", [
-    ({"batches": "1,x"}, BenchError, "comma list of integers"),
-    ({"batches": "0,8"}, BenchError, "positive"),
-    ({"min_time": 0.0}, PipelineError, "min_time"),
-    ({"recipe": "no_such_recipe"}, RecipeError, "unknown recipe"),
-    ({"preset": "no_such_preset"}, ExportError, "unknown export preset"),
-    ({"overrides": {"train.epochs": 0}}, RecipeError, "epochs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        ({"batches": "1,x"}, BenchError, "comma list of integers"),
+        ({"batches": "0,8"}, BenchError, "positive"),
+        ({"min_time": 0.0}, PipelineError, "min_time"),
+        ({"recipe": "no_such_recipe"}, RecipeError, "unknown recipe"),
+        ({"preset": "no_such_preset"}, ExportError, "unknown export preset"),
+        ({"overrides": {"train.epochs": 0}}, RecipeError, "epochs"),
+    ],
+)
 def test_bad_options_fail_before_any_work(tmp_path, kwargs, error, needle):
     out = tmp_path / "p"
     with pytest.raises(error, match=needle):
@@ -45,8 +48,15 @@ def test_cli_bad_batch_is_one_line_and_trains_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_on_digits(tmp_path):
-    res = run_pipeline(out=tmp_path / "p", overrides={"train.epochs": 2, "train.threads": 2}, trt=False,
-                       batches="1,4", min_time=0.1, progress=False, log=quiet)
+    res = run_pipeline(
+        out=tmp_path / "p",
+        overrides={"train.epochs": 2, "train.threads": 2},
+        trt=False,
+        batches="1,4",
+        min_time=0.1,
+        progress=False,
+        log=quiet,
+    )
     assert res.ok and res.run_dir == tmp_path / "p" / "run" and (res.export_dir / "manifest.json").is_file()
     for name in ("parity.json", "parity.md", "bench.json", "bench.md"):
         assert (res.reports_dir / name).is_file()

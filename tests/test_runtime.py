@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import model_manifest
 
 from nfdeploy.errors import UserError
 from nfdeploy.fold import fold_model, randomize_
@@ -23,16 +24,21 @@ def model():
 
 
 def test_names_say_runtime_device_precision_math_mode_and_execution_mode():
-    cases = {BackendSpec("torch", "cpu", "fp64", "unfolded"): "torch-cpu-fp64-unfolded",
-             BackendSpec("torch", "cuda", "tf32", "folded", "cudagraph"): "torch-cuda-fp32-tf32-folded-cudagraph",
-             BackendSpec("onnxruntime", "cuda", "tf32"): "onnxruntime-cuda-fp32-tf32",
-             BackendSpec("onnxruntime", "cuda", "fp32"): "onnxruntime-cuda-fp32",
-             BackendSpec("tensorrt-rtx", "cuda", "fp16"): "tensorrt-rtx-fp16"}
+    cases = {
+        BackendSpec("torch", "cpu", "fp64", "unfolded"): "torch-cpu-fp64-unfolded",
+        BackendSpec("torch", "cuda", "tf32", "folded", "cudagraph"): "torch-cuda-fp32-tf32-folded-cudagraph",
+        BackendSpec("onnxruntime", "cuda", "tf32"): "onnxruntime-cuda-fp32-tf32",
+        BackendSpec("onnxruntime", "cuda", "fp32"): "onnxruntime-cuda-fp32",
+        BackendSpec("tensorrt-rtx", "cuda", "fp16"): "tensorrt-rtx-fp16",
+    }
     for spec, name in cases.items():
         assert spec.name == name
     assert len({s.name for s in cases}) == len(cases)
     assert BackendSpec("onnxruntime", "cuda", "fp32").math_mode.endswith("(TF32 off)")
-    assert BackendSpec("onnxruntime", "cuda", "tf32").tolerance["rel_l2"] > BackendSpec("onnxruntime", "cuda", "fp32").tolerance["rel_l2"]
+    assert (
+        BackendSpec("onnxruntime", "cuda", "tf32").tolerance["rel_l2"]
+        > BackendSpec("onnxruntime", "cuda", "fp32").tolerance["rel_l2"]
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         BackendSpec("torch", "cpu", "fp32").precision = "tf32"
     with pytest.raises(ValueError, match="unknown precision"):
@@ -60,8 +66,13 @@ def test_lifecycle_and_input_checks(model):
             ref = model.double()(torch.from_numpy(x).double()).numpy()
         model.float()
         assert judge(out, ref, b.precision)["status"] == "pass"
-        for bad, needle in ((x.astype(np.float64), "float32"), (x[:, :1], "shape"), (x[0], "shape"),
-                            (x[:0], "N >= 1"), (x.tolist(), "numpy")):
+        for bad, needle in (
+            (x.astype(np.float64), "float32"),
+            (x[:, :1], "shape"),
+            (x[0], "shape"),
+            (x[:0], "N >= 1"),
+            (x.tolist(), "numpy"),
+        ):
             with pytest.raises(BackendInputError, match=needle) as e:
                 b.run(bad)
             assert isinstance(e.value, UserError) and "\n" not in str(e.value)
@@ -73,7 +84,10 @@ def test_lifecycle_and_input_checks(model):
 def test_cuda_backends_say_why_they_cannot_run(model):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: the refusal path does not apply")
-    for spec in (BackendSpec("torch", "cuda", "fp16", "folded", "eager"), BackendSpec("torch", "cpu", "tf32", "folded")):
+    for spec in (
+        BackendSpec("torch", "cuda", "fp16", "folded", "eager"),
+        BackendSpec("torch", "cpu", "tf32", "folded"),
+    ):
         b = TorchBackend(spec, SHAPE, lambda: model)
         assert b.unavailable_reason()
         with pytest.raises(BackendUnavailable):
@@ -86,7 +100,7 @@ def test_folded_model_is_shared_per_dtype(tmp_path):
     from nfdeploy.check.backends import ExportSource, torch_backend
 
     m = randomize_(create_model("nf_resnet_c8")).eval()
-    src = ExportSource({"input": {"shape": ["batch", *SHAPE]}, "source": {"kind": "run"}}, m, tmp_path)
+    src = ExportSource(model_manifest("nf_resnet_c8", SHAPE), m, tmp_path)
     first = src.folded(torch.float32)
     with torch_backend(src, BackendSpec("torch", "cpu", "fp32", "folded")) as a:
         x = np.random.default_rng(0).standard_normal((2, *SHAPE)).astype(np.float32)
@@ -100,15 +114,24 @@ def test_folded_model_is_shared_per_dtype(tmp_path):
 
 # ------------------------------------------------------------------ issue 15 §2: failed activation, compile, ORT
 
+
 def _tiny_onnx(path):
     """A real one-Gemm ONNX classifier over (N, 3, 32, 32) inputs (built with onnx.helper: no exporter needed)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3 * 32 * 32, 10)).astype(np.float32), "w")
-    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *SHAPE])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [w])
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path
 
@@ -125,7 +148,7 @@ def test_ort_truncated_onnx_is_broken_and_frees_its_half_made_session(tmp_path):
     assert b.session is None and b.input_name is None
     blob = good.read_bytes()
     bad = tmp_path / "truncated.onnx"
-    bad.write_bytes(blob[:len(blob) // 2])
+    bad.write_bytes(blob[: len(blob) // 2])
     b = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), SHAPE, bad)
     assert b.unavailable_reason() is None  # the file exists: this machine should be able to load it
     with pytest.raises(BackendBroken, match="truncated.onnx") as e:
@@ -164,9 +187,11 @@ def test_deactivate_tolerates_a_state_that_activate_never_made(tmp_path):
     def broken_model():
         raise RuntimeError("no model")
 
-    for b in (OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), SHAPE, tmp_path / "none.onnx"),
-              TensorRTBackend(SHAPE, tmp_path / "none.engine", {"precision": "fp16"}),
-              TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded", "compile"), SHAPE, broken_model)):
+    for b in (
+        OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), SHAPE, tmp_path / "none.onnx"),
+        TensorRTBackend(SHAPE, tmp_path / "none.engine", {"precision": "fp16"}),
+        TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded", "compile"), SHAPE, broken_model),
+    ):
         b._deactivate()
     t = TorchBackend(BackendSpec("torch", "cpu", "fp32", "folded"), SHAPE, broken_model)
     from nfdeploy.runtime.base import BackendBroken

@@ -12,23 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_recipe
 
 pytest.importorskip("pytriton", reason="nfdeploy[serve] is not installed (its wheel carries tritonserver)")
 
-from nfdeploy.check.backends import default_report_dir, export_backend  # noqa: E402
-from nfdeploy.config import load_recipe  # noqa: E402
-from nfdeploy.export import ExportOptions, export_run  # noqa: E402
-from nfdeploy.check.parity import parity_report  # noqa: E402
-from nfdeploy.serve.choice import FALLBACK_BACKEND, choose_backend  # noqa: E402
-from nfdeploy.serve.loadtest import LoadOptions, Target, burst, expectation, loadtest, model_facts  # noqa: E402
-from nfdeploy.serve.python_model import ServedModel  # noqa: E402
-from nfdeploy.serve.repository import (PackageOptions, RepositoryError, check_repository, describe_repository,  # noqa: E402
-                                       package_export)
-from nfdeploy.serve.server import ModelServer, ServeOptions  # noqa: E402
-from nfdeploy.serve.tritonserver import ServeError, ServerAddress, TritonProcess, free_port, interpreter_problem  # noqa: E402
-from nfdeploy.train import train  # noqa: E402
+from nfdeploy.check.backends import default_report_dir, export_backend
+from nfdeploy.check.parity import parity_report
+from nfdeploy.config import load_recipe
+from nfdeploy.export import ExportOptions, export_run
+from nfdeploy.serve.choice import FALLBACK_BACKEND, choose_backend
+from nfdeploy.serve.loadtest import LoadOptions, Target, burst, expectation, loadtest, model_facts
+from nfdeploy.serve.python_model import ServedModel
+from nfdeploy.serve.repository import (
+    PackageOptions,
+    RepositoryError,
+    check_repository,
+    describe_repository,
+    package_export,
+)
+from nfdeploy.serve.server import ModelServer, ServeOptions
+from nfdeploy.serve.tritonserver import ServeError, ServerAddress, TritonProcess, free_port, interpreter_problem
+from nfdeploy.train import train
 
 quiet = lambda *a, **k: None  # noqa: E731
 SERVED = "onnxruntime-cpu-fp32"
@@ -59,7 +63,9 @@ def no_stray_servers():
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("serve")
-    recipe = load_recipe(str(write_recipe(d / "r.toml", data={"synthetic_size": 64, "num_classes": 4, "input_size": 16})))
+    recipe = load_recipe(
+        str(write_recipe(d / "r.toml", data={"synthetic_size": 64, "num_classes": 4, "input_size": 16}))
+    )
     run = train(recipe, d / "run", progress=False, log=quiet)
     export_run(run.run_dir, d / "export", ExportOptions(precisions=("fp32",)), log=quiet)
     parity_report(d / "export", only=[SERVED, TORCH], max_samples=32, invariance_samples=4, log=quiet)
@@ -77,17 +83,41 @@ def served(export: Path, **package) -> ModelServer:
 def test_loadtest_every_request_answered_on_its_own(export_dir, tmp_path):
     """A queue of 8 at max batch 8: the sweep answers everything bitwise, an overload of 40 clients × 4 is
     answered or refused at once (nothing else), every good request beside a NaN flood is answered."""
-    opts = LoadOptions(concurrency=(1, 4), window_s=0.5, max_windows=4, samples=8, overload=40, overload_requests=4,
-                       faults=True, burst_clients=0, speed=True, speed_time_s=0.5)
-    rep = loadtest(export_dir, tmp_path / "lt", opts, serve_args=["--backend", SERVED, "--max-batch", "8",
-                                                                  "--max-queue-size", "8"], log=quiet)
+    opts = LoadOptions(
+        concurrency=(1, 4),
+        window_s=0.5,
+        max_windows=4,
+        samples=8,
+        overload=40,
+        overload_requests=4,
+        faults=True,
+        burst_clients=0,
+        speed=True,
+        speed_time_s=0.5,
+    )
+    rep = loadtest(
+        export_dir,
+        tmp_path / "lt",
+        opts,
+        serve_args=["--backend", SERVED, "--max-batch", "8", "--max-queue-size", "8"],
+        log=quiet,
+    )
     params = rep["served"]["parameters"]
-    assert params["nfdeploy.backend"] == SERVED and params["nfdeploy.check.parity"] == "pass" and params["nfdeploy.checked"] == "yes"
-    assert params["nfdeploy.artifact_sha256"] == json.loads((export_dir / "manifest.json").read_text())["onnx"]["fp32"]["sha256"]
+    assert (
+        params["nfdeploy.backend"] == SERVED
+        and params["nfdeploy.check.parity"] == "pass"
+        and params["nfdeploy.checked"] == "yes"
+    )
+    assert (
+        params["nfdeploy.artifact_sha256"]
+        == json.loads((export_dir / "manifest.json").read_text())["onnx"]["fp32"]["sha256"]
+    )
     assert rep["served"]["max_queue_size"] == 8 and rep["served"]["max_batch"] == 8
     formed = set()
     for row in rep["levels"]:
-        assert row["sent"] == row["ok"] + sum(row["errors"].values()) and sum(row["errors"].values()) == 0, row["errors"]
+        assert row["sent"] == row["ok"] + sum(row["errors"].values()) and sum(row["errors"].values()) == 0, row[
+            "errors"
+        ]
         assert row["ok"] > 0 and row["correctness"]["bitwise_share"] == 1.0 and row["correctness"]["max_ulp"] == 0
         assert row["correctness"]["top1_agreement_vs_fp64"] == 1.0
         formed |= set(row["correctness_by_batch"])
@@ -116,7 +146,10 @@ def test_loadtest_every_request_answered_on_its_own(export_dir, tmp_path):
     assert log.count("\nready\n") == 2 and log.count("  grpc: 127.0.0.1:") == 2 and "draining" in log
     assert (tmp_path / "lt" / "loadtest.md").is_file() and (tmp_path / "lt" / "loadtest.png").is_file()
     sp = rep["speed"]["c1"]  # interleaved: served and in-process rounds paired, each an interval
-    assert sp["rounds"] >= 5 and sp["difference_ms"]["ci95"][0] <= sp["difference_ms"]["median"] <= sp["difference_ms"]["ci95"][1]
+    assert (
+        sp["rounds"] >= 5
+        and sp["difference_ms"]["ci95"][0] <= sp["difference_ms"]["median"] <= sp["difference_ms"]["ci95"][1]
+    )
     assert sp["cost_split"]["server_compute_infer_us"] > 0 and sp["cost_split"]["client_and_transport_us"] is not None
 
 
@@ -139,7 +172,7 @@ def test_answer_refuses_only_the_bad_request(export_dir):
     backend = export_backend(export_dir, SERVED)
     with backend:
         x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
-        alone = [backend.run(x[i:i + 1]) for i in range(5)]
+        alone = [backend.run(x[i : i + 1]) for i in range(5)]
         bad = x[:1].copy()
         bad[0, 0, 0, 0] = np.inf
         answers = ServedModel(backend, "input", "logits", 8).answer([x[0:1], bad, x[1:3], x[3:5]])
@@ -179,14 +212,20 @@ def test_ready_only_once_the_model_answered(export_dir, tmp_path):
         assert out.shape == (1, 4)
     finally:
         assert proc.stop() == 0
-    triton_log = next(line.split(": ", 1)[1] for line in (tmp_path / "serve.log").read_text().splitlines()
-                      if "tritonserver log:" in line)
+    triton_log = next(
+        line.split(": ", 1)[1]
+        for line in (tmp_path / "serve.log").read_text().splitlines()
+        if "tritonserver log:" in line
+    )
     assert not Path(triton_log).exists()  # a clean stop removes its work dir
 
 
 def test_triton_logs_the_probe_before_opening_its_endpoints(export_dir, tmp_path):
-    with ModelServer(export_dir, ServeOptions(package=PackageOptions(backend=SERVED), address=address(),
-                                              log_file=tmp_path / "triton.log"), log=quiet):
+    with ModelServer(
+        export_dir,
+        ServeOptions(package=PackageOptions(backend=SERVED), address=address(), log_file=tmp_path / "triton.log"),
+        log=quiet,
+    ):
         pass
     lines = (tmp_path / "triton.log").read_text().splitlines()
     probe = next(i for i, line in enumerate(lines) if "answered a probe" in line)
@@ -197,11 +236,15 @@ def test_triton_logs_the_probe_before_opening_its_endpoints(export_dir, tmp_path
 def test_a_broken_config_fails_to_load_with_tritons_reason(export_dir, tmp_path):
     repo = tmp_path / "repo"
     r = run_cli("package", str(export_dir), "--out", str(repo), "--backend", SERVED, "--max-batch", "16", timeout=300)
-    assert r.returncode == 0 and f"{MODEL}: ok" in r.stdout and "loaded by the bundled tritonserver" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"{MODEL}: ok" in r.stdout and "loaded by the bundled tritonserver" in r.stdout, (
+        r.stdout + r.stderr
+    )
     cfg = repo / MODEL / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace("max_batch_size: 16", "max_batch_sise: 16"))
     ports = [str(free_port()) for _ in range(3)]
-    r = run_cli("serve", str(repo), "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2], timeout=120)
+    r = run_cli(
+        "serve", str(repo), "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2], timeout=120
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "Triton did not load the repository" in r.stderr and 'no field named "max_batch_sise"' in r.stderr, r.stderr
 
@@ -237,17 +280,22 @@ def test_native_repository_for_tritons_container(export_dir, tmp_path):
     assert check_repository(tmp_path / "repo", export_dir) == {MODEL: []}
     with open(tmp_path / "repo" / MODEL / "1" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    assert check_repository(tmp_path / "repo", export_dir)[MODEL] == ["1/model.onnx: sha256 matches no file of the export's manifest"]
+    assert check_repository(tmp_path / "repo", export_dir)[MODEL] == [
+        "1/model.onnx: sha256 matches no file of the export's manifest"
+    ]
 
 
-@pytest.mark.parametrize("breakage, expected", [
-    (("max_batch_size: 16", "max_batch_sise: 16"), "does not parse"),          # a misspelled field
-    (("kind: KIND_CPU", "kind: KIND_CPUS"), "does not parse"),                  # an unknown enum value
-    (("dims: [ 3, 16, 16 ]", "dims: [ 3, 16, 17 ]"), "differ from the export"),  # a wrong dim
-    (('backend: "python"', 'backend: "pyton"'), "not one Triton knows"),
-    (("dynamic_batching { ", "dynamic_batching { preferred_batch_size: [ 4 ] "), "preferred_batch_size"),
-    (("max_batch_size: 16", "max_batch_size: 1"), "warm-up"),                  # warm-up above the max batch
-])
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        (("max_batch_size: 16", "max_batch_sise: 16"), "does not parse"),  # a misspelled field
+        (("kind: KIND_CPU", "kind: KIND_CPUS"), "does not parse"),  # an unknown enum value
+        (("dims: [ 3, 16, 16 ]", "dims: [ 3, 16, 17 ]"), "differ from the export"),  # a wrong dim
+        (('backend: "python"', 'backend: "pyton"'), "not one Triton knows"),
+        (("dynamic_batching { ", "dynamic_batching { preferred_batch_size: [ 4 ] "), "preferred_batch_size"),
+        (("max_batch_size: 16", "max_batch_size: 1"), "warm-up"),  # warm-up above the max batch
+    ],
+)
 def test_a_broken_config_fails_its_check(export_dir, tmp_path, breakage, expected):
     repo = tmp_path / "repo"
     package_export(export_dir, repo, PackageOptions(backend=SERVED, max_batch=16), log=quiet)
@@ -262,8 +310,8 @@ def test_a_broken_config_fails_its_check(export_dir, tmp_path, breakage, expecte
 def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     """From a real parity report and a real bench report of two CPU backends; the fallback names its reason;
     a faster backend that failed parity is never chosen."""
-    from nfdeploy.perf import bench_report
     from nfdeploy.check.backends import export_backends, manifest_source
+    from nfdeploy.perf import bench_report
 
     export = tmp_path / "export"
     shutil.copytree(export_dir, export)
@@ -271,7 +319,9 @@ def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     assert choose_backend(export, backends, 8).reason.startswith("no parity report")
     shutil.copytree(default_report_dir(export_dir), default_report_dir(export))
     assert choose_backend(export, backends, 8).reason.startswith("no bench report")
-    bench_report(export, batches=[1, 4], only=[SERVED, TORCH], min_time=0.5, warmup=0.3, max_time=2.0, compare=False, log=quiet)
+    bench_report(
+        export, batches=[1, 4], only=[SERVED, TORCH], min_time=0.5, warmup=0.3, max_time=2.0, compare=False, log=quiet
+    )
     bench = json.loads((default_report_dir(export) / "bench.json").read_text())
     per = {r["name"]: r["median_ms"] / 4 for r in bench["results"] if r["batch"] == 4}
     choice = choose_backend(export, backends, 8)
@@ -286,21 +336,33 @@ def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     for row in report["backends"]:
         row["status"] = "FAIL"
     report_path.write_text(json.dumps(report))
-    assert choose_backend(export, backends, 8) .name == FALLBACK_BACKEND
+    assert choose_backend(export, backends, 8).name == FALLBACK_BACKEND
 
 
 def test_batch_invariant_mode_pads_torch_and_skips_onnxruntime(export_dir, tmp_path):
     """torch CPU's outputs change with the batch size (parity measured it): --batch-invariant pads to the max batch
     and every response under load equals its sample alone (padded); ONNX Runtime was measured bitwise invariant,
     so it is not padded and the parameters say why."""
-    ort = package_export(export_dir, tmp_path / "ort", PackageOptions(backend=SERVED, batch_invariant=True), log=quiet)[0]
-    assert ort.parameters["nfdeploy.pad_to"] == "0" and "bitwise batch-invariant as measured" in ort.parameters["nfdeploy.batch_invariance"]
+    ort = package_export(export_dir, tmp_path / "ort", PackageOptions(backend=SERVED, batch_invariant=True), log=quiet)[
+        0
+    ]
+    assert (
+        ort.parameters["nfdeploy.pad_to"] == "0"
+        and "bitwise batch-invariant as measured" in ort.parameters["nfdeploy.batch_invariance"]
+    )
     opts = LoadOptions(concurrency=(4,), window_s=0.5, max_windows=4, samples=8, faults=False, speed=False)
-    rep = loadtest(export_dir, tmp_path / "lt", opts, serve_args=["--backend", TORCH, "--max-batch", "8",
-                                                                  "--batch-invariant", "--threads", "1"], log=quiet)
+    rep = loadtest(
+        export_dir,
+        tmp_path / "lt",
+        opts,
+        serve_args=["--backend", TORCH, "--max-batch", "8", "--batch-invariant", "--threads", "1"],
+        log=quiet,
+    )
     assert rep["served"]["parameters"]["nfdeploy.pad_to"] == "8"
     row = rep["levels"][0]
-    assert max(row["correctness_by_batch"]) > 1 and row["correctness"]["bitwise_share"] == 1.0, row["correctness_by_batch"]
+    assert max(row["correctness_by_batch"]) > 1 and row["correctness"]["bitwise_share"] == 1.0, row[
+        "correctness_by_batch"
+    ]
     assert sum(row["errors"].values()) == 0
 
 
@@ -316,8 +378,9 @@ def test_refusals_need_no_server(export_dir, tmp_path):
         package_export(failed, tmp_path / "repo", PackageOptions(backend=SERVED), log=quiet)
     assert not (tmp_path / "repo").exists()
     warnings = []
-    allowed = package_export(failed, tmp_path / "repo", PackageOptions(backend=SERVED, allow_unchecked=True),
-                             log=warnings.append)[0].parameters
+    allowed = package_export(
+        failed, tmp_path / "repo", PackageOptions(backend=SERVED, allow_unchecked=True), log=warnings.append
+    )[0].parameters
     assert allowed["nfdeploy.check.parity"] == "FAIL" and allowed["nfdeploy.allow_unchecked"] == "yes"
     assert allowed["nfdeploy.checked"] == "no" and len(warnings) == 1 and "FAIL" in warnings[0]
     bare = tmp_path / "bare"
@@ -331,8 +394,17 @@ def test_refusals_need_no_server(export_dir, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        r = run_cli("serve", str(export_dir), "--grpc-port", str(busy), "--http-port", str(free_port()),
-                    "--metrics-port", str(free_port()), timeout=120)
+        r = run_cli(
+            "serve",
+            str(export_dir),
+            "--grpc-port",
+            str(busy),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            timeout=120,
+        )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and f"grpc port {busy}" in r.stderr, r.stderr
     r = run_cli("serve", str(tmp_path / "repo"), "--max-batch", "4", timeout=60)
     assert r.returncode == 2 and "is a repository" in r.stderr, r.stderr

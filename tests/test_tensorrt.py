@@ -12,8 +12,14 @@ import torch
 
 from nfdeploy.artifacts import sha256_file
 from nfdeploy.errors import MissingExtraError
-from nfdeploy.export.tensorrt import (BatchProfile, EngineBuildError, TrtBuildOptions, build_engine,
-                                      load_timing_cache, save_timing_cache)
+from nfdeploy.export.tensorrt import (
+    BatchProfile,
+    EngineBuildError,
+    TrtBuildOptions,
+    build_engine,
+    load_timing_cache,
+    save_timing_cache,
+)
 from nfdeploy.metrics import judge
 from nfdeploy.runtime.base import BackendUnavailable
 from nfdeploy.runtime.tensorrt import TensorRTBackend, check_compatible, engine_spec, import_tensorrt
@@ -34,7 +40,9 @@ def trt():
     return _rtx()
 
 
-def _export(name: str, path: Path, shape: tuple[int, int, int], dtype=torch.float32, opset: int = 18, **overrides) -> Path:
+def _export(
+    name: str, path: Path, shape: tuple[int, int, int], dtype=torch.float32, opset: int = 18, **overrides
+) -> Path:
     from nfdeploy.export.onnx_graph import export_module
     from nfdeploy.fold import fold_model, randomize_
     from nfdeploy.models import create_model
@@ -48,11 +56,14 @@ def _export(name: str, path: Path, shape: tuple[int, int, int], dtype=torch.floa
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, trt) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("c8")
-    return {"rgb": _export("nf_resnet_c8", d / "c8_rgb.onnx", (3, 32, 32), in_chans=3),
-            "gray": _export("nf_resnet_c8", d / "c8_gray.onnx", (1, 32, 32), in_chans=1),
-            "gray_fp16": _export("nf_resnet_c8", d / "c8_gray.fp16.onnx", (1, 32, 32), torch.float16, in_chans=1),
-            "gray_bf16": _export("nf_resnet_c8", d / "c8_gray.bf16.onnx", (1, 32, 32), torch.bfloat16, opset=22,
-                                 in_chans=1)}
+    return {
+        "rgb": _export("nf_resnet_c8", d / "c8_rgb.onnx", (3, 32, 32), in_chans=3),
+        "gray": _export("nf_resnet_c8", d / "c8_gray.onnx", (1, 32, 32), in_chans=1),
+        "gray_fp16": _export("nf_resnet_c8", d / "c8_gray.fp16.onnx", (1, 32, 32), torch.float16, in_chans=1),
+        "gray_bf16": _export(
+            "nf_resnet_c8", d / "c8_gray.bf16.onnx", (1, 32, 32), torch.bfloat16, opset=22, in_chans=1
+        ),
+    }
 
 
 def _check_record(r: dict, engine: Path, precision: str) -> None:
@@ -70,6 +81,7 @@ def _check_record(r: dict, engine: Path, precision: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ options
+
 
 def test_batch_profile_parse_and_validation():
     assert BatchProfile.parse("1:8:32") == BatchProfile(1, 8, 32)
@@ -102,6 +114,7 @@ def test_import_tensorrt_flavours(trt):
 
 # ------------------------------------------------------------------------------ small models
 
+
 def test_build_small_fp32_rgb(small, tmp_path):
     engine = tmp_path / "c8.engine"
     r = build_engine(small["rgb"], engine, "fp32", (3, 32, 32), RTX)
@@ -119,9 +132,15 @@ def test_build_small_fp32_rgb(small, tmp_path):
 
 def test_build_small_gray_profiles_tf32_off_targets(small, tmp_path):
     engine = tmp_path / "gray.engine"
-    opts = TrtBuildOptions(flavour="tensorrt-rtx", profiles=(BatchProfile(1, 1, 4), BatchProfile(8, 64, 256)), tf32=False,
-                           optimization_level=1, compute_capabilities=("8.6", "SM89"), detailed_profiling=False,
-                           workspace_mb=256)
+    opts = TrtBuildOptions(
+        flavour="tensorrt-rtx",
+        profiles=(BatchProfile(1, 1, 4), BatchProfile(8, 64, 256)),
+        tf32=False,
+        optimization_level=1,
+        compute_capabilities=("8.6", "SM89"),
+        detailed_profiling=False,
+        workspace_mb=256,
+    )
     r = build_engine(small["gray"], engine, "fp32", (1, 32, 32), opts)
     _check_record(r, engine, "fp32")
     assert r["profiles"] == [{"min": 1, "opt": 1, "max": 4}, {"min": 8, "opt": 64, "max": 256}]
@@ -147,15 +166,25 @@ def test_build_bf16_opset22(small, tmp_path):
     assert r["layer_output_dtypes"].get("BF16", 0) > 0
     turing = tmp_path / "gray.bf16.sm75.engine"
     with pytest.raises(EngineBuildError, match="sm75") as ei:
-        build_engine(small["gray_bf16"], turing, "bf16", (1, 32, 32),
-                     TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("7.5",)))
+        build_engine(
+            small["gray_bf16"],
+            turing,
+            "bf16",
+            (1, 32, 32),
+            TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("7.5",)),
+        )
     assert ei.value.errors and not turing.exists()
 
 
 def test_bad_compute_capability_and_precision(small, tmp_path):
     with pytest.raises(ValueError, match="not supported by TensorRT-RTX"):
-        build_engine(small["rgb"], tmp_path / "x.engine", "fp32", (3, 32, 32),
-                     TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("9.0",)))
+        build_engine(
+            small["rgb"],
+            tmp_path / "x.engine",
+            "fp32",
+            (3, 32, 32),
+            TrtBuildOptions(flavour="tensorrt-rtx", compute_capabilities=("9.0",)),
+        )
     for bad in ("int8-ort", "fp8"):  # ONNX Runtime's int8 form has no engine; fp8 is not in the table
         with pytest.raises(ValueError, match="precision"):
             build_engine(small["rgb"], tmp_path / "x.engine", bad, (3, 32, 32), RTX)
@@ -165,6 +194,7 @@ def test_bad_compute_capability_and_precision(small, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ failures
+
 
 def test_truncated_onnx_fails_cleanly(small, tmp_path):
     data = small["rgb"].read_bytes()
@@ -197,8 +227,10 @@ def test_unsupported_op_names_the_node(tmp_path):
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 8, 8])
     node = helper.make_node("FrobnicateXYZ", ["input"], ["logits"], name="frob_0", domain="com.example")
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)],
+    )
     path = tmp_path / "unknown_op.onnx"
     save(model, str(path))
     with pytest.raises(EngineBuildError, match="frob_0 \\(FrobnicateXYZ\\)") as ei:
@@ -209,10 +241,16 @@ def test_unsupported_op_names_the_node(tmp_path):
 
 # ---------------------------------------------------------------------------------- timing cache
 
+
 def test_timing_cache_not_used_by_rtx(small, tmp_path):
     cache = tmp_path / "timing.cache"
-    r = build_engine(small["rgb"], tmp_path / "c8.engine", "fp32", (3, 32, 32),
-                     TrtBuildOptions(flavour="tensorrt-rtx", timing_cache=cache))
+    r = build_engine(
+        small["rgb"],
+        tmp_path / "c8.engine",
+        "fp32",
+        (3, 32, 32),
+        TrtBuildOptions(flavour="tensorrt-rtx", timing_cache=cache),
+    )
     assert r["timing_cache"]["supported"] is False and r["timing_cache"]["used"] is False
     assert "no-op" in r["timing_cache"]["note"] and not cache.exists()
 
@@ -249,6 +287,7 @@ def test_timing_cache_reused_by_tensorrt(small, tmp_path):
 
 # ---------------------------------------------------------------------------------- ResNet-50
 
+
 @pytest.mark.slow
 def test_resnet50_fp32_fp16_nf_vs_bn_twin(tmp_path, trt):
     """224x224 ResNet-50 builds (fold + export ~5 s each, RTX AOT build ~1 s each on 2 CPU cores).
@@ -274,9 +313,12 @@ def test_resnet50_fp32_fp16_nf_vs_bn_twin(tmp_path, trt):
 
 # ------------------------------------------------------------------------------------- runner
 
+
 @pytest.mark.skipif(HAS_GPU, reason="checks the refusal on a machine without a CUDA GPU")
 def test_runner_refuses_without_gpu(tmp_path):
-    backend = TensorRTBackend((3, 32, 32), tmp_path / "missing.engine", {"flavour": "tensorrt-rtx", "precision": "fp16"})
+    backend = TensorRTBackend(
+        (3, 32, 32), tmp_path / "missing.engine", {"flavour": "tensorrt-rtx", "precision": "fp16"}
+    )
     assert "CUDA GPU" in backend.unavailable_reason()
     with pytest.raises(BackendUnavailable, match="CUDA GPU"):
         backend.activate()
@@ -355,14 +397,31 @@ def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path, trt):
     import json
 
     from conftest import run_cli
-    from nfdeploy.export import load_manifest
+
+    from nfdeploy.artifacts import Manifest
 
     run = _digits_run(tmp_path)
     out = tmp_path / "exp"
-    proc = run_cli("export", str(run), "--out", str(out), "--trt", "--trt-flavour", "tensorrt-rtx", "--precision",
-                   "fp32,fp16", "--profile", "1:8:32", "--profile", "64:64:128", "--no-tf32", "--opt-level", "2")
+    proc = run_cli(
+        "export",
+        str(run),
+        "--out",
+        str(out),
+        "--trt",
+        "--trt-flavour",
+        "tensorrt-rtx",
+        "--precision",
+        "fp32,fp16",
+        "--profile",
+        "1:8:32",
+        "--profile",
+        "64:64:128",
+        "--no-tf32",
+        "--opt-level",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = load_manifest(out)  # verifies every ONNX and engine sha256
+    m = Manifest.read(out).to_dict()  # verifies every ONNX and engine sha256
     assert set(m["engines"]) == {"fp32", "fp16"}
     e = m["engines"]["fp32"]
     assert e["flavour"] == "tensorrt-rtx" and e["version"] == trt.__version__ and e["precision"] == "fp32"
@@ -386,7 +445,9 @@ def test_cli_export_trt_builds_engines_into_the_manifest(tmp_path, trt):
     assert rows["tensorrt-rtx-fp32"]["precision"] == "fp32"  # built with --no-tf32: judged as fp32
     assert rows["tensorrt-rtx-fp16"]["tolerance"]["rel_l2"] == 1e-2
     if not HAS_GPU:
-        assert rows["tensorrt-rtx-fp16"]["status"] == "unavailable" and "CUDA GPU" in rows["tensorrt-rtx-fp16"]["reason"]
+        assert (
+            rows["tensorrt-rtx-fp16"]["status"] == "unavailable" and "CUDA GPU" in rows["tensorrt-rtx-fp16"]["reason"]
+        )
 
 
 def test_cli_engine_bad_onnx_and_missing_flavour(tmp_path, small):
@@ -402,9 +463,10 @@ def test_cli_engine_bad_onnx_and_missing_flavour(tmp_path, small):
     assert (tmp_path / "g.engine").stat().st_size > 0
     try:
         import tensorrt  # noqa: F401
-    except Exception:  # the usual case here: TensorRT proper is not installable from PyPI alone
+    except Exception:  # noqa: BLE001 - the usual case here: TensorRT proper is not installable from PyPI alone
         run = _digits_run(tmp_path)
-        proc = run_cli("export", str(run), "--out", str(tmp_path / "e"), "--trt", "--trt-flavour", "tensorrt",
-                       "--no-check")
+        proc = run_cli(
+            "export", str(run), "--out", str(tmp_path / "e"), "--trt", "--trt-flavour", "tensorrt", "--no-check"
+        )
         assert proc.returncode == 2 and "nfdeploy[trt]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "e").exists()

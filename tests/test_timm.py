@@ -18,15 +18,25 @@ SHIM = Path(__file__).resolve().parent / "torchvision_shim"
 sys.path.insert(0, str(SHIM))
 import sitecustomize  # noqa: E402,F401  (test-only torchvision shim: see its docstring)
 
-timm = pytest.importorskip("timm", reason="timm is not importable (install nfdeploy[timm]); the timm interop is untested")
+timm = pytest.importorskip(
+    "timm", reason="timm is not importable (install nfdeploy[timm]); the timm interop is untested"
+)
+
+from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame  # noqa: E402
 
 from nfdeploy.artifacts import ArtifactError, save_tensors  # noqa: E402
 from nfdeploy.fold import count_ops  # noqa: E402
+from nfdeploy.interop.timm import (  # noqa: E402
+    SUPPORTED_PREFIXES,
+    ExplicitScale,
+    FoldedTimmNet,
+    create_timm_model,
+    fold_timm_model,
+    is_plain,
+    randomize_timm_,
+    timm_input_size,
+)
 from nfdeploy.metrics import compare_outputs  # noqa: E402
-from nfdeploy.interop.timm import (SUPPORTED_PREFIXES, ExplicitScale, FoldedTimmNet, create_timm_model,  # noqa: E402
-                                   fold_timm_model, is_plain, randomize_timm_, timm_input_size)
-from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame  # noqa: E402
-
 from nfdeploy.precision import PRECISIONS  # noqa: E402
 
 MAX_REL_F64 = PRECISIONS["fp64"].rel_l2  # applied to max |diff| / max |ref|: stricter than rel L2
@@ -70,7 +80,9 @@ def _check_structure(model: nn.Module, folded: nn.Module, report) -> None:
     for m in folded.modules():
         if isinstance(m, nn.Sequential) and any(isinstance(c, nn.ZeroPad2d) for c in m):
             kids = list(m)
-            assert len(kids) == 2 and isinstance(kids[0], nn.ZeroPad2d) and isinstance(kids[1], (nn.Conv2d, nn.AvgPool2d))
+            assert (
+                len(kids) == 2 and isinstance(kids[0], nn.ZeroPad2d) and isinstance(kids[1], (nn.Conv2d, nn.AvgPool2d))
+            )
 
 
 def _check_equivalence(model64: nn.Module, size: int) -> tuple[nn.Module, object]:
@@ -99,8 +111,9 @@ def _timm64(name: str, seed: int = 0, **kwargs) -> nn.Module:
     return randomize_timm_(model, seed).double().eval()
 
 
-@pytest.mark.parametrize("name", ["nf_resnet26", "nf_seresnet26", "nf_ecaresnet26", "nf_regnet_b0",
-                                  "nfnet_f0", "nfnet_l0", "eca_nfnet_l0"])
+@pytest.mark.parametrize(
+    "name", ["nf_resnet26", "nf_seresnet26", "nf_ecaresnet26", "nf_regnet_b0", "nfnet_f0", "nfnet_l0", "eca_nfnet_l0"]
+)
 def test_fold_matches_timm(name):
     model = _timm64(name)
     before = {k: v.clone() for k, v in model.state_dict().items()} if name == "nf_regnet_b0" else None
@@ -170,8 +183,11 @@ def test_a_model_is_accepted_for_what_it_is_not_its_name():
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     folded, _ = fold_timm_model(model, input_size=(64, 64), dtype=torch.float64)
     assert compare_outputs(model(x), folded(x))["max_rel"] <= MAX_REL_F64
-    for name, why in (("resnet50", "not a NormFreeNet"), ("nf_resnet999", "no model of that name"),
-                      ("bogus", "no model of that name")):
+    for name, why in (
+        ("resnet50", "not a NormFreeNet"),
+        ("nf_resnet999", "no model of that name"),
+        ("bogus", "no model of that name"),
+    ):
         with pytest.raises(ValueError) as e:
             create_timm_model(name)
         msg = str(e.value)
@@ -234,8 +250,10 @@ def test_shim_reaches_subprocesses():
     import os
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))}
-    code = ("import nfdeploy.interop.timm as t; m = t.create_timm_model('nf_regnet_b0'); "
-            "print(type(m).__name__, t.timm_input_size(m))")
+    code = (
+        "import nfdeploy.interop.timm as t; m = t.create_timm_model('nf_regnet_b0'); "
+        "print(type(m).__name__, t.timm_input_size(m))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "NormFreeNet (3, 256, 256)"

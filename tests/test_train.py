@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_cli, write_recipe
 from safetensors import safe_open
 
-from conftest import REPO, run_cli, write_recipe
 from nfdeploy.artifacts import load_tensors
+from nfdeploy.artifacts.run_dir import load_run_model
 from nfdeploy.config import RecipeError, load_recipe
 from nfdeploy.models import create_model
-from nfdeploy.runs import load_run_model
 from nfdeploy.train import train
 from nfdeploy.train.loop import evaluate, lr_at, param_groups
 
@@ -75,8 +75,9 @@ def test_train_writes_complete_run_dir(tmp_path):
 
 
 def test_synthetic_task_is_learned(tmp_path):
-    recipe = load_recipe(str(write_recipe(tmp_path / "r.toml", data={"synthetic_size": 512},
-                                          train={"epochs": 4, "agc_clip": 0.1})))
+    recipe = load_recipe(
+        str(write_recipe(tmp_path / "r.toml", data={"synthetic_size": 512}, train={"epochs": 4, "agc_clip": 0.1}))
+    )
     res = train(recipe, tmp_path / "run", progress=False, log=lambda *a: None)
     assert res.summary["test_accuracy"] >= 0.9
 
@@ -86,10 +87,23 @@ def _weights(run: Path) -> dict:
 
 
 def _torchrun(nproc: int, recipe: Path, out: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "nfdeploy", "train", str(recipe), "--out", str(out), "--no-progress"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "nfdeploy",
+        "train",
+        str(recipe),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 @pytest.mark.slow
@@ -114,8 +128,9 @@ def test_grad_accumulation_equals_large_batch_for_nf_but_not_bn(tmp_path):
     for model in ("nf_resnet_c8", "bn_resnet_c8"):
         runs = {}
         for accum in (1, 4):
-            recipe = load_recipe(str(write_recipe(tmp_path / f"{model}{accum}.toml", model=model,
-                                                  train={"grad_accum": accum})))
+            recipe = load_recipe(
+                str(write_recipe(tmp_path / f"{model}{accum}.toml", model=model, train={"grad_accum": accum}))
+            )
             runs[accum] = train(recipe, tmp_path / f"{model}-{accum}", progress=False, log=lambda *a: None).run_dir
         diffs[model] = rel_diff(_weights(runs[4]), _weights(runs[1]))
     assert diffs["nf_resnet_c8"] <= 1e-5, diffs
@@ -126,22 +141,29 @@ def _checkpoint_state(path: Path) -> dict | None:
     try:
         with safe_open(str(path), "pt") as f:
             return json.loads(f.metadata()["state"])
-    except Exception:  # not there yet
+    except Exception:  # noqa: BLE001 - not written yet, or mid-write
         return None
 
 
 @pytest.mark.slow
 def test_resume_after_kill_reaches_identical_weights(tmp_path):
-    recipe = write_recipe(tmp_path / "r.toml", model="nf_resnet_c20",
-                          data={"synthetic_size": 512, "augment": True},
-                          model_opts={"drop_rate": 0.2, "drop_path_rate": 0.1},
-                          train={"epochs": 3, "batch_size": 32, "checkpoint_every": 3, "ema_decay": 0.5})
+    recipe = write_recipe(
+        tmp_path / "r.toml",
+        model="nf_resnet_c20",
+        data={"synthetic_size": 512, "augment": True},
+        model_opts={"drop_rate": 0.2, "drop_path_rate": 0.1},
+        train={"epochs": 3, "batch_size": 32, "checkpoint_every": 3, "ema_decay": 0.5},
+    )
     ref = run_cli("train", str(recipe), "--out", str(tmp_path / "ref"), "--no-progress")
     assert ref.returncode == 0, ref.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "nfdeploy", "train", str(recipe), "--out", str(run), "--no-progress"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfdeploy", "train", str(recipe), "--out", str(run), "--no-progress"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     state = None
     while time.time() < deadline and proc.poll() is None:
@@ -169,14 +191,17 @@ def test_resume_after_kill_reaches_identical_weights(tmp_path):
     assert again.returncode == 2 and "already complete" in again.stderr
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("train.lrr=0.1", "unknown key 'train.lrr'"),
-    ("train.lr=-1", "train.lr = -1.0: must be > 0"),
-    ("model.alpha=\"big\"", "model.alpha = 'big': expected float"),
-    ("data.dataset=\"mnist\"", "data.dataset = 'mnist': must be one of"),
-    ("model.name=\"resnet9\"", "unknown model"),
-    ("optim.lr=1", "unknown section"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lrr=0.1", "unknown key 'train.lrr'"),
+        ("train.lr=-1", "train.lr = -1.0: must be > 0"),
+        ('model.alpha="big"', "model.alpha = 'big': expected float"),
+        ('data.dataset="mnist"', "data.dataset = 'mnist': must be one of"),
+        ('model.name="resnet9"', "unknown model"),
+        ("optim.lr=1", "unknown section"),
+    ],
+)
 def test_recipe_errors_name_the_key(override, needle):
     with pytest.raises(RecipeError, match=None) as e:
         load_recipe("nf_digits", [override])
@@ -192,13 +217,18 @@ def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 def test_cli_bad_inputs_are_one_line_errors(tmp_path):
     _one_line_error(run_cli("train", "--set", "train.epochs=0", "--out", str(tmp_path / "a")), "train.epochs = 0")
     _one_line_error(run_cli("train", "no_such_recipe"), "unknown recipe 'no_such_recipe'")
-    _one_line_error(run_cli("train", "--dataset", "imagefolder", "--data-path", str(tmp_path / "missing"),
-                            "--out", str(tmp_path / "b")), "missing")
+    _one_line_error(
+        run_cli(
+            "train", "--dataset", "imagefolder", "--data-path", str(tmp_path / "missing"), "--out", str(tmp_path / "b")
+        ),
+        "missing",
+    )
     bad = tmp_path / "cifar"
     bad.mkdir()
     (bad / "data_batch_1").write_bytes(b"\x80\x04garbage")
-    _one_line_error(run_cli("train", "--dataset", "cifar10", "--data-path", str(bad), "--out", str(tmp_path / "c")),
-                    "cifar")
+    _one_line_error(
+        run_cli("train", "--dataset", "cifar10", "--data-path", str(bad), "--out", str(tmp_path / "c")), "cifar"
+    )
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("precious")

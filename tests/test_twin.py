@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from conftest import model_manifest
 
 from nfdeploy.check.backends import ExportSource, bn_twin, twin_runner
 from nfdeploy.models import create_model
@@ -14,8 +15,7 @@ SHAPE = (3, 32, 32)
 
 def _source(tmp_path):
     m = create_model("nf_resnet_c8").eval()
-    manifest = {"input": {"shape": ["batch", *SHAPE]}, "source": {"kind": "run", "model_config": asdict(m.cfg)}}
-    return ExportSource(manifest, m, tmp_path)
+    return ExportSource(model_manifest("nf_resnet_c8", SHAPE, asdict(m.cfg)), m, tmp_path)
 
 
 def test_twin_leaves_the_global_rng_alone(tmp_path):

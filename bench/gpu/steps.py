@@ -14,10 +14,11 @@ import signal
 import tarfile
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nfdeploy.errors import one_line
 
@@ -54,17 +55,31 @@ def time_limit(seconds: float | None):
 class Phase:
     """One phase of the suite: its steps, each under a time limit and inside the phase's deadline."""
 
-    def __init__(self, number: int, title: str, out: Path, work: Path, budget_s: float, deadline: float,
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        number: int,
+        title: str,
+        out: Path,
+        work: Path,
+        budget_s: float,
+        deadline: float,
+        log: Callable[[str], None],
+    ):
         self.number, self.title, self.out, self.work = number, title, out, work
         self.dir = work / f"phase{number}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self.deadline = min(deadline, self.t0 + budget_s)  # perf_counter time at which the phase must end
         self.log = log
-        self.summary: dict[str, Any] = {"phase": number, "title": title, "budget_s": budget_s,
-                                        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        "steps": [], "skipped": [], "results": {}}
+        self.summary: dict[str, Any] = {
+            "phase": number,
+            "title": title,
+            "budget_s": budget_s,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "steps": [],
+            "skipped": [],
+            "results": {},
+        }
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -98,14 +113,19 @@ class Phase:
         except Exception as e:  # noqa: BLE001 - a failed step is a finding; the phase goes on
             # Some libraries (torch.onnx's exporter) catch the alarm's StepTimeout and raise their own error.
             timed_out = time.perf_counter() - t >= allowed - 0.5
-            rec.update(status=TIMEOUT if timed_out else FAILED,
-                       reason=(f"exceeded its time limit of {allowed:.0f} s, surfacing as " if timed_out else "") + one_line(e))
+            rec.update(
+                status=TIMEOUT if timed_out else FAILED,
+                reason=(f"exceeded its time limit of {allowed:.0f} s, surfacing as " if timed_out else "")
+                + one_line(e),
+            )
             (self.dir / f"traceback-{len(self.summary['steps'])}.txt").write_text(traceback.format_exc())
         rec["seconds"] = round(time.perf_counter() - t, 2)
         if isinstance(value, dict):
             rec["detail"] = value
         self.summary["steps"].append(rec)
-        self.log(f"   {name}: {rec['status']} in {rec['seconds']:.1f} s" + (f" ({rec['reason']})" if "reason" in rec else ""))
+        self.log(
+            f"   {name}: {rec['status']} in {rec['seconds']:.1f} s" + (f" ({rec['reason']})" if "reason" in rec else "")
+        )
         self.save()
         return value
 
@@ -125,16 +145,24 @@ class Phase:
         except ValueError:
             every = {}
         every[f"phase{self.number}"] = {k: v for k, v in self.summary.items() if k != "results"} | {
-            "results": {k: {a: b for a, b in v.items() if a != "markdown"} if isinstance(v, dict) else v
-                        for k, v in self.summary["results"].items()}}
+            "results": {
+                k: {a: b for a, b in v.items() if a != "markdown"} if isinstance(v, dict) else v
+                for k, v in self.summary["results"].items()
+            }
+        }
         atomic_write_json(summary_path, every)
 
 
 def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
     """A tar.gz (in memory) of the small report files under root; the largest saved outputs (.npz) are
     left out first when the archive would exceed `limit`, and the list of what was left out is inside it."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in PACK_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in PACK_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     dropped: list[str] = []
     while True:
         buf = io.BytesIO()
@@ -142,8 +170,11 @@ def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
             for p in files:
                 tar.add(p, arcname=str(p.relative_to(root)))
             if dropped:
-                note = ("left out to keep this archive under the 16 MiB a returned file may have:\n"
-                        + "\n".join(dropped) + "\n").encode()
+                note = (
+                    "left out to keep this archive under the 16 MiB a returned file may have:\n"
+                    + "\n".join(dropped)
+                    + "\n"
+                ).encode()
                 info = tarfile.TarInfo("LEFT_OUT.txt")
                 info.size = len(note)
                 tar.addfile(info, io.BytesIO(note))
@@ -159,10 +190,26 @@ def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
 def render_phase_md(s: dict[str, Any]) -> str:
     from nfdeploy.render import markdown_table
 
-    lines = [f"# GPU suite, phase {s['phase']}: {s['title']}", "",
-             f"Started {s['started']}; wall time {s.get('wall_seconds', 0):.0f} s of a {s['budget_s']:.0f} s budget.", "",
-             "## Steps", "", markdown_table([{"step": r["name"], "status": r["status"], "seconds": r["seconds"],
-                                              "limit s": r["limit_s"], "note": r.get("reason", "")} for r in s["steps"]])]
+    lines = [
+        f"# GPU suite, phase {s['phase']}: {s['title']}",
+        "",
+        f"Started {s['started']}; wall time {s.get('wall_seconds', 0):.0f} s of a {s['budget_s']:.0f} s budget.",
+        "",
+        "## Steps",
+        "",
+        markdown_table(
+            [
+                {
+                    "step": r["name"],
+                    "status": r["status"],
+                    "seconds": r["seconds"],
+                    "limit s": r["limit_s"],
+                    "note": r.get("reason", ""),
+                }
+                for r in s["steps"]
+            ]
+        ),
+    ]
     if s["skipped"]:
         lines += ["## Did not run here", "", markdown_table(s["skipped"])]
     for key, val in s["results"].items():
@@ -178,5 +225,16 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
 
 
-__all__ = ["FAILED", "OK", "PACK_LIMIT_BYTES", "Phase", "SKIPPED", "StepTimeout", "TIMEOUT", "pack",
-           "render_phase_md", "time_limit", "write_json"]
+__all__ = [
+    "FAILED",
+    "OK",
+    "PACK_LIMIT_BYTES",
+    "Phase",
+    "SKIPPED",
+    "StepTimeout",
+    "TIMEOUT",
+    "pack",
+    "render_phase_md",
+    "time_limit",
+    "write_json",
+]

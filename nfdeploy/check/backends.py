@@ -12,19 +12,19 @@ it can run here; `unavailable_reason()` says why one cannot. Activation can stil
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nfdeploy.artifacts import ArtifactError, sha256_file
+from nfdeploy.artifacts import ArtifactError, Manifest, sha256_file
+from nfdeploy.artifacts.run_dir import load_run_model
 from nfdeploy.errors import UserError
-from nfdeploy.export import load_manifest
 from nfdeploy.precision import PRECISIONS
-from nfdeploy.runs import load_run_model
 from nfdeploy.runtime.base import TORCH_MODES, Backend, BackendSpec, name_matches
 from nfdeploy.runtime.openvino import OpenVinoBackend
 from nfdeploy.runtime.ort import OrtBackend
@@ -44,7 +44,7 @@ class ExportSource:
     """What an export dir was made from: the unfolded model (the reference) and its data. The folded
     model is made once per dtype and shared by every backend that runs it."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     model: nn.Module | None  # unfolded, eval, float32; None when only file-based backends are needed (export_backend)
     export_dir: Path
     resolved: dict[str, Any] | None = None  # the run's config.json, when the export came from a run
@@ -52,15 +52,17 @@ class ExportSource:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["input"]["shape"][1:])
+        return self.manifest.input.chw
 
     @property
     def kind(self) -> str:
-        return self.manifest["source"].get("kind", "?")
+        return self.manifest.source.kind
 
     def unfolded(self) -> nn.Module:
         if self.model is None:
-            raise ArtifactError(f"{self.export_dir}: this source was read without its model (load_export_source rebuilds it)")
+            raise ArtifactError(
+                f"{self.export_dir}: this source was read without its model (load_export_source rebuilds it)"
+            )
         return self.model
 
     def folded(self, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -85,36 +87,41 @@ def load_export_source(export_dir: str | Path, *, run_dir: str | Path | None = N
     loads: a damaged file is that backend's failure ("broken"), and the others still run. `run_dir`: where
     the run's config.json and weights are, when not where the manifest says (a packaged Triton model)."""
     export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir, verify_files=False)
-    src = manifest["source"]
-    if src.get("kind") == "run":
-        run_dir = Path(run_dir or src["run_dir"])
-        if not run_dir.is_dir() and src.get("run_dir_relative"):  # run and export dirs copied elsewhere together
-            run_dir = (export_dir / src["run_dir_relative"]).resolve()
+    manifest = Manifest.read(export_dir, verify_files=False)
+    src = manifest.source
+    if src.kind == "run":
+        run_dir = Path(run_dir or src.run_dir)
+        if not run_dir.is_dir() and src.run_dir_relative:  # run and export dirs copied elsewhere together
+            run_dir = (export_dir / src.run_dir_relative).resolve()
         model, resolved = load_run_model(run_dir)
-        if sha256_file(run_dir / src["weights"]) != src["weights_sha256"]:
+        if sha256_file(run_dir / src.weights) != src.weights_sha256:
             raise ArtifactError(f"weights in {run_dir} changed since the export (sha256 differs): re-export")
         return ExportSource(manifest, model.float().eval(), export_dir, resolved)
-    if src.get("kind") == "timm" and src.get("checkpoint"):
+    if src.kind == "timm" and src.checkpoint:
         from nfdeploy.interop.timm import create_timm_model
 
-        return ExportSource(manifest, create_timm_model(src["timm_model"], src["checkpoint"]).float().eval(), export_dir)
-    raise ArtifactError(f"{export_dir}: the reference model cannot be rebuilt (source {src.get('kind')!r} without "
-                        "weights on disk); export from a run dir or a timm checkpoint")
+        return ExportSource(manifest, create_timm_model(src.timm_model, src.checkpoint).float().eval(), export_dir)
+    raise ArtifactError(
+        f"{export_dir}: the reference model cannot be rebuilt (source {src.kind!r} without "
+        "weights on disk); export from a run dir or a timm checkpoint"
+    )
 
 
 def manifest_source(export_dir: str | Path) -> ExportSource:
     """The export's manifest without its model: enough to list its backends and to run the file-based ones
     (a torch backend of such a source cannot activate; load_export_source rebuilds the model)."""
-    return ExportSource(load_manifest(export_dir, verify_files=False), None, Path(export_dir))
+    return ExportSource(Manifest.read(export_dir, verify_files=False), None, Path(export_dir))
 
 
-def export_backend(export_dir: str | Path, name: str, *, threads: int | None = None,
-                   run_dir: str | Path | None = None) -> Backend:
+def export_backend(
+    export_dir: str | Path, name: str, *, threads: int | None = None, run_dir: str | Path | None = None
+) -> Backend:
     """One backend of an export by name, not active. Only a torch backend rebuilds the model (from the run,
     or from `run_dir`); the others need just the manifest and their own file, so a served ONNX, OpenVINO
     or TensorRT backend runs without the training run beside it."""
-    source = load_export_source(export_dir, run_dir=run_dir) if name.startswith("torch-") else manifest_source(export_dir)
+    source = (
+        load_export_source(export_dir, run_dir=run_dir) if name.startswith("torch-") else manifest_source(export_dir)
+    )
     made = [b for b in export_backends(source, compile=False, threads=threads) if b.name == name]
     if not made:
         raise BackendSelectionError(f"{name}: no such backend of {export_dir}")
@@ -133,7 +140,7 @@ def bn_twin(source: ExportSource, *, norm: str = "bn", randomized: bool = False,
     from nfdeploy.fold import randomize_
     from nfdeploy.models.nf_resnet import NFResNet, NFResNetCfg
 
-    cfg = source.manifest["source"].get("model_config")
+    cfg = source.manifest.source.model_config
     if not cfg:
         return None
     cfg = NFResNetCfg.from_dict(cfg)
@@ -181,31 +188,35 @@ def torch_backend(source: ExportSource, spec: BackendSpec) -> TorchBackend:
     return TorchBackend(spec, source.input_shape, model)
 
 
-def export_backends(source: ExportSource, *, compile: bool = True, tensorrt: bool = True,
-                    threads: int | None = None) -> list[Backend]:
+def export_backends(
+    source: ExportSource, *, compile: bool = True, tensorrt: bool = True, threads: int | None = None
+) -> list[Backend]:
     """Every backend of the export, the reference first; none active. `threads`: ONNX Runtime CPU intra-op
     threads and OpenVINO's CPU threads (None: each runtime's default; torch's CPU threads are process-wide,
     set by the caller)."""
     shape = source.input_shape
-    out: list[Backend] = [torch_backend(source, REFERENCE_SPEC),
-                          torch_backend(source, BackendSpec("torch", "cpu", "fp32", "unfolded")),
-                          torch_backend(source, BackendSpec("torch", "cpu", "fp32", "folded"))]
+    out: list[Backend] = [
+        torch_backend(source, REFERENCE_SPEC),
+        torch_backend(source, BackendSpec("torch", "cpu", "fp32", "unfolded")),
+        torch_backend(source, BackendSpec("torch", "cpu", "fp32", "folded")),
+    ]
     for prec in ("fp32", "tf32", "fp16", "bf16"):
         for mode in TORCH_MODES:
             if mode != "compile" or compile:
                 out.append(torch_backend(source, BackendSpec("torch", "cuda", prec, "folded", mode)))
-    onnx = source.manifest.get("onnx") or {}
     for device in ("cpu", "cuda"):
-        for prec, entry in onnx.items():
-            path = source.export_dir / entry["file"]
-            digest = entry.get("sha256")
-            out.append(OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads, sha256=digest))
+        for prec, entry in source.manifest.onnx.items():
+            path = source.export_dir / entry.file
+            digest = entry.sha256
+            out.append(
+                OrtBackend(BackendSpec("onnxruntime", device, prec), shape, path, threads=threads, sha256=digest)
+            )
             if prec == "fp32" and device == "cuda":
                 out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path, sha256=digest))
     out += openvino_backends(source, threads=threads)
     if tensorrt:
-        for entry in (source.manifest.get("engines") or {}).values():
-            out.append(TensorRTBackend(shape, source.export_dir / entry["file"], entry))
+        for entry in source.manifest.engines.values():
+            out.append(TensorRTBackend(shape, source.export_dir / entry.file, entry.to_dict()))
     names = [b.name for b in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:  # two backends under one name would merge their rows in every report
@@ -217,12 +228,20 @@ def openvino_backends(source: ExportSource, *, threads: int | None = None) -> li
     """OpenVINO's CPU plugin on the export's ONNX files: fp32 and bf16 (the bf16 hint) from the fp32 graph, and
     each int8 Q/DQ form from its own file. The ONNX fp16/bf16 files are not offered: the plugin's precision is set
     by its hint, not by the file's storage type, so they would duplicate the names above."""
-    onnx = source.manifest.get("onnx") or {}
+    onnx = source.manifest.onnx
     # (backend precision, the ONNX graph it reads)
     graphs = (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8"), ("int8-ort", "int8-ort"))
-    return [OpenVinoBackend(BackendSpec("openvino", "cpu", prec), source.input_shape,
-                            source.export_dir / onnx[graph]["file"], threads=threads, sha256=onnx[graph].get("sha256"))
-            for prec, graph in graphs if graph in onnx]
+    return [
+        OpenVinoBackend(
+            BackendSpec("openvino", "cpu", prec),
+            source.input_shape,
+            source.export_dir / onnx[graph].file,
+            threads=threads,
+            sha256=onnx[graph].sha256,
+        )
+        for prec, graph in graphs
+        if graph in onnx
+    ]
 
 
 def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> list[Backend]:
@@ -232,9 +251,11 @@ def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> 
         return list(backends)
     unmatched = [o for o in only if not any(name_matches(b.name, o) for b in backends)]
     if unmatched:
-        raise BackendSelectionError(f"--only {' '.join(unmatched)} matches no backend of this export (whole "
-                                    f"dash-separated parts, or a glob such as '*fp16*'); names: "
-                                    f"{', '.join(b.name for b in backends)}")
+        raise BackendSelectionError(
+            f"--only {' '.join(unmatched)} matches no backend of this export (whole "
+            f"dash-separated parts, or a glob such as '*fp16*'); names: "
+            f"{', '.join(b.name for b in backends)}"
+        )
     return [b for b in backends if any(name_matches(b.name, o) for o in only)]
 
 
@@ -243,10 +264,30 @@ def describe_backends(backends: Sequence[Backend]) -> list[dict[str, Any]]:
     rows = []
     for b in backends:
         reason = b.unavailable_reason()
-        rows.append({**b.spec.describe(), "tolerance": b.spec.tolerance,
-                     "status": "available" if reason is None else "unavailable", "reason": reason})
+        rows.append(
+            {
+                **b.spec.describe(),
+                "tolerance": b.spec.tolerance,
+                "status": "available" if reason is None else "unavailable",
+                "reason": reason,
+            }
+        )
     return rows
 
 
-__all__ = ["REFERENCE", "REFERENCE_SPEC", "BackendSelectionError", "ExportSource", "bn_twin", "default_report_dir", "twin_runner", "describe_backends",
-           "export_backend", "export_backends", "load_export_source", "manifest_source", "select_backends", "torch_backend"]
+__all__ = [
+    "REFERENCE",
+    "REFERENCE_SPEC",
+    "BackendSelectionError",
+    "ExportSource",
+    "bn_twin",
+    "default_report_dir",
+    "twin_runner",
+    "describe_backends",
+    "export_backend",
+    "export_backends",
+    "load_export_source",
+    "manifest_source",
+    "select_backends",
+    "torch_backend",
+]

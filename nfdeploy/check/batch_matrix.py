@@ -11,7 +11,8 @@ cannot run (above a TensorRT engine profile's max batch) are recorded as skipped
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,32 +30,40 @@ def profile_reason(max_batch: int) -> str:
     return f"outside the engine profile (max {max_batch})"
 
 
-def batch_invariance_matrix(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, dtype: torch.dtype,
-                            batches: Sequence[int] = DEFAULT_BATCHES,
-                            max_batch: int | None = None) -> dict[str, dict[str, Any]]:
+def batch_invariance_matrix(
+    run: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    dtype: torch.dtype,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    max_batch: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """{str(batch size): cell} for every size in `batches`. A cell is {"bitwise_share", "max_ulp" (in
     `dtype` at the batch-1 value), "max_rel_l2" (per sample)} of each sample of `x` inside full batches of
     that size against its own batch-1 output, or {"skipped": reason} for a size above `max_batch` (the
     largest batch the backend runs, e.g. a TensorRT engine profile's max)."""
     n = len(x)
-    alone = np.concatenate([run(x[i:i + 1]) for i in range(n)]).astype(np.float64)
+    alone = np.concatenate([run(x[i : i + 1]) for i in range(n)]).astype(np.float64)
     out: dict[str, dict[str, Any]] = {}
     for bs in batches:
         if max_batch is not None and bs > max_batch:
             out[str(bs)] = {"skipped": profile_reason(max_batch)}
             continue
         idx = np.arange(math.ceil(n / bs) * bs) % n
-        got = np.concatenate([run(np.ascontiguousarray(x[idx[i:i + bs]])) for i in range(0, len(idx), bs)])[:n]
+        got = np.concatenate([run(np.ascontiguousarray(x[idx[i : i + bs]])) for i in range(0, len(idx), bs)])[:n]
         got = got.astype(np.float64)
         same = np.all(got == alone, axis=1)
         rel = np.linalg.norm(got - alone, axis=1) / np.maximum(np.linalg.norm(alone, axis=1), 1e-300)
-        out[str(bs)] = {"bitwise_share": float(same.mean()), "max_ulp": float(ulp_error(got, alone, dtype).max()),
-                        "max_rel_l2": float(rel.max())}
+        out[str(bs)] = {
+            "bitwise_share": float(same.mean()),
+            "max_ulp": float(ulp_error(got, alone, dtype).max()),
+            "max_rel_l2": float(rel.max()),
+        }
     return out
 
 
 def matrix_rows(matrix: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One Markdown row per backend: per batch size 'share bitwise / max ULP / max rel L2', or 'skipped'."""
+
     def cell(v: dict[str, Any]) -> str:
         if "skipped" in v:
             return f"skipped: {v['skipped']}"
@@ -75,16 +84,28 @@ def plot_batch_matrix(matrix: dict[str, dict[str, dict[str, Any]]], path: Any, t
     fig, ax = plt.subplots(figsize=(1.0 * len(batches) + 4, 0.5 * len(names) + 1.8))
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # bitwise-identical cells (log of 0) show white
     finite = np.isfinite(logv).any()
-    im = ax.imshow(np.ma.masked_invalid(logv), cmap=cmap, aspect="auto",
-                   vmin=np.nanmin(logv) if finite else -8, vmax=np.nanmax(logv) if finite else 0)
+    im = ax.imshow(
+        np.ma.masked_invalid(logv),
+        cmap=cmap,
+        aspect="auto",
+        vmin=np.nanmin(logv) if finite else -8,
+        vmax=np.nanmax(logv) if finite else 0,
+    )
     for i, row in enumerate(cells):
         for j, c in enumerate(row):
             if "skipped" in c:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="lightgrey"))
                 ax.text(j, i, "skip", ha="center", va="center", fontsize=7, color="black")
                 continue
-            ax.text(j, i, f"{c['bitwise_share']:.0%}", ha="center", va="center", fontsize=7,
-                    color="black" if not np.isfinite(logv[i, j]) else "white")
+            ax.text(
+                j,
+                i,
+                f"{c['bitwise_share']:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if not np.isfinite(logv[i, j]) else "white",
+            )
     ax.set_xticks(range(len(batches)), batches), ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("batch size")
     fig.colorbar(im, ax=ax, label="log10 max rel L2 vs batch 1 (white: bitwise identical)")
@@ -98,9 +119,20 @@ def bn_twin_matrix(source: Any, x: np.ndarray, batches: Sequence[int] = DEFAULT_
     twin = bn_twin(source)
     if twin is None:
         return {}
-    return {f"bn twin torch-cpu-fp32 ({mode} mode)": batch_invariance_matrix(twin_runner(twin, mode), x, torch.float32,
-                                                                              batches) for mode in ("eval", "train")}
+    return {
+        f"bn twin torch-cpu-fp32 ({mode} mode)": batch_invariance_matrix(
+            twin_runner(twin, mode), x, torch.float32, batches
+        )
+        for mode in ("eval", "train")
+    }
 
 
-__all__ = ["DEFAULT_BATCHES", "MATRIX_BATCHES", "batch_invariance_matrix", "bn_twin_matrix", "matrix_rows",
-           "plot_batch_matrix", "profile_reason"]
+__all__ = [
+    "DEFAULT_BATCHES",
+    "MATRIX_BATCHES",
+    "batch_invariance_matrix",
+    "bn_twin_matrix",
+    "matrix_rows",
+    "plot_batch_matrix",
+    "profile_reason",
+]

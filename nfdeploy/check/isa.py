@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from nfdeploy.errors import UserError
 
@@ -29,24 +29,39 @@ from nfdeploy.errors import UserError
 # "default" removes every cap, including any inherited from the caller's environment.
 # MKL has no SSE4.1 level (its lowest is SSE4_2) and no separate VNNI/BF16 levels for fp32 products.
 ISA_CAPS: dict[str, dict[str, str | None]] = {
-    "sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OV_CPU_MAX_ISA": "SSE41",
-              "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "sse41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "OV_CPU_MAX_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
     "avx": {"ONEDNN_MAX_CPU_ISA": "AVX", "OV_CPU_MAX_ISA": "AVX", "MKL_ENABLE_INSTRUCTIONS": "AVX"},
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-    "avx512_core": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OV_CPU_MAX_ISA": "AVX512_CORE",
-                    "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-    "avx512_core_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "OV_CPU_MAX_ISA": "AVX512_CORE_VNNI",
-                         "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-    "avx512_core_bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "OV_CPU_MAX_ISA": "AVX512_CORE_BF16",
-                         "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx512_core": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "OV_CPU_MAX_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+    "avx512_core_vnni": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI",
+        "OV_CPU_MAX_ISA": "AVX512_CORE_VNNI",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+    "avx512_core_bf16": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+        "OV_CPU_MAX_ISA": "AVX512_CORE_BF16",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
     "default": {"ONEDNN_MAX_CPU_ISA": None, "OV_CPU_MAX_ISA": None, "MKL_ENABLE_INSTRUCTIONS": None},
 }
 # Every variable a cap sets, plus oneDNN's older spelling and ATen's (stripped, so none inherited leaks in).
-ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA",
-                 "ATEN_CPU_CAPABILITY")
+ISA_VARIABLES = (
+    "ONEDNN_MAX_CPU_ISA",
+    "OV_CPU_MAX_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+)
 REQUESTED_VARIABLE = "NFDEPLOY_ISA"  # tells the child which word its caps came from
-ORT_NOTE = ("ONNX Runtime's MLAS picks its kernels from CPUID and has no instruction-set switch: "
-            "ONNX Runtime rows run this CPU's own instruction set")
+ORT_NOTE = (
+    "ONNX Runtime's MLAS picks its kernels from CPUID and has no instruction-set switch: "
+    "ONNX Runtime rows run this CPU's own instruction set"
+)
 
 
 class IsaError(UserError, ValueError):
@@ -74,8 +89,11 @@ def isa_record(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """What this process runs under: the requested word (None when run without --isa), the cap variables
     set in its environment (whoever set them), and ONNX Runtime's lack of a switch."""
     environ = os.environ if environ is None else environ
-    return {"requested": environ.get(REQUESTED_VARIABLE) or None,
-            "env": {k: environ[k] for k in ISA_VARIABLES if environ.get(k)}, "onnxruntime": ORT_NOTE}
+    return {
+        "requested": environ.get(REQUESTED_VARIABLE) or None,
+        "env": {k: environ[k] for k in ISA_VARIABLES if environ.get(k)},
+        "onnxruntime": ORT_NOTE,
+    }
 
 
 def isa_label(record: Mapping[str, object] | None) -> str:
@@ -88,10 +106,19 @@ def isa_label(record: Mapping[str, object] | None) -> str:
     return f"{word} ({caps})" if caps else str(word)
 
 
-def parity_child_argv(export_dir: str | Path, out_dir: str | Path | None, *, dataset: str | None = None,
-                      data_path: str | None = None, only: Sequence[str] = (), max_samples: int = 512,
-                      per_block: bool = False, batch_matrix: bool = False, save_outputs: bool = False,
-                      threads: int | None = None) -> list[str]:
+def parity_child_argv(
+    export_dir: str | Path,
+    out_dir: str | Path | None,
+    *,
+    dataset: str | None = None,
+    data_path: str | None = None,
+    only: Sequence[str] = (),
+    max_samples: int = 512,
+    per_block: bool = False,
+    batch_matrix: bool = False,
+    save_outputs: bool = False,
+    threads: int | None = None,
+) -> list[str]:
     """`python -m nfdeploy parity ...` with these options (the child of run_parity_under_isa)."""
     argv = [sys.executable, "-m", "nfdeploy", "parity", str(export_dir), "--max-samples", str(max_samples)]
     for flag, value in (("--out", out_dir), ("--dataset", dataset), ("--data-path", data_path), ("--threads", threads)):
@@ -99,8 +126,11 @@ def parity_child_argv(export_dir: str | Path, out_dir: str | Path | None, *, dat
             argv += [flag, str(value)]
     for o in only:
         argv += ["--only", o]
-    argv += [flag for flag, on in (("--per-block", per_block), ("--batch-matrix", batch_matrix),
-                                   ("--save-outputs", save_outputs)) if on]
+    argv += [
+        flag
+        for flag, on in (("--per-block", per_block), ("--batch-matrix", batch_matrix), ("--save-outputs", save_outputs))
+        if on
+    ]
     return argv
 
 
@@ -113,5 +143,16 @@ def run_parity_under_isa(word: str, export_dir: str | Path, out_dir: str | Path 
     return subprocess.run(parity_child_argv(export_dir, out_dir, **options), env=env).returncode
 
 
-__all__ = ["ISA_CAPS", "ISA_VARIABLES", "IsaError", "ORT_NOTE", "REQUESTED_VARIABLE", "check_isa", "isa_environment",
-           "isa_label", "isa_record", "parity_child_argv", "run_parity_under_isa"]
+__all__ = [
+    "ISA_CAPS",
+    "ISA_VARIABLES",
+    "IsaError",
+    "ORT_NOTE",
+    "REQUESTED_VARIABLE",
+    "check_isa",
+    "isa_environment",
+    "isa_label",
+    "isa_record",
+    "parity_child_argv",
+    "run_parity_under_isa",
+]

@@ -9,8 +9,8 @@ ONNX side finds the same points in an exported graph (nfdeploy.export.onnx_graph
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -29,8 +29,9 @@ def block_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """[(point name, module)] in forward order: "stem", each residual block under its module path, and
     FEATURES (taken as the classifier's input)."""
     if not isinstance(getattr(model, "stem", None), nn.Module):
-        raise BlockStructureError(f"{type(model).__name__} has no `stem`: per-block forensics reads NF-ResNet and "
-                                  "timm NormFreeNet models")
+        raise BlockStructureError(
+            f"{type(model).__name__} has no `stem`: per-block forensics reads NF-ResNet and timm NormFreeNet models"
+        )
     points: list[tuple[str, nn.Module]] = [("stem", model.stem)]
     if isinstance(getattr(model, "blocks", None), nn.Sequential):
         points += [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]

@@ -12,19 +12,33 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
-from nfdeploy.check.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source, select_backends
-from nfdeploy.check.batch_matrix import (DEFAULT_BATCHES, MATRIX_BATCHES, batch_invariance_matrix, bn_twin_matrix, matrix_rows,
-                                   plot_batch_matrix)
-from nfdeploy.errors import UserError, one_line
+from nfdeploy.check.backends import (
+    REFERENCE,
+    ExportSource,
+    default_report_dir,
+    export_backends,
+    load_export_source,
+    select_backends,
+)
+from nfdeploy.check.batch_matrix import (
+    DEFAULT_BATCHES,
+    MATRIX_BATCHES,
+    batch_invariance_matrix,
+    bn_twin_matrix,
+    matrix_rows,
+    plot_batch_matrix,
+)
 from nfdeploy.check.isa import isa_label, isa_record
+from nfdeploy.errors import UserError, one_line
 from nfdeploy.metrics import compare_outputs, framework_errors, judge, top1_agreement
 from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
 from nfdeploy.render import markdown_table, pyplot, save_figure
@@ -35,8 +49,9 @@ class ParityError(UserError, RuntimeError):
     """Bad parity input (data that does not fit the model); one line."""
 
 
-def load_parity_data(source: ExportSource, dataset: str | None = None, path: str | None = None,
-                     max_samples: int = 512) -> tuple[np.ndarray, np.ndarray | None, str, str | None]:
+def load_parity_data(
+    source: ExportSource, dataset: str | None = None, path: str | None = None, max_samples: int = 512
+) -> tuple[np.ndarray, np.ndarray | None, str, str | None]:
     """Normalised test images, their labels (None when they are not the model's classes), a description,
     and the reason accuracy is not applicable (or None)."""
     from nfdeploy.config import DataSection, recipe_from_resolved
@@ -44,8 +59,11 @@ def load_parity_data(source: ExportSource, dataset: str | None = None, path: str
     if source.resolved is None and dataset is None:
         raise ParityError("this export has no training run to take data from; pass --dataset (and --data-path)")
     c, h, _ = source.input_shape
-    d = recipe_from_resolved(source.resolved["recipe"]).data if source.resolved is not None else \
-        DataSection(input_size=h, in_chans=c)
+    d = (
+        recipe_from_resolved(source.resolved["recipe"]).data
+        if source.resolved is not None
+        else DataSection(input_size=h, in_chans=c)
+    )
     if dataset is not None:
         d = replace(d, dataset=dataset, path=path or "")
     data = d.load(input_size=h)
@@ -54,13 +72,23 @@ def load_parity_data(source: ExportSource, dataset: str | None = None, path: str
     n = min(max_samples, len(data.test))
     x, y = data.batch(data.test, torch.arange(n))
     desc = f"{data.name} test split ({n} images)"
-    own_names = source.manifest.get("input", {}).get("class_names")
-    trained_on = source.manifest.get("input", {}).get("dataset")
-    same_classes = (list(data.class_names) == list(own_names)) if own_names and getattr(data, "class_names", None) \
+    own_names = source.manifest.input.class_names
+    trained_on = source.manifest.input.dataset
+    same_classes = (
+        (list(data.class_names) == list(own_names))
+        if own_names and getattr(data, "class_names", None)
         else data.name == trained_on
+    )
     if not same_classes:
-        return x.numpy(), None, desc, (f"the labels of {data.name} are not the model's classes (trained on "
-                                       f"{trained_on or 'unknown data'}): accuracy is not applicable")
+        return (
+            x.numpy(),
+            None,
+            desc,
+            (
+                f"the labels of {data.name} are not the model's classes (trained on "
+                f"{trained_on or 'unknown data'}): accuracy is not applicable"
+            ),
+        )
     return x.numpy(), y.numpy(), desc, None
 
 
@@ -80,7 +108,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-# The report's files, in the report dir (default_report_dir beside the export): parity writes them, bench and serve read.
+# The report's files, in the report dir (default_report_dir beside the export): parity writes them, bench and
+# serve read.
 PARITY_JSON, PARITY_MD, PARITY_PNG = "parity.json", "parity.md", "parity.png"
 # Row statuses that fail a parity run, and the words the failure line uses for each.
 FAILURE_KINDS = {"FAIL": "outside tolerance", "broken": "failed to load", "crashed": "crashed while running"}
@@ -102,8 +131,10 @@ def _nothing_checked(chosen: Sequence[Backend], rows: Sequence[dict[str, Any]]) 
         if r.get("status") == "skipped":
             by_reason.setdefault(r["reason"], []).append(r["name"])
     why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
-    return NothingCheckedError(f"nothing was checked: none of the {len(chosen)} selected backend(s) could run here "
-                               f"({why or 'no backend selected'})")
+    return NothingCheckedError(
+        f"nothing was checked: none of the {len(chosen)} selected backend(s) could run here "
+        f"({why or 'no backend selected'})"
+    )
 
 
 def _invariance(b: Backend, xi: np.ndarray, batches: Sequence[int]) -> dict[str, Any]:
@@ -111,13 +142,26 @@ def _invariance(b: Backend, xi: np.ndarray, batches: Sequence[int]) -> dict[str,
     profiles = b.batch_profiles
     if profiles is not None and not b.supports_batch(1):  # batch 1 is every column's baseline
         return {str(bs): {"skipped": f"batch 1 is outside the engine profiles {list(profiles)}"} for bs in batches}
-    return batch_invariance_matrix(b.run, xi, get_precision(b.precision).torch_dtype, batches,
-                                   max_batch=max(hi for _, hi in profiles) if profiles else None)
+    return batch_invariance_matrix(
+        b.run,
+        xi,
+        get_precision(b.precision).torch_dtype,
+        batches,
+        max_batch=max(hi for _, hi in profiles) if profiles else None,
+    )
 
 
-def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | None, ref: np.ndarray,
-                   framework: dict[str, float | None], framework_top1: dict[str, float], batches: Sequence[int],
-                   log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _check_backend(
+    b: Backend,
+    x: np.ndarray,
+    xi: np.ndarray,
+    y: np.ndarray | None,
+    ref: np.ndarray,
+    framework: dict[str, float | None],
+    framework_top1: dict[str, float],
+    batches: Sequence[int],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One backend, active only inside this call: its parity row and, when it ran, its outputs and its batch-
     invariance matrix. skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded,
     then failed to run."""
@@ -146,9 +190,11 @@ def _check_backend(b: Backend, x: np.ndarray, xi: np.ndarray, y: np.ndarray | No
     tol = judged_tolerance(b.precision, framework.get(b.precision), framework_top1.get(b.precision))
     row = {**described, **judge(out, ref, b.precision, y, tol)}
     acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
-    log(f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
+    log(
+        f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
         f"{row['top1_agreement']:.2%}{acc} ({describe_tolerance(row['tolerance'])}) → {row['status']}"
-        + (f" ({row['reason']})" if "reason" in row else ""))
+        + (f" ({row['reason']})" if "reason" in row else "")
+    )
     return row, found
 
 
@@ -156,16 +202,35 @@ def _pairwise(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     pairs = []
     for a, b in itertools.combinations(outputs, 2):
         r = compare_outputs(outputs[a], outputs[b])
-        pairs.append({"a": a, "b": b, "rel_l2": r["rel_l2"], "max_abs": r["max_abs"],
-                      "top1_agreement": top1_agreement(outputs[a], outputs[b])})
+        pairs.append(
+            {
+                "a": a,
+                "b": b,
+                "rel_l2": r["rel_l2"],
+                "max_abs": r["max_abs"],
+                "top1_agreement": top1_agreement(outputs[a], outputs[b]),
+            }
+        )
     return pairs
 
 
-def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, dataset: str | None = None,
-                  data_path: str | None = None, only: Sequence[str] | None = None, max_samples: int = 512,
-                  invariance_samples: int = 64, log: Callable[[str], None] = print,
-                  backends: Sequence[Backend] | None = None, per_block: bool = False, per_block_samples: int = 64,
-                  batch_matrix: bool = False, save_outputs: bool = False, threads: int | None = None) -> dict[str, Any]:
+def parity_report(
+    export_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    data_path: str | None = None,
+    only: Sequence[str] | None = None,
+    max_samples: int = 512,
+    invariance_samples: int = 64,
+    log: Callable[[str], None] = print,
+    backends: Sequence[Backend] | None = None,
+    per_block: bool = False,
+    per_block_samples: int = 64,
+    batch_matrix: bool = False,
+    save_outputs: bool = False,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Run every backend on the data, one active at a time, compare with the reference, and write
     parity.json / parity.md / parity.png to out_dir (default: beside the export dir, see
     default_report_dir). `backends`: a list already made by export_backends (default: all of them).
@@ -177,7 +242,8 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     the main report, so its failure loses nothing), batch_matrix (batch sizes 1..64 vs batch 1),
     save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
     ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
-    from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs as write_saved_outputs
+    from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE
+    from nfdeploy.check.saved_outputs import save_outputs as write_saved_outputs
 
     export_dir = Path(export_dir)
     source = load_export_source(export_dir)
@@ -189,28 +255,34 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
     reasons = {b.name: b.unavailable_reason() for b in chosen}  # the cheap probe, once per backend up front
     if chosen and all(reasons.values()):  # say so before the reference runs
-        raise _nothing_checked(chosen, [{"name": b.name, "status": "skipped", "reason": reasons[b.name]}
-                                        for b in chosen])
+        raise _nothing_checked(
+            chosen, [{"name": b.name, "status": "skipped", "reason": reasons[b.name]} for b in chosen]
+        )
     ref_backend = next(b for b in all_backends if b.name == REFERENCE)
     out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
     x, y, data_desc, accuracy_na = load_parity_data(source, dataset, data_path, max_samples)
-    log(f"parity of {source.manifest['model']} on {data_desc}; reference {REFERENCE}")
+    log(f"parity of {source.manifest.model} on {data_desc}; reference {REFERENCE}")
     if accuracy_na:
         log(f"  {accuracy_na}")
     with ref_backend:  # run_tensor, not run(): run() hands back float32, the reference stays float64
-        ref = np.concatenate([ref_backend.run_tensor(torch.from_numpy(x[i:i + 64])).double().numpy()
-                              for i in range(0, len(x), 64)])
+        ref = np.concatenate(
+            [ref_backend.run_tensor(torch.from_numpy(x[i : i + 64])).double().numpy() for i in range(0, len(x), 64)]
+        )
     rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
     xi = x[:invariance_samples]
     # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
-    framework_full = {p: framework_errors(source.model, x, ref, p)
-                      for p in sorted({b.precision for b in chosen if reasons[b.name] is None})}
+    framework_full = {
+        p: framework_errors(source.model, x, ref, p)
+        for p in sorted({b.precision for b in chosen if reasons[b.name] is None})
+    }
     framework = {p: None if e is None else e["rel_l2"] for p, e in framework_full.items()}
     framework_top1 = {p: e["top1_agreement"] for p, e in framework_full.items() if e}
     for p, e in framework_full.items():
         if e is not None:
-            log(f"  reference framework (torch CPU unfolded) {p}: rel L2 {e['rel_l2']:.2e}, "
-                f"top-1 agreement {e['top1_agreement']:.2%}")
+            log(
+                f"  reference framework (torch CPU unfolded) {p}: rel L2 {e['rel_l2']:.2e}, "
+                f"top-1 agreement {e['top1_agreement']:.2%}"
+            )
     batches = MATRIX_BATCHES if batch_matrix else DEFAULT_BATCHES
     outputs: dict[str, np.ndarray] = {}
     matrix: dict[str, Any] = {}
@@ -225,16 +297,30 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
     failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
     # The instruction-set caps this process runs under (nfdeploy.check.isa) and what torch's own dispatch chose.
     isa = {**isa_record(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    report = {"model": source.manifest["model"], "export_dir": str(export_dir), "data": data_desc,
-              "accuracy": accuracy_na or "on the labelled test split", "reference": REFERENCE,
-              "tolerances": tolerances(), "backends": rows,
-              "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
-              "pairwise": _pairwise(outputs), "ok": not failed, "failed": failed,
-              "failure": failure_summary(rows) or None, "framework_errors": framework, "framework_top1": framework_top1,
-              "isa": isa, "out_dir": str(out_dir)}
+    report = {
+        "model": source.manifest.model,
+        "export_dir": str(export_dir),
+        "data": data_desc,
+        "accuracy": accuracy_na or "on the labelled test split",
+        "reference": REFERENCE,
+        "tolerances": tolerances(),
+        "backends": rows,
+        "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
+        "pairwise": _pairwise(outputs),
+        "ok": not failed,
+        "failed": failed,
+        "failure": failure_summary(rows) or None,
+        "framework_errors": framework,
+        "framework_top1": framework_top1,
+        "isa": isa,
+        "out_dir": str(out_dir),
+    }
     if save_outputs:
-        described = {r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
-                     for r in rows if r["name"] in outputs or r["name"] == REFERENCE}
+        described = {
+            r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
+            for r in rows
+            if r["name"] in outputs or r["name"] == REFERENCE
+        }
         write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads, isa=isa)
         report["saved_outputs"] = [OUTPUTS_FILE, PROVENANCE_FILE]
     write_parity_report(report, out_dir)
@@ -245,8 +331,14 @@ def parity_report(export_dir: str | Path, out_dir: str | Path | None = None, *, 
 
         try:
             report["per_block"] = per_block_report(
-                source, x[:per_block_samples], ran, ref_backend, tols,
-                {k: v[:per_block_samples] for k, v in outputs.items()}, log=log)
+                source,
+                x[:per_block_samples],
+                ran,
+                ref_backend,
+                tols,
+                {k: v[:per_block_samples] for k, v in outputs.items()},
+                log=log,
+            )
         except Exception as e:  # noqa: BLE001 - reported in the written report, and the run still says so
             report["per_block_error"] = one_line(e, 400)
             log(f"  per-block forensics failed: {report['per_block_error']}")
@@ -277,32 +369,62 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
     cols += ["status"]
     bm = report["batch_matrix"]
-    md = [f"# Parity: {report['model']}\n", f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
-          f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
-          f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
-          f"Instruction set: {isa_label(report.get('isa'))}; torch CPU capability "
-          f"{(report.get('isa') or {}).get('torch_cpu_capability', '?')}. {(report.get('isa') or {}).get('onnxruntime', '')}\n",
-          f"**{'All backends that ran are within tolerance' if report['ok'] else 'FAILED — ' + report['failure']}**\n",
-          "## Backends\n", markdown_table(ran, cols, floatfmt="{:.3g}"),
-          *(["\n## Failed to load or to run\n", markdown_table([{"name": r["name"], "status": r["status"],
-                                                                 "reason": r["reason"]} for r in broken])] if broken else []),
-          "\n## Skipped\n", markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
-          f"\n## Batch invariance ({bm['samples']} samples, each inside full batches of {', '.join(map(str, bm['batches']))} "
-          "vs its own batch-1 output; cell: share bitwise identical / max ULP / max rel L2 per sample)\n",
-          markdown_table(matrix_rows(bm["backends"])) if bm["backends"] else "(no backend ran)\n",
-          "\n## Pairwise (cross-runtime / cross-device)\n", markdown_table(report["pairwise"], floatfmt="{:.3g}")
-          if report["pairwise"] else "(fewer than two backends ran)\n"]
+    md = [
+        f"# Parity: {report['model']}\n",
+        f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
+        f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
+        f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
+        f"Instruction set: {isa_label(report.get('isa'))}; torch CPU capability "
+        f"{(report.get('isa') or {}).get('torch_cpu_capability', '?')}. "
+        f"{(report.get('isa') or {}).get('onnxruntime', '')}\n",
+        f"**{'All backends that ran are within tolerance' if report['ok'] else 'FAILED — ' + report['failure']}**\n",
+        "## Backends\n",
+        markdown_table(ran, cols, floatfmt="{:.3g}"),
+        *(
+            [
+                "\n## Failed to load or to run\n",
+                markdown_table([{"name": r["name"], "status": r["status"], "reason": r["reason"]} for r in broken]),
+            ]
+            if broken
+            else []
+        ),
+        "\n## Skipped\n",
+        markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
+        f"\n## Batch invariance ({bm['samples']} samples, "
+        f"each inside full batches of {', '.join(map(str, bm['batches']))} "
+        "vs its own batch-1 output; cell: share bitwise identical / max ULP / max rel L2 per sample)\n",
+        markdown_table(matrix_rows(bm["backends"])) if bm["backends"] else "(no backend ran)\n",
+        "\n## Pairwise (cross-runtime / cross-device)\n",
+        markdown_table(report["pairwise"], floatfmt="{:.3g}")
+        if report["pairwise"]
+        else "(fewer than two backends ran)\n",
+    ]
     fw = {p: e for p, e in report.get("framework_errors", {}).items() if e is not None}
-    lowered = {p: a for p, a in report.get("framework_top1", {}).items() if a < tolerances()[p].get("top1_agreement", 0)}
+    lowered = {
+        p: a for p, a in report.get("framework_top1", {}).items() if a < tolerances()[p].get("top1_agreement", 0)
+    }
     if lowered:
-        md.insert(3, "Top-1 agreement judged no stricter than the reference framework itself meets in that dtype: "
-                  + "; ".join(f"{p}: table {tolerances()[p]['top1_agreement']:.1%}, torch CPU unfolded {p} {a:.2%}"
-                              for p, a in lowered.items()) + ".\n")
+        md.insert(
+            3,
+            "Top-1 agreement judged no stricter than the reference framework itself meets in that dtype: "
+            + "; ".join(
+                f"{p}: table {tolerances()[p]['top1_agreement']:.1%}, torch CPU unfolded {p} {a:.2%}"
+                for p, a in lowered.items()
+            )
+            + ".\n",
+        )
     if fw:
-        md.insert(3, "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
-                  + "; ".join(f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
-                              f"{judged_tolerance(p, e)['rel_l2']:.3g}" + ("" if math.isfinite(e) else
-                              f" ({judged_tolerance(p, e)['rule']})") for p, e in fw.items()) + "\n")
+        md.insert(
+            3,
+            "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
+            + "; ".join(
+                f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
+                f"{judged_tolerance(p, e)['rel_l2']:.3g}"
+                + ("" if math.isfinite(e) else f" ({judged_tolerance(p, e)['rule']})")
+                for p, e in fw.items()
+            )
+            + "\n",
+        )
     if "per_block" in report:
         from nfdeploy.check.per_block import per_block_markdown, plot_per_block
 
@@ -316,6 +438,16 @@ def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
     _plot(report["backends"], out_dir / PARITY_PNG)
 
 
-__all__ = ["FAILURE_KINDS", "NothingCheckedError", "PARITY_JSON", "PARITY_MD", "PARITY_PNG", "ParityError", "failure_summary",
-           "load_parity_data", "parity_report", "read_parity_rows",
-           "write_parity_report"]
+__all__ = [
+    "FAILURE_KINDS",
+    "NothingCheckedError",
+    "PARITY_JSON",
+    "PARITY_MD",
+    "PARITY_PNG",
+    "ParityError",
+    "failure_summary",
+    "load_parity_data",
+    "parity_report",
+    "read_parity_rows",
+    "write_parity_report",
+]

@@ -11,52 +11,68 @@ backend's tolerance, with the ops inside it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from nfdeploy.check.model_points import (
+    FEATURES,
+    BlockStructureError,
+    block_points,
+    capture_points,
+    classifier_path,
+    module_ops,
+)
 from nfdeploy.errors import require
 from nfdeploy.export.onnx_graph import block_values, run_with_values
 from nfdeploy.metrics import compare_outputs, ulp_error
-from nfdeploy.check.model_points import FEATURES, BlockStructureError, block_points, capture_points, classifier_path, module_ops
 from nfdeploy.precision import get_precision
 from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
 
-TENSORRT_REASON = ("per-block outputs on TensorRT need an engine rebuilt with those tensors marked as outputs, "
-                   "which changes layer fusion and so what is measured; not done")
+TENSORRT_REASON = (
+    "per-block outputs on TensorRT need an engine rebuilt with those tensors marked as outputs, "
+    "which changes layer fusion and so what is measured; not done"
+)
 
 
 def _concat(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def torch_points(backend: TorchBackend, x: np.ndarray, batch_size: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def torch_points(
+    backend: TorchBackend, x: np.ndarray, batch_size: int = 64
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({point: float64 array}, logits) of an active torch backend, through forward hooks on its module."""
     if backend.spec.mode not in ("", "eager"):
         raise BackendUnavailable(f"per-block capture needs eager torch (hooks do not run inside {backend.spec.mode})")
     logits = []
     with capture_points(backend.module) as got:
         for i in range(0, len(x), batch_size):
-            logits.append(backend.run(x[i:i + batch_size]))
+            logits.append(backend.run(x[i : i + batch_size]))
     return _concat(got), np.concatenate(logits)
 
 
-def onnx_points(backend: OrtBackend, x: np.ndarray, points: Sequence[str],
-                batch_size: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def onnx_points(
+    backend: OrtBackend, x: np.ndarray, points: Sequence[str], batch_size: int = 64
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({point: float64 array}, logits) from an instrumented copy of an inactive backend's graph, run with
     the backend's own settings (device, precision, threads). The copy's session takes the place of the
     backend's: holding both would put two sessions of one graph on the device."""
     if backend.active:
-        raise RuntimeError(f"{backend.name} is active: per-block capture runs its own session of the graph, "
-                           "deactivate the backend first (one session on the device at a time)")
+        raise RuntimeError(
+            f"{backend.name} is active: per-block capture runs its own session of the graph, "
+            "deactivate the backend first (one session on the device at a time)"
+        )
     onnx = require("onnx", "onnx")
     values = block_values(onnx.load(str(backend.path)), points)
-    got, logits = run_with_values(backend.path, [v["value"] for v in values.values()], x, backend.spec,
-                                  backend.threads, batch_size)
+    got, logits = run_with_values(
+        backend.path, [v["value"] for v in values.values()], x, backend.spec, backend.threads, batch_size
+    )
     return dict(zip(values, got)), logits
 
 
@@ -69,8 +85,13 @@ def point_errors(out: np.ndarray, ref: np.ndarray, precision: str) -> dict[str, 
     ulps = ulp_error(out, ref, dtype)
     peak = float(np.abs(ref).max())
     at_max = float(ulp_error(np.float64(peak + c["max_abs"]), np.float64(peak), dtype))
-    return {"rel_l2": c["rel_l2"], "max_abs": c["max_abs"], "sqnr_db": c["sqnr_db"],
-            "max_ulp": float(ulps.max()) if np.isfinite(ulps).all() else float("inf"), "max_ulp_at_max": at_max}
+    return {
+        "rel_l2": c["rel_l2"],
+        "max_abs": c["max_abs"],
+        "sqnr_db": c["sqnr_db"],
+        "max_ulp": float(ulps.max()) if np.isfinite(ulps).all() else float("inf"),
+        "max_ulp_at_max": at_max,
+    }
 
 
 def first_diverging(points: list[dict[str, Any]], tol_rel_l2: float) -> dict[str, Any] | None:
@@ -81,18 +102,22 @@ def first_diverging(points: list[dict[str, Any]], tol_rel_l2: float) -> dict[str
     return None
 
 
-def reference_points(source: Any, x: np.ndarray, ref_backend: Backend) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+def reference_points(
+    source: Any, x: np.ndarray, ref_backend: Backend
+) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
     """The point names and the two float64 references at every point: "unfolded" (`ref_backend`, the
     unfolded model in float64, hooked) and "folded" (the folded model in float64, hooked)."""
     names = [p for p, _ in block_points(source.folded(torch.float32))]
     with ref_backend:
         unfolded, _ = torch_points(ref_backend, x)
     if list(unfolded) != names:
-        raise BlockStructureError(f"the reference model's points {list(unfolded)} differ from the folded model's {names}")
+        raise BlockStructureError(
+            f"the reference model's points {list(unfolded)} differ from the folded model's {names}"
+        )
     folded64 = source.folded(torch.float64)
     with torch.no_grad(), capture_points(folded64) as got:
         for i in range(0, len(x), 64):
-            folded64(torch.from_numpy(x[i:i + 64]).double())
+            folded64(torch.from_numpy(x[i : i + 64]).double())
     return names, {"unfolded": unfolded, "folded": _concat(got)}
 
 
@@ -113,13 +138,26 @@ def capture_backend(b: Backend, x: np.ndarray, names: list[str]) -> tuple[dict[s
     return got, out, "forward hooks (eager torch computes the same with or without them)"
 
 
-def backend_row(b: Backend, got: dict[str, np.ndarray], out: np.ndarray, how: str, ref: dict[str, np.ndarray],
-                tol: float, folded: torch.nn.Module, plain_logits: np.ndarray | None) -> dict[str, Any]:
+def backend_row(
+    b: Backend,
+    got: dict[str, np.ndarray],
+    out: np.ndarray,
+    how: str,
+    ref: dict[str, np.ndarray],
+    tol: float,
+    folded: torch.nn.Module,
+    plain_logits: np.ndarray | None,
+) -> dict[str, Any]:
     """One backend's row: errors at every point, the first diverging point and its ops, and (ONNX) whether
     instrumenting changed the logits."""
     pts = [{"point": p, "depth": i, **point_errors(got[p], ref[p], b.precision)} for i, p in enumerate(ref)]
-    row: dict[str, Any] = {"status": "ok", "precision": b.precision, "tolerance_rel_l2": tol, "points": pts,
-                           "instrumentation": how}
+    row: dict[str, Any] = {
+        "status": "ok",
+        "precision": b.precision,
+        "tolerance_rel_l2": tol,
+        "points": pts,
+        "instrumentation": how,
+    }
     if isinstance(b, OrtBackend) and plain_logits is not None:
         # Extra graph outputs can stop ORT from fusing across them (e.g. Conv+Add): the logits of the
         # instrumented graph are checked against the plain graph's so a changed computation shows.
@@ -128,17 +166,27 @@ def backend_row(b: Backend, got: dict[str, np.ndarray], out: np.ndarray, how: st
     div = first_diverging(pts, tol)
     if div is not None:
         point = div["point"]
-        row["first_diverging"] = {"point": point, "depth": div["depth"], "rel_l2": div["rel_l2"],
-                                  "torch_ops": module_ops(folded, classifier_path(folded) if point == FEATURES else point)}
+        row["first_diverging"] = {
+            "point": point,
+            "depth": div["depth"],
+            "rel_l2": div["rel_l2"],
+            "torch_ops": module_ops(folded, classifier_path(folded) if point == FEATURES else point),
+        }
         if isinstance(b, OrtBackend):
             onnx = require("onnx", "onnx")
             row["first_diverging"]["onnx_ops"] = block_values(onnx.load(str(b.path)), [point])[point]["ops"]
     return row
 
 
-def per_block_report(source: Any, x: np.ndarray, backends: Sequence[Backend], ref_backend: Backend,
-                     tolerances: dict[str, dict[str, Any]], logits: dict[str, np.ndarray] | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def per_block_report(
+    source: Any,
+    x: np.ndarray,
+    backends: Sequence[Backend],
+    ref_backend: Backend,
+    tolerances: dict[str, dict[str, Any]],
+    logits: dict[str, np.ndarray] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Error per point for every backend (one session on the device at a time) against the float64 model
     of its own variant: unfolded torch backends against `ref_backend` (the float64 unfolded model, hooked),
     folded ones (folded torch, ONNX) against the folded model in float64. The two references agree at every
@@ -160,8 +208,10 @@ def per_block_report(source: Any, x: np.ndarray, backends: Sequence[Backend], re
         ref = refs["unfolded"] if getattr(b.spec, "variant", "") == "unfolded" else refs["folded"]
         row = rows[b.name] = backend_row(b, got, out, how, ref, tol, folded, (logits or {}).get(b.name))
         worst = max(row["points"], key=lambda p: p["rel_l2"] if math.isfinite(p["rel_l2"]) else math.inf)
-        log(f"  per-block {b.name}: worst {worst['point']} rel L2 {worst['rel_l2']:.2e}"
-            + (f"; first past {tol:g}: {row['first_diverging']['point']}" if "first_diverging" in row else ""))
+        log(
+            f"  per-block {b.name}: worst {worst['point']} rel L2 {worst['rel_l2']:.2e}"
+            + (f"; first past {tol:g}: {row['first_diverging']['point']}" if "first_diverging" in row else "")
+        )
     return {"points": names, "reference": ref_backend.name, "folded_vs_unfolded_fp64": agreement, "backends": rows}
 
 
@@ -188,29 +238,52 @@ def plot_per_block(per_block: dict[str, Any], path: Any, title: str = "") -> Non
 
 def per_block_markdown(per_block: dict[str, Any]) -> str:
     worst = max(per_block["folded_vs_unfolded_fp64"].values(), default=0.0)
-    lines = [f"Reference: the float64 model of the backend's variant with forward hooks — {per_block['reference']} for "
-             "unfolded torch backends, the folded model in float64 for folded torch and ONNX backends (the two agree at "
-             f"every block to rel L2 {worst:.2g}; the folded `{FEATURES}` are the unfolded ones divided by the final "
-             "activation's gain, which the fold moves into the classifier). Points: stem, every residual block, "
-             f"`{FEATURES}` = the classifier's input. ULPs are of the backend's precision at the reference value.\n"]
+    lines = [
+        f"Reference: the float64 model of the backend's variant with forward hooks — {per_block['reference']} for "
+        "unfolded torch backends, the folded model in float64 for folded torch and ONNX backends (the two agree at "
+        f"every block to rel L2 {worst:.2g}; the folded `{FEATURES}` are the unfolded ones divided by the final "
+        "activation's gain, which the fold moves into the classifier). Points: stem, every residual block, "
+        f"`{FEATURES}` = the classifier's input. ULPs are of the backend's precision at the reference value.\n"
+    ]
     for name, row in per_block["backends"].items():
         if row.get("status") != "ok":
             lines.append(f"### {name}\nskipped: {row.get('reason')}\n")
             continue
         div = row.get("first_diverging")
-        head = f"### {name}\nTolerance (rel L2): {row['tolerance_rel_l2']:.3g}. Instrumentation: {row['instrumentation']}"
+        head = (
+            f"### {name}\nTolerance (rel L2): {row['tolerance_rel_l2']:.3g}. Instrumentation: {row['instrumentation']}"
+        )
         if "instrumented_logits_bitwise_equal" in row:
-            head += (f"; instrumented logits bitwise equal to the plain graph's: {row['instrumented_logits_bitwise_equal']} "
-                     f"(max change {row['instrumented_logits_max_abs_change']:.3g})")
+            head += (
+                f"; instrumented logits bitwise equal to the plain graph's: {row['instrumented_logits_bitwise_equal']} "
+                f"(max change {row['instrumented_logits_max_abs_change']:.3g})"
+            )
         head += ".\n"
         if div:
             ops = div.get("onnx_ops") or div["torch_ops"]
-            head += (f"\n**First diverging point: `{div['point']}`** (depth {div['depth']}, rel L2 {div['rel_l2']:.3g}); "
-                     f"ops: {', '.join(f'{k} ×{v}' for k, v in sorted(ops.items()))}.\n")
-        lines += [head, markdown_table(row["points"], ["point", "rel_l2", "max_abs", "sqnr_db", "max_ulp", "max_ulp_at_max"],
-                                       floatfmt="{:.3g}")]
+            head += (
+                f"\n**First diverging point: `{div['point']}`** (depth {div['depth']}, rel L2 {div['rel_l2']:.3g}); "
+                f"ops: {', '.join(f'{k} ×{v}' for k, v in sorted(ops.items()))}.\n"
+            )
+        lines += [
+            head,
+            markdown_table(
+                row["points"], ["point", "rel_l2", "max_abs", "sqnr_db", "max_ulp", "max_ulp_at_max"], floatfmt="{:.3g}"
+            ),
+        ]
     return "\n".join(lines)
 
 
-__all__ = ["TENSORRT_REASON", "backend_row", "capture_backend", "first_diverging", "onnx_points", "per_block_markdown",
-           "per_block_report", "plot_per_block", "point_errors", "reference_points", "torch_points"]
+__all__ = [
+    "TENSORRT_REASON",
+    "backend_row",
+    "capture_backend",
+    "first_diverging",
+    "onnx_points",
+    "per_block_markdown",
+    "per_block_report",
+    "plot_per_block",
+    "point_errors",
+    "reference_points",
+    "torch_points",
+]

@@ -18,15 +18,16 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nfdeploy.errors import require
 from nfdeploy.check.model_points import FEATURES, BlockStructureError
+from nfdeploy.errors import require
 from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
 
@@ -37,8 +38,23 @@ BLOCK_SCOPES = (re.compile(r"blocks\.(\d+)"), re.compile(r"stages\.(\d+)\.(\d+)"
 CLASSIFIER_SCOPES = ("fc", "head.fc")
 # Ops a folded NF-ResNet may contain. Mul only between two run-time tensors (SE gate, SiLU);
 # ReduceMean only on activations (global average pool); Cast only at the graph's I/O.
-NF_ALLOWED_OPS = {"Conv", "Relu", "Gelu", "Sigmoid", "Mul", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
-                  "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Cast"}
+NF_ALLOWED_OPS = {
+    "Conv",
+    "Relu",
+    "Gelu",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Flatten",
+    "Reshape",
+    "Gemm",
+    "MatMul",
+    "Cast",
+}
 
 
 class IOCast(nn.Module):
@@ -52,8 +68,14 @@ class IOCast(nn.Module):
         return self.net(x.to(self.dtype)).float()
 
 
-def export_module(net: nn.Module, path: str | Path, input_shape: tuple[int, int, int], opset: int = 18,
-                  io_dtype: torch.dtype | None = torch.float32, example_batch: int = 2) -> dict[str, Any]:
+def export_module(
+    net: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, int, int],
+    opset: int = 18,
+    io_dtype: torch.dtype | None = torch.float32,
+    example_batch: int = 2,
+) -> dict[str, Any]:
     """torch.onnx.export (dynamo) with a dynamic batch dimension; one self-contained file.
 
     The dynamo exporter specialises a dimension whose example size is 1, so the example batch is 2.
@@ -66,15 +88,27 @@ def export_module(net: nn.Module, path: str | Path, input_shape: tuple[int, int,
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
-                                 opset_version=opset, external_data=False, optimize=True, verbose=False)
+        prog = torch.onnx.export(
+            module,
+            (x,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+            opset_version=opset,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
     model = prog.model_proto
     fuse_pad_into_conv(model)
     seconds = time.perf_counter() - t0
     onnx.save_model(model, str(path))
-    return {"export_seconds": seconds, "nodes": len(model.graph.node),
-            "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items()))}
+    return {
+        "export_seconds": seconds,
+        "nodes": len(model.graph.node),
+        "ops": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+    }
 
 
 def _const_value(model, name: str):
@@ -172,7 +206,7 @@ def check_model(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", check_type=True, strict_mode=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the checker and shape inference raise several types
         raise ValueError(f"ONNX check failed for {path}: {' '.join(str(e).split())[:300]}") from None
     finally:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
@@ -202,7 +236,7 @@ def read_input_shape(path: str | Path) -> tuple[int, int, int]:
         shape = tuple(int(d.dim_value) for d in dims[1:])
     except FileNotFoundError:
         raise ValueError(f"ONNX file not found: {path}") from None
-    except Exception as e:  # protobuf DecodeError and friends for truncated files
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends for truncated files
         raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(f"{path}: expected a static C x H x W input after the batch dimension, got {shape}")
@@ -243,11 +277,13 @@ def block_values(model: Any, points: Sequence[str] | None = None) -> dict[str, d
     nodes = [(n, set(node_scopes(n))) for n in model.graph.node]
     every = set().union(*(s for _, s in nodes)) if nodes else set()
     if not every:
-        raise BlockStructureError(f"the ONNX graph has no {SCOPES_KEY!r} node metadata (not exported by torch.onnx's "
-                                  "dynamo exporter?): its blocks cannot be located")
+        raise BlockStructureError(
+            f"the ONNX graph has no {SCOPES_KEY!r} node metadata (not exported by torch.onnx's "
+            "dynamo exporter?): its blocks cannot be located"
+        )
     # A reduced-precision graph with float32 I/O wraps the folded net as "net" (IOCast): scopes "net.stem", ...
     prefix = next((sc[:-4] for sc in sorted(every) if sc == "stem" or sc.endswith(".stem")), "")
-    own = {sc[len(prefix):] for sc in every if sc.startswith(prefix)}
+    own = {sc[len(prefix) :] for sc in every if sc.startswith(prefix)}
     classifier = next((c for c in CLASSIFIER_SCOPES if c in own), None)
     outputs = {o.name for o in model.graph.output}
     out: dict[str, dict[str, Any]] = {}
@@ -289,8 +325,14 @@ def with_value_outputs(model: Any, values: Sequence[str]) -> Any:
     return copy
 
 
-def run_with_values(path: str | Path, values: Sequence[str], x: np.ndarray, spec: BackendSpec | None = None,
-                    threads: int | None = None, batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+def run_with_values(
+    path: str | Path,
+    values: Sequence[str],
+    x: np.ndarray,
+    spec: BackendSpec | None = None,
+    threads: int | None = None,
+    batch_size: int = 64,
+) -> tuple[list[np.ndarray], np.ndarray]:
     """([float64 array per value], float32 logits) of the graph at `path` with `values` added as outputs,
     run on ONNX Runtime with `spec`'s device and precision settings (default: CPU) and `threads`.
     One session, made here and freed on return: the caller holds no other session of this graph."""
@@ -305,7 +347,7 @@ def run_with_values(path: str | Path, values: Sequence[str], x: np.ndarray, spec
         with backend:
             names = [backend.output_name, *values]
             for i in range(0, len(x), batch_size):
-                batch = backend.check_input(x[i:i + batch_size])
+                batch = backend.check_input(x[i : i + batch_size])
                 first, *rest = backend.session.run(names, {backend.input_name: batch})
                 logits.append(np.asarray(first, dtype=np.float32))
                 for acc, v in zip(got, rest):

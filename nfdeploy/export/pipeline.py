@@ -14,30 +14,49 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import nfdeploy
-from nfdeploy.artifacts import ArtifactError, atomic_write_json, make_staging_dir, read_json, sha256_file
+from nfdeploy.artifacts import (
+    FOLD_REPORT,
+    MANIFEST,
+    EngineEntry,
+    InputSpec,
+    Manifest,
+    ModelSource,
+    OnnxEntry,
+    atomic_write_json,
+    make_staging_dir,
+    sha256_file,
+)
+from nfdeploy.artifacts.run_dir import WEIGHTS, load_run_model
 from nfdeploy.errors import UserError, require
 from nfdeploy.export.onnx_graph import check_model, export_module, lint_graph, set_metadata
-from nfdeploy.export.quantize import (CalibrationData, CalibrationOptions, describe_fusion, folder_calibration, lint_int8,
-                                      ort_fusion, quantize_graph, training_split_calibration)
+from nfdeploy.export.quantize import (
+    CalibrationData,
+    CalibrationOptions,
+    describe_fusion,
+    folder_calibration,
+    lint_int8,
+    ort_fusion,
+    quantize_graph,
+    training_split_calibration,
+)
 from nfdeploy.fold import FoldReport, fold_model
 from nfdeploy.metrics import judge
 from nfdeploy.precision import EXPORT_PRECISIONS, PRECISIONS, describe_tolerance
 from nfdeploy.runtime.base import BackendBroken, BackendSpec, BackendUnavailable, run_batched
 from nfdeploy.runtime.ort import OrtBackend
-from nfdeploy.runs import WEIGHTS, load_run_model
 
-MANIFEST = "manifest.json"
-FOLD_REPORT = "fold_report.json"
+
 class ExportError(UserError, RuntimeError):
     """Export failed (bad input, lint or check failure); the message is one line."""
 
@@ -69,7 +88,7 @@ class ExportOptions:
 @dataclass
 class ExportResult:
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     checks: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,16 +133,23 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 
 
 @torch.no_grad()
-def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: np.ndarray | None,
-           log: Callable[[str], None]) -> dict[str, Any]:
+def _check(
+    files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: np.ndarray | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     """ONNX Runtime CPU EP per precision vs the float64 unfolded PyTorch model, judged by the precision table."""
-    ref = torch.cat([reference(torch.from_numpy(x[i:i + 64]).double()) for i in range(0, len(x), 64)]).numpy()
-    results: dict[str, Any] = {"reference": "unfolded PyTorch model, float64, CPU", "samples": int(len(x)),
-                               "data": "labelled test split" if labels is not None else "N(0,1) random inputs"}
+    ref = torch.cat([reference(torch.from_numpy(x[i : i + 64]).double()) for i in range(0, len(x), 64)]).numpy()
+    results: dict[str, Any] = {
+        "reference": "unfolded PyTorch model, float64, CPU",
+        "samples": int(len(x)),
+        "data": "labelled test split" if labels is not None else "N(0,1) random inputs",
+    }
     for prec, path in files.items():
         if labels is None and "max_accuracy_drop" in PRECISIONS[prec].tolerance():
-            results[prec] = {"status": "unchecked", "reason": "int8 is judged on labelled data (top-1 agreement and "
-                             "accuracy drop): run nfdeploy parity with --dataset"}
+            results[prec] = {
+                "status": "unchecked",
+                "reason": "int8 is judged on labelled data (top-1 agreement and "
+                "accuracy drop): run nfdeploy parity with --dataset",
+            }
             log(f"  {prec}: unchecked (no labelled data here)")
             continue
         backend = OrtBackend(BackendSpec("onnxruntime", "cpu", prec), tuple(x.shape[1:]), path)
@@ -138,9 +164,12 @@ def _check(files: dict[str, Path], reference: nn.Module, x: np.ndarray, labels: 
             raise ExportError(f"{Path(path).name} was written but does not load in ONNX Runtime: {e}") from None
         row = {"backend": backend.describe(), **judge(out, ref, prec, labels)}
         results[prec] = row
-        log(f"  {prec}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, max abs "
-            f"{row['max_abs']:.2e}, top-1 agreement {row['top1_agreement']:.2%} ({describe_tolerance(row['tolerance'])}) "
-            f"→ {row['status']}")
+        log(
+            f"  {prec}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, max abs "
+            f"{row['max_abs']:.2e}, top-1 agreement {row['top1_agreement']:.2%} "
+            f"({describe_tolerance(row['tolerance'])}) "
+            f"→ {row['status']}"
+        )
     return results
 
 
@@ -152,7 +181,7 @@ def export_model(
     name: str,
     input_shape: tuple[int, int, int],
     norm: str,
-    source: dict[str, Any],
+    source: ModelSource,
     preprocessing: dict[str, Any],
     check_data: tuple[np.ndarray, np.ndarray | None] | None = None,
     twin: Callable[[], tuple[nn.Module, FoldReport]] | None = None,
@@ -184,8 +213,10 @@ def export_model(
                 uses_gelu = any(isinstance(m, nn.GELU) for m in folded.modules())
                 opset = opts.opset or (20 if uses_gelu else 18)
                 if uses_gelu and opset < 20:
-                    raise ExportError(f"GELU needs opset >= 20 (native Gelu op); at opset {opset} it decomposes "
-                                      "into Mul/Div by constants")
+                    raise ExportError(
+                        f"GELU needs opset >= 20 (native Gelu op); at opset {opset} it decomposes "
+                        "into Mul/Div by constants"
+                    )
             path = staging / PRECISIONS[prec].onnx_file
             io = torch.float32 if opts.io_dtype == "float32" else None
             # bfloat16 Conv/pooling entered the ONNX standard at opset 22; below it the graph is invalid.
@@ -196,12 +227,20 @@ def export_model(
             if not lint["ok"]:
                 raise ExportError(f"{prec} graph failed the lint ({len(lint['errors'])} problems): {lint['errors'][0]}")
             files[prec] = path
-            onnx_entries[prec] = {"file": path.name, "opset": p_opset, "io_dtype": "float32" if io else prec,
-                                  "fold_seconds": fold_s, **info, "lint": lint}
+            onnx_entries[prec] = {
+                "file": path.name,
+                "opset": p_opset,
+                "io_dtype": "float32" if io else prec,
+                "fold_seconds": fold_s,
+                **info,
+                "lint": lint,
+            }
             log(f"  {prec}: {path.name}, {info['nodes']} nodes, exported in {info['export_seconds']:.1f} s, lint ok")
         quantized = [p for p in opts.precisions if PRECISIONS[p].quantized_from]
         if quantized:
-            onnx_entries.update(_quantize(quantized, files, staging, calibration_data, opts.calibration, norm, onnx_entries, log))
+            onnx_entries.update(
+                _quantize(quantized, files, staging, calibration_data, opts.calibration, norm, onnx_entries, log)
+            )
         twin_entry = None
         if twin is not None:
             tnet, trep = twin()
@@ -211,16 +250,27 @@ def export_model(
             tpath.unlink()
             fp32 = onnx_entries["fp32"]
             bn_left = tlint["ops"].get("BatchNormalization", 0)
-            twin_entry = {"nodes": tinfo["nodes"], "ops": tinfo["ops"], "residual_stream_batchnorms": bn_left,
-                          "nf_nodes": fp32["nodes"], "nf_equals_twin_minus_residual_bns":
-                              {k: v for k, v in tinfo["ops"].items() if k != "BatchNormalization"} == fp32["ops"]}
+            twin_entry = {
+                "nodes": tinfo["nodes"],
+                "ops": tinfo["ops"],
+                "residual_stream_batchnorms": bn_left,
+                "nf_nodes": fp32["nodes"],
+                "nf_equals_twin_minus_residual_bns": {
+                    k: v for k, v in tinfo["ops"].items() if k != "BatchNormalization"
+                }
+                == fp32["ops"],
+            }
             log(f"  BN twin (folded): {tinfo['nodes']} nodes, of which {bn_left} residual-stream BatchNormalization")
-        meta = {"nfdeploy.model": name, "nfdeploy.version": nfdeploy.__version__,
-                "nfdeploy.input_shape": json.dumps(["batch", *input_shape]),
-                "nfdeploy.mean": json.dumps(preprocessing.get("mean")), "nfdeploy.std": json.dumps(preprocessing.get("std")),
-                "nfdeploy.class_names": json.dumps(preprocessing.get("class_names")),
-                "nfdeploy.source_sha256": source.get("weights_sha256") or "",
-                "nfdeploy.pixel_scale": "1/255"}
+        meta = {
+            "nfdeploy.model": name,
+            "nfdeploy.version": nfdeploy.__version__,
+            "nfdeploy.input_shape": json.dumps(["batch", *input_shape]),
+            "nfdeploy.mean": json.dumps(preprocessing.get("mean")),
+            "nfdeploy.std": json.dumps(preprocessing.get("std")),
+            "nfdeploy.class_names": json.dumps(preprocessing.get("class_names")),
+            "nfdeploy.source_sha256": source.weights_sha256 or "",
+            "nfdeploy.pixel_scale": "1/255",
+        }
         for path in files.values():
             set_metadata(path, meta)
             check_model(path)
@@ -230,28 +280,33 @@ def export_model(
                 g = torch.Generator().manual_seed(0)
                 check_data = (torch.randn(min(opts.check_samples, 16), *input_shape, generator=g).numpy(), None)
             x, y = check_data
-            checks = _check(files, model, x[:opts.check_samples], None if y is None else y[:opts.check_samples], log)
-        engines, engine_failures = _build_engines(files, staging, input_shape, opts.trt, log) if opts.trt is not None \
-            else ({}, {})
+            checks = _check(files, model, x[: opts.check_samples], None if y is None else y[: opts.check_samples], log)
+        engines, engine_failures = (
+            _build_engines(files, staging, input_shape, opts.trt, log) if opts.trt is not None else ({}, {})
+        )
         atomic_write_json(staging / FOLD_REPORT, report.to_dict())
-        manifest = {
-            "format": "nfdeploy-export-v1",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": name, "norm": norm,
-            "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32" if opts.io_dtype == "float32" else "per-precision",
-                      **preprocessing},
-            "output": {"name": "logits"},
-            "source": source,
-            "fold": {"report": FOLD_REPORT, "totals": report.totals},
-            "onnx": {p: {**e, "sha256": sha256_file(files[p])} for p, e in onnx_entries.items()},
-            "bn_twin": twin_entry,
-            "engines": engines,
-            "engine_failures": engine_failures,
-            "checks": checks,
-            "tools": _tool_versions(),
-            "export_seconds": time.perf_counter() - t_start,
-        }
-        atomic_write_json(staging / MANIFEST, manifest)
+        manifest = Manifest(
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            model=name,
+            norm=norm,
+            input=InputSpec.from_dict(
+                {
+                    "shape": ["batch", *input_shape],
+                    "dtype": "float32" if opts.io_dtype == "float32" else "per-precision",
+                    **preprocessing,
+                }
+            ),
+            source=source,
+            fold={"report": FOLD_REPORT, "totals": report.totals},
+            onnx={p: OnnxEntry.from_dict({**e, "sha256": sha256_file(files[p])}) for p, e in onnx_entries.items()},
+            bn_twin=twin_entry,
+            engines={p: EngineEntry.from_dict(e) for p, e in engines.items()},
+            engine_failures=engine_failures,
+            checks=checks,
+            tools=_tool_versions(),
+            export_seconds=time.perf_counter() - t_start,
+        )
+        manifest.write(staging)
         failed = [p for p, r in checks.items() if isinstance(r, dict) and r.get("status") == "FAIL"]
         if failed:
             nums = "; ".join(f"{p}: {checks[p]['reason']}" for p in failed)
@@ -263,9 +318,16 @@ def export_model(
         raise
 
 
-def _quantize(precisions: list[str], files: dict[str, Path], staging: Path,
-              calibration_data: Callable[[CalibrationOptions], CalibrationData] | None, copts: CalibrationOptions,
-              norm: str, entries: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+def _quantize(
+    precisions: list[str],
+    files: dict[str, Path],
+    staging: Path,
+    calibration_data: Callable[[CalibrationOptions], CalibrationData] | None,
+    copts: CalibrationOptions,
+    norm: str,
+    entries: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Calibrate once, write each int8 form's Q/DQ graph from its float graph, check and lint it."""
     onnx = require("onnx", "onnx")
     if calibration_data is None:
@@ -280,20 +342,33 @@ def _quantize(precisions: list[str], files: dict[str, Path], staging: Path,
         check_model(path)
         lint = lint_int8(onnx.load(str(path)), prec, allow_batchnorm=norm == "bn")
         if not lint["ok"]:
-            raise ExportError(f"{prec} graph failed the int8 lint ({len(lint['errors'])} problems): {lint['errors'][0]}")
+            raise ExportError(
+                f"{prec} graph failed the int8 lint ({len(lint['errors'])} problems): {lint['errors'][0]}"
+            )
         files[prec] = path
         if prec == "int8-ort":  # the form meant for ONNX Runtime's CPU EP: what it really fuses, from its own graph
             info["ort_fusion"] = ort_fusion(path)
-        out[prec] = {"file": path.name, "opset": entries[src]["opset"], "io_dtype": "float32", "quantized_from": src,
-                     **info, "nodes": lint["nodes"], "ops": lint["ops"], "lint": lint}
-        log(f"  {prec}: {path.name} ({info['activations']} activations), Q/DQ feeding {lint['dq_consumers']}, "
+        out[prec] = {
+            "file": path.name,
+            "opset": entries[src]["opset"],
+            "io_dtype": "float32",
+            "quantized_from": src,
+            **info,
+            "nodes": lint["nodes"],
+            "ops": lint["ops"],
+            "lint": lint,
+        }
+        log(
+            f"  {prec}: {path.name} ({info['activations']} activations), Q/DQ feeding {lint['dq_consumers']}, "
             f"quantized in {info['quantize_seconds']:.1f} s, int8 lint ok"
-            + (f"; {describe_fusion(info['ort_fusion'])}" if "ort_fusion" in info else ""))
+            + (f"; {describe_fusion(info['ort_fusion'])}" if "ort_fusion" in info else "")
+        )
     return out
 
 
-def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int, int, int], trt_opts: Any,
-                   log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _build_engines(
+    files: dict[str, Path], staging: Path, input_shape: tuple[int, int, int], trt_opts: Any, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One strongly typed engine per ONNX variant that has an engine file (precision comes from the
     graph). A failed int8 build is recorded (the builder's errors) and the export goes on; a failed
     float build fails the export."""
@@ -307,16 +382,23 @@ def _build_engines(files: dict[str, Path], staging: Path, input_shape: tuple[int
         try:
             rec = build_engine(onnx_path, path, prec, input_shape, trt_opts)
         except EngineBuildError as e:
-            listing = "; ".join(f"{x.get('node') or '?'} ({x.get('op') or '?'}): {x.get('message')}" for x in e.errors[:5])
+            listing = "; ".join(
+                f"{x.get('node') or '?'} ({x.get('op') or '?'}): {x.get('message')}" for x in e.errors[:5]
+            )
             if PRECISIONS[prec].quantized_from:
                 failures[prec] = {"onnx": onnx_path.name, "error": str(e), "errors": e.errors[:20]}
                 log(f"  engine {prec}: the builder refused {onnx_path.name}: {e}")
                 continue
-            raise ExportError(f"TensorRT build of {onnx_path.name} failed: {e}" + (f" [{listing}]" if listing else "")) from None
+            raise ExportError(
+                f"TensorRT build of {onnx_path.name} failed: {e}" + (f" [{listing}]" if listing else "")
+            ) from None
         engines[prec] = {"file": path.name, **rec}
         where = rec.get("gpu") or f"no GPU, targets {','.join(rec.get('compute_capabilities') or [])}"
-        log(f"  engine {prec}: {path.name} ({rec['flavour']} {rec['version']}), {rec['network_layers']} network layers, "
-            f"{rec['engine_bytes'] / 2**20:.1f} MiB, built in {rec['build_seconds']:.1f} s ({where})")
+        log(
+            f"  engine {prec}: {path.name} ({rec['flavour']} {rec['version']}), "
+            f"{rec['network_layers']} network layers, "
+            f"{rec['engine_bytes'] / 2**20:.1f} MiB, built in {rec['build_seconds']:.1f} s ({where})"
+        )
     return engines, failures
 
 
@@ -332,8 +414,9 @@ def _dataset_check_data(data: Any, samples: int) -> tuple[np.ndarray, np.ndarray
     return x.numpy(), y.numpy()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | None = None,
-               log: Callable[[str], None] = print) -> ExportResult:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | None = None, log: Callable[[str], None] = print
+) -> ExportResult:
     """Export a training run dir (weights.safetensors + config.json)."""
     from nfdeploy.models import NFResNet, twin_name
 
@@ -354,21 +437,43 @@ def export_run(run_dir: str | Path, out_dir: str | Path, opts: ExportOptions | N
 
     log(f"exporting {name} from {run_dir} → {out_dir}")
     return export_model(
-        model, out_dir, fold=lambda dtype: fold_model(model, dtype=dtype), name=name,
-        input_shape=(cfg.in_chans, size, size), norm=cfg.norm,
+        model,
+        out_dir,
+        fold=lambda dtype: fold_model(model, dtype=dtype),
+        name=name,
+        input_shape=(cfg.in_chans, size, size),
+        norm=cfg.norm,
         # The relative path lets a copied pair of run and export dirs (another machine) find each other.
-        source={"kind": "run", "run_dir": str(run_dir.resolve()),
-                "run_dir_relative": os.path.relpath(run_dir.resolve(), Path(out_dir).resolve()), "weights": WEIGHTS,
-                "weights_sha256": sha256_file(run_dir / WEIGHTS), "model_config": asdict(cfg),
-                "twin": twin_name(name) if name[:3] in ("nf_", "bn_") else None},
-        preprocessing={"mean": desc.get("mean"), "std": desc.get("std"), "class_names": desc.get("class_names"),
-                       "dataset": desc.get("name")},
-        check_data=check_data, twin=twin if cfg.norm == "nf" else None, opts=opts, log=log,
-        calibration_data=lambda c: training_split_calibration(data, c.samples, c.seed))
+        source=ModelSource(
+            kind="run",
+            run_dir=str(run_dir.resolve()),
+            run_dir_relative=os.path.relpath(run_dir.resolve(), Path(out_dir).resolve()),
+            weights=WEIGHTS,
+            weights_sha256=sha256_file(run_dir / WEIGHTS),
+            model_config=asdict(cfg),
+            twin=twin_name(name) if name[:3] in ("nf_", "bn_") else None,
+        ),
+        preprocessing={
+            "mean": desc.get("mean"),
+            "std": desc.get("std"),
+            "class_names": desc.get("class_names"),
+            "dataset": desc.get("name"),
+        },
+        check_data=check_data,
+        twin=twin if cfg.norm == "nf" else None,
+        opts=opts,
+        log=log,
+        calibration_data=lambda c: training_split_calibration(data, c.samples, c.seed),
+    )
 
 
-def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = None,
-                opts: ExportOptions | None = None, log: Callable[[str], None] = print) -> ExportResult:
+def export_timm(
+    name: str,
+    out_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    opts: ExportOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
     """Fold and export one of timm's NormFreeNet models (random init unless a checkpoint is given)."""
     from nfdeploy.interop.timm import create_timm_model, fold_timm_model, timm_input_size
 
@@ -391,28 +496,21 @@ def export_timm(name: str, out_dir: str | Path, checkpoint: str | Path | None = 
         return folder_calibration(copts.calib_dir, (c, h, w), mean, std, copts.samples, copts.seed)
 
     return export_model(
-        model, out_dir, fold=lambda dtype: fold_timm_model(model, input_size=(h, w), dtype=dtype), name=name,
-        input_shape=(c, h, w), norm="nf",
-        source={"kind": "timm", "timm_model": name, "checkpoint": str(checkpoint) if checkpoint else None,
-                "weights_sha256": sha256_file(checkpoint) if checkpoint else None},
+        model,
+        out_dir,
+        fold=lambda dtype: fold_timm_model(model, input_size=(h, w), dtype=dtype),
+        name=name,
+        input_shape=(c, h, w),
+        norm="nf",
+        source=ModelSource(
+            kind="timm",
+            timm_model=name,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            weights_sha256=sha256_file(checkpoint) if checkpoint else None,
+        ),
         preprocessing={"mean": mean, "std": std, "class_names": None, "dataset": "imagenet"},
-        check_data=None, calibration_data=calibration, opts=opts, log=log)
-
-
-def load_manifest(export_dir: str | Path, *, verify_files: bool = True) -> dict[str, Any]:
-    """Read manifest.json and verify every ONNX file and engine against its recorded sha256.
-    verify_files=False: read it only (backends verify their own file when they load it, so one damaged
-    file fails its backend, not the whole export)."""
-    export_dir = Path(export_dir)
-    manifest = read_json(export_dir / MANIFEST, "export manifest")
-    if not verify_files:
-        return manifest
-    listed = [(e, e["sha256"], "re-export it") for e in manifest.get("onnx", {}).values()]
-    listed += [(e, e["engine_sha256"], "rebuild it") for e in (manifest.get("engines") or {}).values()]
-    for entry, digest, remedy in listed:
-        path = export_dir / entry["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{path} listed in the manifest is missing")
-        if sha256_file(path) != digest:
-            raise ArtifactError(f"{path} does not match its manifest (sha256 differs): {remedy}")
-    return manifest
+        check_data=None,
+        calibration_data=calibration,
+        opts=opts,
+        log=log,
+    )

@@ -21,14 +21,14 @@ the user names (timm models). Mixed mode: `keep` names ONNX nodes or tensors tha
 from __future__ import annotations
 
 import contextlib
-import logging
 import fnmatch
+import logging
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,25 +38,44 @@ from nfdeploy.export.onnx_graph import OUTPUT_NAME, block_values, run_with_value
 # ONNX Runtime's quantizer advises quant_pre_process (shape inference + graph optimisation) first. Measured on
 # nf_resnet50 (bench/int8_speed.py, results int8-speed-cpu-2026-12-01): the same optimized graph, the same logits
 # SQNR, latency int8-ort / pre-processed 1.000 [0.998, 1.006] at batch 1 and 0.996 [0.990, 1.010] at batch 32.
-PRE_PROCESS_CHOICE = ("quant_pre_process not applied: on nf_resnet50 it changed neither what ONNX Runtime fuses, "
-                      "nor accuracy, nor speed (bench/int8_speed.py)")
+PRE_PROCESS_CHOICE = (
+    "quant_pre_process not applied: on nf_resnet50 it changed neither what ONNX Runtime fuses, "
+    "nor accuracy, nor speed (bench/int8_speed.py)"
+)
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # onnxruntime 1.32's quantize_static builds its entropy calibrator with num_bins = num_quantized_bins = 128
 # and passes no way to change them, so the KL search has one candidate, the full range: "entropy" gives
 # the min-max ranges (measured: identical SQNR on digits). Recorded in the manifest rather than hidden.
-ENTROPY_NOTE = ("onnxruntime.quantization's entropy calibrator runs with num_bins = num_quantized_bins = 128 "
-                "(not settable through quantize_static): its threshold search has one candidate, the full range, "
-                "so the scales equal min-max")
+ENTROPY_NOTE = (
+    "onnxruntime.quantization's entropy calibrator runs with num_bins = num_quantized_bins = 128 "
+    "(not settable through quantize_static): its threshold search has one candidate, the full range, "
+    "so the scales equal min-max"
+)
 CALIBRATION_BATCH = 32
 # The ops whose inputs each form quantizes, and the ops a runtime fuses a DequantizeLinear into.
 TRT_QUANTIZED_OPS = ("Conv", "Gemm", "Add")
 # TensorRT moves a DQ across pooling (int8 pooling): a DQ shared by a Conv and the transition's
 # average-pool shortcut is fused on both paths.
-FUSED_CONSUMERS = {"int8": {"Conv", "Gemm", "Add", "AveragePool", "MaxPool"},
-                   # ORT CPU: QLinearConv/QGemm/QLinearAdd, QLinearAveragePool/GlobalAveragePool, Q/DQ around
-                   # Relu and MaxPool are removed (Relu by the output range, MaxPool commutes with Q).
-                   "int8-ort": {"Conv", "Gemm", "Add", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool",
-                                "ReduceMean", "Reshape", "Flatten", "Sigmoid", "Mul", "MatMul"}}
+FUSED_CONSUMERS = {
+    "int8": {"Conv", "Gemm", "Add", "AveragePool", "MaxPool"},
+    # ORT CPU: QLinearConv/QGemm/QLinearAdd, QLinearAveragePool/GlobalAveragePool, Q/DQ around
+    # Relu and MaxPool are removed (Relu by the output range, MaxPool commutes with Q).
+    "int8-ort": {
+        "Conv",
+        "Gemm",
+        "Add",
+        "Relu",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "Reshape",
+        "Flatten",
+        "Sigmoid",
+        "Mul",
+        "MatMul",
+    },
+}
 INT8_FORMS = ("int8", "int8-ort")
 
 
@@ -77,7 +96,9 @@ class CalibrationOptions:
         if self.ort_weight_bits not in (7, 8):
             raise QuantizeError(f"int8-ort weight bits must be 7 or 8, got {self.ort_weight_bits}")
         if self.method not in CALIBRATION_METHODS:
-            raise QuantizeError(f"unknown calibration method {self.method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+            raise QuantizeError(
+                f"unknown calibration method {self.method!r}; choose from {', '.join(CALIBRATION_METHODS)}"
+            )
         if int(self.samples) < 1:
             raise QuantizeError(f"calibration samples must be positive, got {self.samples}")
         object.__setattr__(self, "keep", tuple(self.keep))
@@ -94,14 +115,18 @@ class CalibrationData:
     files: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "split": self.split, "samples": int(len(self.images)),
-                **({"files": self.files[:8] + (["..."] if len(self.files) > 8 else [])} if self.files else {})}
+        return {
+            "source": self.source,
+            "split": self.split,
+            "samples": int(len(self.images)),
+            **({"files": self.files[:8] + (["..."] if len(self.files) > 8 else [])} if self.files else {}),
+        }
 
 
 def pick_indices(n_available: int, samples: int, seed: int) -> np.ndarray:
     """`samples` distinct indices out of `n_available`, a seeded random choice (sorted)."""
     rng = np.random.default_rng(seed)
-    return np.sort(rng.permutation(n_available)[:min(samples, n_available)])
+    return np.sort(rng.permutation(n_available)[: min(samples, n_available)])
 
 
 def training_split_calibration(data: Any, samples: int, seed: int) -> CalibrationData:
@@ -113,8 +138,9 @@ def training_split_calibration(data: Any, samples: int, seed: int) -> Calibratio
     return CalibrationData(x.numpy(), f"{data.name} training split", "train", idx)
 
 
-def folder_calibration(path: str | Path, input_shape: tuple[int, int, int], mean: Any, std: Any, samples: int,
-                       seed: int) -> CalibrationData:
+def folder_calibration(
+    path: str | Path, input_shape: tuple[int, int, int], mean: Any, std: Any, samples: int, seed: int
+) -> CalibrationData:
     """Calibration images from a folder (recursive), resized and centre-cropped, normalised by mean/std."""
     from nfdeploy.data import read_image_folder
 
@@ -124,8 +150,9 @@ def folder_calibration(path: str | Path, input_shape: tuple[int, int, int], mean
     x = images[idx].numpy().astype(np.float32) / 255.0
     m = np.asarray(mean if mean is not None else [0.0] * c, np.float32).reshape(1, c, 1, 1)
     s = np.asarray(std if std is not None else [1.0] * c, np.float32).reshape(1, c, 1, 1)
-    return CalibrationData(((x - m) / s).astype(np.float32), f"image folder {path}", "folder",
-                           files=[str(files[i]) for i in idx])
+    return CalibrationData(
+        ((x - m) / s).astype(np.float32), f"image folder {path}", "folder", files=[str(files[i]) for i in idx]
+    )
 
 
 def _reader(images: np.ndarray, input_name: str):
@@ -145,7 +172,7 @@ def _reader(images: np.ndarray, input_name: str):
         def get_next(self):
             if self.pos >= len(images):
                 return None
-            batch = images[self.pos:self.pos + size]
+            batch = images[self.pos : self.pos + size]
             self.pos += size
             return {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
@@ -160,16 +187,20 @@ def resolve_keep(model, patterns: tuple[str, ...]) -> list[str]:
     nothing is an error (a typo must not silently quantize everything)."""
     names = []
     for pat in patterns:
-        hit = [n.name for n in model.graph.node if fnmatch.fnmatchcase(n.name, pat)
-               or any(fnmatch.fnmatchcase(o, pat) for o in n.output)]
+        hit = [
+            n.name
+            for n in model.graph.node
+            if fnmatch.fnmatchcase(n.name, pat) or any(fnmatch.fnmatchcase(o, pat) for o in n.output)
+        ]
         if not hit:
             raise QuantizeError(f"--int8-keep {pat!r} matches no node or tensor of the fp32 graph")
         names += hit
     return list(dict.fromkeys(names))
 
 
-def quantize_graph(fp32_path: str | Path, out_path: str | Path, form: str, calib: CalibrationData,
-                   opts: CalibrationOptions) -> dict[str, Any]:
+def quantize_graph(
+    fp32_path: str | Path, out_path: str | Path, form: str, calib: CalibrationData, opts: CalibrationOptions
+) -> dict[str, Any]:
     """Calibrate `fp32_path` on `calib` and write the Q/DQ graph of `form` to `out_path`. Returns the
     manifest record (method, samples, seed, source, kept nodes, timings)."""
     if form not in INT8_FORMS:
@@ -192,27 +223,50 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, form: str, calib
     # the default and 8 is the user's choice for VNNI/AMX targets.
     reduce_range = not trt and opts.ort_weight_bits == 7
     t0 = time.perf_counter()
-    with _quantizer_messages() as messages:  # ORT logs advice through the root logger: into the manifest, not the terminal
+    with (
+        _quantizer_messages() as messages
+    ):  # ORT logs advice through the root logger: into the manifest, not the terminal
         ortq.quantize_static(  # calibrates in its own temporary directory (augmented model included)
-            str(fp32_path), str(out_path), _reader(calib.images, model.graph.input[0].name),
-            quant_format=ortq.QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-            activation_type=ortq.QuantType.QInt8 if trt else ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
-            op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None, nodes_to_exclude=exclude or None,
-            calibrate_method=getattr(ortq.CalibrationMethod, CALIBRATION_METHODS[opts.method]), extra_options=extra)
+            str(fp32_path),
+            str(out_path),
+            _reader(calib.images, model.graph.input[0].name),
+            quant_format=ortq.QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=ortq.QuantType.QInt8 if trt else ortq.QuantType.QUInt8,
+            weight_type=ortq.QuantType.QInt8,
+            op_types_to_quantize=list(TRT_QUANTIZED_OPS) if trt else None,
+            nodes_to_exclude=exclude or None,
+            calibrate_method=getattr(ortq.CalibrationMethod, CALIBRATION_METHODS[opts.method]),
+            extra_options=extra,
+        )
     dropped = _drop_unfused_pairs(out_path, FUSED_CONSUMERS[form]) if trt else 0
-    return {"form": form, "unfused_dq_inputs_rewired": dropped, "activations": "int8 symmetric" if trt else "uint8 asymmetric",
-            "weights": "int8 symmetric, per output channel" + (", 7-bit range (reduce_range: no int16 saturation "
-                                                                "on CPUs without VNNI)" if reduce_range else
-                                                                ", 8-bit range (saturates on CPUs without VNNI/AMX)"
-                                                                if not trt else ""),
-            "calibration": {
-                "method": opts.method, "samples": int(len(calib.images)), "seed": opts.seed, **calib.describe(),
-                **({"percentile": extra["CalibPercentile"]} if "CalibPercentile" in extra else {}),
-                **({"note": ENTROPY_NOTE} if opts.method == "entropy" else {})},
-            "kept_in_float": exclude, "quantize_seconds": time.perf_counter() - t0,
-            "quantizer_messages": messages,  # its advice, kept out of the user's terminal
-            "pre_process": PRE_PROCESS_CHOICE,
-            "library": "onnxruntime.quantization.quantize_static (QDQ)"}
+    return {
+        "form": form,
+        "unfused_dq_inputs_rewired": dropped,
+        "activations": "int8 symmetric" if trt else "uint8 asymmetric",
+        "weights": "int8 symmetric, per output channel"
+        + (
+            ", 7-bit range (reduce_range: no int16 saturation on CPUs without VNNI)"
+            if reduce_range
+            else ", 8-bit range (saturates on CPUs without VNNI/AMX)"
+            if not trt
+            else ""
+        ),
+        "calibration": {
+            "method": opts.method,
+            "samples": int(len(calib.images)),
+            "seed": opts.seed,
+            **calib.describe(),
+            **({"percentile": extra["CalibPercentile"]} if "CalibPercentile" in extra else {}),
+            **({"note": ENTROPY_NOTE} if opts.method == "entropy" else {}),
+        },
+        "kept_in_float": exclude,
+        "quantize_seconds": time.perf_counter() - t0,
+        "quantizer_messages": messages,  # its advice, kept out of the user's terminal
+        "pre_process": PRE_PROCESS_CHOICE,
+        "library": "onnxruntime.quantization.quantize_static (QDQ)",
+    }
 
 
 @contextlib.contextmanager
@@ -272,8 +326,14 @@ def _drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
 
 
 # The op ONNX Runtime's CPU EP runs in place of a float op whose Q/DQ neighbours it fuses (its QDQ transformers).
-ORT_FUSED_OPS = {"Conv": "QLinearConv", "Add": "QLinearAdd", "AveragePool": "QLinearAveragePool",
-                 "GlobalAveragePool": "QLinearGlobalAveragePool", "Gemm": "QGemm", "MatMul": "QLinearMatMul"}
+ORT_FUSED_OPS = {
+    "Conv": "QLinearConv",
+    "Add": "QLinearAdd",
+    "AveragePool": "QLinearAveragePool",
+    "GlobalAveragePool": "QLinearGlobalAveragePool",
+    "Gemm": "QGemm",
+    "MatMul": "QLinearMatMul",
+}
 
 
 def ort_fusion(path: str | Path) -> dict[str, Any]:
@@ -298,19 +358,28 @@ def ort_fusion(path: str | Path) -> dict[str, Any]:
     float_consumers = Counter(n.op_type for n in graph.node if any(i in dq_outputs for i in n.input))
     graph_outputs = sum(o.name in dq_outputs for o in graph.output)
     written = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-    ops = {op: {"written": written[op], "fused": optimized[q], "left_in_float": optimized[op]}
-           for op, q in ORT_FUSED_OPS.items() if written[op]}
-    return {"ops": ops, "dequantize_left": optimized["DequantizeLinear"], "quantize_left": optimized["QuantizeLinear"],
-            "dequantize_left_feeds": dict(sorted(float_consumers.items())) | ({"graph output": graph_outputs} if graph_outputs else {}),
-            "optimized_ops": dict(sorted(optimized.items()))}
+    ops = {
+        op: {"written": written[op], "fused": optimized[q], "left_in_float": optimized[op]}
+        for op, q in ORT_FUSED_OPS.items()
+        if written[op]
+    }
+    return {
+        "ops": ops,
+        "dequantize_left": optimized["DequantizeLinear"],
+        "quantize_left": optimized["QuantizeLinear"],
+        "dequantize_left_feeds": dict(sorted(float_consumers.items()))
+        | ({"graph output": graph_outputs} if graph_outputs else {}),
+        "optimized_ops": dict(sorted(optimized.items())),
+    }
 
 
 def describe_fusion(fusion: dict[str, Any]) -> str:
     """'fused by ONNX Runtime: 10 of 10 Conv, 3 of 3 Add, ...; 2 DequantizeLinear left'."""
     parts = [f"{v['fused']} of {v['written']} {op}" for op, v in fusion["ops"].items()]
     feeds = fusion.get("dequantize_left_feeds") or {}
-    return (f"fused by ONNX Runtime: {', '.join(parts)}; {fusion['dequantize_left']} DequantizeLinear left"
-            + (f" (feeding {', '.join(f'{n} {op}' for op, n in feeds.items())})" if feeds else ""))
+    return f"fused by ONNX Runtime: {', '.join(parts)}; {fusion['dequantize_left']} DequantizeLinear left" + (
+        f" (feeding {', '.join(f'{n} {op}' for op, n in feeds.items())})" if feeds else ""
+    )
 
 
 def lint_int8(model, form: str, *, allow_batchnorm: bool = False) -> dict[str, Any]:
@@ -371,19 +440,29 @@ def lint_int8(model, form: str, *, allow_batchnorm: bool = False) -> dict[str, A
         if q is None or q.dtype != np.int8:
             errors.append(f"{where}: weight is not an int8 initializer")
         elif scale is None or scale.size != q.shape[0]:
-            errors.append(f"{where}: weight scale is not per output channel ({None if scale is None else scale.size} "
-                          f"scales for {q.shape[0]} channels)")
+            errors.append(
+                f"{where}: weight scale is not per output channel ({None if scale is None else scale.size} "
+                f"scales for {q.shape[0]} channels)"
+            )
         if zp is not None and np.any(zp != 0):
             errors.append(f"{where}: weight zero point is not 0 (asymmetric weights)")
         if x is None or x.op_type != "DequantizeLinear":
             errors.append(f"{where}: quantized weight but float activation input")
     ops = Counter(n.op_type for n in g.node if n.op_type != "Constant")
-    return {"ok": not errors, "errors": errors, "form": form, "nodes": sum(ops.values()), "ops": dict(sorted(ops.items())),
-            "dq_consumers": dict(sorted(dq_consumers.items())), "quantized": dict(sorted(quantized.items())),
-            "float": dict(sorted(kept.items()))}
+    return {
+        "ok": not errors,
+        "errors": errors,
+        "form": form,
+        "nodes": sum(ops.values()),
+        "ops": dict(sorted(ops.items())),
+        "dq_consumers": dict(sorted(dq_consumers.items())),
+        "quantized": dict(sorted(quantized.items())),
+        "float": dict(sorted(kept.items())),
+    }
 
 
 # --------------------------------------------------------------------------------- per-block errors
+
 
 def block_sqnr(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
     """SQNR (dB) of each point's value (stem, every block, the pre-logits features: onnx_graph.block_values)
@@ -399,11 +478,33 @@ def block_sqnr(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> l
     names = [*points, "logits"]
     rows = []
     for name, t, r, o in zip(names, [*tensors, OUTPUT_NAME], [*ref, ref_logits], [*out, out_logits]):
-        rows.append({"block": name, "tensor": t, "sqnr_db": sqnr_db(r, o),
-                     "ref_rms": float(np.sqrt(np.mean(np.square(r, dtype=np.float64)))), "ref_absmax": float(np.abs(r).max())})
+        rows.append(
+            {
+                "block": name,
+                "tensor": t,
+                "sqnr_db": sqnr_db(r, o),
+                "ref_rms": float(np.sqrt(np.mean(np.square(r, dtype=np.float64)))),
+                "ref_absmax": float(np.abs(r).max()),
+            }
+        )
     return rows
 
 
-__all__ = ["CALIBRATION_METHODS", "FUSED_CONSUMERS", "INT8_FORMS", "ORT_FUSED_OPS", "describe_fusion", "ort_fusion", "CalibrationData", "CalibrationOptions",
-           "QuantizeError", "block_sqnr", "folder_calibration", "lint_int8", "pick_indices", "quantize_graph",
-           "resolve_keep", "training_split_calibration"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "FUSED_CONSUMERS",
+    "INT8_FORMS",
+    "ORT_FUSED_OPS",
+    "describe_fusion",
+    "ort_fusion",
+    "CalibrationData",
+    "CalibrationOptions",
+    "QuantizeError",
+    "block_sqnr",
+    "folder_calibration",
+    "lint_int8",
+    "pick_indices",
+    "quantize_graph",
+    "resolve_keep",
+    "training_split_calibration",
+]

@@ -1,8 +1,8 @@
 """Build TensorRT engines from the exported ONNX variants (library; no CLI here).
 
 Two flavours share one builder/parser API: `tensorrt` (TensorRT 10.12+ / 11, needs a CUDA GPU to
-build, installed from NVIDIA's index) and `tensorrt-rtx` (TensorRT-RTX, module tensorrt_rtx, on PyPI, builds ahead of time
-*without* a GPU for a list of target compute capabilities; its engines do not run on Hopper).
+build, installed from NVIDIA's index) and `tensorrt-rtx` (TensorRT-RTX, module tensorrt_rtx, on PyPI, builds
+ahead of time *without* a GPU for a list of target compute capabilities; its engines do not run on Hopper).
 
 Networks are strongly typed: precision comes from the ONNX variant (model.onnx fp32,
 model.fp16.onnx, model.bf16.onnx), never from builder flags (TensorRT 11 removed FP16/INT8 flags and
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts import atomic_path, atomic_write_bytes, sha256_file
-from nfdeploy.machine import cuda_gpu
 from nfdeploy.errors import MissingExtraError, one_line
+from nfdeploy.machine import cuda_gpu
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.tensorrt import import_tensorrt
 
@@ -33,8 +33,10 @@ ENGINE_PRECISIONS = tuple(p for p, v in PRECISIONS.items() if v.engine_file)
 # TensorRT-RTX targets skipped by default: Turing (SM 7.5) is opt-in per NVIDIA (a portable engine
 # that includes it is slower everywhere); Hopper (9.x) is not an RTX target at all.
 RTX_DEFAULT_EXCLUDE = {"SM75"}
-RTX_TIMING_CACHE_NOTE = ("TensorRT-RTX: timing-cache operations are no-ops (deprecated since RTX 1.2; the "
-                         "ahead-of-time build does no autotuning) and may force a GPU query; not used")
+RTX_TIMING_CACHE_NOTE = (
+    "TensorRT-RTX: timing-cache operations are no-ops (deprecated since RTX 1.2; the "
+    "ahead-of-time build does no autotuning) and may force a GPU query; not used"
+)
 
 
 class EngineBuildError(RuntimeError):
@@ -62,8 +64,8 @@ class BatchProfile:
             raise ValueError(f"batch profile {self.min}:{self.opt}:{self.max} must satisfy 1 <= min <= opt <= max")
 
     @classmethod
-    def parse(cls, text: str) -> "BatchProfile":
-        """"1:8:32" -> BatchProfile(1, 8, 32); "8" -> BatchProfile(8, 8, 8)."""
+    def parse(cls, text: str) -> BatchProfile:
+        """ "1:8:32" -> BatchProfile(1, 8, 32); "8" -> BatchProfile(8, 8, 8)."""
         parts = str(text).strip().split(":")
         if len(parts) == 1:
             parts = parts * 3
@@ -110,14 +112,15 @@ class TrtBuildOptions:
 
 # ---------------------------------------------------------------------------------------- helpers
 
+
 def cc_to_str(name: str) -> str:
-    """"SM86" -> "8.6", "SM120" -> "12.0"."""
+    """ "SM86" -> "8.6", "SM120" -> "12.0"."""
     digits = name.upper().removeprefix("SM")
     return f"{digits[:-1]}.{digits[-1]}"
 
 
 def _cc_enum_name(text: str) -> str:
-    """"8.6" | "86" | "sm_86" | "SM86" | (8, 6) -> "SM86"."""
+    """ "8.6" | "86" | "sm_86" | "SM86" | (8, 6) -> "SM86"."""
     if isinstance(text, (tuple, list)):
         return f"SM{int(text[0])}{int(text[1])}"
     t = str(text).strip().upper().replace("SM_", "").replace("SM", "")
@@ -149,8 +152,13 @@ def _parser_errors(parser) -> list[dict[str, Any]]:
     for i in range(parser.num_errors):
         e = parser.get_error(i)
         row: dict[str, Any] = {"node": None, "op": None, "message": ""}
-        for key, getter in (("node", "node_name"), ("op", "node_operator"), ("message", "desc"), ("code", "code"),
-                            ("node_index", "node")):
+        for key, getter in (
+            ("node", "node_name"),
+            ("op", "node_operator"),
+            ("message", "desc"),
+            ("code", "code"),
+            ("node_index", "node"),
+        ):
             fn = getattr(e, getter, None)
             if fn is None:
                 continue
@@ -186,8 +194,7 @@ def _make_logger(trt):
 
 def load_timing_cache(config, path: Path | None) -> tuple[Any, dict[str, Any]]:
     """config.create_timing_cache from `path` (empty when absent/unreadable) and set it on the config."""
-    info: dict[str, Any] = {"path": str(path) if path else None, "supported": True, "loaded": False,
-                            "loaded_bytes": 0}
+    info: dict[str, Any] = {"path": str(path) if path else None, "supported": True, "loaded": False, "loaded_bytes": 0}
     blob = b""
     if path is not None and Path(path).is_file():
         blob = Path(path).read_bytes()
@@ -234,8 +241,14 @@ def _network_dtypes(network) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------- build
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str, input_shape: tuple[int, int, int],
-                 opts: TrtBuildOptions | None = None) -> dict[str, Any]:
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str,
+    input_shape: tuple[int, int, int],
+    opts: TrtBuildOptions | None = None,
+) -> dict[str, Any]:
     """Parse `onnx_path` into a strongly typed network and build a serialized engine to `engine_path`
     (written atomically: a failure never leaves a partial file). Returns the build record."""
     opts = opts or TrtBuildOptions()
@@ -252,8 +265,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
             pass
     version = str(trt.__version__)
     if flavour == "tensorrt" and gpu is None:
-        raise EngineBuildError("TensorRT needs a CUDA GPU to build an engine and none is visible; "
-                               "TensorRT-RTX (flavour tensorrt-rtx) builds without one")
+        raise EngineBuildError(
+            "TensorRT needs a CUDA GPU to build an engine and none is visible; "
+            "TensorRT-RTX (flavour tensorrt-rtx) builds without one"
+        )
     if not onnx_path.is_file():
         raise EngineBuildError(f"ONNX file not found: {onnx_path}")
 
@@ -274,19 +289,28 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         errors = _parser_errors(parser) or [{"node": None, "op": None, "message": m} for m in logger.errors]
         first = errors[0] if errors else {"message": "unknown error"}
         where = f" at node {first['node']} ({first['op']})" if first.get("node") else ""
-        raise EngineBuildError(f"{flavour} {version} could not parse {onnx_path.name}: {len(errors)} error(s); "
-                               f"first{where}: {first['message'][:240]}", errors)
+        raise EngineBuildError(
+            f"{flavour} {version} could not parse {onnx_path.name}: {len(errors)} error(s); "
+            f"first{where}: {first['message'][:240]}",
+            errors,
+        )
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     if network.num_layers == 0 or INPUT_NAME not in inputs or network.num_outputs == 0:
-        raise EngineBuildError(f"{onnx_path.name} parsed into an empty or foreign network ({network.num_layers} "
-                               f"layers, inputs {sorted(inputs)}); expected input {INPUT_NAME!r} of an nfdeploy export",
-                               [{"node": None, "op": None, "message": "no usable network in the ONNX file"}])
+        raise EngineBuildError(
+            f"{onnx_path.name} parsed into an empty or foreign network ({network.num_layers} "
+            f"layers, inputs {sorted(inputs)}); expected input {INPUT_NAME!r} of an nfdeploy export",
+            [{"node": None, "op": None, "message": "no usable network in the ONNX file"}],
+        )
     in_dims = tuple(inputs[INPUT_NAME].shape)
     if len(in_dims) != 4 or any(d not in (-1, want) for d, want in zip(in_dims[1:], (c, h, w))):
-        raise EngineBuildError(f"{onnx_path.name}: input {INPUT_NAME!r} has shape {in_dims}, expected (batch, {c}, {h}, {w})")
+        raise EngineBuildError(
+            f"{onnx_path.name}: input {INPUT_NAME!r} has shape {in_dims}, expected (batch, {c}, {h}, {w})"
+        )
     if in_dims[0] != -1 and any((p.min, p.max) != (in_dims[0], in_dims[0]) for p in opts.profiles):
-        raise EngineBuildError(f"{onnx_path.name}: batch dimension is fixed at {in_dims[0]}; profiles "
-                               f"{[str(p) for p in opts.profiles]} need a dynamic batch")
+        raise EngineBuildError(
+            f"{onnx_path.name}: batch dimension is fixed at {in_dims[0]}; profiles "
+            f"{[str(p) for p in opts.profiles]} need a dynamic batch"
+        )
     network_layers = int(network.num_layers)
     layer_types = dict(sorted(Counter(network.get_layer(i).type.name for i in range(network_layers)).items()))
     layer_dtypes = _network_dtypes(network)
@@ -301,11 +325,17 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
             raise EngineBuildError(f"optimization profile {p} was rejected for input {INPUT_NAME!r} {in_dims}")
     if hasattr(trt.BuilderFlag, "TF32"):
         (config.set_flag if opts.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
-        tf32 = {"requested": opts.tf32, "flag": "set" if opts.tf32 else "cleared",
-                "effective": bool(config.get_flag(trt.BuilderFlag.TF32))}
+        tf32 = {
+            "requested": opts.tf32,
+            "flag": "set" if opts.tf32 else "cleared",
+            "effective": bool(config.get_flag(trt.BuilderFlag.TF32)),
+        }
     else:
-        tf32 = {"requested": opts.tf32, "flag": f"absent: {flavour} {version} has no BuilderFlag.TF32",
-                "effective": None}
+        tf32 = {
+            "requested": opts.tf32,
+            "flag": f"absent: {flavour} {version} has no BuilderFlag.TF32",
+            "effective": None,
+        }
     opt_level = None
     if hasattr(config, "builder_optimization_level"):
         config.builder_optimization_level = int(opts.optimization_level)
@@ -316,41 +346,64 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profiling = getattr(config.profiling_verbosity, "name", str(config.profiling_verbosity))
 
-    device: dict[str, Any] = {"built_without_gpu": gpu is None, "gpu": gpu["gpu"] if gpu else None,
-                              "gpu_compute_capability": gpu["compute_capability"] if gpu else None}
+    device: dict[str, Any] = {
+        "built_without_gpu": gpu is None,
+        "gpu": gpu["gpu"] if gpu else None,
+        "gpu_compute_capability": gpu["compute_capability"] if gpu else None,
+    }
     if flavour == "tensorrt-rtx":
         supported = rtx_supported_ccs(trt)
         if opts.compute_capabilities is not None:
             targets = [_cc_enum_name(x) for x in opts.compute_capabilities]
             bad = [x for x in targets if x not in supported]
             if bad:
-                raise ValueError(f"compute capabilities {[cc_to_str(b) for b in bad]} not supported by "
-                                 f"TensorRT-RTX {version} (supported: {[cc_to_str(s) for s in supported]})")
+                raise ValueError(
+                    f"compute capabilities {[cc_to_str(b) for b in bad]} not supported by "
+                    f"TensorRT-RTX {version} (supported: {[cc_to_str(s) for s in supported]})"
+                )
             cc_source = "requested"
         else:
             targets = default_rtx_ccs(trt)
-            cc_source = f"default: every SM of this TensorRT-RTX except {sorted(RTX_DEFAULT_EXCLUDE)} (Turing is opt-in)"
+            cc_source = (
+                f"default: every SM of this TensorRT-RTX except {sorted(RTX_DEFAULT_EXCLUDE)} (Turing is opt-in)"
+            )
         targets = list(dict.fromkeys(targets))
         config.num_compute_capabilities = len(targets)
         for i, name in enumerate(targets):
             if not config.set_compute_capability(getattr(trt.ComputeCapability, name), i):
                 raise EngineBuildError(f"TensorRT-RTX rejected target compute capability {cc_to_str(name)}")
-        device.update(compute_capabilities=[cc_to_str(n) for n in targets], compute_capability_source=cc_source,
-                      supported_compute_capabilities=[cc_to_str(s) for s in supported])
+        device.update(
+            compute_capabilities=[cc_to_str(n) for n in targets],
+            compute_capability_source=cc_source,
+            supported_compute_capabilities=[cc_to_str(s) for s in supported],
+        )
         if gpu is not None and gpu["compute_capability"] not in device["compute_capabilities"]:
-            device["note"] = (f"the GPU here ({gpu['gpu']}, CC {gpu['compute_capability']}) is not among the "
-                              "engine's targets: it cannot run this engine")
+            device["note"] = (
+                f"the GPU here ({gpu['gpu']}, CC {gpu['compute_capability']}) is not among the "
+                "engine's targets: it cannot run this engine"
+            )
     else:
-        device.update(compute_capabilities=[gpu["compute_capability"]], compute_capability_source="the GPU it was built on")
+        device.update(
+            compute_capabilities=[gpu["compute_capability"]], compute_capability_source="the GPU it was built on"
+        )
 
     cache = None
     if opts.timing_cache is None:
         timing_cache: dict[str, Any] = {"path": None, "used": False}
     elif flavour == "tensorrt-rtx":
-        timing_cache = {"path": str(opts.timing_cache), "supported": False, "used": False, "note": RTX_TIMING_CACHE_NOTE}
+        timing_cache = {
+            "path": str(opts.timing_cache),
+            "supported": False,
+            "used": False,
+            "note": RTX_TIMING_CACHE_NOTE,
+        }
     elif not hasattr(config, "create_timing_cache"):
-        timing_cache = {"path": str(opts.timing_cache), "supported": False, "used": False,
-                        "note": f"{flavour} {version} has no timing-cache API"}
+        timing_cache = {
+            "path": str(opts.timing_cache),
+            "supported": False,
+            "used": False,
+            "note": f"{flavour} {version} has no timing-cache API",
+        }
     else:
         cache, timing_cache = load_timing_cache(config, opts.timing_cache)
         timing_cache["used"] = True
@@ -362,10 +415,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         serialized, logger.errors = None, logger.errors + [one_line(e, with_type=False)]
     build_seconds = time.perf_counter() - t1
     if serialized is None or serialized.nbytes == 0:
-        errs = [{"node": None, "op": None, "message": m} for m in logger.errors] or \
-               [{"node": None, "op": None, "message": "build_serialized_network returned no engine"}]
-        raise EngineBuildError(f"{flavour} {version} failed to build an engine from {onnx_path.name} ({precision}): "
-                               f"{errs[0]['message'][:240]}", errs)
+        errs = [{"node": None, "op": None, "message": m} for m in logger.errors] or [
+            {"node": None, "op": None, "message": "build_serialized_network returned no engine"}
+        ]
+        raise EngineBuildError(
+            f"{flavour} {version} failed to build an engine from {onnx_path.name} ({precision}): "
+            f"{errs[0]['message'][:240]}",
+            errs,
+        )
     with atomic_path(engine_path) as tmp:
         with open(tmp, "wb") as f:
             f.write(memoryview(serialized))
@@ -373,27 +430,50 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str,
         save_timing_cache(config, cache, opts.timing_cache, timing_cache)
 
     return {
-        "flavour": flavour, "version": version, "precision": precision,
-        "onnx": onnx_path.name, "engine": engine_path.name,
+        "flavour": flavour,
+        "version": version,
+        "precision": precision,
+        "onnx": onnx_path.name,
+        "engine": engine_path.name,
         "input": {"name": INPUT_NAME, "shape": ["batch", c, h, w]},
         "profiles": [asdict(p) for p in opts.profiles],
         "strongly_typed": bool(strongly_typed),
-        "tf32": tf32, "optimization_level": opt_level, "profiling_verbosity": profiling,
+        "tf32": tf32,
+        "optimization_level": opt_level,
+        "profiling_verbosity": profiling,
         "workspace_mb": opts.workspace_mb,
-        "parse_seconds": parse_seconds, "build_seconds": build_seconds,
-        "engine_bytes": engine_path.stat().st_size, "engine_sha256": sha256_file(engine_path),
-        "network_layers": network_layers, "layer_types": layer_types, "layer_output_dtypes": layer_dtypes,
-        "timing_cache": timing_cache, **device,
+        "parse_seconds": parse_seconds,
+        "build_seconds": build_seconds,
+        "engine_bytes": engine_path.stat().st_size,
+        "engine_sha256": sha256_file(engine_path),
+        "network_layers": network_layers,
+        "layer_types": layer_types,
+        "layer_output_dtypes": layer_dtypes,
+        "timing_cache": timing_cache,
+        **device,
         "builder_warnings": logger.warnings[:20],
     }
 
 
-__all__ = ["BatchProfile", "EngineBuildError", "TrtBuildOptions", "build_engine",
-           "load_timing_cache", "save_timing_cache", "cc_to_str", "default_rtx_ccs", "rtx_supported_ccs"]
+__all__ = [
+    "BatchProfile",
+    "EngineBuildError",
+    "TrtBuildOptions",
+    "build_engine",
+    "load_timing_cache",
+    "save_timing_cache",
+    "cc_to_str",
+    "default_rtx_ccs",
+    "rtx_supported_ccs",
+]
 
 
-def inspect_engine(engine_path: str | Path, record: dict[str, Any] | None = None, flavour: str = "auto",
-                   out_json: str | Path | None = None) -> dict[str, Any]:
+def inspect_engine(
+    engine_path: str | Path,
+    record: dict[str, Any] | None = None,
+    flavour: str = "auto",
+    out_json: str | Path | None = None,
+) -> dict[str, Any]:
     """What is known about an engine: its build record (from the manifest) and, where a CUDA GPU is
     present, the engine inspector's per-layer JSON (written to `out_json`) and the fused layer count.
     Deserializing an engine needs a GPU; without one the inspector part is reported as skipped."""
@@ -402,16 +482,33 @@ def inspect_engine(engine_path: str | Path, record: dict[str, Any] | None = None
     engine_path = Path(engine_path)
     if not engine_path.is_file():
         raise FileNotFoundError(f"engine file not found: {engine_path}")
-    info: dict[str, Any] = {"engine": str(engine_path), "engine_bytes": engine_path.stat().st_size,
-                            "engine_sha256": sha256_file(engine_path)}
+    info: dict[str, Any] = {
+        "engine": str(engine_path),
+        "engine_bytes": engine_path.stat().st_size,
+        "engine_sha256": sha256_file(engine_path),
+    }
     if record:
-        info["record"] = {k: record.get(k) for k in ("flavour", "version", "precision", "network_layers", "profiles",
-                                                     "build_seconds", "compute_capabilities", "gpu", "tf32")}
+        info["record"] = {
+            k: record.get(k)
+            for k in (
+                "flavour",
+                "version",
+                "precision",
+                "network_layers",
+                "profiles",
+                "build_seconds",
+                "compute_capabilities",
+                "gpu",
+                "tf32",
+            )
+        }
         info["matches_record"] = record.get("engine_sha256") == info["engine_sha256"]
     gpu = _gpu_info()
     if gpu is None:
-        info["inspector"] = {"status": "skipped", "reason": "no CUDA GPU: an engine can only be deserialized "
-                                                             "(and inspected) on a GPU"}
+        info["inspector"] = {
+            "status": "skipped",
+            "reason": "no CUDA GPU: an engine can only be deserialized (and inspected) on a GPU",
+        }
         return info
     trt, name = import_tensorrt((record or {}).get("flavour") or flavour)
     logger = _make_logger(trt)

@@ -46,8 +46,16 @@ from nfdeploy.artifacts import ArtifactError, load_tensors
 from nfdeploy.errors import MissingExtraError, require
 from nfdeploy.fold import FoldedSE, FoldedShortcut, FoldReport, count_ops
 
-SUPPORTED_PREFIXES: tuple[str, ...] = ("nf_resnet", "nf_seresnet", "nf_ecaresnet", "nf_regnet_b", "nfnet_f",
-                                       "dm_nfnet_f", "nfnet_l", "eca_nfnet_l")
+SUPPORTED_PREFIXES: tuple[str, ...] = (
+    "nf_resnet",
+    "nf_seresnet",
+    "nf_ecaresnet",
+    "nf_regnet_b",
+    "nfnet_f",
+    "dm_nfnet_f",
+    "nfnet_l",
+    "eca_nfnet_l",
+)
 _FAMILIES = ", ".join(f"{p}*" for p in SUPPORTED_PREFIXES)
 
 
@@ -64,8 +72,10 @@ def _import_timm():
         raise
     except Exception as e:  # noqa: BLE001 - any import-time failure is "timm is not usable here"
         first = (str(e).splitlines() or [""])[0]
-        raise MissingExtraError(f"timm is installed but failed to import ({type(e).__name__}: {first}); "
-                                "install a timm/torchvision matching this torch: pip install 'nfdeploy[timm]'") from None
+        raise MissingExtraError(
+            f"timm is installed but failed to import ({type(e).__name__}: {first}); "
+            "install a timm/torchvision matching this torch: pip install 'nfdeploy[timm]'"
+        ) from None
 
 
 class _T:
@@ -86,8 +96,12 @@ class _T:
         self.avg_pool_same = AvgPool2dSame  # (NormFreeNet never builds MaxPool2dSame: its stems use nn.MaxPool2d)
         self.se, self.eca = SEModule, EcaModule
         self.head, self.select_pool = ClassifierHead, SelectAdaptivePool2d
-        self.net, self.block, self.gamma_act, self.downsample = (nfnet.NormFreeNet, nfnet.NormFreeBlock,
-                                                                 nfnet.GammaAct, nfnet.DownsampleAvg)
+        self.net, self.block, self.gamma_act, self.downsample = (
+            nfnet.NormFreeNet,
+            nfnet.NormFreeBlock,
+            nfnet.GammaAct,
+            nfnet.DownsampleAvg,
+        )
         self.sigmoids = (nn.Sigmoid, acts.Sigmoid)
         # activation modules / functional forms -> the plain module class
         self.act_modules = {nn.ReLU: nn.ReLU, nn.SiLU: nn.SiLU, acts.Swish: nn.SiLU, acts.GELU: nn.GELU}
@@ -99,8 +113,10 @@ class _T:
 
 
 def _unsupported(name: str, what: str) -> ValueError:
-    return ValueError(f"unsupported timm model {name!r} ({what}): nfdeploy folds timm's NormFreeNet models "
-                      f"(families {_FAMILIES}, and any other NormFreeNet config)")
+    return ValueError(
+        f"unsupported timm model {name!r} ({what}): nfdeploy folds timm's NormFreeNet models "
+        f"(families {_FAMILIES}, and any other NormFreeNet config)"
+    )
 
 
 def create_timm_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
@@ -144,26 +160,34 @@ def _load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ArtifactError(f"cannot load checkpoint {path} with torch.load(weights_only=True): {first}") from None
     else:
-        raise ArtifactError(f"checkpoint {path}: unknown format {suffix or '(no suffix)'!r} "
-                            "(expected .safetensors, .pth, .pt or .bin)")
+        raise ArtifactError(
+            f"checkpoint {path}: unknown format {suffix or '(no suffix)'!r} (expected .safetensors, .pth, .pt or .bin)"
+        )
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise ArtifactError(f"checkpoint {path} is not a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(lst)} {what} (e.g. {', '.join(lst[:3])})" for what, lst in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if lst]
+        parts = [
+            f"{len(lst)} {what} (e.g. {', '.join(lst[:3])})"
+            for what, lst in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+            if lst
+        ]
         raise ArtifactError(f"checkpoint {path} does not match timm model {name}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
 
@@ -209,12 +233,30 @@ class FoldedTimmBlock(nn.Module):
     """timm's NormFreeBlock with every constant folded:
     out = [downsample](act1(x) or x) + [attn_last](conv3(act3([attn](conv2[b](...conv1(act1(x)))))))."""
 
-    def __init__(self, act1: nn.Module, downsample: FoldedShortcut | None, conv1: nn.Module, act2: nn.Module,
-                 conv2: nn.Module, act2b: nn.Module | None, conv2b: nn.Module | None, attn: nn.Module | None,
-                 act3: nn.Module, conv3: nn.Module, attn_last: nn.Module | None):
+    def __init__(
+        self,
+        act1: nn.Module,
+        downsample: FoldedShortcut | None,
+        conv1: nn.Module,
+        act2: nn.Module,
+        conv2: nn.Module,
+        act2b: nn.Module | None,
+        conv2b: nn.Module | None,
+        attn: nn.Module | None,
+        act3: nn.Module,
+        conv3: nn.Module,
+        attn_last: nn.Module | None,
+    ):
         super().__init__()
         self.act1, self.downsample, self.conv1, self.act2, self.conv2 = act1, downsample, conv1, act2, conv2
-        self.act2b, self.conv2b, self.attn, self.act3, self.conv3, self.attn_last = act2b, conv2b, attn, act3, conv3, attn_last
+        self.act2b, self.conv2b, self.attn, self.act3, self.conv3, self.attn_last = (
+            act2b,
+            conv2b,
+            attn,
+            act3,
+            conv3,
+            attn_last,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(x)  # not in place: x is the residual stream
@@ -237,8 +279,17 @@ class FoldedTimmNet(nn.Module):
     'SAME' pad is nn.Sequential(ZeroPad2d, Conv2d) under the same name.  If any pad depended on the
     input size, `fixed_input_size` is that (H, W) and other sizes are refused."""
 
-    def __init__(self, stem: nn.Sequential, stages: nn.Sequential, final_conv: nn.Module, final_act: nn.Module,
-                 pool: nn.Module, scale: nn.Module, fc: nn.Module, fixed_input_size: tuple[int, int] | None):
+    def __init__(
+        self,
+        stem: nn.Sequential,
+        stages: nn.Sequential,
+        final_conv: nn.Module,
+        final_act: nn.Module,
+        pool: nn.Module,
+        scale: nn.Module,
+        fc: nn.Module,
+        fixed_input_size: tuple[int, int] | None,
+    ):
         super().__init__()
         self.stem, self.stages, self.final_conv, self.final_act = stem, stages, final_conv, final_act
         self.pool, self.scale, self.fc = pool, scale, fc
@@ -246,8 +297,10 @@ class FoldedTimmNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fixed_input_size is not None and tuple(x.shape[-2:]) != self.fixed_input_size:
-            raise ValueError(f"this folded model resolved 'SAME' padding for input size {self.fixed_input_size}, "
-                             f"got {tuple(x.shape[-2:])}; fold again at that size")
+            raise ValueError(
+                f"this folded model resolved 'SAME' padding for input size {self.fixed_input_size}, "
+                f"got {tuple(x.shape[-2:])}; fold again at that size"
+            )
         x = self.final_act(self.final_conv(self.stages(self.stem(x))))
         return self.fc(self.scale(self.pool(x).flatten(1)))
 
@@ -258,8 +311,10 @@ class FoldedTimmNet(nn.Module):
 
 def _same_pads(in_hw: tuple[int, int], kernel, stride, dilation) -> tuple[int, int, int, int]:
     """timm's pad_same: (left, right, top, bottom) for TF 'SAME' at input size in_hw."""
+
     def one(x: int, k: int, s: int, d: int) -> int:
         return max((math.ceil(x / s) - 1) * s + (k - 1) * d + 1 - x, 0)
+
     ph, pw = (one(in_hw[i], kernel[i], stride[i], dilation[i]) for i in range(2))
     return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
@@ -267,8 +322,14 @@ def _same_pads(in_hw: tuple[int, int], kernel, stride, dilation) -> tuple[int, i
 class _Fold:
     """State of one fold: the timm classes, recorded input sizes, target dtype, report."""
 
-    def __init__(self, t: _T, sizes: dict[str, tuple[int, int]], input_size: tuple[int, int] | None,
-                 dtype: torch.dtype, report: FoldReport):
+    def __init__(
+        self,
+        t: _T,
+        sizes: dict[str, tuple[int, int]],
+        input_size: tuple[int, int] | None,
+        dtype: torch.dtype,
+        report: FoldReport,
+    ):
         self.t, self.sizes, self.input_size, self.dtype, self.report = t, sizes, input_size, dtype, report
         self.size_dependent = False
 
@@ -289,7 +350,7 @@ class _Fold:
 
     # --- convs
 
-    def conv(self, src: nn.Module, name: str, section: dict) -> "_TimmConv":
+    def conv(self, src: nn.Module, name: str, section: dict) -> _TimmConv:
         pads = None
         if isinstance(src, self.t.std_conv_same) and src.same_pad:
             pads = self._pads(src, name, section)
@@ -302,9 +363,15 @@ class _Fold:
         hw = self.sizes[name]
         dilation = getattr(m, "dilation", (1, 1))
         pads = _same_pads(hw, m.kernel_size, m.stride, dilation)
-        section["folded"].append({"constant": f"SAME padding at input {hw[0]}x{hw[1]} (model input "
-                                  f"{self.input_size[0]}x{self.input_size[1]})", "kind": "same_padding",
-                                  "value": list(pads), "into": [name]})
+        section["folded"].append(
+            {
+                "constant": f"SAME padding at input {hw[0]}x{hw[1]} (model input "
+                f"{self.input_size[0]}x{self.input_size[1]})",
+                "kind": "same_padding",
+                "value": list(pads),
+                "into": [name],
+            }
+        )
         return pads
 
     # --- pools
@@ -328,8 +395,12 @@ class _Fold:
         t = self.t
         comp = c not in (0.0, 1.0)  # c == 0: the gate multiplies zero, any gate value is exact
         if isinstance(m, t.se):
-            if m.add_maxpool or not isinstance(m.bn, nn.Identity) or type(m.act) is not nn.ReLU \
-                    or not isinstance(m.gate, t.sigmoids):
+            if (
+                m.add_maxpool
+                or not isinstance(m.bn, nn.Identity)
+                or type(m.act) is not nn.ReLU
+                or not isinstance(m.gate, t.sigmoids)
+            ):
                 raise TypeError(f"{name}: cannot fold SE variant {m!r}")
             fc1 = _TimmConv(m.fc1, f"{name}.fc1", section, None, t)
             fc2 = _TimmConv(m.fc2, f"{name}.fc2", section, None, t)
@@ -343,11 +414,22 @@ class _Fold:
             b = None if m.conv.bias is None else m.conv.bias.detach().to(torch.float64, copy=True)
             if comp:
                 w.mul_(1.0 / c)
-                section["folded"].append({"constant": f"1/({label})", "kind": "scalar", "value": 1.0 / c,
-                                          "into": [f"{name}.conv.weight"]})
+                section["folded"].append(
+                    {"constant": f"1/({label})", "kind": "scalar", "value": 1.0 / c, "into": [f"{name}.conv.weight"]}
+                )
             s = m.conv
-            conv = nn.Conv1d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation,
-                             s.groups, bias=b is not None, padding_mode=s.padding_mode, device="meta")
+            conv = nn.Conv1d(
+                s.in_channels,
+                s.out_channels,
+                s.kernel_size,
+                s.stride,
+                s.padding,
+                s.dilation,
+                s.groups,
+                bias=b is not None,
+                padding_mode=s.padding_mode,
+                device="meta",
+            )
             conv.weight = nn.Parameter(w.to(self.dtype), requires_grad=False)
             if b is not None:
                 conv.bias = nn.Parameter(b.to(self.dtype), requires_grad=False)
@@ -386,9 +468,15 @@ class _TimmConv:
             g = src.gain.detach().double().reshape(-1, 1) * float(src.scale)
             w2.sub_(mean).mul_(g * torch.rsqrt(var + float(src.eps)))
             gamma = float(src.scale) * math.sqrt(src.weight[0].numel())
-            section["folded"].append({"constant": "WS(weight, gain * gamma / sqrt(fan_in), eps in variance)",
-                                      "kind": "weight_standardization", "value": gamma, "eps": float(src.eps),
-                                      "into": [f"{self.pname()}.weight"]})
+            section["folded"].append(
+                {
+                    "constant": "WS(weight, gain * gamma / sqrt(fan_in), eps in variance)",
+                    "kind": "weight_standardization",
+                    "value": gamma,
+                    "eps": float(src.eps),
+                    "into": [f"{self.pname()}.weight"],
+                }
+            )
         self.weight = w
         self.bias = None if src.bias is None else src.bias.detach().to(torch.float64, copy=True)
 
@@ -400,8 +488,9 @@ class _TimmConv:
         """Scalar multiplying the conv's input: weight only."""
         if m != 1.0:
             self.weight.mul_(m)
-            section["folded"].append({"constant": label, "kind": "scalar", "value": m,
-                                      "into": [f"{self.pname()}.weight"]})
+            section["folded"].append(
+                {"constant": label, "kind": "scalar", "value": m, "into": [f"{self.pname()}.weight"]}
+            )
 
     def scale_out(self, c: float, label: str, section: dict, note: str | None = None) -> None:
         """Scalar multiplying the conv's output: weight and bias."""
@@ -409,16 +498,29 @@ class _TimmConv:
             self.weight.mul_(c)
             if self.bias is not None:
                 self.bias.mul_(c)
-            entry = {"constant": label, "kind": "scalar", "value": c, "into": [f"{self.pname()}.weight"]
-                     + ([f"{self.pname()}.bias"] if self.bias is not None else [])}
+            entry = {
+                "constant": label,
+                "kind": "scalar",
+                "value": c,
+                "into": [f"{self.pname()}.weight"] + ([f"{self.pname()}.bias"] if self.bias is not None else []),
+            }
             if note:
                 entry["note"] = note
             section["folded"].append(entry)
 
     def build(self, dtype: torch.dtype) -> nn.Module:
         s = self.src
-        conv = nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, self.padding, s.dilation,
-                         s.groups, bias=self.bias is not None, device="meta")
+        conv = nn.Conv2d(
+            s.in_channels,
+            s.out_channels,
+            s.kernel_size,
+            s.stride,
+            self.padding,
+            s.dilation,
+            s.groups,
+            bias=self.bias is not None,
+            device="meta",
+        )
         conv.weight = nn.Parameter(self.weight.to(dtype), requires_grad=False)
         if self.bias is not None:
             conv.bias = nn.Parameter(self.bias.to(dtype), requires_grad=False)
@@ -429,8 +531,13 @@ def _fold_block(f: _Fold, b: nn.Module, name: str, idx: int) -> FoldedTimmBlock:
     t, dtype = f.t, f.dtype
     if not isinstance(b, t.block):
         raise TypeError(f"{name}: cannot fold {type(b).__name__}")
-    sec: dict[str, Any] = {"block": idx, "name": name, "transition": b.downsample is not None,
-                           "folded": [], "explicit": []}
+    sec: dict[str, Any] = {
+        "block": idx,
+        "name": name,
+        "transition": b.downsample is not None,
+        "folded": [],
+        "explicit": [],
+    }
     act1, g1 = f.act(b.act1, f"{name}.act1", inplace=False)
     m1 = g1 * float(b.beta)
     label1 = "beta*gamma" if g1 != 1.0 else "beta"
@@ -456,7 +563,9 @@ def _fold_block(f: _Fold, b: nn.Module, name: str, idx: int) -> FoldedTimmBlock:
     if b.attn is not None:  # RegNet style: attn_gain * attn(conv2[b] output), then act3
         feeding = conv2b if conv2b is not None else conv2
         ga = float(b.attn_gain)
-        feeding.scale_out(ga, "attn_gain", sec, note=None if ga != 0.0 else "attn input is exactly zero; gate left unchanged")
+        feeding.scale_out(
+            ga, "attn_gain", sec, note=None if ga != 0.0 else "attn input is exactly zero; gate left unchanged"
+        )
         attn = f.attn(b.attn, f"{name}.attn", ga, "attn_gain", sec)
     act3, g3 = f.act(b.act3, f"{name}.act3", inplace=True)
     conv3 = f.conv(b.conv3, f"{name}.conv3", sec)
@@ -478,9 +587,19 @@ def _fold_block(f: _Fold, b: nn.Module, name: str, idx: int) -> FoldedTimmBlock:
     attn_last = None if b.attn_last is None else f.attn(b.attn_last, f"{name}.attn_last", c, label, sec)
     f.removed(b.drop_path, f"{name}.drop_path", "stochastic depth is identity at inference")
     f.report.blocks.append(sec)
-    return FoldedTimmBlock(act1, downsample, conv1.build(dtype), act2, conv2.build(dtype),
-                           act2b, None if conv2b is None else conv2b.build(dtype), attn, act3,
-                           conv3.build(dtype), attn_last)
+    return FoldedTimmBlock(
+        act1,
+        downsample,
+        conv1.build(dtype),
+        act2,
+        conv2.build(dtype),
+        act2b,
+        None if conv2b is None else conv2b.build(dtype),
+        attn,
+        act3,
+        conv3.build(dtype),
+        attn_last,
+    )
 
 
 def _fold_stem(f: _Fold, stem: nn.Sequential) -> nn.Sequential:
@@ -506,21 +625,30 @@ def _fold_stem(f: _Fold, stem: nn.Sequential) -> nn.Sequential:
             pending, label = pending * g, "gamma"
     if pending != 1.0:  # only a (nonlinear) block input follows: cannot fold
         mods["scale"] = ExplicitScale(pending, f.dtype)
-        sec["explicit"].append({"op": "Mul", "where": "stem.scale", "reason": "activation gain at the stem's end: "
-                                "its consumers are the first block's nonlinear act1 and its identity shortcut"})
+        sec["explicit"].append(
+            {
+                "op": "Mul",
+                "where": "stem.scale",
+                "reason": "activation gain at the stem's end: "
+                "its consumers are the first block's nonlinear act1 and its identity shortcut",
+            }
+        )
     return nn.Sequential(OrderedDict(mods))
 
 
 def _sizing_pass(model: nn.Module, t: _T, hw: tuple[int, int]) -> dict[str, tuple[int, int]]:
     """Input (H, W) of every size-dependent module ('SAME' convs and pools) at model input hw.
     Shapes only: runs under FakeTensorMode (no arithmetic), or for real at batch 1 if that fails."""
-    targets = {n: m for n, m in model.named_modules()
-               if isinstance(m, (t.std_conv_same, t.avg_pool_same))}
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, (t.std_conv_same, t.avg_pool_same))}
     sizes: dict[str, tuple[int, int]] = {}
     if not targets:
         return sizes
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: sizes.__setitem__(n, tuple(int(s) for s in args[0].shape[-2:])))
-             for n, m in targets.items()]
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, args, n=n: sizes.__setitem__(n, tuple(int(s) for s in args[0].shape[-2:]))
+        )
+        for n, m in targets.items()
+    ]
     p = next(model.parameters())
     in_chans = getattr(model, "in_chans", 3)
     was_training = model.training
@@ -543,8 +671,9 @@ def _sizing_pass(model: nn.Module, t: _T, hw: tuple[int, int]) -> dict[str, tupl
 
 
 @torch.no_grad()
-def fold_timm_model(model: nn.Module, input_size: tuple[int, int] | None = None,
-                    dtype: torch.dtype = torch.float32) -> tuple[FoldedTimmNet, FoldReport]:
+def fold_timm_model(
+    model: nn.Module, input_size: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[FoldedTimmNet, FoldReport]:
     """Return (plain inference net computing model.eval()'s function, report).  All folding in
     float64, the result cast to `dtype`; `model` is not modified.
 
@@ -555,8 +684,9 @@ def fold_timm_model(model: nn.Module, input_size: tuple[int, int] | None = None,
     if not isinstance(model, t.net):
         raise TypeError(f"fold_timm_model expects a timm NormFreeNet, got {type(model).__name__}")
     report = FoldReport(norm="nf", dtype=str(dtype).removeprefix("torch."))
-    needs_size = any(isinstance(m, t.avg_pool_same) or isinstance(m, t.std_conv_same) and m.same_pad
-                     for m in model.modules())
+    needs_size = any(
+        isinstance(m, t.avg_pool_same) or isinstance(m, t.std_conv_same) and m.same_pad for m in model.modules()
+    )
     hw: tuple[int, int] | None = None
     sizes: dict[str, tuple[int, int]] = {}
     if needs_size:
@@ -567,9 +697,12 @@ def fold_timm_model(model: nn.Module, input_size: tuple[int, int] | None = None,
     f = _Fold(t, sizes, hw, dtype, report)
 
     stem = _fold_stem(f, model.stem)
-    stages = nn.Sequential(*[
-        nn.Sequential(*[_fold_block(f, b, f"stages.{si}.{bi}", len(report.blocks)) for bi, b in enumerate(stage)])
-        for si, stage in enumerate(model.stages)])
+    stages = nn.Sequential(
+        *[
+            nn.Sequential(*[_fold_block(f, b, f"stages.{si}.{bi}", len(report.blocks)) for bi, b in enumerate(stage)])
+            for si, stage in enumerate(model.stages)
+        ]
+    )
 
     head = report.head
     final_conv: nn.Module = nn.Identity()
@@ -578,7 +711,11 @@ def fold_timm_model(model: nn.Module, input_size: tuple[int, int] | None = None,
     final_act, gf = f.act(model.final_act, "final_act", inplace=True)
 
     h = model.head
-    if not isinstance(h, t.head) or not isinstance(h.global_pool, t.select_pool) or not isinstance(h.flatten, nn.Identity):
+    if (
+        not isinstance(h, t.head)
+        or not isinstance(h.global_pool, t.select_pool)
+        or not isinstance(h.flatten, nn.Identity)
+    ):
         raise TypeError(f"head: cannot fold {h!r}")
     ptype = h.global_pool.pool_type.lower()
     if ptype in ("avg", "fast", "fastavg"):
@@ -601,13 +738,18 @@ def fold_timm_model(model: nn.Module, input_size: tuple[int, int] | None = None,
         fc = nn.Identity()
         if gf != 1.0:
             scale = ExplicitScale(gf, dtype)
-            head["explicit"].append({"op": "Mul", "where": "scale", "reason": "final activation gain (gamma_in_act) "
-                                     "with no classifier (num_classes=0): no linear op consumes the pooled features"})
+            head["explicit"].append(
+                {
+                    "op": "Mul",
+                    "where": "scale",
+                    "reason": "final activation gain (gamma_in_act) "
+                    "with no classifier (num_classes=0): no linear op consumes the pooled features",
+                }
+            )
     else:
         raise TypeError(f"head.fc: cannot fold {type(h.fc).__name__}")
 
-    net = FoldedTimmNet(stem, stages, final_conv, final_act, pool, scale, fc,
-                        hw if f.size_dependent else None).eval()
+    net = FoldedTimmNet(stem, stages, final_conv, final_act, pool, scale, fc, hw if f.size_dependent else None).eval()
     net.requires_grad_(False)
     report.ops = count_ops(net)
     return net, report
@@ -648,11 +790,38 @@ def randomize_timm_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def is_plain(module: nn.Module) -> list[str]:
     """Names of leaf modules that are not plain inference ops (empty = plain)."""
-    allowed = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.ZeroPad2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-               nn.Identity, ExplicitScale)
-    return [n for n, m in module.named_modules() if not list(m.children())
-            and (type(m) not in allowed or type(m).__module__.startswith("timm"))]
+    allowed = (
+        nn.Conv2d,
+        nn.Conv1d,
+        nn.Linear,
+        nn.ReLU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Sigmoid,
+        nn.ZeroPad2d,
+        nn.AvgPool2d,
+        nn.MaxPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.Identity,
+        ExplicitScale,
+    )
+    return [
+        n
+        for n, m in module.named_modules()
+        if not list(m.children()) and (type(m) not in allowed or type(m).__module__.startswith("timm"))
+    ]
 
 
-__all__ = ["ExplicitScale", "FoldedECA", "FoldedTimmBlock", "FoldedTimmNet", "SUPPORTED_PREFIXES",
-           "create_timm_model", "fold_timm_model", "is_plain", "randomize_timm_", "timm_input_size"]
+__all__ = [
+    "ExplicitScale",
+    "FoldedECA",
+    "FoldedTimmBlock",
+    "FoldedTimmNet",
+    "SUPPORTED_PREFIXES",
+    "create_timm_model",
+    "fold_timm_model",
+    "is_plain",
+    "randomize_timm_",
+    "timm_input_size",
+]

@@ -16,19 +16,27 @@ _NF_CFGS: dict[str, NFResNetCfg] = {
     "nf_resnet34": NFResNetCfg(block="basic", depths=(3, 4, 6, 3), channels=_IMAGENET_BASIC),
     "nf_resnet50": NFResNetCfg(block="bottleneck", depths=(3, 4, 6, 3), channels=_IMAGENET_BOTTLENECK),
     "nf_resnet101": NFResNetCfg(block="bottleneck", depths=(3, 4, 23, 3), channels=_IMAGENET_BOTTLENECK),
-    "nf_seresnet50": NFResNetCfg(block="bottleneck", depths=(3, 4, 6, 3), channels=_IMAGENET_BOTTLENECK,
-                                 se_ratio=1 / 16),
+    "nf_seresnet50": NFResNetCfg(
+        block="bottleneck", depths=(3, 4, 6, 3), channels=_IMAGENET_BOTTLENECK, se_ratio=1 / 16
+    ),
     # Small-image family (32x32 inputs, CIFAR-style 6n+2 depth): trains in minutes on 2 cores.
     "nf_resnet_c8": NFResNetCfg(block="basic", depths=(1, 1, 1), **_SMALL),
     "nf_resnet_c20": NFResNetCfg(block="basic", depths=(3, 3, 3), **_SMALL),
     "nf_resnet_c56": NFResNetCfg(block="basic", depths=(9, 9, 9), **_SMALL),
     "nf_seresnet_c20": NFResNetCfg(block="basic", depths=(3, 3, 3), se_ratio=0.25, **_SMALL),
-    "nf_resnet_c26b": NFResNetCfg(block="bottleneck", depths=(2, 2, 2), stem="small", stem_width=16,
-                                  channels=(64, 128, 256), num_classes=10, input_size=32),
+    "nf_resnet_c26b": NFResNetCfg(
+        block="bottleneck",
+        depths=(2, 2, 2),
+        stem="small",
+        stem_width=16,
+        channels=(64, 128, 256),
+        num_classes=10,
+        input_size=32,
+    ),
 }
 
 _CFGS: dict[str, NFResNetCfg] = dict(_NF_CFGS)
-_CFGS.update({"bn_" + k[len("nf_"):]: replace(v, norm="bn") for k, v in _NF_CFGS.items()})
+_CFGS.update({"bn_" + k[len("nf_") :]: replace(v, norm="bn") for k, v in _NF_CFGS.items()})
 
 CFG_FIELDS = {f.name for f in fields(NFResNetCfg)}
 

@@ -56,11 +56,11 @@ class NFResNetCfg:
         return self.strides or (1,) + (2,) * (len(self.depths) - 1)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NFResNetCfg":
+    def from_dict(cls, d: dict) -> NFResNetCfg:
         """From `asdict(cfg)` as read back from JSON (lists become tuples again)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    def twin(self) -> "NFResNetCfg":
+    def twin(self) -> NFResNetCfg:
         """The same topology and widths with the other normalisation (nf <-> bn)."""
         return replace(self, norm="bn" if self.norm == "nf" else "nf")
 
@@ -93,8 +93,16 @@ class ResidualBlock(nn.Module):
     BN: out = shortcut + branch(act(BN(x)))
     """
 
-    def __init__(self, cfg: NFResNetCfg, cin: int, cout: int, stride: int, transition: bool,
-                 beta: float = 1.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        cfg: NFResNetCfg,
+        cin: int,
+        cout: int,
+        stride: int,
+        transition: bool,
+        beta: float = 1.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         nf = cfg.norm == "nf"
         self.nf = nf
@@ -155,8 +163,9 @@ class NFResNet(nn.Module):
         self.cfg = cfg
         nf = cfg.norm == "nf"
         if cfg.stem == "imagenet":
-            self.stem = nn.Sequential(_conv(cfg, cfg.in_chans, cfg.stem_width, 7, 2),
-                                      nn.MaxPool2d(3, stride=2, padding=1))
+            self.stem = nn.Sequential(
+                _conv(cfg, cfg.in_chans, cfg.stem_width, 7, 2), nn.MaxPool2d(3, stride=2, padding=1)
+            )
         elif cfg.stem == "small":
             self.stem = nn.Sequential(_conv(cfg, cfg.in_chans, cfg.stem_width, 3, 1))
         else:
@@ -169,11 +178,12 @@ class NFResNet(nn.Module):
             for j in range(depth):
                 transition = j == 0
                 dp = cfg.drop_path_rate * len(blocks) / max(total - 1, 1)
-                block = ResidualBlock(cfg, cin, cout, stride if transition else 1, transition,
-                                      beta=math.sqrt(expected_var), drop_path=dp)
+                block = ResidualBlock(
+                    cfg, cin, cout, stride if transition else 1, transition, beta=math.sqrt(expected_var), drop_path=dp
+                )
                 if transition:
                     expected_var = 1.0
-                expected_var += cfg.alpha ** 2
+                expected_var += cfg.alpha**2
                 block.expected_var_out = expected_var if nf else float("nan")
                 blocks.append(block)
                 cin = cout
@@ -215,12 +225,14 @@ class NFResNet(nn.Module):
         for i, block in enumerate(self.blocks):
             shortcut, branch = block.branch(h)
             h = block(h)
-            stats.append({
-                "block": i,
-                "transition": block.shortcut is not None,
-                "avg_sq_mean": float(h.mean(dim=(0, 2, 3)).pow(2).mean()),
-                "avg_var": float(h.var(dim=(0, 2, 3), correction=0).mean()),
-                "branch_avg_var": float(branch.var(dim=(0, 2, 3), correction=0).mean()),
-                "expected_var": block.expected_var_out,
-            })
+            stats.append(
+                {
+                    "block": i,
+                    "transition": block.shortcut is not None,
+                    "avg_sq_mean": float(h.mean(dim=(0, 2, 3)).pow(2).mean()),
+                    "avg_var": float(h.var(dim=(0, 2, 3), correction=0).mean()),
+                    "branch_avg_var": float(branch.var(dim=(0, 2, 3), correction=0).mean()),
+                    "expected_var": block.expected_var_out,
+                }
+            )
         return stats

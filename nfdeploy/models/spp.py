@@ -16,8 +16,15 @@ from nfdeploy.models import create_model, twin_name
 from nfdeploy.render import pyplot, save_figure
 
 
-def measure_spp(name: str, batch: int = 8, input_size: int | None = None, seed: int = 0,
-                skip_gain: float | None = 1.0, bn_train_mode: bool = True, **overrides) -> list[dict[str, Any]]:
+def measure_spp(
+    name: str,
+    batch: int = 8,
+    input_size: int | None = None,
+    seed: int = 0,
+    skip_gain: float | None = 1.0,
+    bn_train_mode: bool = True,
+    **overrides,
+) -> list[dict[str, Any]]:
     """Statistics for `name`. NF skip gains are zero at init (every block is the identity), so
     `skip_gain` sets them (None keeps the init). The BN twin is measured in training mode (batch
     statistics, as at the start of training) unless `bn_train_mode` is False."""

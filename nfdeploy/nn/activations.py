@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ def get_activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def activation_gamma(name: str) -> float:
     """1 / std of act(z) for z ~ N(0,1), by adaptive Gauss-Kronrod quadrature (float64)."""
     from scipy import integrate

@@ -6,7 +6,7 @@ For each unit i (an output row of a weight; a whole vector/scalar otherwise):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -35,12 +35,22 @@ def standardize_weight(weight: torch.Tensor, gain: torch.Tensor | None, eps: flo
 class ScaledStdConv2d(nn.Conv2d):
     """Conv2d whose weight is re-standardized on every forward; `gain` is per output channel."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | None = None, groups: int = 1, bias: bool = True, eps: float = WS_EPS):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        bias: bool = True,
+        eps: float = WS_EPS,
+    ):
         if padding is None:
             padding = kernel_size // 2
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         groups=groups, bias=bias)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias
+        )
         self.gain = nn.Parameter(torch.ones(out_channels))
         self.eps = eps
         # Weights drawn N(0,1): standardization removes any scale, this keeps var*fan_in far from eps.
@@ -52,5 +62,4 @@ class ScaledStdConv2d(nn.Conv2d):
         return standardize_weight(self.weight, self.gain, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)

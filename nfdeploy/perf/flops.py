@@ -6,8 +6,9 @@ peak measures); tests cross-check the two counts on the same model."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

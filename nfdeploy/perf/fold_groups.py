@@ -5,8 +5,9 @@ speed does not depend on their values). Not `nfdeploy compare` (saved outputs ac
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from nfdeploy.runtime.torch_backend import TorchBackend
 
 def source_norm(source: ExportSource) -> str:
     """The norm of the export's model ("nf" or "bn"): the manifest's, else its model_config's."""
-    return source.manifest.get("norm") or (source.manifest["source"].get("model_config") or {}).get("norm", "nf")
+    return source.manifest.norm or (source.manifest.source.model_config or {}).get("norm", "nf")
 
 
 def folded_twin(source: ExportSource) -> torch.nn.Module:
@@ -30,8 +31,9 @@ def folded_twin(source: ExportSource) -> torch.nn.Module:
     return fold_model(twin.double(), dtype=torch.float32)[0]
 
 
-def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: str | Path,
-                        only: Sequence[str] | None = None) -> tuple[dict[str, Backend], list[dict[str, Any]]]:
+def comparison_backends(
+    source: ExportSource, device: str = "cpu", *, tmp_dir: str | Path, only: Sequence[str] | None = None
+) -> tuple[dict[str, Backend], list[dict[str, Any]]]:
     """Unfolded model, folded model and folded twin on each backend type of `device`, none active.
 
     Returns ({"GROUP/VARIANT": backend}, skipped rows with their reasons); GROUP is e.g. "torch-cpu-fp32",
@@ -51,16 +53,17 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
         if role == "folded":
             return source.folded()
         if source.kind != "run":
-            raise BackendUnavailable(f"no {other.upper()} twin for a {source.kind!r} source (the twin is built from "
-                                     "a run's model_config)")
+            raise BackendUnavailable(
+                f"no {other.upper()} twin for a {source.kind!r} source (the twin is built from a run's model_config)"
+            )
         if "twin" not in cache:
             cache["twin"] = folded_twin(source)
         return cache["twin"]
 
     def onnx_file(variant: str, role: str) -> Path:
         if role == "folded":  # the export's own graph
-            entry = (source.manifest.get("onnx") or {}).get("fp32")
-            path = source.export_dir / entry["file"] if entry else None
+            entry = source.manifest.onnx.get("fp32")
+            path = source.export_dir / entry.file if entry else None
             if path is None or not path.is_file():
                 raise BackendUnavailable("the export has no fp32 ONNX file")
             return path
@@ -68,7 +71,8 @@ def comparison_backends(source: ExportSource, device: str = "cpu", *, tmp_dir: s
         require("onnxscript", "onnx")  # torch.onnx's dynamo exporter needs it
         path = Path(tmp_dir) / f"{device}-{variant}.onnx"
         if not path.is_file():
-            opset = ((source.manifest.get("onnx") or {}).get("fp32") or {}).get("opset", 18)
+            fp32 = source.manifest.onnx.get("fp32")
+            opset = fp32.opset if fp32 and fp32.opset else 18
             export_module(copy.deepcopy(net).float().eval(), path, source.input_shape, opset=opset)
         return path
 
@@ -115,8 +119,10 @@ def group_ratios(own: str, variants: Sequence[str]) -> dict[str, tuple[str, str]
     """The ratios a group reports, as (numerator, denominator) variants present in `variants`:
     folded speedup = unfolded / folded (> 1: folding is faster); NF/BN = NF folded / BN folded
     (< 1: NF is faster)."""
-    pairs = {"speedup_folded_vs_unfolded": (f"{own}-unfolded", f"{own}-folded"),
-             "ratio_nf_folded_to_bn_folded": ("nf-folded", "bn-folded")}
+    pairs = {
+        "speedup_folded_vs_unfolded": (f"{own}-unfolded", f"{own}-folded"),
+        "ratio_nf_folded_to_bn_folded": ("nf-folded", "bn-folded"),
+    }
     return {k: p for k, p in pairs.items() if p[0] in variants and p[1] in variants}
 
 

@@ -1,8 +1,8 @@
 """A machine peak measured in the same run, for the share of peak a backend achieves: on CPU a large
 float32 matmul (the faster of torch.mm and ONNX Runtime's MatMul) on torch's intra-op thread count; on
 CUDA a large matmul in the row's precision (fp32 with TF32 off, TF32, fp16, bf16; int8 forms: an int8 x
-int8 -> int32 matmul, torch._int_mm), timed with CUDA events. The peak is the best of several repetitions (achieved GFLOP/s,
-or giga-ops for int8, of the fastest one): what this machine delivers on the kind of work a convolution
+int8 -> int32 matmul, torch._int_mm), timed with CUDA events. The peak is the best of several repetitions (achieved
+GFLOP/s, or giga-ops for int8, of the fastest one): what this machine delivers on the kind of work a convolution
 lowers to, not a datasheet number. Int8 rows on CPU are compared with ONNX Runtime's own u8 x s8 -> int32
 matmul (MatMulInteger: the MLAS integer GEMM its QLinearConv lowers to), never with the float32 peak
 (shares above 100% that mean nothing); without ONNX Runtime they have no peak, and the entry says why."""
@@ -10,7 +10,8 @@ matmul (MatMulInteger: the MLAS integer GEMM its QLinearConv lowers to), never w
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,13 +50,20 @@ def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
     except MissingExtraError:
         pass
     timed = {name: best_seconds(call, seconds / len(candidates)) for name, call in candidates.items()}
-    rates = {name: 2.0 * n ** 3 / best / 1e9 for name, (best, _) in timed.items()}
+    rates = {name: 2.0 * n**3 / best / 1e9 for name, (best, _) in timed.items()}
     top = max(rates, key=rates.get)
     threads = torch.get_num_threads()
-    return {"device": "cpu", "precision": "fp32", "gflops": rates[top], "n": n, "repetitions": timed[top][1],
-            "threads": threads, "candidates_gflops": rates,
-            "what": f"best of {timed[top][1]} float32 {top} {n}x{n} on {threads} threads (faster of "
-                    f"{' and '.join(f'{k} {v:.0f}' for k, v in rates.items())} GFLOP/s)"}
+    return {
+        "device": "cpu",
+        "precision": "fp32",
+        "gflops": rates[top],
+        "n": n,
+        "repetitions": timed[top][1],
+        "threads": threads,
+        "candidates_gflops": rates,
+        "what": f"best of {timed[top][1]} float32 {top} {n}x{n} on {threads} threads (faster of "
+        f"{' and '.join(f'{k} {v:.0f}' for k, v in rates.items())} GFLOP/s)",
+    }
 
 
 def ort_matmul(kind: str, n: int = CPU_N, threads: int | None = None) -> Callable[[], Any]:
@@ -75,10 +83,12 @@ def ort_matmul(kind: str, n: int = CPU_N, threads: int | None = None) -> Callabl
         types, op, out = (TensorProto.UINT8, TensorProto.INT8), "MatMulInteger", TensorProto.INT32
     else:
         raise ValueError(f"kind must be fp32 or int8, got {kind!r}")
-    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], f"peak_{kind}",
-                              [helper.make_tensor_value_info("a", types[0], [n, n]),
-                               helper.make_tensor_value_info("b", types[1], [n, n])],
-                              [helper.make_tensor_value_info("y", out, [n, n])])
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"])],
+        f"peak_{kind}",
+        [helper.make_tensor_value_info("a", types[0], [n, n]), helper.make_tensor_value_info("b", types[1], [n, n])],
+        [helper.make_tensor_value_info("y", out, [n, n])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -98,9 +108,15 @@ def cpu_int8_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]
         return no_peak("cpu", "int8", str(e))
     best, reps = best_seconds(run, seconds)
     threads = torch.get_num_threads()
-    return {"device": "cpu", "precision": "int8", "gflops": 2.0 * n ** 3 / best / 1e9, "n": n, "repetitions": reps,
-            "threads": threads, "what": f"best of {reps} ONNX Runtime MatMulInteger u8 x s8 -> int32 {n}x{n} on "
-                                        f"{threads} threads (giga-ops/s)"}
+    return {
+        "device": "cpu",
+        "precision": "int8",
+        "gflops": 2.0 * n**3 / best / 1e9,
+        "n": n,
+        "repetitions": reps,
+        "threads": threads,
+        "what": f"best of {reps} ONNX Runtime MatMulInteger u8 x s8 -> int32 {n}x{n} on {threads} threads (giga-ops/s)",
+    }
 
 
 def best_cuda_seconds(fn: Any, seconds: float) -> tuple[float, int]:
@@ -130,12 +146,18 @@ def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> d
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
         best, reps = best_cuda_seconds(lambda: torch.mm(a, b), seconds)
-        del a, b
+        a = b = None  # free the operands before empty_cache
         torch.cuda.empty_cache()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-    return {"device": "cuda", "precision": precision, "gflops": 2.0 * n ** 3 / best / 1e9, "n": n,
-            "repetitions": reps, "what": f"best of {reps} torch.mm {n}x{n} {precision} (CUDA events)"}
+    return {
+        "device": "cuda",
+        "precision": precision,
+        "gflops": 2.0 * n**3 / best / 1e9,
+        "n": n,
+        "repetitions": reps,
+        "what": f"best of {reps} torch.mm {n}x{n} {precision} (CUDA events)",
+    }
 
 
 def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, Any]:
@@ -150,10 +172,16 @@ def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, An
     except RuntimeError as e:  # e.g. a GPU without int8 tensor-core matmuls in this build
         return no_peak("cuda", "int8", f"torch._int_mm failed here: {one_line(e, 200)}")
     best, reps = best_cuda_seconds(lambda: torch._int_mm(a, b), seconds)
-    del a, b
+    a = b = None  # free the operands before empty_cache
     torch.cuda.empty_cache()
-    return {"device": "cuda", "precision": "int8", "gflops": 2.0 * n ** 3 / best / 1e9, "n": n, "repetitions": reps,
-            "what": f"best of {reps} int8 torch._int_mm {n}x{n} -> int32 (CUDA events; giga-ops/s)"}
+    return {
+        "device": "cuda",
+        "precision": "int8",
+        "gflops": 2.0 * n**3 / best / 1e9,
+        "n": n,
+        "repetitions": reps,
+        "what": f"best of {reps} int8 torch._int_mm {n}x{n} -> int32 (CUDA events; giga-ops/s)",
+    }
 
 
 def no_peak(device: str, precision: str, reason: str) -> dict[str, Any]:
@@ -187,5 +215,17 @@ def peak_for(device: str, precision: str, cache: dict[tuple[str, str], dict[str,
     return cache[key]
 
 
-__all__ = ["CPU_N", "CUDA_N", "best_cuda_seconds", "best_seconds", "cpu_int8_matmul_peak", "cpu_matmul_peak", "cuda_int8_matmul_peak", "cuda_matmul_peak", "no_peak", "ort_matmul", "peak_for",
-           "peak_kind"]
+__all__ = [
+    "CPU_N",
+    "CUDA_N",
+    "best_cuda_seconds",
+    "best_seconds",
+    "cpu_int8_matmul_peak",
+    "cpu_matmul_peak",
+    "cuda_int8_matmul_peak",
+    "cuda_matmul_peak",
+    "no_peak",
+    "ort_matmul",
+    "peak_for",
+    "peak_kind",
+]

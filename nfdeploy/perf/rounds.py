@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class RoundPlan:
 
 # ------------------------------------------------------------------------------------- statistics
 
+
 def window_medians(values: Sequence[float], window_rounds: int, windows: int) -> list[float]:
     """Medians of the last `windows` consecutive windows of `window_rounds` values (oldest first);
     [] when there are fewer than window_rounds * windows values."""
@@ -71,11 +73,12 @@ def window_medians(values: Sequence[float], window_rounds: int, windows: int) ->
     if len(values) < n:
         return []
     tail = np.asarray(values[-n:], dtype=np.float64)
-    return [float(np.median(tail[i * window_rounds:(i + 1) * window_rounds])) for i in range(windows)]
+    return [float(np.median(tail[i * window_rounds : (i + 1) * window_rounds])) for i in range(windows)]
 
 
-def is_settled(values: Sequence[float], band: float = STABILITY_BAND, window_rounds: int = WINDOW_ROUNDS,
-               windows: int = WINDOWS) -> bool:
+def is_settled(
+    values: Sequence[float], band: float = STABILITY_BAND, window_rounds: int = WINDOW_ROUNDS, windows: int = WINDOWS
+) -> bool:
     """True when the medians of the last `windows` windows all lie within +-band of their own median."""
     meds = window_medians(values, window_rounds, windows)
     if not meds:
@@ -92,8 +95,9 @@ def cv(values: Sequence[float]) -> float | None:
     return float(a.std(ddof=1) / a.mean())
 
 
-def bootstrap_ci(values: Sequence[float], level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the median of `values` (scipy.stats.bootstrap, fixed seed: the same
     data give the same interval)."""
     from scipy.stats import bootstrap
@@ -103,8 +107,16 @@ def bootstrap_ci(values: Sequence[float], level: float = CI_LEVEL, samples: int 
         raise ValueError("bootstrap of no values")
     if a.size == 1 or np.all(a == a[0]):  # no spread: the interval is the value (scipy warns on degenerate data)
         return float(a[0]), float(a[0])
-    res = bootstrap((a,), np.median, confidence_level=level, n_resamples=samples, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=True, axis=-1)
+    res = bootstrap(
+        (a,),
+        np.median,
+        confidence_level=level,
+        n_resamples=samples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
+        axis=-1,
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -114,12 +126,20 @@ def summarize(values: Sequence[float], plan: RoundPlan | None = None) -> dict[st
     a = [float(v) for v in values]
     settled = is_settled(a, plan.band, plan.window_rounds, plan.windows)
     c = cv(a)
-    return {"median": float(np.median(a)), "ci95": list(bootstrap_ci(a)), "rounds": len(a), "cv": c,
-            "window_medians": window_medians(a, plan.window_rounds, plan.windows), "settled": settled,
-            "noisy": not settled}
+    return {
+        "median": float(np.median(a)),
+        "ci95": list(bootstrap_ci(a)),
+        "rounds": len(a),
+        "cv": c,
+        "window_medians": window_medians(a, plan.window_rounds, plan.windows),
+        "settled": settled,
+        "noisy": not settled,
+    }
 
 
-def ratio_summary(a_rounds: Sequence[float], b_rounds: Sequence[float], plan: RoundPlan | None = None) -> dict[str, Any]:
+def ratio_summary(
+    a_rounds: Sequence[float], b_rounds: Sequence[float], plan: RoundPlan | None = None
+) -> dict[str, Any]:
     """A/B from paired rounds: the median of the per-round ratios, its bootstrap interval, CV, stability."""
     if len(a_rounds) != len(b_rounds) or not a_rounds:
         raise ValueError(f"ratio needs paired rounds, got {len(a_rounds)} and {len(b_rounds)}")
@@ -131,23 +151,39 @@ def ratio_summary(a_rounds: Sequence[float], b_rounds: Sequence[float], plan: Ro
 
 def stats(ms: Sequence[float]) -> dict[str, float]:
     a = np.asarray(ms, dtype=np.float64)
-    return {"min": float(a.min()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+    return {
+        "min": float(a.min()),
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "max": float(a.max()),
+    }
 
 
 def describe_ratio(r: Mapping[str, Any]) -> str:
     """A ratio_summary on one line: '1.002 [0.998, 1.024] over 13 rounds' (+ ' NOISY (cv 12.0%)')."""
-    return (f"{r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds"
-            + (f" NOISY (cv {100 * (r['cv'] or 0):.1f}%)" if r["noisy"] else ""))
+    return f"{r['ratio']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] over {r['rounds']} rounds" + (
+        f" NOISY (cv {100 * (r['cv'] or 0):.1f}%)" if r["noisy"] else ""
+    )
 
 
 def ratio_table_rows(ratios: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """{name: ratio_summary} as rows of a report table: ratio, median, 95% interval, rounds, noisy."""
-    return [{"ratio": k, "median": v["ratio"], "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
-             "rounds": v["rounds"], "noisy": "NOISY" if v["noisy"] else ""} for k, v in ratios.items()]
+    return [
+        {
+            "ratio": k,
+            "median": v["ratio"],
+            "95% interval": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]",
+            "rounds": v["rounds"],
+            "noisy": "NOISY" if v["noisy"] else "",
+        }
+        for k, v in ratios.items()
+    ]
 
 
 # ------------------------------------------------------------------------------------------ rounds
+
 
 def warm_up(timers: Mapping[str, Timer], plan: RoundPlan, budget_end: float | None = None) -> dict[str, dict[str, Any]]:
     """Interleaved warm-up: every member until it has had warmup_s and min_warmup_calls (or the budget ends).
@@ -190,9 +226,14 @@ def round_iterations(wall_ms: Mapping[str, Sequence[float]], plan: RoundPlan) ->
     return iters
 
 
-def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
-                       ratios: Sequence[tuple[str, str]] = (), primary: str = "host_ms",
-                       budget_end: float | None = None) -> dict[str, Any]:
+def interleaved_rounds(
+    timers: Mapping[str, Timer],
+    plan: RoundPlan,
+    *,
+    ratios: Sequence[tuple[str, str]] = (),
+    primary: str = "host_ms",
+    budget_end: float | None = None,
+) -> dict[str, Any]:
     """Time every member of `timers` in alternating rounds until stable (see the module docstring).
 
     `ratios`: (A, B) member pairs whose per-round ratio must settle too. `primary`: "host_ms" or
@@ -217,7 +258,7 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     t0_all = time.perf_counter()
     r = 0
     while True:
-        for n in names[r % len(names):] + names[:r % len(names)]:  # rotating start
+        for n in names[r % len(names) :] + names[: r % len(names)]:  # rotating start
             vals = []
             t_round = time.perf_counter()
             for _ in range(iters[n]):
@@ -229,8 +270,17 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
             timed[n] += time.perf_counter() - t_round  # wall time: min_time_s is time spent, whatever is reported
             round_medians[n].append(float(np.median(vals)))
         r += 1
-        stopped_by = _stop_reason(plan, r, round_medians, ratios, timed, time.perf_counter() - t0_all, cap,
-                                  budget_end, sum(len(v) for v in host.values()))
+        stopped_by = _stop_reason(
+            plan,
+            r,
+            round_medians,
+            ratios,
+            timed,
+            time.perf_counter() - t0_all,
+            cap,
+            budget_end,
+            sum(len(v) for v in host.values()),
+        )
         if stopped_by:
             break
     timed_s = time.perf_counter() - t0_all
@@ -238,25 +288,66 @@ def interleaved_rounds(timers: Mapping[str, Timer], plan: RoundPlan, *,
     members = {}
     for n in names:
         s = summarize(round_medians[n], plan)
-        members[n] = {"median_ms": s["median"], "median_ci95_ms": s["ci95"], "cv": s["cv"], "settled": s["settled"],
-                      "noisy": s["noisy"], "window_medians_ms": s["window_medians"], "round_medians_ms": round_medians[n],
-                      "rounds": r, "round_iters": iters[n], "iterations": len(host[n]),
-                      "warmup_iterations": warm[n]["calls"], "warmup_s": warm[n]["s"], "timed_s": timed[n],
-                      "host_ms": stats(host[n]), "device_ms": stats(dev[n]) if dev[n] else None}
+        members[n] = {
+            "median_ms": s["median"],
+            "median_ci95_ms": s["ci95"],
+            "cv": s["cv"],
+            "settled": s["settled"],
+            "noisy": s["noisy"],
+            "window_medians_ms": s["window_medians"],
+            "round_medians_ms": round_medians[n],
+            "rounds": r,
+            "round_iters": iters[n],
+            "iterations": len(host[n]),
+            "warmup_iterations": warm[n]["calls"],
+            "warmup_s": warm[n]["s"],
+            "timed_s": timed[n],
+            "host_ms": stats(host[n]),
+            "device_ms": stats(dev[n]) if dev[n] else None,
+        }
     ratio_out = {f"{a}/{b}": ratio_summary(round_medians[a], round_medians[b], plan) for a, b in ratios}
-    return {"members": members, "ratios": ratio_out, "rounds": r, "order": "rotating (A B C, B C A, ...)",
-            "settled": stopped_by == "settled", "stopped_by": stopped_by, "warmup_s": warmup_s, "timed_s": timed_s,
-            "cap_s": cap, "band": plan.band, "window_rounds": plan.window_rounds, "windows": plan.windows}
+    return {
+        "members": members,
+        "ratios": ratio_out,
+        "rounds": r,
+        "order": "rotating (A B C, B C A, ...)",
+        "settled": stopped_by == "settled",
+        "stopped_by": stopped_by,
+        "warmup_s": warmup_s,
+        "timed_s": timed_s,
+        "cap_s": cap,
+        "band": plan.band,
+        "window_rounds": plan.window_rounds,
+        "windows": plan.windows,
+    }
 
 
-def _stop_reason(plan: RoundPlan, r: int, round_medians: Mapping[str, Sequence[float]],
-                 ratios: Sequence[tuple[str, str]], timed: Mapping[str, float], elapsed: float, cap: float,
-                 budget_end: float | None, calls: int) -> str | None:
+def _stop_reason(
+    plan: RoundPlan,
+    r: int,
+    round_medians: Mapping[str, Sequence[float]],
+    ratios: Sequence[tuple[str, str]],
+    timed: Mapping[str, float],
+    elapsed: float,
+    cap: float,
+    budget_end: float | None,
+    calls: int,
+) -> str | None:
     """Why timing stops after round `r` ("settled", "time cap", "time budget", "max iterations"), or None."""
     enough = r >= plan.min_rounds and all(t >= plan.min_time_s for t in timed.values())
-    if enough and all(is_settled(v, plan.band, plan.window_rounds, plan.windows) for v in round_medians.values()) \
-            and all(is_settled((np.asarray(round_medians[a]) / np.asarray(round_medians[b])).tolist(),
-                               plan.band, plan.window_rounds, plan.windows) for a, b in ratios):
+    if (
+        enough
+        and all(is_settled(v, plan.band, plan.window_rounds, plan.windows) for v in round_medians.values())
+        and all(
+            is_settled(
+                (np.asarray(round_medians[a]) / np.asarray(round_medians[b])).tolist(),
+                plan.band,
+                plan.window_rounds,
+                plan.windows,
+            )
+            for a, b in ratios
+        )
+    ):
         return "settled"
     if elapsed >= cap and r >= MIN_ROUNDS_BEFORE_CAP:
         return "time cap"
@@ -267,6 +358,25 @@ def _stop_reason(plan: RoundPlan, r: int, round_medians: Mapping[str, Sequence[f
     return None
 
 
-__all__ = ["BOOTSTRAP_SAMPLES", "CI_LEVEL", "MIN_ROUNDS_BEFORE_CAP", "STABILITY_BAND", "WINDOWS", "WINDOW_ROUNDS", "RoundPlan", "Timer",
-           "bootstrap_ci", "cv", "describe_ratio", "interleaved_rounds", "is_settled", "ratio_summary", "ratio_table_rows", "round_iterations", "stats", "summarize",
-           "warm_up", "window_medians"]
+__all__ = [
+    "BOOTSTRAP_SAMPLES",
+    "CI_LEVEL",
+    "MIN_ROUNDS_BEFORE_CAP",
+    "STABILITY_BAND",
+    "WINDOWS",
+    "WINDOW_ROUNDS",
+    "RoundPlan",
+    "Timer",
+    "bootstrap_ci",
+    "cv",
+    "describe_ratio",
+    "interleaved_rounds",
+    "is_settled",
+    "ratio_summary",
+    "ratio_table_rows",
+    "round_iterations",
+    "stats",
+    "summarize",
+    "warm_up",
+    "window_medians",
+]

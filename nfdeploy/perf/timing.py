@@ -22,20 +22,23 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds
 from nfdeploy.errors import one_line
+from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
 
 HOST_TIMING = {
     "cpu": "host wall time (time.perf_counter) of backend.run(numpy batch) -> numpy logits",
-    "cuda-torch": "host wall time of run_tensor on a pre-allocated device input + wait for the device (no host<->device copies)",
-    "cuda-run": "host wall time of the synchronous backend.run(numpy batch), host->device and device->host copies included",
+    "cuda-torch": "host wall time of run_tensor on a pre-allocated device input + wait for the device "
+    "(no host<->device copies)",
+    "cuda-run": "host wall time of the synchronous backend.run(numpy batch), "
+    "host->device and device->host copies included",
 }
 DEVICE_TIMING = {
     "cuda-torch": "CUDA events around run_tensor on a device-resident input: device compute only",
@@ -46,9 +49,9 @@ SCOPE = {"cpu": "run() host", "cuda-torch": "device compute", "cuda-run": "run()
 
 MEMORY_KIND = {
     "cpu": "RSS growth during activate() + peak RSS growth during the first run at this batch "
-           "(/proc/self/status VmRSS before, VmHWM after a /proc/self/clear_refs reset)",
+    "(/proc/self/status VmRSS before, VmHWM after a /proc/self/clear_refs reset)",
     "cuda": "torch.cuda.max_memory_allocated growth during activate() + during the first run at this batch "
-            "(torch's allocator only)",
+    "(torch's allocator only)",
     "cuda-outside-torch": "not measured: the runtime allocates device memory outside torch's allocator",
 }
 
@@ -70,6 +73,7 @@ def failure_row(name: str, e: BaseException, *, stage: str, **extra: Any) -> tup
 
 
 # --------------------------------------------------------------------------------------- memory
+
 
 def _proc_status_kib(field: str) -> int | None:
     try:
@@ -108,6 +112,7 @@ def memory_growth_mb(device: str, fn: Callable[[], Any]) -> float | None:
 
 
 # --------------------------------------------------------------------------------------- timing
+
 
 class BatchTimer:
     """One timed call of an active backend on a fixed random N(0,1) float32 batch: returns
@@ -178,16 +183,39 @@ def member_row(timer: BatchTimer, m: dict[str, Any], memory_mb: float | None) ->
     """A report row of one backend at one batch from its interleaved_rounds member result."""
     b = timer.backend
     row: dict[str, Any] = {
-        "name": b.name, "device": b.device, "precision": b.precision, "math_mode": b.math_mode,
-        "batch": timer.batch, "input_shape": timer.input_shape,
-        **{k: m[k] for k in ("iterations", "rounds", "round_iters", "warmup_iterations", "warmup_s", "timed_s",
-                             "settled", "noisy", "cv", "median_ci95_ms", "window_medians_ms", "round_medians_ms")},
+        "name": b.name,
+        "device": b.device,
+        "precision": b.precision,
+        "math_mode": b.math_mode,
+        "batch": timer.batch,
+        "input_shape": timer.input_shape,
+        **{
+            k: m[k]
+            for k in (
+                "iterations",
+                "rounds",
+                "round_iters",
+                "warmup_iterations",
+                "warmup_s",
+                "timed_s",
+                "settled",
+                "noisy",
+                "cv",
+                "median_ci95_ms",
+                "window_medians_ms",
+                "round_medians_ms",
+            )
+        },
         "truncated": m["iterations"] < 3,
-        "host_ms": m["host_ms"], "device_ms": m["device_ms"], "primary": timer.primary,
+        "host_ms": m["host_ms"],
+        "device_ms": m["device_ms"],
+        "primary": timer.primary,
         "timing": {"host_ms": HOST_TIMING[timer.mode], "device_ms": DEVICE_TIMING.get(timer.mode)},
-        "scope": timer.scope, "threads": _threads(b),
+        "scope": timer.scope,
+        "threads": _threads(b),
         "median_ms": m["median_ms"],
-        "memory_mb": memory_mb, "memory_kind": MEMORY_KIND[memory_kind(b)],
+        "memory_mb": memory_mb,
+        "memory_kind": MEMORY_KIND[memory_kind(b)],
         # torch.compile backends: whether this batch size ran compiled (False: dynamo fell back to eager).
         "ran_compiled": (getattr(b, "compiled_batches", None) or {}).get(timer.batch),
     }
@@ -196,18 +224,34 @@ def member_row(timer: BatchTimer, m: dict[str, Any], memory_mb: float | None) ->
     return row
 
 
-def time_backend(backend: Backend, batch_size: int, input_shape: Sequence[int], warmup_s: float = 1.0,
-                 min_time_s: float = 2.0, min_iters: int = 10, max_iters: int = 100_000, *,
-                 max_time_s: float | None = None, seed: int = 0, activation_memory_mb: float | None = 0.0,
-                 budget_end: float | None = None) -> dict[str, Any]:
+def time_backend(
+    backend: Backend,
+    batch_size: int,
+    input_shape: Sequence[int],
+    warmup_s: float = 1.0,
+    min_time_s: float = 2.0,
+    min_iters: int = 10,
+    max_iters: int = 100_000,
+    *,
+    max_time_s: float | None = None,
+    seed: int = 0,
+    activation_memory_mb: float | None = 0.0,
+    budget_end: float | None = None,
+) -> dict[str, Any]:
     """Time one active `backend` alone at `batch_size` in rounds until stable (rounds.py; a
     one-member group): warm-up by time, then rounds until min_time_s, min_iters and stability, or
     the max_time_s cap ("noisy": true when it did not settle). `activation_memory_mb` is added to the
     first run's memory growth to give the row's memory_mb."""
     timer = BatchTimer(backend, batch_size, input_shape, seed)
     run_mb = timer.first_run_memory_mb()
-    plan = RoundPlan(warmup_s=warmup_s, min_time_s=min_time_s, min_iters=min_iters, max_time_s=max_time_s,
-                     max_iters=max_iters, min_warmup_calls=2 if timer.cuda else 1)
+    plan = RoundPlan(
+        warmup_s=warmup_s,
+        min_time_s=min_time_s,
+        min_iters=min_iters,
+        max_time_s=max_time_s,
+        max_iters=max_iters,
+        min_warmup_calls=2 if timer.cuda else 1,
+    )
     res = interleaved_rounds({backend.name: timer}, plan, primary=timer.primary, budget_end=budget_end)
     mem = None if run_mb is None or activation_memory_mb is None else activation_memory_mb + run_mb
     row = member_row(timer, res["members"][backend.name], mem)
@@ -215,9 +259,17 @@ def time_backend(backend: Backend, batch_size: int, input_shape: Sequence[int], 
     return row
 
 
-def time_group(backends: dict[str, Backend], batch_size: int, input_shape: Sequence[int], plan: RoundPlan, *,
-               ratios: dict[str, tuple[str, str]] | None = None, activation_memory_mb: dict[str, float | None] | None = None,
-               budget_end: float | None = None, seed: int = 0) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def time_group(
+    backends: dict[str, Backend],
+    batch_size: int,
+    input_shape: Sequence[int],
+    plan: RoundPlan,
+    *,
+    ratios: dict[str, tuple[str, str]] | None = None,
+    activation_memory_mb: dict[str, float | None] | None = None,
+    budget_end: float | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Time active `backends` ({label: backend}) side by side in interleaved rounds at one batch size.
 
     `ratios`: {ratio name: (label A, label B)}, each reported as A/B from paired rounds.
@@ -239,11 +291,36 @@ def time_group(backends: dict[str, Backend], batch_size: int, input_shape: Seque
         if primary != t.primary:
             rows[k]["primary"] = primary
     out_ratios = {name: res["ratios"][f"{a}/{b}"] for name, (a, b) in ratios.items()}
-    info = {k: res[k] for k in ("rounds", "settled", "stopped_by", "warmup_s", "timed_s", "cap_s", "band",
-                                "window_rounds", "windows", "order")}
+    info = {
+        k: res[k]
+        for k in (
+            "rounds",
+            "settled",
+            "stopped_by",
+            "warmup_s",
+            "timed_s",
+            "cap_s",
+            "band",
+            "window_rounds",
+            "windows",
+            "order",
+        )
+    }
     info["members"] = list(backends)
     return rows, out_ratios, info
 
 
-__all__ = ["DEVICE_TIMING", "HOST_TIMING", "MEMORY_KIND", "SCOPE", "BatchTimer", "activate_measured", "failure_row",
-           "member_row", "memory_growth_mb", "memory_kind", "time_backend", "time_group"]
+__all__ = [
+    "DEVICE_TIMING",
+    "HOST_TIMING",
+    "MEMORY_KIND",
+    "SCOPE",
+    "BatchTimer",
+    "activate_measured",
+    "failure_row",
+    "member_row",
+    "memory_growth_mb",
+    "memory_kind",
+    "time_backend",
+    "time_group",
+]

@@ -78,8 +78,15 @@ class BackendSpec:
         return get_precision(self.precision).tolerance()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "runtime": self.runtime, "device": self.device, "precision": self.precision,
-                "math_mode": self.math_mode, "variant": self.variant or None, "mode": self.mode or None}
+        return {
+            "name": self.name,
+            "runtime": self.runtime,
+            "device": self.device,
+            "precision": self.precision,
+            "math_mode": self.math_mode,
+            "variant": self.variant or None,
+            "mode": self.mode or None,
+        }
 
 
 def _name_parts(name: str) -> list[str]:
@@ -89,7 +96,7 @@ def _name_parts(name: str) -> list[str]:
     compounds = [p.tag.split("-") for p in PRECISIONS.values() if "-" in p.tag]
     words, parts, i = name.split("-"), [], 0
     while i < len(words):
-        hit = next((c for c in compounds if words[i:i + len(c)] == c), None)
+        hit = next((c for c in compounds if words[i : i + len(c)] == c), None)
         parts.append("-".join(hit) if hit else words[i])
         i += len(hit) if hit else 1
     return parts
@@ -102,7 +109,7 @@ def name_matches(name: str, pattern: str) -> bool:
     if any(c in pattern for c in "*?["):
         return fnmatch.fnmatchcase(name, pattern)
     want, have = _name_parts(pattern), _name_parts(name)
-    return any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
+    return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
 class Backend(abc.ABC):
@@ -163,7 +170,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _deactivate(self) -> None: ...
 
-    def activate(self) -> "Backend":
+    def activate(self) -> Backend:
         if not self._active:
             reason = self.unavailable_reason()
             if reason:
@@ -193,7 +200,7 @@ class Backend(abc.ABC):
             if self.device == "cuda" and torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self.activate()
 
     def __exit__(self, *exc: Any) -> None:
@@ -205,8 +212,10 @@ class Backend(abc.ABC):
             got = f"{batch.dtype} array" if isinstance(batch, np.ndarray) else type(batch).__name__
             raise BackendInputError(f"{self.name} takes float32 numpy batches, got {got}")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self._input_shape or batch.shape[0] < 1:
-            raise BackendInputError(f"{self.name} takes batches of shape (N, {', '.join(map(str, self._input_shape))}) "
-                                    f"with N >= 1, got {tuple(batch.shape)}")
+            raise BackendInputError(
+                f"{self.name} takes batches of shape (N, {', '.join(map(str, self._input_shape))}) "
+                f"with N >= 1, got {tuple(batch.shape)}"
+            )
         return np.ascontiguousarray(batch)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -224,8 +233,9 @@ class Backend(abc.ABC):
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
 
 
-def verify_artifact(path: Path, sha256: str | None, *, record: str = "its manifest",
-                    remedy: str = "re-export it") -> None:
+def verify_artifact(
+    path: Path, sha256: str | None, *, record: str = "its manifest", remedy: str = "re-export it"
+) -> None:
     """A file a backend is about to load: it must exist and, when `record` holds one, have that sha256."""
     from nfdeploy.artifacts import sha256_file
 
@@ -241,11 +251,12 @@ def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.nda
     minimum is padded with copies of its last sample whose outputs are dropped."""
     step = next((n for n in range(min(batch_size, len(x)), 0, -1) if backend.supports_batch(n)), None)
     if step is None:
-        raise BackendInputError(f"{backend.name} accepts no batch size up to {min(batch_size, len(x))} "
-                                f"(profiles {backend.batch_profiles})")
+        raise BackendInputError(
+            f"{backend.name} accepts no batch size up to {min(batch_size, len(x))} (profiles {backend.batch_profiles})"
+        )
     outs = []
     for i in range(0, len(x), step):
-        chunk = x[i:i + step]
+        chunk = x[i : i + step]
         n = len(chunk)
         if not backend.supports_batch(n):
             m = next(m for m in range(n + 1, step + 1) if backend.supports_batch(m))
@@ -254,5 +265,16 @@ def run_batched(backend: Backend, x: np.ndarray, batch_size: int = 64) -> np.nda
     return np.concatenate(outs)
 
 
-__all__ = ["Backend", "BackendBroken", "BackendInputError", "BackendSpec", "BackendUnavailable", "DEVICES", "RUNTIMES", "TORCH_MODES",
-           "name_matches", "run_batched", "verify_artifact"]
+__all__ = [
+    "Backend",
+    "BackendBroken",
+    "BackendInputError",
+    "BackendSpec",
+    "BackendUnavailable",
+    "DEVICES",
+    "RUNTIMES",
+    "TORCH_MODES",
+    "name_matches",
+    "run_batched",
+    "verify_artifact",
+]

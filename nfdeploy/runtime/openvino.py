@@ -90,10 +90,18 @@ def mac_precisions(precisions: dict[str, dict[str, int]]) -> dict[str, int]:
 class OpenVinoBackend(Backend):
     """Runs the ONNX file `path` with OpenVINO's CPU plugin at spec.precision (see PRECISION_HINTS)."""
 
-    def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int], path: str | Path,
-                 threads: int | None = None, sha256: str | None = None):
+    def __init__(
+        self,
+        spec: BackendSpec,
+        input_shape: tuple[int, int, int],
+        path: str | Path,
+        threads: int | None = None,
+        sha256: str | None = None,
+    ):
         if spec.runtime != "openvino" or spec.device != "cpu":
-            raise ValueError(f"OpenVinoBackend needs runtime 'openvino' on 'cpu', got {spec.runtime!r} on {spec.device!r}")
+            raise ValueError(
+                f"OpenVinoBackend needs runtime 'openvino' on 'cpu', got {spec.runtime!r} on {spec.device!r}"
+            )
         if spec.precision not in PRECISION_HINTS:
             raise ValueError(f"OpenVinoBackend runs {', '.join(PRECISION_HINTS)}, not {spec.precision!r}")
         super().__init__(spec, input_shape)
@@ -127,8 +135,10 @@ class OpenVinoBackend(Backend):
         if need:
             caps = list(c.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
             if need not in caps:
-                return (f"this CPU has no native {self.precision} for OpenVINO (its capabilities: {', '.join(caps)}); "
-                        f"the plugin would compute in f32 under a {self.precision} name")
+                return (
+                    f"this CPU has no native {self.precision} for OpenVINO (its capabilities: {', '.join(caps)}); "
+                    f"the plugin would compute in f32 under a {self.precision} name"
+                )
         return None  # a missing or damaged file is not "unavailable here": loading it fails (broken)
 
     def _activate(self) -> None:
@@ -137,8 +147,10 @@ class OpenVinoBackend(Backend):
         try:
             model = c.read_model(str(self.path))
             compiled = c.compile_model(model, "CPU", self.config)
-        except Exception as e:  # OpenVINO raises RuntimeError (or its own types) for unreadable models
-            raise BackendBroken(f"OpenVINO failed to load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError (or its own types) for unreadable models
+            raise BackendBroken(
+                f"OpenVINO failed to load {self.path.name}: {one_line(e, 240, with_type=False)}"
+            ) from None
         self.compiled = compiled
         self.precisions = runtime_precisions(compiled)
         self.kernels = mac_kernels(compiled)
@@ -146,8 +158,10 @@ class OpenVinoBackend(Backend):
         want = PRECISION_HINTS[self.precision][1]
         if not macs or any(p not in want for p in macs):
             shown = ", ".join(f"{n} {p}" for p, n in sorted(macs.items())) or "none"
-            raise BackendUnavailable(f"OpenVINO runs this graph's convolutions/matmuls in {shown} here, not "
-                                     f"{'/'.join(want)}: not a {self.precision} backend on this CPU")
+            raise BackendUnavailable(
+                f"OpenVINO runs this graph's convolutions/matmuls in {shown} here, not "
+                f"{'/'.join(want)}: not a {self.precision} backend on this CPU"
+            )
         self.request = compiled.create_infer_request()
 
     def _deactivate(self) -> None:
@@ -160,8 +174,12 @@ class OpenVinoBackend(Backend):
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "file": self.path.name, "config": self.config,
-               "threads": self.threads or os.cpu_count()}
+        out = {
+            **super().describe(),
+            "file": self.path.name,
+            "config": self.config,
+            "threads": self.threads or os.cpu_count(),
+        }
         if self.compiled is not None:
             out["threads"] = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or out["threads"]
             out["inference_precision"] = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
@@ -170,5 +188,13 @@ class OpenVinoBackend(Backend):
         return out
 
 
-__all__ = ["CAPABILITY", "MAC_LAYER_TYPES", "PRECISION_HINTS", "OpenVinoBackend", "core", "mac_kernels", "mac_precisions",
-           "runtime_precisions"]
+__all__ = [
+    "CAPABILITY",
+    "MAC_LAYER_TYPES",
+    "PRECISION_HINTS",
+    "OpenVinoBackend",
+    "core",
+    "mac_kernels",
+    "mac_precisions",
+    "runtime_precisions",
+]

@@ -35,8 +35,10 @@ def shadowing_note(installed: list[str]) -> str:
     """The sentence a CUDA reason ends with when both ONNX Runtime distributions are installed, else ""."""
     if len(installed) < 2:
         return ""
-    return ("; both onnxruntime and onnxruntime-gpu are installed and shadow each other (one `onnxruntime` "
-            "module): uninstall both, then install only onnxruntime-gpu (nfdeploy[gpu]) in a GPU environment")
+    return (
+        "; both onnxruntime and onnxruntime-gpu are installed and shadow each other (one `onnxruntime` "
+        "module): uninstall both, then install only onnxruntime-gpu (nfdeploy[gpu]) in a GPU environment"
+    )
 
 
 def _ort():
@@ -53,8 +55,14 @@ class OrtBackend(Backend):
     """Runs the ONNX file `path` on spec.device. On CUDA, spec.precision "tf32" runs the fp32 graph
     with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly."""
 
-    def __init__(self, spec: BackendSpec, input_shape: tuple[int, int, int], path: str | Path,
-                 threads: int | None = None, sha256: str | None = None):
+    def __init__(
+        self,
+        spec: BackendSpec,
+        input_shape: tuple[int, int, int],
+        path: str | Path,
+        threads: int | None = None,
+        sha256: str | None = None,
+    ):
         if spec.runtime != "onnxruntime":
             raise ValueError(f"OrtBackend needs runtime 'onnxruntime', got {spec.runtime!r}")
         super().__init__(spec, input_shape)
@@ -79,8 +87,9 @@ class OrtBackend(Backend):
         if shadowing:  # files of one wheel overwrite the other's: which CUDA EP (if any) would run is not knowable
             return "ONNX Runtime CUDA EP not trusted" + shadowing
         if provider not in ort.get_available_providers():
-            return (f"{provider} is not available (providers: {', '.join(ort.get_available_providers())})"
-                    + ("; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""))
+            return f"{provider} is not available (providers: {', '.join(ort.get_available_providers())})" + (
+                "; for CUDA install nfdeploy[gpu]" if self.device == "cuda" else ""
+            )
         if self.precision == "tf32" and self.device != "cuda":
             return "TF32 exists only on CUDA devices"
         return None  # a missing or damaged file is not "unavailable here": loading it fails (broken)
@@ -96,15 +105,20 @@ class OrtBackend(Backend):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         cuda = self.device == "cuda"
         provider = PROVIDERS[self.device]
-        providers: list[Any] = [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
+        providers: list[Any] = (
+            [(provider, {"use_tf32": "1" if self.precision == "tf32" else "0"})] if cuda else [provider]
+        )
         verify_artifact(self.path, self.sha256)
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (Fail, InvalidGraph, NotImplemented)
             if type(e).__name__ == "NotImplemented":  # a valid graph this EP has no kernel for (bf16 Conv on CPU)
-                raise BackendUnavailable(f"ONNX Runtime's {provider} cannot run {self.path.name}: "
-                                         f"{one_line(e, 240, with_type=False)}") from None
-            raise BackendBroken(f"ONNX Runtime failed to load {self.path.name}: {one_line(e, 240, with_type=False)}") from None
+                raise BackendUnavailable(
+                    f"ONNX Runtime's {provider} cannot run {self.path.name}: {one_line(e, 240, with_type=False)}"
+                ) from None
+            raise BackendBroken(
+                f"ONNX Runtime failed to load {self.path.name}: {one_line(e, 240, with_type=False)}"
+            ) from None
         if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise BackendUnavailable("the CUDA EP could not be initialised (no GPU or CUDA libraries missing)")
         self.session = session
@@ -126,10 +140,13 @@ class OrtBackend(Backend):
         return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "file": self.path.name,
-                "threads": (self.threads or os.cpu_count()) if self.device == "cpu" else None,
-                "intra_op_spinning": self.spinning if self.device == "cpu" else None,
-                "providers": self.session.get_providers() if self.session is not None else None}
+        return {
+            **super().describe(),
+            "file": self.path.name,
+            "threads": (self.threads or os.cpu_count()) if self.device == "cpu" else None,
+            "intra_op_spinning": self.spinning if self.device == "cpu" else None,
+            "providers": self.session.get_providers() if self.session is not None else None,
+        }
 
 
 __all__ = ["ORT_DISTRIBUTIONS", "OrtBackend", "PROVIDERS", "installed_ort_distributions", "shadowing_note"]

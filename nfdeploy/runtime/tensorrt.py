@@ -20,14 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from nfdeploy.machine import cuda_gpu
 from nfdeploy.errors import MissingExtraError, one_line
+from nfdeploy.machine import cuda_gpu
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable, verify_artifact
 
 # The flavours, as nfdeploy spells them everywhere (names, build records, --trt-flavour), and their modules.
 FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-_INSTALL_HINTS = {"tensorrt": "pip install 'nfdeploy[trt]' (TensorRT; its library wheels come from NVIDIA's own index)",
-                  "tensorrt-rtx": "pip install 'nfdeploy[rtx]' (TensorRT-RTX; builds engines without a GPU)"}
+_INSTALL_HINTS = {
+    "tensorrt": "pip install 'nfdeploy[trt]' (TensorRT; its library wheels come from NVIDIA's own index)",
+    "tensorrt-rtx": "pip install 'nfdeploy[rtx]' (TensorRT-RTX; builds engines without a GPU)",
+}
 
 RTX_KERNEL_STRATEGIES = ("eager", "lazy", "none")
 
@@ -48,8 +50,10 @@ def import_tensorrt(flavour: str = "auto"):
             return importlib.import_module(FLAVOUR_MODULES[fl]), fl
         except Exception as e:  # noqa: BLE001 - a broken install raises OSError/RuntimeError, not only ImportError
             reasons.append(f"{fl}: {one_line(e, 160, with_type=False) or type(e).__name__}")
-    raise MissingExtraError(f"no TensorRT flavour importable ({'; '.join(reasons)}); install one with: "
-                            + " or ".join(_INSTALL_HINTS[c] for c in candidates))
+    raise MissingExtraError(
+        f"no TensorRT flavour importable ({'; '.join(reasons)}); install one with: "
+        + " or ".join(_INSTALL_HINTS[c] for c in candidates)
+    )
 
 
 def check_compatible(entry: dict[str, Any] | None, flavour: str, version: str, gpu: dict[str, Any]) -> None:
@@ -57,28 +61,44 @@ def check_compatible(entry: dict[str, Any] | None, flavour: str, version: str, g
     `flavour` `version` on `gpu`. Pure: testable without a GPU."""
     cc = str(gpu["compute_capability"])
     if flavour == "tensorrt-rtx" and cc.split(".")[0] == "9":
-        raise BackendUnavailable(f"TensorRT-RTX engines do not run on Hopper GPUs ({gpu.get('name', 'GPU')}, "
-                                 f"compute capability {cc}); build the engine with TensorRT (flavour tensorrt) there")
+        raise BackendUnavailable(
+            f"TensorRT-RTX engines do not run on Hopper GPUs ({gpu.get('name', 'GPU')}, "
+            f"compute capability {cc}); build the engine with TensorRT (flavour tensorrt) there"
+        )
     if not entry:
         return
     built_flavour, built_version = entry.get("flavour"), entry.get("version")
     if built_flavour and built_flavour != flavour:
-        raise BackendUnavailable(f"engine was built by {built_flavour} {built_version}, but {flavour} {version} "
-                                 f"is the flavour in use; rebuild the engine or install {built_flavour}")
+        raise BackendUnavailable(
+            f"engine was built by {built_flavour} {built_version}, but {flavour} {version} "
+            f"is the flavour in use; rebuild the engine or install {built_flavour}"
+        )
     if built_version and str(built_version) != str(version):
-        raise BackendUnavailable(f"engine was built by {built_flavour or flavour} {built_version}, installed is "
-                                 f"{version}; TensorRT engines only load in the version that built them: rebuild it")
+        raise BackendUnavailable(
+            f"engine was built by {built_flavour or flavour} {built_version}, installed is "
+            f"{version}; TensorRT engines only load in the version that built them: rebuild it"
+        )
     targets = [str(t) for t in entry.get("compute_capabilities") or []]
     if targets and cc not in targets:
-        raise BackendUnavailable(f"engine targets compute capabilities {targets}, this GPU ({gpu.get('name', 'GPU')}) "
-                                 f"is {cc}; rebuild it for {cc}")
+        raise BackendUnavailable(
+            f"engine targets compute capabilities {targets}, this GPU ({gpu.get('name', 'GPU')}) "
+            f"is {cc}; rebuild it for {cc}"
+        )
 
 
 def _torch_dtype(trt, dt):
     import torch
 
-    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-             "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
+    table = {
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT32": torch.int32,
+        "INT64": torch.int64,
+        "INT8": torch.int8,
+        "UINT8": torch.uint8,
+        "BOOL": torch.bool,
+    }
     name = getattr(dt, "name", str(dt).split(".")[-1])
     if name not in table:
         raise BackendUnavailable(f"engine I/O type {name} is not supported by this runner")
@@ -118,8 +138,15 @@ class TensorRTBackend(Backend):
     copies_in_run = True
     input_device = "cpu"
 
-    def __init__(self, input_shape: tuple[int, int, int], engine_path: str | Path, entry: dict[str, Any] | None = None,
-                 cuda_graph: bool = False, *, kernel_specialization: str = "eager"):
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        engine_path: str | Path,
+        entry: dict[str, Any] | None = None,
+        cuda_graph: bool = False,
+        *,
+        kernel_specialization: str = "eager",
+    ):
         if kernel_specialization not in RTX_KERNEL_STRATEGIES:
             raise ValueError(f"kernel_specialization must be one of {RTX_KERNEL_STRATEGIES}")
         self.entry = dict(entry or {})
@@ -146,8 +173,10 @@ class TensorRTBackend(Backend):
     def unavailable_reason(self) -> str | None:
         gpu = cuda_gpu()
         if gpu is None:
-            return ("TensorRT needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
-                    "engines can be built here (TensorRT-RTX) but not run")
+            return (
+                "TensorRT needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+                "engines can be built here (TensorRT-RTX) but not run"
+            )
         try:
             trt, fl = import_tensorrt(self.spec.runtime)
             check_compatible(self.entry, fl, str(trt.__version__), gpu)
@@ -162,8 +191,9 @@ class TensorRTBackend(Backend):
 
         trt, fl = import_tensorrt(self.spec.runtime)
         gpu = cuda_gpu()
-        verify_artifact(self.engine_path, self.entry.get("engine_sha256"), record="its build record",
-                        remedy="rebuild it")
+        verify_artifact(
+            self.engine_path, self.entry.get("engine_sha256"), record="its build record", remedy="rebuild it"
+        )
         self.trt, self.flavour, self.version, self.gpu = trt, fl, str(trt.__version__), gpu
         torch.cuda.set_device(0)
         torch.cuda.init()  # torch creates (and owns) the primary CUDA context before TensorRT touches the GPU
@@ -174,8 +204,10 @@ class TensorRTBackend(Backend):
         self._check_validity(blob)
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise BackendBroken(f"{fl} {self.version} could not deserialize {self.engine_path.name} on {gpu['name']} "
-                                     f"(CC {gpu['compute_capability']})")
+            raise BackendBroken(
+                f"{fl} {self.version} could not deserialize {self.engine_path.name} on {gpu['name']} "
+                f"(CC {gpu['compute_capability']})"
+            )
         del blob
 
         self.graph_mode = "off"
@@ -185,7 +217,8 @@ class TensorRTBackend(Backend):
             strategy = getattr(trt, "DynamicShapesKernelSpecializationStrategy", None)
             if strategy is not None:
                 rc.dynamic_shapes_kernel_specialization_strategy = getattr(
-                    strategy, self.kernel_specialization_wanted.upper())
+                    strategy, self.kernel_specialization_wanted.upper()
+                )
                 self.kernel_specialization = self.kernel_specialization_wanted
             if self.cuda_graph and hasattr(trt, "CudaGraphStrategy"):
                 rc.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
@@ -197,16 +230,19 @@ class TensorRTBackend(Backend):
             if self.cuda_graph:
                 self.graph_mode = "torch.cuda.CUDAGraph per input shape"
         if self.context is None:
-            raise BackendUnavailable(f"{fl} could not create an execution context for {self.engine_path.name} "
-                                     "(out of GPU memory?)")
+            raise BackendUnavailable(
+                f"{fl} could not create an execution context for {self.engine_path.name} (out of GPU memory?)"
+            )
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         if len(self.input_names) != 1 or not self.output_names:
-            raise BackendBroken(f"{self.engine_path.name} has inputs {self.input_names} and outputs "
-                                     f"{self.output_names}; expected one image input and a logits output")
+            raise BackendBroken(
+                f"{self.engine_path.name} has inputs {self.input_names} and outputs "
+                f"{self.output_names}; expected one image input and a logits output"
+            )
         self.input_name = self.input_names[0]
         self.output_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
@@ -247,8 +283,10 @@ class TensorRTBackend(Backend):
             if flags is not None:
                 bits = int(getattr(diagnostics, "value", diagnostics) or 0)
                 reasons = [n for n, m in flags.__members__.items() if bits & int(m)]
-            raise BackendUnavailable(f"{self.flavour} {self.version} reports {self.engine_path.name} invalid here "
-                                     f"({', '.join(reasons) or diagnostics}) on {self.gpu['name']}")
+            raise BackendUnavailable(
+                f"{self.flavour} {self.version} reports {self.engine_path.name} invalid here "
+                f"({', '.join(reasons) or diagnostics}) on {self.gpu['name']}"
+            )
 
     def _profile_for(self, batch: int) -> int:
         for k, p in enumerate(self.profiles):
@@ -339,10 +377,22 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "engine": self.engine_path.name, "built_by": self.entry.get("version")}
         if self.active:
-            d.update(version=self.version, gpu=self.gpu["name"], compute_capability=self.gpu["compute_capability"],
-                     cuda_graph=self.graph_mode, rtx_kernel_specialization=self.kernel_specialization,
-                     profiles=[f"{p['min'][0]}:{p['opt'][0]}:{p['max'][0]}" for p in self.profiles])
+            d.update(
+                version=self.version,
+                gpu=self.gpu["name"],
+                compute_capability=self.gpu["compute_capability"],
+                cuda_graph=self.graph_mode,
+                rtx_kernel_specialization=self.kernel_specialization,
+                profiles=[f"{p['min'][0]}:{p['opt'][0]}:{p['max'][0]}" for p in self.profiles],
+            )
         return d
 
 
-__all__ = ["FLAVOUR_MODULES", "TensorRTBackend", "check_compatible", "engine_precision", "engine_spec", "import_tensorrt"]
+__all__ = [
+    "FLAVOUR_MODULES",
+    "TensorRTBackend",
+    "check_compatible",
+    "engine_precision",
+    "engine_spec",
+    "import_tensorrt",
+]

@@ -4,7 +4,8 @@ fp16/bf16, eager or torch.compile, optionally replayed through a CUDA graph."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,10 +122,14 @@ class TorchBackend(Backend):
         return self.run_tensor(torch.from_numpy(batch)).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(),
-                "device_name": torch.cuda.get_device_name() if self.device == "cuda" and torch.cuda.is_available()
-                else "cpu", "threads": torch.get_num_threads() if self.device == "cpu" else None,
-                "compiled_batches": self.compiled_batches if self.spec.mode == "compile" else None}
+        return {
+            **super().describe(),
+            "device_name": torch.cuda.get_device_name()
+            if self.device == "cuda" and torch.cuda.is_available()
+            else "cpu",
+            "threads": torch.get_num_threads() if self.device == "cpu" else None,
+            "compiled_batches": self.compiled_batches if self.spec.mode == "compile" else None,
+        }
 
 
 __all__ = ["TorchBackend"]

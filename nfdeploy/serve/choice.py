@@ -4,14 +4,15 @@ whatever its batch-mates (from parity's batch-invariance measurement)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nfdeploy.artifacts import read_json
 from nfdeploy.check.backends import REFERENCE, default_report_dir
-from nfdeploy.perf.report import BENCH_JSON
 from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.perf.report import BENCH_JSON
 from nfdeploy.runtime.base import Backend
 
 FALLBACK_BACKEND = "onnxruntime-cpu-fp32"
@@ -36,7 +37,9 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
     CPU fp32 with the reason when the reports do not decide."""
     rows = read_parity_rows(export_dir)
     if rows is None:
-        return BackendChoice(FALLBACK_BACKEND, f"no parity report beside the export (run `nfdeploy parity {export_dir}`)")
+        return BackendChoice(
+            FALLBACK_BACKEND, f"no parity report beside the export (run `nfdeploy parity {export_dir}`)"
+        )
     here = {b.name for b in backends if b.name != REFERENCE and b.unavailable_reason() is None}
     passed = {n for n in here if rows.get(n, {}).get("status") == "pass"}
     if not passed:
@@ -44,8 +47,11 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
     bench_path = default_report_dir(export_dir) / BENCH_JSON
     if not bench_path.is_file():
         return BackendChoice(FALLBACK_BACKEND, f"no bench report beside the export (run `nfdeploy bench {export_dir}`)")
-    results = [r for r in read_json(bench_path, "bench report").get("results", [])
-               if r.get("name") in passed and r.get("median_ms") and r.get("measured_in", "alone") == "alone"]
+    results = [
+        r
+        for r in read_json(bench_path, "bench report").get("results", [])
+        if r.get("name") in passed and r.get("median_ms") and r.get("measured_in", "alone") == "alone"
+    ]
     batches = sorted({int(r["batch"]) for r in results})
     if not batches:
         return BackendChoice(FALLBACK_BACKEND, "the bench report times no backend that passed parity")
@@ -54,8 +60,11 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
     best = ranked[0]
     per = lambda r: f"{r['median_ms'] / at * 1e3:.0f} µs/sample"  # noqa: E731
     runner_up = f"; next {ranked[1]['name']} {per(ranked[1])}" if len(ranked) > 1 else ""
-    return BackendChoice(best["name"], f"passed parity and is the fastest of {len(ranked)} that did at batch {at} "
-                                       f"in {bench_path.name} ({per(best)}{runner_up})")
+    return BackendChoice(
+        best["name"],
+        f"passed parity and is the fastest of {len(ranked)} that did at batch {at} "
+        f"in {bench_path.name} ({per(best)}{runner_up})",
+    )
 
 
 def batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any] | None:
@@ -67,9 +76,10 @@ def batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any
     cells = (read_json(path, "parity report").get("batch_matrix") or {}).get("backends", {}).get(backend_name)
     if not cells:
         return None
-    return {"batches": sorted(int(b) for b in cells),
-            "bitwise": all(c.get("bitwise_share") == 1.0 for c in cells.values())}
+    return {
+        "batches": sorted(int(b) for b in cells),
+        "bitwise": all(c.get("bitwise_share") == 1.0 for c in cells.values()),
+    }
 
 
-__all__ = ["FALLBACK_BACKEND", "UNCHECKED", "BackendChoice", "batch_invariance", "choose_backend",
-           "parity_verdict"]
+__all__ = ["FALLBACK_BACKEND", "UNCHECKED", "BackendChoice", "batch_invariance", "choose_backend", "parity_verdict"]

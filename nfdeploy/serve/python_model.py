@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,11 @@ class ServedModel:
 
     def answer(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray | str]:
         """Per request: its output rows, or the reason it was refused (a string)."""
-        refused = {i: f"input {self.input_name!r} has non-finite values (NaN or inf): refused"
-                   for i, a in enumerate(arrays) if not np.isfinite(a).all()}
+        refused = {
+            i: f"input {self.input_name!r} has non-finite values (NaN or inf): refused"
+            for i, a in enumerate(arrays)
+            if not np.isfinite(a).all()
+        }
         good = [i for i in range(len(arrays)) if i not in refused]
         outputs: dict[int, np.ndarray] = {}
         if good:
@@ -59,8 +63,8 @@ class ServedModel:
 
 def load_served_model(version_dir: Path, params: dict[str, str], max_batch: int) -> ServedModel:
     """The packaged backend of a model version dir, active and warmed up on one zero sample."""
+    from nfdeploy.artifacts import Manifest
     from nfdeploy.check.backends import export_backend
-    from nfdeploy.export import load_manifest
 
     export_dir = version_dir / EXPORT_SUBDIR
     threads = int(params["nfdeploy.threads"]) if params.get("nfdeploy.threads") else None
@@ -73,9 +77,14 @@ def load_served_model(version_dir: Path, params: dict[str, str], max_batch: int)
     if reason:
         raise RuntimeError(f"{backend.name} cannot run here: {reason}")
     backend.activate()
-    manifest = load_manifest(export_dir, verify_files=False)
-    model = ServedModel(backend, manifest["input"]["name"], manifest["output"]["name"], max_batch,
-                        int(params.get("nfdeploy.pad_to") or 0))
+    manifest = Manifest.read(export_dir, verify_files=False)
+    model = ServedModel(
+        backend,
+        manifest.input.name,
+        manifest.output_name,
+        max_batch,
+        int(params.get("nfdeploy.pad_to") or 0),
+    )
     model.answer([np.zeros((1, *backend.input_shape), np.float32)])
     return model
 
@@ -92,8 +101,10 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         t = time.perf_counter()
         self.model = load_served_model(version_dir, params, int(config.get("max_batch_size", 0)))
-        pb_utils.Logger.log_info(f"nfdeploy: {self.model.backend.name} active and answered a probe in "
-                                 f"{time.perf_counter() - t:.1f} s (pad to {self.model.pad_to or 'no'})")
+        pb_utils.Logger.log_info(
+            f"nfdeploy: {self.model.backend.name} active and answered a probe in "
+            f"{time.perf_counter() - t:.1f} s (pad to {self.model.pad_to or 'no'})"
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = self.pb
@@ -109,9 +120,14 @@ class TritonPythonModel:
             if isinstance(a, str):
                 responses.append(pb.InferenceResponse(error=pb.TritonError(a)))
             else:
-                responses.append(pb.InferenceResponse([
-                    pb.Tensor(self.model.output_name, np.ascontiguousarray(a)),
-                    pb.Tensor(BATCH_OUTPUT, np.full((len(a), 1), grouped, np.int32))]))
+                responses.append(
+                    pb.InferenceResponse(
+                        [
+                            pb.Tensor(self.model.output_name, np.ascontiguousarray(a)),
+                            pb.Tensor(BATCH_OUTPUT, np.full((len(a), 1), grouped, np.int32)),
+                        ]
+                    )
+                )
         return responses
 
     def finalize(self) -> None:

@@ -24,20 +24,21 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from nfdeploy.artifacts import make_staging_dir, read_json, sha256_file
+from nfdeploy.artifacts import MANIFEST, EngineEntry, Manifest, make_staging_dir, sha256_file
+from nfdeploy.artifacts.run_dir import RUN_CONFIG
 from nfdeploy.check.backends import REFERENCE, export_backends, manifest_source
-from nfdeploy.errors import UserError, require
-from nfdeploy.export import MANIFEST, load_manifest
 from nfdeploy.check.parity import read_parity_rows
+from nfdeploy.errors import UserError, require
 from nfdeploy.runtime.base import Backend
 from nfdeploy.serve.choice import UNCHECKED, batch_invariance, choose_backend, parity_verdict
 from nfdeploy.serve.python_model import BATCH_OUTPUT, EXPORT_SUBDIR, RUN_SUBDIR
 
-CONFIG = "config.pbtxt"
+MODEL_CONFIG = "config.pbtxt"
 MODEL_VERSION = 1
 # Triton's platform names for the native model files this repository holds.
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -47,9 +48,11 @@ ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP
 # A queue of this many full batches by default: a closed loop of clients never holds more requests than it has
 # clients, so 64 clients fit at --max-batch 2 and up; a burst beyond it is refused at once.
 QUEUE_BATCHES = 32
-MODEL_PY = ('"""Written by `nfdeploy package`: serves the nfdeploy backend named in config.pbtxt\'s parameters; needs\n'
-            'nfdeploy in the stub\'s environment (EXECUTION_ENV_PATH)."""\n\n'
-            "from nfdeploy.serve.python_model import TritonPythonModel  # noqa: F401\n")
+MODEL_PY = (
+    '"""Written by `nfdeploy package`: serves the nfdeploy backend named in config.pbtxt\'s parameters; needs\n'
+    'nfdeploy in the stub\'s environment (EXECUTION_ENV_PATH)."""\n\n'
+    "from nfdeploy.serve.python_model import TritonPythonModel  # noqa: F401\n"
+)
 
 
 class RepositoryError(UserError, ValueError):
@@ -110,20 +113,38 @@ def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def config_text(name: str, kind: dict[str, str], max_batch: int, inputs: list[dict[str, Any]],
-                outputs: list[dict[str, Any]], opts: PackageOptions, parameters: dict[str, str],
-                instance_kind: str = "KIND_CPU", cc_files: dict[str, str] | None = None) -> str:
+def config_text(
+    name: str,
+    kind: dict[str, str],
+    max_batch: int,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    opts: PackageOptions,
+    parameters: dict[str, str],
+    instance_kind: str = "KIND_CPU",
+    cc_files: dict[str, str] | None = None,
+) -> str:
     """config.pbtxt text. `kind`: {"backend": "python"} or {"platform": "onnxruntime_onnx", ...}."""
     inp = inputs[0]
     policy = f"max_queue_size: {opts.queue_size()}"
     if opts.queue_timeout_us:
         policy += f" timeout_action: REJECT default_timeout_microseconds: {opts.queue_timeout_us}"
-    warm = [f'''  {{ name: "zeros_batch{b}" batch_size: {b} inputs {{ key: "{inp["name"]}" value: {{ data_type: {inp["data_type"]} '''
-            f'''dims: [ {", ".join(map(str, inp["dims"]))} ] zero_data: true }} }} }}''' for b in sorted({1, max_batch})]
-    lines = [f'name: "{name}"', *(f'{k}: "{v}"' for k, v in kind.items()), f"max_batch_size: {max_batch}",
-             f"input [ {', '.join(_tensor(t) for t in inputs)} ]", f"output [ {', '.join(_tensor(t) for t in outputs)} ]",
-             f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} default_queue_policy {{ {policy} }} }}",
-             f"instance_group [ {{ kind: {instance_kind} count: {opts.instances} }} ]"]
+    warm = [
+        f"""  {{ name: "zeros_batch{b}" batch_size: {b} """
+        f'''inputs {{ key: "{inp["name"]}" value: {{ data_type: {inp["data_type"]} '''
+        f"""dims: [ {", ".join(map(str, inp["dims"]))} ] zero_data: true }} }} }}"""
+        for b in sorted({1, max_batch})
+    ]
+    lines = [
+        f'name: "{name}"',
+        *(f'{k}: "{v}"' for k, v in kind.items()),
+        f"max_batch_size: {max_batch}",
+        f"input [ {', '.join(_tensor(t) for t in inputs)} ]",
+        f"output [ {', '.join(_tensor(t) for t in outputs)} ]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {opts.max_queue_delay_us} "
+        f"default_queue_policy {{ {policy} }} }}",
+        f"instance_group [ {{ kind: {instance_kind} count: {opts.instances} }} ]",
+    ]
     if "platform" in kind:
         lines.append(f'default_model_filename: "{PLATFORMS[kind["platform"]]}"')
     for cc, f in (cc_files or {}).items():
@@ -133,20 +154,24 @@ def config_text(name: str, kind: dict[str, str], max_batch: int, inputs: list[di
     return "\n".join(lines) + "\n"
 
 
-def model_name_of(manifest: dict[str, Any]) -> str:
+def model_name_of(manifest: Manifest) -> str:
     """Triton model names allow letters, digits, dots, underscores and dashes."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(manifest.get("model") or "model"))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(manifest.model or "model"))
 
 
-def output_dims(manifest: dict[str, Any], export_dir: Path) -> list[int]:
-    onnx = manifest.get("onnx") or {}
-    for entry in onnx.values():
-        if (export_dir / entry["file"]).is_file():
-            return onnx_io(export_dir / entry["file"])["output"]["dims"]
-    classes = (manifest["source"].get("model_config") or {}).get("num_classes")
+def output_dims(manifest: Manifest, export_dir: Path) -> list[int]:
+    for entry in manifest.onnx.values():
+        if (export_dir / entry.file).is_file():
+            return onnx_io(export_dir / entry.file)["output"]["dims"]
+    classes = (manifest.source.model_config or {}).get("num_classes")
     if classes:
         return [int(classes)]
     raise RepositoryError(f"{export_dir}: no ONNX file and no model config tell the number of outputs")
+
+
+def profile_max(entry: EngineEntry) -> int:
+    """The largest batch every optimization profile of an engine accepts (1 without profiles)."""
+    return min(int(p["max"]) for p in entry.profiles) if entry.profiles else 1
 
 
 def default_env_path() -> str | None:
@@ -165,8 +190,10 @@ def select_served(export_dir: Path, opts: PackageOptions, log: Callable[[str], N
         name, why = choice.name, choice.reason
     picked = next((b for b in backends if b.name == name and b.name != REFERENCE), None)
     if picked is None:
-        raise RepositoryError(f"--backend {name}: no such backend of this export; names: "
-                              f"{', '.join(b.name for b in backends if b.name != REFERENCE)}")
+        raise RepositoryError(
+            f"--backend {name}: no such backend of this export; names: "
+            f"{', '.join(b.name for b in backends if b.name != REFERENCE)}"
+        )
     reason = picked.unavailable_reason()
     if reason:
         raise RepositoryError(f"--backend {name} cannot run here: {reason}")
@@ -174,8 +201,10 @@ def select_served(export_dir: Path, opts: PackageOptions, log: Callable[[str], N
     if verdict == UNCHECKED:
         log(f"warning: no parity verdict for {name} (run `nfdeploy parity {export_dir}`); serving it as unchecked")
     elif verdict != "pass" and not opts.allow_unchecked:
-        raise RepositoryError(f"{name}: its parity verdict is {verdict}; refusing to serve it "
-                              "(--allow-unchecked serves it anyway and says so in the model's parameters)")
+        raise RepositoryError(
+            f"{name}: its parity verdict is {verdict}; refusing to serve it "
+            "(--allow-unchecked serves it anyway and says so in the model's parameters)"
+        )
     elif verdict != "pass":
         log(f"warning: serving {name} although its parity verdict is {verdict} (--allow-unchecked)")
     return picked, verdict, why
@@ -185,17 +214,19 @@ def padding_for(export_dir: Path, name: str, opts: PackageOptions) -> tuple[int,
     """(rows every executed batch is padded to, what the model's parameters say about batch invariance)."""
     measured = batch_invariance(export_dir, name)
     if measured and measured["bitwise"]:
-        return 0, (f"bitwise batch-invariant as measured by parity (batches {measured['batches']} vs 1): "
-                   "no padding needed")
+        return 0, (
+            f"bitwise batch-invariant as measured by parity (batches {measured['batches']} vs 1): no padding needed"
+        )
     if not opts.batch_invariant:
-        where = ("parity measured outputs that change with the batch size" if measured
-                 else "not measured by parity")
+        where = "parity measured outputs that change with the batch size" if measured else "not measured by parity"
         return 0, f"off: a response may depend on its batch-mates ({where}); --batch-invariant pads"
     return opts.max_batch, f"every executed batch padded to {opts.max_batch} rows"
 
 
-def write_python_model(export_dir: Path, staging: Path, opts: PackageOptions, log: Callable[[str], None]) -> PackagedModel:
-    manifest = load_manifest(export_dir, verify_files=False)
+def write_python_model(
+    export_dir: Path, staging: Path, opts: PackageOptions, log: Callable[[str], None]
+) -> PackagedModel:
+    manifest = Manifest.read(export_dir, verify_files=False)
     backend, verdict, why = select_served(export_dir, opts, log)
     pad_to, invariance = padding_for(export_dir, backend.name, opts)
     name = model_name_of(manifest)
@@ -206,69 +237,100 @@ def write_python_model(export_dir: Path, staging: Path, opts: PackageOptions, lo
         artifact, digest = backend.artifact.name, sha256_file(backend.artifact)
         shutil.copyfile(backend.artifact, version / EXPORT_SUBDIR / artifact)
     else:  # torch: the run's weights and resolved config rebuild the model
-        src = manifest["source"]
-        run_dir = Path(src["run_dir"]) if Path(src["run_dir"]).is_dir() else (export_dir / src["run_dir_relative"]).resolve()
+        src = manifest.source
+        run_dir = Path(src.run_dir) if Path(src.run_dir).is_dir() else (export_dir / src.run_dir_relative).resolve()
         (version / RUN_SUBDIR).mkdir()
-        for f in (src["weights"], "config.json"):
+        for f in (src.weights, RUN_CONFIG):
             shutil.copyfile(run_dir / f, version / RUN_SUBDIR / f)
-        artifact, digest = f"{RUN_SUBDIR}/{src['weights']}", sha256_file(version / RUN_SUBDIR / src["weights"])
+        artifact, digest = f"{RUN_SUBDIR}/{src.weights}", sha256_file(version / RUN_SUBDIR / src.weights)
     (version / "model.py").write_text(MODEL_PY)
     env = opts.env_path if opts.env_path is not None else default_env_path()
-    params = {**({"EXECUTION_ENV_PATH": env} if env else {}),
-              "nfdeploy.backend": backend.name, "nfdeploy.check.parity": verdict,
-              "nfdeploy.checked": "yes" if verdict == "pass" else "no",
-              "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
-              "nfdeploy.chosen": why, "nfdeploy.artifact": artifact, "nfdeploy.artifact_sha256": digest,
-              "nfdeploy.threads": str(opts.threads or ""), "nfdeploy.pad_to": str(pad_to),
-              "nfdeploy.batch_invariance": invariance}
+    params = {
+        **({"EXECUTION_ENV_PATH": env} if env else {}),
+        "nfdeploy.backend": backend.name,
+        "nfdeploy.check.parity": verdict,
+        "nfdeploy.checked": "yes" if verdict == "pass" else "no",
+        "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
+        "nfdeploy.chosen": why,
+        "nfdeploy.artifact": artifact,
+        "nfdeploy.artifact_sha256": digest,
+        "nfdeploy.threads": str(opts.threads or ""),
+        "nfdeploy.pad_to": str(pad_to),
+        "nfdeploy.batch_invariance": invariance,
+    }
     c, h, w = backend.input_shape
-    inputs = [{"name": manifest["input"]["name"], "data_type": "TYPE_FP32", "dims": [c, h, w]}]
-    outputs = [{"name": manifest["output"]["name"], "data_type": "TYPE_FP32", "dims": output_dims(manifest, export_dir)},
-               {"name": BATCH_OUTPUT, "data_type": "TYPE_INT32", "dims": [1]}]
-    (staging / name / CONFIG).write_text(config_text(name, {"backend": PYTHON_BACKEND}, opts.max_batch, inputs,
-                                                      outputs, opts, params))
+    inputs = [{"name": manifest.input.name, "data_type": "TYPE_FP32", "dims": [c, h, w]}]
+    outputs = [
+        {"name": manifest.output_name, "data_type": "TYPE_FP32", "dims": output_dims(manifest, export_dir)},
+        {"name": BATCH_OUTPUT, "data_type": "TYPE_INT32", "dims": [1]},
+    ]
+    (staging / name / MODEL_CONFIG).write_text(
+        config_text(name, {"backend": PYTHON_BACKEND}, opts.max_batch, inputs, outputs, opts, params)
+    )
     return PackagedModel(name, params, [f"{backend.name}: {why}", f"batch invariance: {invariance}"])
 
 
 # ------------------------------------------------------------------------------------ native
 def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -> list[PackagedModel]:
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.read(export_dir)
     base = model_name_of(manifest)
     rows = read_parity_rows(export_dir) or {}
-    threads = opts.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = opts.threads or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     made = []
-    for prec, entry in (manifest.get("onnx") or {}).items():
+    for prec, entry in manifest.onnx.items():
         name = base if prec == "fp32" else f"{base}_{prec.replace('-', '_')}"
-        src = export_dir / entry["file"]
-        params = {"intra_op_thread_count": str(threads), "inter_op_thread_count": "1",
-                  "nfdeploy.export_file": entry["file"], "nfdeploy.sha256": entry["sha256"],
-                  "nfdeploy.check.parity": rows.get(f"onnxruntime-cpu-{prec}", {}).get("status", UNCHECKED)}
+        src = export_dir / entry.file
+        params = {
+            "intra_op_thread_count": str(threads),
+            "inter_op_thread_count": "1",
+            "nfdeploy.export_file": entry.file,
+            "nfdeploy.sha256": entry.sha256,
+            "nfdeploy.check.parity": rows.get(f"onnxruntime-cpu-{prec}", {}).get("status", UNCHECKED),
+        }
         (staging / name / "1").mkdir(parents=True)
         shutil.copyfile(src, staging / name / "1" / PLATFORMS["onnxruntime_onnx"])
         io = onnx_io(src)
-        (staging / name / CONFIG).write_text(config_text(name, {"platform": "onnxruntime_onnx"}, opts.max_batch,
-                                                          [io["input"]], [io["output"]], opts, params))
+        (staging / name / MODEL_CONFIG).write_text(
+            config_text(
+                name, {"platform": "onnxruntime_onnx"}, opts.max_batch, [io["input"]], [io["output"]], opts, params
+            )
+        )
         made.append(PackagedModel(name, params))
-    for key, entry in (manifest.get("engines") or {}).items():
+    for key, entry in manifest.engines.items():
         name = f"{base}_trt_{key.replace('-', '_')}"
-        ccs = entry.get("compute_capabilities") or ([entry["gpu"]["compute_capability"]] if isinstance(entry.get("gpu"), dict) else [])
-        profile_max = min(p["max"] for p in entry["profiles"]) if entry.get("profiles") else 1
-        if not (export_dir / entry["onnx"]).is_file():
-            raise RepositoryError(f"engine {entry['file']}: its ONNX file {entry['onnx']} is not in {export_dir}")
-        io = onnx_io(export_dir / entry["onnx"])
+        ccs = entry.compute_capabilities or ([entry.gpu["compute_capability"]] if isinstance(entry.gpu, dict) else [])
+        if not entry.onnx or not (export_dir / entry.onnx).is_file():
+            raise RepositoryError(f"engine {entry.file}: its ONNX file {entry.onnx} is not in {export_dir}")
+        io = onnx_io(export_dir / entry.onnx)
         (staging / name / "1").mkdir(parents=True)
-        shutil.copyfile(export_dir / entry["file"], staging / name / "1" / PLATFORMS["tensorrt_plan"])
-        params = {"nfdeploy.export_file": entry["file"], "nfdeploy.sha256": entry["engine_sha256"],
-                  "nfdeploy.flavour": f"{entry['flavour']} {entry['version']}"}
-        (staging / name / CONFIG).write_text(config_text(
-            name, {"platform": "tensorrt_plan"}, min(opts.max_batch, profile_max), [io["input"]], [io["output"]], opts,
-            params, "KIND_GPU", {str(cc): PLATFORMS["tensorrt_plan"] for cc in ccs}))
+        shutil.copyfile(export_dir / entry.file, staging / name / "1" / PLATFORMS["tensorrt_plan"])
+        params = {
+            "nfdeploy.export_file": entry.file,
+            "nfdeploy.sha256": entry.engine_sha256,
+            "nfdeploy.flavour": f"{entry.flavour} {entry.version}",
+        }
+        (staging / name / MODEL_CONFIG).write_text(
+            config_text(
+                name,
+                {"platform": "tensorrt_plan"},
+                min(opts.max_batch, profile_max(entry)),
+                [io["input"]],
+                [io["output"]],
+                opts,
+                params,
+                "KIND_GPU",
+                {str(cc): PLATFORMS["tensorrt_plan"] for cc in ccs},
+            )
+        )
         made.append(PackagedModel(name, params))
     return made
 
 
-def package_export(export_dir: str | Path, out: str | Path, opts: PackageOptions | None = None, *,
-                   log: Callable[[str], None] = print) -> list[PackagedModel]:
+def package_export(
+    export_dir: str | Path, out: str | Path, opts: PackageOptions | None = None, *, log: Callable[[str], None] = print
+) -> list[PackagedModel]:
     """Write the repository to `out` (staged beside it, swapped in whole: a failure leaves `out` as it was)."""
     export_dir, out, opts = Path(export_dir), Path(out), opts or PackageOptions()
     opts.check()
@@ -277,8 +339,11 @@ def package_export(export_dir: str | Path, out: str | Path, opts: PackageOptions
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(out)
     try:
-        made = write_native_models(export_dir, staging, opts) if opts.native else \
-            [write_python_model(export_dir, staging, opts, log)]
+        made = (
+            write_native_models(export_dir, staging, opts)
+            if opts.native
+            else [write_python_model(export_dir, staging, opts, log)]
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -313,19 +378,19 @@ def check_python_model(model_dir: Path, cfg: Any, export_dir: Path | None) -> li
     packaged = version / EXPORT_SUBDIR / MANIFEST
     if not packaged.is_file():
         return problems + [f"{packaged.relative_to(model_dir)} is missing"]
-    manifest = read_json(packaged, "packaged manifest")
-    if export_dir is not None and manifest != load_manifest(export_dir, verify_files=False):
+    manifest = Manifest.read(packaged.parent, verify_files=False)
+    if export_dir is not None and manifest != Manifest.read(export_dir, verify_files=False):
         problems.append(f"its manifest differs from {export_dir}'s")
     art = params["nfdeploy.artifact"]
     path = version / (art if art.startswith(RUN_SUBDIR + "/") else f"{EXPORT_SUBDIR}/{art}")
-    listed = {e["file"]: e.get("sha256") for e in (manifest.get("onnx") or {}).values()}
-    listed |= {e["file"]: e.get("engine_sha256") for e in (manifest.get("engines") or {}).values()}
-    listed[f"{RUN_SUBDIR}/{manifest['source'].get('weights')}"] = manifest["source"].get("weights_sha256")
+    listed = {**manifest.artifact_sha256s(), f"{RUN_SUBDIR}/{manifest.source.weights}": manifest.source.weights_sha256}
     if not path.is_file():
         problems.append(f"the file it serves, {path.relative_to(model_dir)}, is missing")
-    elif sha256_file(path) != params["nfdeploy.artifact_sha256"] or listed.get(art) != params["nfdeploy.artifact_sha256"]:
+    elif (
+        sha256_file(path) != params["nfdeploy.artifact_sha256"] or listed.get(art) != params["nfdeploy.artifact_sha256"]
+    ):
         problems.append(f"{path.relative_to(model_dir)}: sha256 differs from the manifest's")
-    shape = [int(d) for d in manifest["input"]["shape"][1:]]
+    shape = list(manifest.input.chw)
     if not cfg.input or list(cfg.input[0].dims) != shape:
         problems.append(f"input dims {[list(t.dims) for t in cfg.input]} differ from the export's {shape}")
     if BATCH_OUTPUT not in [t.name for t in cfg.output]:
@@ -342,12 +407,11 @@ def check_python_model(model_dir: Path, cfg: Any, export_dir: Path | None) -> li
 def check_native_model(model_dir: Path, cfg: Any, export_dir: Path | None) -> list[str]:
     if export_dir is None:
         return ["a native model is checked against its export: pass the export dir"]
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.read(export_dir)
     problems = []
     fname = cfg.default_model_filename or PLATFORMS.get(cfg.platform, "")
     files = {fname} | set(cfg.cc_model_filenames.values())
-    shas = {e["sha256"] for e in (manifest.get("onnx") or {}).values()} | \
-        {e["engine_sha256"] for e in (manifest.get("engines") or {}).values()}
+    shas = set(manifest.artifact_sha256s().values())
     for f in sorted(files):
         p = model_dir / str(MODEL_VERSION) / f
         if not p.is_file():
@@ -358,21 +422,23 @@ def check_native_model(model_dir: Path, cfg: Any, export_dir: Path | None) -> li
     src = export_dir / params.get("nfdeploy.export_file", "")
     if cfg.platform == "onnxruntime_onnx" and src.is_file():
         graph = onnx_io(src)
-        want = {"input": [(graph["input"]["name"], graph["input"]["dims"])],
-                "output": [(graph["output"]["name"], graph["output"]["dims"])]}
+        want = {
+            "input": [(graph["input"]["name"], graph["input"]["dims"])],
+            "output": [(graph["output"]["name"], graph["output"]["dims"])],
+        }
         for kind, tensors in (("input", cfg.input), ("output", cfg.output)):
             got = [(t.name, list(t.dims)) for t in tensors]
             if got != want[kind]:
                 problems.append(f"{kind} {got} differs from the ONNX graph's {want[kind]}")
     if cfg.platform == "tensorrt_plan":
-        entry = next((e for e in (manifest.get("engines") or {}).values() if e["file"] == params.get("nfdeploy.export_file")), None)
+        entry = next((e for e in manifest.engines.values() if e.file == params.get("nfdeploy.export_file")), None)
         if entry is None:
             problems.append("no engine of the manifest is named in its parameters")
         else:
-            top = min(p["max"] for p in entry["profiles"]) if entry.get("profiles") else 1
+            top = profile_max(entry)
             if cfg.max_batch_size > top:
                 problems.append(f"max_batch_size {cfg.max_batch_size} is above the engine profile's max {top}")
-            shape = [int(d) for d in entry["input"]["shape"][1:]]
+            shape = list(manifest.input.chw)  # the engine was built from the export's graph, of this shape
             if list(cfg.input[0].dims) != shape:
                 problems.append(f"input dims {list(cfg.input[0].dims)} differ from the engine's {shape}")
     return problems
@@ -383,9 +449,9 @@ def check_model_dir(model_dir: Path, export_dir: Path | None = None) -> list[str
     from google.protobuf import text_format
 
     try:
-        cfg = parse_config(model_dir / CONFIG)
+        cfg = parse_config(model_dir / MODEL_CONFIG)
     except text_format.ParseError as e:
-        return [f"{CONFIG} does not parse as Triton's ModelConfig: {e}"]
+        return [f"{MODEL_CONFIG} does not parse as Triton's ModelConfig: {e}"]
     problems = []
     if cfg.name != model_dir.name:
         problems.append(f"name {cfg.name!r} is not the directory's {model_dir.name!r}")
@@ -399,15 +465,17 @@ def check_model_dir(model_dir: Path, export_dir: Path | None = None) -> list[str
         if w.batch_size > max(cfg.max_batch_size, 1):
             problems.append(f"warm-up {w.name!r} at batch {w.batch_size} is above max_batch_size {cfg.max_batch_size}")
     if cfg.dynamic_batching.preferred_batch_size:
-        problems.append("preferred_batch_size is set (Triton advises it only for TensorRT with one profile per batch size)")
+        problems.append(
+            "preferred_batch_size is set (Triton advises it only for TensorRT with one profile per batch size)"
+        )
     return problems
 
 
 def model_dirs(repo: str | Path) -> list[Path]:
     repo = Path(repo)
-    models = sorted(p for p in repo.iterdir() if p.is_dir() and (p / CONFIG).is_file()) if repo.is_dir() else []
+    models = sorted(p for p in repo.iterdir() if p.is_dir() and (p / MODEL_CONFIG).is_file()) if repo.is_dir() else []
     if not models:
-        raise RepositoryError(f"{repo} is not a Triton model repository (no MODEL/{CONFIG} in it)")
+        raise RepositoryError(f"{repo} is not a Triton model repository (no MODEL/{MODEL_CONFIG} in it)")
     return models
 
 
@@ -418,17 +486,37 @@ def check_repository(repo: str | Path, export_dir: str | Path | None = None) -> 
 
 
 def is_python_repository(repo: str | Path) -> bool:
-    return all(parse_config(m / CONFIG).backend == PYTHON_BACKEND for m in model_dirs(repo))
+    return all(parse_config(m / MODEL_CONFIG).backend == PYTHON_BACKEND for m in model_dirs(repo))
 
 
 def describe_repository(repo: str | Path) -> dict[str, dict[str, Any]]:
     """Every parsed config as a dict (protobuf's JSON form), for reports."""
     from google.protobuf import json_format
 
-    return {p.name: json_format.MessageToDict(parse_config(p / CONFIG)) for p in model_dirs(repo)}
+    return {p.name: json_format.MessageToDict(parse_config(p / MODEL_CONFIG)) for p in model_dirs(repo)}
 
 
-__all__ = ["CONFIG", "KNOWN_BACKENDS", "MODEL_PY", "MODEL_VERSION", "PLATFORMS", "PYTHON_BACKEND", "QUEUE_BATCHES",
-           "PackageOptions", "PackagedModel", "RepositoryError", "check_model_dir", "check_repository", "config_parameters",
-           "config_text", "describe_repository", "is_python_repository", "model_dirs", "model_name_of", "onnx_io",
-           "output_dims", "package_export", "parse_config"]
+__all__ = [
+    "MODEL_CONFIG",
+    "KNOWN_BACKENDS",
+    "MODEL_PY",
+    "MODEL_VERSION",
+    "PLATFORMS",
+    "PYTHON_BACKEND",
+    "QUEUE_BATCHES",
+    "PackageOptions",
+    "PackagedModel",
+    "RepositoryError",
+    "check_model_dir",
+    "check_repository",
+    "config_parameters",
+    "config_text",
+    "describe_repository",
+    "is_python_repository",
+    "model_dirs",
+    "model_name_of",
+    "onnx_io",
+    "output_dims",
+    "package_export",
+    "parse_config",
+]

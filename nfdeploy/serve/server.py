@@ -13,15 +13,31 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from nfdeploy.export import MANIFEST
-from nfdeploy.serve.repository import (CONFIG, PackageOptions, PackagedModel, check_repository, config_parameters,
-                                       model_dirs, package_export, parse_config)
-from nfdeploy.serve.tritonserver import (ADMIN_HEADER, GUARDED_APIS, LOOPBACK, ServeError, ServerAddress, TritonProcess,
-                                         free_port, is_loopback)
+from nfdeploy.artifacts import MANIFEST
+from nfdeploy.serve.repository import (
+    MODEL_CONFIG,
+    PackagedModel,
+    PackageOptions,
+    check_repository,
+    config_parameters,
+    model_dirs,
+    package_export,
+    parse_config,
+)
+from nfdeploy.serve.tritonserver import (
+    ADMIN_HEADER,
+    GUARDED_APIS,
+    LOOPBACK,
+    ServeError,
+    ServerAddress,
+    TritonProcess,
+    free_port,
+    is_loopback,
+)
 
 
 @dataclass
@@ -37,7 +53,8 @@ def is_export_dir(path: Path) -> bool:
 
 
 class ModelServer:
-    """tritonserver serving an export (packaged here) or a repository; `with ModelServer(...) as s:` or start()/stop()."""
+    """tritonserver serving an export (packaged here) or a repository; `with ModelServer(...) as s:` or
+    start()/stop()."""
 
     def __init__(self, path: str | Path, options: ServeOptions | None = None, *, log: Callable[[str], None] = print):
         self.path = Path(path)
@@ -49,11 +66,13 @@ class ModelServer:
         self._tmp: Path | None = None
         self.triton: TritonProcess | None = None
 
-    def prepare(self) -> "ModelServer":
+    def prepare(self) -> ModelServer:
         """The repository to serve, packaged when the path is an export; starts nothing."""
         if is_export_dir(self.path):
             self._tmp = Path(tempfile.mkdtemp(prefix="nfdeploy-repo-"))
-            made: list[PackagedModel] = package_export(self.path, self._tmp / "repository", self.options.package, log=self.log)
+            made: list[PackagedModel] = package_export(
+                self.path, self._tmp / "repository", self.options.package, log=self.log
+            )
             self.repository = self._tmp / "repository"
             self.notes = [n for m in made for n in m.notes]
         else:
@@ -61,20 +80,24 @@ class ModelServer:
             self.repository = self.path
         return self
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         """Triton loads the repository first (a config it rejects is its own reason, in one line), then the
         checks a loader cannot make (files against the packaged manifest) must pass too."""
         try:
             if self.repository is None:
                 self.prepare()
-            self.triton = TritonProcess(self.repository, self.options.address, self.options.exit_timeout_s,
-                                        self.options.log_file)
+            self.triton = TritonProcess(
+                self.repository, self.options.address, self.options.exit_timeout_s, self.options.log_file
+            )
             self.triton.start()
-            self.models = {d.name: config_parameters(parse_config(d / CONFIG)) for d in model_dirs(self.repository)}
+            self.models = {
+                d.name: config_parameters(parse_config(d / MODEL_CONFIG)) for d in model_dirs(self.repository)
+            }
             problems = {m: p for m, p in check_repository(self.repository).items() if p}
             if problems:
-                raise ServeError("the repository fails its checks: " +
-                                 "; ".join(f"{m}: {', '.join(p)}" for m, p in problems.items()))
+                raise ServeError(
+                    "the repository fails its checks: " + "; ".join(f"{m}: {', '.join(p)}" for m, p in problems.items())
+                )
         except BaseException:
             self.stop()
             raise
@@ -103,7 +126,7 @@ class ModelServer:
             self.repository = None
         return code
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -123,7 +146,9 @@ def describe_served(server: ModelServer) -> list[str]:
     """What `serve` prints once ready: each model and its backend, why that backend, the URLs."""
     lines = []
     for name, p in server.models.items():
-        lines.append(f"serving {name} with {p.get('nfdeploy.backend', '?')} (parity: {p.get('nfdeploy.check.parity', '?')})")
+        lines.append(
+            f"serving {name} with {p.get('nfdeploy.backend', '?')} (parity: {p.get('nfdeploy.check.parity', '?')})"
+        )
         if p.get("nfdeploy.chosen"):
             lines.append(f"  chosen: {p['nfdeploy.chosen']}")
         if p.get("nfdeploy.batch_invariance"):
@@ -131,8 +156,10 @@ def describe_served(server: ModelServer) -> list[str]:
     for kind, url in server.urls.items():
         lines.append(f"  {kind}: {url}")
     if server.triton and server.triton.admin_key:
-        lines.append(f"  listening beyond loopback: the {', '.join(GUARDED_APIS)} APIs need the header "
-                     f"{ADMIN_HEADER}: {server.triton.admin_key} (health, metadata, inference and statistics do not)")
+        lines.append(
+            f"  listening beyond loopback: the {', '.join(GUARDED_APIS)} APIs need the header "
+            f"{ADMIN_HEADER}: {server.triton.admin_key} (health, metadata, inference and statistics do not)"
+        )
     lines.append(f"  tritonserver log: {server.log_file}")
     return lines
 
@@ -158,5 +185,14 @@ def serve_until_signal(path: str | Path, options: ServeOptions, *, log: Callable
             signal.signal(s, h)
 
 
-__all__ = ["LOOPBACK", "ModelServer", "ServeError", "ServeOptions", "describe_served", "free_port", "is_export_dir",
-           "load_check", "serve_until_signal"]
+__all__ = [
+    "LOOPBACK",
+    "ModelServer",
+    "ServeError",
+    "ServeOptions",
+    "describe_served",
+    "free_port",
+    "is_export_dir",
+    "load_check",
+    "serve_until_signal",
+]

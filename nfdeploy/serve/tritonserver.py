@@ -55,7 +55,9 @@ def triton_dist() -> Path:
         raise ServeError("the bundled tritonserver comes with nvidia-pytriton: pip install 'nfdeploy[serve]'")
     dist = Path(spec.origin).parent / "tritonserver"
     if not (dist / "bin" / "tritonserver").is_file():
-        raise ServeError(f"{dist}/bin/tritonserver is missing: reinstall nvidia-pytriton (pip install 'nfdeploy[serve]')")
+        raise ServeError(
+            f"{dist}/bin/tritonserver is missing: reinstall nvidia-pytriton (pip install 'nfdeploy[serve]')"
+        )
     return dist
 
 
@@ -64,9 +66,11 @@ def interpreter_problem() -> str | None:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     soname = sysconfig.get_config_var("INSTSONAME") or ""
     if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not (Path(libdir) / soname).is_file():
-        return (f"this Python ({sys.executable}) has no shared libpython, which tritonserver's Python backend "
-                "embeds; make the venv from one that has (Debian's /usr/bin/python3, or pyenv with "
-                "PYTHON_CONFIGURE_OPTS=--enable-shared): rm -r .venv && PYTHON=/usr/bin/python3 bash scripts/setup.sh")
+        return (
+            f"this Python ({sys.executable}) has no shared libpython, which tritonserver's Python backend "
+            "embeds; make the venv from one that has (Debian's /usr/bin/python3, or pyenv with "
+            "PYTHON_CONFIGURE_OPTS=--enable-shared): rm -r .venv && PYTHON=/usr/bin/python3 bash scripts/setup.sh"
+        )
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     try:
         stub = triton_dist() / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -107,7 +111,9 @@ def check_port_free(host: str, port: int, what: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ServeError(f"{what} port {port} on {host} is taken ({e.strerror}): choose another with --{what}-port") from None
+            raise ServeError(
+                f"{what} port {port} on {host} is taken ({e.strerror}): choose another with --{what}-port"
+            ) from None
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -126,15 +132,20 @@ def triton_failure(log_text: str) -> str:
     reasons = []
     for line in log_text.splitlines():
         line = line.strip()
-        if not (line.startswith("E") and re.match(r"^E\d{4} ", line)) and "libprotobuf ERROR" not in line \
-                and not line.startswith("error:"):
+        if (
+            not (line.startswith("E") and re.match(r"^E\d{4} ", line))
+            and "libprotobuf ERROR" not in line
+            and not line.startswith("error:")
+        ):
             continue
         if any(n in line for n in _NOISE):
             continue
         line = re.sub(r"^E\d{4} [\d:.]+ \d+ [\w.]+:\d+\] ", "", line)  # Triton's glog prefix
         line = re.sub(r"^\[libprotobuf ERROR [^\]]+\] ", "", line)
         reasons.append(line.strip('"'))
-    return one_line("; ".join(dict.fromkeys(reasons)) or "tritonserver exited without an error line (see its log)", 1500)
+    return one_line(
+        "; ".join(dict.fromkeys(reasons)) or "tritonserver exited without an error line (see its log)", 1500
+    )
 
 
 @dataclass
@@ -146,8 +157,11 @@ class ServerAddress:
 
     @property
     def urls(self) -> dict[str, str]:
-        return {"http": f"http://{self.host}:{self.http_port}", "grpc": f"{self.host}:{self.grpc_port}",
-                "metrics": f"http://{self.host}:{self.metrics_port}/metrics"}
+        return {
+            "http": f"http://{self.host}:{self.http_port}",
+            "grpc": f"{self.host}:{self.grpc_port}",
+            "metrics": f"http://{self.host}:{self.metrics_port}/metrics",
+        }
 
     def client_host(self) -> str:
         """Where a client on this machine reaches the server (a wildcard address is reached on loopback)."""
@@ -173,18 +187,29 @@ class TritonProcess:
 
     def command(self, backends: Path) -> list[str]:
         a = self.address
-        cmd = [str(triton_dist() / "bin" / "tritonserver"), f"--model-repository={self.repository}",
-               f"--backend-directory={backends}", f"--cache-directory={triton_dist() / 'caches'}",
-               f"--http-address={a.host}", f"--http-port={a.http_port}", f"--grpc-address={a.host}",
-               f"--grpc-port={a.grpc_port}", f"--metrics-address={a.host}", f"--metrics-port={a.metrics_port}",
-               f"--exit-timeout-secs={self.exit_timeout_s}", "--disable-auto-complete-config",
-               "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0"]
+        cmd = [
+            str(triton_dist() / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={triton_dist() / 'caches'}",
+            f"--http-address={a.host}",
+            f"--http-port={a.http_port}",
+            f"--grpc-address={a.host}",
+            f"--grpc-port={a.grpc_port}",
+            f"--metrics-address={a.host}",
+            f"--metrics-port={a.metrics_port}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+        ]
         if self.admin_key:
             guard = f"{','.join(GUARDED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
             cmd += [f"--http-restricted-api={guard}", f"--grpc-restricted-protocol={guard}"]
         return cmd
 
-    def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> "TritonProcess":
+    def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> TritonProcess:
         problem = interpreter_problem()
         if problem:
             raise ServeError(problem)
@@ -196,9 +221,13 @@ class TritonProcess:
         self._workdir = Path(tempfile.mkdtemp(prefix="nfdeploy-triton-"))
         self.log_file = self.log_file or self._workdir / "tritonserver.log"
         with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(self.command(backend_directory(self._workdir)), stdout=log,
-                                         stderr=subprocess.STDOUT, env=server_environment(),
-                                         preexec_fn=terminate_with_parent if sys.platform == "linux" else None)
+            self.proc = subprocess.Popen(
+                self.command(backend_directory(self._workdir)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(),
+                preexec_fn=terminate_with_parent if sys.platform == "linux" else None,
+            )
         try:
             self._wait_ready(ready_timeout_s)
         except BaseException:
@@ -212,8 +241,10 @@ class TritonProcess:
         while time.monotonic() < deadline:
             code = self.proc.poll() if self.proc else None
             if code is not None:
-                raise ServeError(f"Triton did not load the repository {self.repository} (exit {code}): "
-                                 f"{triton_failure(self.log_text())}")
+                raise ServeError(
+                    f"Triton did not load the repository {self.repository} (exit {code}): "
+                    f"{triton_failure(self.log_text())}"
+                )
             if ready_status(url) == 200:
                 return
             time.sleep(0.1)
@@ -247,7 +278,7 @@ class TritonProcess:
                 shutil.rmtree(self._workdir, ignore_errors=True)
         return code
 
-    def __enter__(self) -> "TritonProcess":
+    def __enter__(self) -> TritonProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -273,6 +304,22 @@ def terminate_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-__all__ = ["ADMIN_HEADER", "GUARDED_APIS", "LOOPBACK", "READY_TIMEOUT_S", "ServeError", "ServerAddress", "TritonProcess",
-           "backend_directory", "check_port_free", "free_port", "interpreter_problem", "is_loopback", "ready_status",
-           "server_environment", "terminate_with_parent", "triton_dist", "triton_failure"]
+__all__ = [
+    "ADMIN_HEADER",
+    "GUARDED_APIS",
+    "LOOPBACK",
+    "READY_TIMEOUT_S",
+    "ServeError",
+    "ServerAddress",
+    "TritonProcess",
+    "backend_directory",
+    "check_port_free",
+    "free_port",
+    "interpreter_problem",
+    "is_loopback",
+    "ready_status",
+    "server_environment",
+    "terminate_with_parent",
+    "triton_dist",
+    "triton_failure",
+]

@@ -14,8 +14,13 @@ from nfdeploy.artifacts import ArtifactError, load_tensors, save_tensors
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    ema: dict[str, torch.Tensor] | None, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
+) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.items()})
@@ -28,8 +33,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    ema: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None
+) -> dict[str, Any]:
     tensors, meta = load_tensors(path)
     try:
         state = json.loads(meta["state"])

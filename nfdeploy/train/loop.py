@@ -17,7 +17,7 @@ import platform
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,22 @@ from torch import nn
 from torch.nn import functional as F
 
 import nfdeploy
-from nfdeploy.artifacts import ArtifactError, atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
+from nfdeploy.artifacts import (
+    ArtifactError,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    save_tensors,
+)
+from nfdeploy.artifacts.run_dir import CURVES, METRICS, RUN_CONFIG, SUMMARY, WEIGHTS
 from nfdeploy.config import Recipe, recipe_from_resolved
 from nfdeploy.data import ImageDataset
 from nfdeploy.errors import UserError
 from nfdeploy.models import NFResNet, NFResNetCfg, create_model
 from nfdeploy.nn import adaptive_grad_clip_
 from nfdeploy.render import plot_training_curves
-from nfdeploy.runs import CONFIG, CURVES, METRICS, SUMMARY, WEIGHTS
 from nfdeploy.train import distributed as D
 from nfdeploy.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-
 
 
 class TrainError(UserError, RuntimeError):
@@ -50,8 +55,13 @@ class TrainResult:
 
 
 def build_model(recipe: Recipe, data: ImageDataset) -> NFResNet:
-    return create_model(recipe.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        input_size=data.input_size, **recipe.model.options)
+    return create_model(
+        recipe.model.name,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        input_size=data.input_size,
+        **recipe.model.options,
+    )
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -88,8 +98,9 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageDataset, device: torch.device, batch_size: int = 256,
-             split: str = "test") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: ImageDataset, device: torch.device, batch_size: int = 256, split: str = "test"
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     part = getattr(data, split)
@@ -110,9 +121,13 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  {task.fields[ips]:.0f} img/s"),
-        TimeRemainingColumn(), disable=not enabled, transient=False,
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -121,42 +136,57 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / f"{recipe.model.name}-{recipe.data.dataset}-{stamp}"
 
 
-def _resolved_config(recipe: Recipe, cfg: NFResNetCfg, data: ImageDataset, info: D.DistInfo,
-                     device: torch.device) -> dict[str, Any]:
+def _resolved_config(
+    recipe: Recipe, cfg: NFResNetCfg, data: ImageDataset, info: D.DistInfo, device: torch.device
+) -> dict[str, Any]:
     return {
         "recipe": recipe.to_dict(),
         "model_config": asdict(cfg),
         "dataset": data.describe(),
         "environment": {
-            "nfdeploy": nfdeploy.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "world_size": info.world_size,
+            "nfdeploy": nfdeploy.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "world_size": info.world_size,
             "threads": torch.get_num_threads(),
         },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, log=print) -> TrainResult:
+def train(
+    recipe: Recipe, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True, log=print
+) -> TrainResult:
     """Train `recipe`, writing weights, config, metrics, summary and curves into `run_dir`."""
     t = recipe.train
     device = _select_device(t.device)
     info = D.init_distributed(device.type)
     try:
-        return _train(recipe, run_dir, resume, progress and info.is_main, device, info,
-                      log if info.is_main else (lambda *a, **k: None))
+        return _train(
+            recipe,
+            run_dir,
+            resume,
+            progress and info.is_main,
+            device,
+            info,
+            log if info.is_main else (lambda *a, **k: None),
+        )
     finally:
         D.shutdown(info)
 
 
-def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool, device: torch.device,
-           info: D.DistInfo, log) -> TrainResult:
+def _train(
+    recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool, device: torch.device, info: D.DistInfo, log
+) -> TrainResult:
     t = recipe.train
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.batch_size % (info.world_size * t.grad_accum):
-        raise TrainError(f"train.batch_size ({t.batch_size}) must be divisible by processes x "
-                         f"train.grad_accum ({info.world_size} x {t.grad_accum})")
+        raise TrainError(
+            f"train.batch_size ({t.batch_size}) must be divisible by processes x "
+            f"train.grad_accum ({info.world_size} x {t.grad_accum})"
+        )
     # Every process must agree on the run dir (default names carry a timestamp).
     if run_dir is None:
         run_dir = default_run_dir(recipe)
@@ -188,15 +218,22 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
     model = build_model(recipe, data).to(device)
     cfg = model.cfg
     ema_model = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    optimizer = torch.optim.SGD(param_groups(model, t.weight_decay), lr=t.lr, momentum=t.momentum,
-                                nesterov=t.nesterov and t.momentum > 0)
+    optimizer = torch.optim.SGD(
+        param_groups(model, t.weight_decay), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0
+    )
     amp_dtype = _amp_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     agc_params = [p for n, p in model.named_parameters() if not n.startswith("fc.")]  # classifier excluded
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [],
-                             "partial": {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "clipped": 0.0},
-                             "train_seconds": 0.0, "train_images": 0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "global_step": 0,
+        "history": [],
+        "partial": {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "clipped": 0.0},
+        "train_seconds": 0.0,
+        "train_images": 0,
+    }
     if resume:
         if info.is_main:  # temp files of a write that was killed half-way
             for stale in run_dir.glob(".*.tmp"):
@@ -205,11 +242,14 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}/{steps_per_epoch}")
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG, _resolved_config(recipe, cfg, data, info, device))
+        atomic_write_json(run_dir / RUN_CONFIG, _resolved_config(recipe, cfg, data, info, device))
     D.barrier(info)
 
-    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if info.enabled else model)
+    ddp = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if info.enabled
+        else model
+    )
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     def save(state: dict[str, Any]) -> None:
@@ -229,17 +269,17 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
                 lr = lr_at(gstep, total_steps, warmup_steps, t.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                idx = perm[step * B:(step + 1) * B][info.rank * local_B:(info.rank + 1) * local_B]
+                idx = perm[step * B : (step + 1) * B][info.rank * local_B : (info.rank + 1) * local_B]
                 aug_gen = torch.Generator().manual_seed(_step_seed(t.seed, gstep, info.rank))
                 torch.manual_seed(_step_seed(t.seed + 1, gstep, info.rank))  # dropout, stochastic depth
                 x_all, y_all = data.batch(data.train, idx, augment=d.augment, generator=aug_gen)
                 optimizer.zero_grad(set_to_none=True)
                 loss_acc, correct = 0.0, 0.0
                 for m in range(t.grad_accum):
-                    x = x_all[m * micro:(m + 1) * micro].to(device, non_blocking=True)
-                    y = y_all[m * micro:(m + 1) * micro].to(device, non_blocking=True)
+                    x = x_all[m * micro : (m + 1) * micro].to(device, non_blocking=True)
+                    y = y_all[m * micro : (m + 1) * micro].to(device, non_blocking=True)
                     sync = m == t.grad_accum - 1 or not info.enabled
-                    with (nullcontext() if sync else ddp.no_sync()), autocast():
+                    with nullcontext() if sync else ddp.no_sync(), autocast():
                         logits = ddp(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
                     scaled = loss * (micro / local_B)
@@ -256,29 +296,42 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
                     optimizer.step()
                 if ema_model is not None:
                     _update_ema(ema_model, model, min(t.ema_decay, (1 + gstep) / (10 + gstep)))
-                sums = D.all_reduce_sum([loss_acc, correct, float(len(idx)),
-                                         float(clipped) if clipped is not None else 0.0], device, info)
+                sums = D.all_reduce_sum(
+                    [loss_acc, correct, float(len(idx)), float(clipped) if clipped is not None else 0.0], device, info
+                )
                 dt = time.perf_counter() - t0
                 part["loss"] += sums[0]
                 part["correct"] += sums[1]
                 part["count"] += sums[2]
                 part["clipped"] += sums[3]
                 part["seconds"] += dt
-                bar.update(task, advance=1, loss=part["loss"] / part["count"], acc=part["correct"] / part["count"],
-                           ips=part["count"] / max(part["seconds"], 1e-9))
+                bar.update(
+                    task,
+                    advance=1,
+                    loss=part["loss"] / part["count"],
+                    acc=part["correct"] / part["count"],
+                    ips=part["count"] / max(part["seconds"], 1e-9),
+                )
                 if (step + 1) % t.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                     save({**state, "epoch": epoch, "step": step + 1, "global_step": gstep + 1, "partial": part})
             eval_model = ema_model if ema_model is not None else model
             test = evaluate(eval_model, data, device)
             row = {
-                "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
-                "train_loss": part["loss"] / part["count"], "train_accuracy": part["correct"] / part["count"],
-                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                "epoch": epoch + 1,
+                "step": (epoch + 1) * steps_per_epoch,
+                "lr": lr,
+                "train_loss": part["loss"] / part["count"],
+                "train_accuracy": part["correct"] / part["count"],
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
                 "images_per_second": part["count"] / max(part["seconds"], 1e-9),
-                "epoch_seconds": part["seconds"], "agc_clipped_units": int(part["clipped"]),
+                "epoch_seconds": part["seconds"],
+                "agc_clipped_units": int(part["clipped"]),
             }
             state = {
-                "epoch": epoch + 1, "step": 0, "global_step": (epoch + 1) * steps_per_epoch,
+                "epoch": epoch + 1,
+                "step": 0,
+                "global_step": (epoch + 1) * steps_per_epoch,
                 "history": state["history"] + [row],
                 "partial": {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "clipped": 0.0},
                 "train_seconds": state["train_seconds"] + part["seconds"],
@@ -288,23 +341,37 @@ def _train(recipe: Recipe, run_dir: str | Path | None, resume: bool, show: bool,
                 atomic_write_text(run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in state["history"]))
                 if epoch + 1 < t.epochs:
                     save(state)
-            (bar.console.print if show else log)(f"epoch {epoch + 1}/{t.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-                f"  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}  {row['images_per_second']:.0f} img/s")
+            (bar.console.print if show else log)(
+                f"epoch {epoch + 1}/{t.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
+                f"  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}  "
+                f"{row['images_per_second']:.0f} img/s"
+            )
 
     final = ema_model if ema_model is not None else model
     summary = {
-        "model": recipe.model.name, "dataset": data.name, "epochs": t.epochs, "steps": total_steps,
-        "global_batch_size": B, "world_size": info.world_size, "grad_accum": t.grad_accum,
-        "test_accuracy": state["history"][-1]["test_accuracy"], "test_loss": state["history"][-1]["test_loss"],
+        "model": recipe.model.name,
+        "dataset": data.name,
+        "epochs": t.epochs,
+        "steps": total_steps,
+        "global_batch_size": B,
+        "world_size": info.world_size,
+        "grad_accum": t.grad_accum,
+        "test_accuracy": state["history"][-1]["test_accuracy"],
+        "test_loss": state["history"][-1]["test_loss"],
         "train_accuracy": state["history"][-1]["train_accuracy"],
         "images_per_second": state["train_images"] / max(state["train_seconds"], 1e-9),
-        "train_seconds": state["train_seconds"], "weights": WEIGHTS, "weights_are_ema": ema_model is not None,
-        "device": str(device), "threads": torch.get_num_threads(),
+        "train_seconds": state["train_seconds"],
+        "weights": WEIGHTS,
+        "weights_are_ema": ema_model is not None,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
     }
     if info.is_main:
-        save_tensors(run_dir / WEIGHTS, final.state_dict(),
-                     {"format": "nfdeploy-weights-v1", "model": recipe.model.name,
-                      "model_config": json.dumps(asdict(cfg))})
+        save_tensors(
+            run_dir / WEIGHTS,
+            final.state_dict(),
+            {"format": "nfdeploy-weights-v1", "model": recipe.model.name, "model_config": json.dumps(asdict(cfg))},
+        )
         plot_training_curves(state["history"], run_dir / CURVES, title=f"{recipe.model.name} on {data.name}")
         atomic_write_json(run_dir / SUMMARY, summary)
         ckpt_path.unlink(missing_ok=True)
@@ -325,7 +392,7 @@ def resume_training(run_dir: str | Path, *, progress: bool = True, log=print) ->
     """Continue an interrupted run from its checkpoint, with the recipe it was started with."""
     run_dir = Path(run_dir)
     try:
-        resolved = read_json(run_dir / CONFIG, "run config")
+        resolved = read_json(run_dir / RUN_CONFIG, "run config")
         recipe = recipe_from_resolved(resolved["recipe"])
     except (ArtifactError, KeyError, TypeError) as e:
         raise TrainError(f"cannot resume {run_dir}: {e}") from None

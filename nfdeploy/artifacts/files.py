@@ -1,4 +1,4 @@
-"""Atomic writes, checksums and weight files.
+"""Atomic writes, checksums and weight files (what every other artifact module writes with).
 
 Every artifact is written to a temporary file in the destination directory, flushed, fsynced and
 then renamed over the target, so a reader (or a run killed mid-write) sees the old file or the
@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nfdeploy.errors import UserError
 
@@ -129,5 +130,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception as e:  # safetensors raises several types for truncated/garbled headers
-        raise ArtifactError(f"corrupt weights file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for truncated/garbled headers
+        raise ArtifactError(
+            f"corrupt weights file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None

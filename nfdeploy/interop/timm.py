@@ -670,6 +670,52 @@ def _sizing_pass(model: nn.Module, t: _T, hw: tuple[int, int]) -> dict[str, tupl
     return sizes
 
 
+def _fold_head(
+    f: _Fold, t: _T, h: nn.Module, gf: float, dtype: torch.dtype, head: dict[str, Any]
+) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(global pool, explicit scale or Identity, classifier) of the folded net: the final activation's gain gf
+    passes through the pool into the classifier's weight, or stays an explicit Mul without a classifier."""
+    if (
+        not isinstance(h, t.head)
+        or not isinstance(h.global_pool, t.select_pool)
+        or not isinstance(h.flatten, nn.Identity)
+    ):
+        raise TypeError(f"head: cannot fold {h!r}")
+    ptype = h.global_pool.pool_type.lower()
+    if ptype in ("avg", "fast", "fastavg"):
+        pool: nn.Module = nn.AdaptiveAvgPool2d(1)
+    elif ptype in ("max", "fastmax") and gf > 0:
+        pool = nn.AdaptiveMaxPool2d(1)  # positively homogeneous: gamma > 0 passes through
+    else:
+        raise TypeError(f"head.global_pool: cannot fold pool type {ptype!r}")
+    f.removed(h.drop, "head.drop", "dropout is identity at inference")
+    scale: nn.Module = nn.Identity()
+    if isinstance(h.fc, nn.Linear):
+        w = h.fc.weight.detach().double() * gf  # final_act's gain passes through the global pool
+        if gf != 1.0:
+            head["folded"].append({"constant": "gamma", "kind": "scalar", "value": gf, "into": ["fc.weight"]})
+        fc: nn.Module = nn.Linear(h.fc.in_features, h.fc.out_features, bias=h.fc.bias is not None, device="meta")
+        fc.weight = nn.Parameter(w.to(dtype), requires_grad=False)
+        if h.fc.bias is not None:
+            fc.bias = nn.Parameter(h.fc.bias.detach().to(dtype, copy=True), requires_grad=False)
+    elif isinstance(h.fc, nn.Identity):
+        fc = nn.Identity()
+        if gf != 1.0:
+            scale = ExplicitScale(gf, dtype)
+            head["explicit"].append(
+                {
+                    "op": "Mul",
+                    "where": "scale",
+                    "reason": "final activation gain (gamma_in_act) "
+                    "with no classifier (num_classes=0): no linear op consumes the pooled features",
+                }
+            )
+    else:
+        raise TypeError(f"head.fc: cannot fold {type(h.fc).__name__}")
+
+    return pool, scale, fc
+
+
 @torch.no_grad()
 def fold_timm_model(
     model: nn.Module, input_size: tuple[int, int] | None = None, dtype: torch.dtype = torch.float32
@@ -710,45 +756,7 @@ def fold_timm_model(
         final_conv = f.conv(model.final_conv, "final_conv", head).build(dtype)
     final_act, gf = f.act(model.final_act, "final_act", inplace=True)
 
-    h = model.head
-    if (
-        not isinstance(h, t.head)
-        or not isinstance(h.global_pool, t.select_pool)
-        or not isinstance(h.flatten, nn.Identity)
-    ):
-        raise TypeError(f"head: cannot fold {h!r}")
-    ptype = h.global_pool.pool_type.lower()
-    if ptype in ("avg", "fast", "fastavg"):
-        pool: nn.Module = nn.AdaptiveAvgPool2d(1)
-    elif ptype in ("max", "fastmax") and gf > 0:
-        pool = nn.AdaptiveMaxPool2d(1)  # positively homogeneous: gamma > 0 passes through
-    else:
-        raise TypeError(f"head.global_pool: cannot fold pool type {ptype!r}")
-    f.removed(h.drop, "head.drop", "dropout is identity at inference")
-    scale: nn.Module = nn.Identity()
-    if isinstance(h.fc, nn.Linear):
-        w = h.fc.weight.detach().double() * gf  # final_act's gain passes through the global pool
-        if gf != 1.0:
-            head["folded"].append({"constant": "gamma", "kind": "scalar", "value": gf, "into": ["fc.weight"]})
-        fc: nn.Module = nn.Linear(h.fc.in_features, h.fc.out_features, bias=h.fc.bias is not None, device="meta")
-        fc.weight = nn.Parameter(w.to(dtype), requires_grad=False)
-        if h.fc.bias is not None:
-            fc.bias = nn.Parameter(h.fc.bias.detach().to(dtype, copy=True), requires_grad=False)
-    elif isinstance(h.fc, nn.Identity):
-        fc = nn.Identity()
-        if gf != 1.0:
-            scale = ExplicitScale(gf, dtype)
-            head["explicit"].append(
-                {
-                    "op": "Mul",
-                    "where": "scale",
-                    "reason": "final activation gain (gamma_in_act) "
-                    "with no classifier (num_classes=0): no linear op consumes the pooled features",
-                }
-            )
-    else:
-        raise TypeError(f"head.fc: cannot fold {type(h.fc).__name__}")
-
+    pool, scale, fc = _fold_head(f, t, model.head, gf, dtype, head)
     net = FoldedTimmNet(stem, stages, final_conv, final_act, pool, scale, fc, hw if f.size_dependent else None).eval()
     net.requires_grad_(False)
     report.ops = count_ops(net)

@@ -21,7 +21,11 @@ from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.serve.choice import FALLBACK_BACKEND, choose_backend
-from nfdeploy.serve.loadtest import LoadOptions, Target, burst, expectation, loadtest, model_facts
+from nfdeploy.serve.client import Target, model_facts
+from nfdeploy.serve.expectation import expectation
+from nfdeploy.serve.faults import burst
+from nfdeploy.serve.loadtest import LoadOptions, loadtest
+from nfdeploy.serve.loadtest_result import LoadTestResult, read_loadtest
 from nfdeploy.serve.python_model import ServedModel
 from nfdeploy.serve.repository import (
     PackageOptions,
@@ -30,8 +34,9 @@ from nfdeploy.serve.repository import (
     describe_repository,
     package_export,
 )
-from nfdeploy.serve.server import ModelServer, ServeOptions
+from nfdeploy.serve.server import ModelServer, ServeOptions, ServeProcess
 from nfdeploy.serve.tritonserver import ServeError, ServerAddress, TritonProcess, free_port, interpreter_problem
+from nfdeploy.status import Status
 from nfdeploy.train import train
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -95,13 +100,14 @@ def test_loadtest_every_request_answered_on_its_own(export_dir, tmp_path):
         speed=True,
         speed_time_s=0.5,
     )
-    rep = loadtest(
+    result = loadtest(
         export_dir,
         tmp_path / "lt",
         opts,
         serve_args=["--backend", SERVED, "--max-batch", "8", "--max-queue-size", "8"],
         log=quiet,
     )
+    rep = result.to_dict()
     params = rep["served"]["parameters"]
     assert (
         params["nfdeploy.backend"] == SERVED
@@ -151,16 +157,32 @@ def test_loadtest_every_request_answered_on_its_own(export_dir, tmp_path):
         and sp["difference_ms"]["ci95"][0] <= sp["difference_ms"]["median"] <= sp["difference_ms"]["ci95"][1]
     )
     assert sp["cost_split"]["server_compute_infer_us"] > 0 and sp["cost_split"]["client_and_transport_us"] is not None
+    # The typed result: every fault met its expectation, and loadtest.json reads back to the same result.
+    assert [(k, s) for k, s, _ in result.verdicts()] == [
+        (k, Status.PASS) for k in ("overload", "nan_flood", "bad_requests", "disconnect", "restart")
+    ]
+    saved = json.loads((tmp_path / "lt" / "loadtest.json").read_text())
+    assert saved["format"] == "nfdeploy-loadtest-v2"
+    back = read_loadtest(tmp_path / "lt")
+    assert json.loads(json.dumps(back.to_dict())) == saved == json.loads(json.dumps(rep, default=float))
+    assert isinstance(back, LoadTestResult) and back.verdicts() == result.verdicts()
+    # A verdict is read from the figures: an unclean stop, a NaN request answered, a good request timed out.
+    saved["faults"]["restart"]["first_exit_code"] = -9
+    saved["faults"]["nan_flood"]["bad"]["non_finite"]["ok"] = 1
+    saved["faults"]["bad_requests"]["good"]["errors"]["timeout"] = 1
+    saved["overload"]["ready_after"] = False
+    failed = {k: s for k, s, _ in LoadTestResult.from_dict(saved).verdicts()}
+    assert failed == {k: Status.PASS if k == "disconnect" else Status.FAIL for k in failed}
 
 
 def test_nan_flood_leaves_every_good_request_answered(export_dir):
     """The default queue: 8 good clients × 24 beside a NaN client; all 192 answered, bitwise their sample alone."""
-    from nfdeploy.serve.loadtest import nan_flood
+    from nfdeploy.serve.faults import nan_flood
 
     with served(export_dir, backend=SERVED, max_batch=8) as server:
         target = Target(server.urls["grpc"], MODEL, ("input", "logits"))
         exp = expectation(export_dir, SERVED, 8, 0)
-        flood = nan_flood(target, exp)
+        flood = nan_flood(target, exp).to_dict()
     good = flood["good"]
     assert good["sent"] == good["ok"] == 192 and good["correctness"]["bitwise_share"] == 1.0, good
     assert flood["bad"]["non_finite"]["errors"]["rejected"] == flood["bad"]["non_finite"]["sent"] > 0
@@ -184,14 +206,14 @@ def test_answer_refuses_only_the_bad_request(export_dir):
 def test_a_burst_of_64_clients_is_answered_with_the_default_queue(export_dir):
     with served(export_dir, backend=SERVED, max_batch=8) as server:
         target = Target(server.urls["grpc"], MODEL, ("input", "logits"))
-        b = burst(target, expectation(export_dir, SERVED, 8, 0), clients=64, requests_each=16)
+        b = burst(target, expectation(export_dir, SERVED, 8, 0), clients=64, requests_each=16).to_dict()
     assert b["sent"] == b["answered"] == 1024 and b["correctness"]["bitwise_share"] == 1.0, b["errors"]
 
 
 def test_a_queue_timeout_refuses_and_the_server_still_stops_cleanly(export_dir):
     with served(export_dir, backend=SERVED, max_batch=1, queue_timeout_us=1) as server:
         target = Target(server.urls["grpc"], MODEL, ("input", "logits"))
-        b = burst(target, expectation(export_dir, SERVED, 8, 0), clients=16, requests_each=4)
+        b = burst(target, expectation(export_dir, SERVED, 8, 0), clients=16, requests_each=4).to_dict()
         code = server.stop()
     assert b["sent"] == b["answered"] + b["refused"] and b["refused"] > 0, b["errors"]
     assert "timeout" in b["messages"]["refused"].lower() and code == 0
@@ -200,14 +222,12 @@ def test_a_queue_timeout_refuses_and_the_server_still_stops_cleanly(export_dir):
 def test_ready_only_once_the_model_answered(export_dir, tmp_path):
     """/v2/health/ready polled from the start is never 200 before the model answered its probe and warm-up:
     the server opens its endpoints only after loading, and the first 200 is followed by a good answer."""
-    from nfdeploy.serve.loadtest import ServerProcess
-
-    proc = ServerProcess(export_dir, ["--backend", SERVED, "--max-batch", "4"], log_file=tmp_path / "serve.log")
+    proc = ServeProcess(export_dir, ["--backend", SERVED, "--max-batch", "4"], log_file=tmp_path / "serve.log")
     proc.start()
     try:
         assert [s for _, s in proc.ready_polls if s is not None] == [200], proc.ready_polls  # nothing answered before
         facts = model_facts(proc.url)  # the repository index, readable on loopback by default
-        target = Target(proc.url, facts["model"], (facts["input"], facts["output"]))
+        target = Target.of(proc.url, facts)
         out, _ = target.client().infer(np.zeros((1, 3, 16, 16), np.float32), 10.0)
         assert out.shape == (1, 4)
     finally:
@@ -270,7 +290,7 @@ def test_the_packaged_repository_is_what_serve_serves(export_dir, tmp_path):
     assert check_repository(tmp_path / "repo", export_dir) == {MODEL: []}
     with ModelServer(tmp_path / "repo", ServeOptions(address=address()), log=quiet) as server:
         facts = model_facts(server.urls["grpc"])
-        assert facts["parameters"]["nfdeploy.backend"] == SERVED and facts["max_batch"] == 16
+        assert facts.parameters["nfdeploy.backend"] == SERVED and facts.max_batch == 16
 
 
 def test_native_repository_for_tritons_container(export_dir, tmp_path):
@@ -357,7 +377,7 @@ def test_batch_invariant_mode_pads_torch_and_skips_onnxruntime(export_dir, tmp_p
         opts,
         serve_args=["--backend", TORCH, "--max-batch", "8", "--batch-invariant", "--threads", "1"],
         log=quiet,
-    )
+    ).to_dict()
     assert rep["served"]["parameters"]["nfdeploy.pad_to"] == "8"
     row = rep["levels"][0]
     assert max(row["correctness_by_batch"]) > 1 and row["correctness"]["bitwise_share"] == 1.0, row[

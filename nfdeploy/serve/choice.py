@@ -12,11 +12,12 @@ from typing import Any
 from nfdeploy.artifacts import read_json
 from nfdeploy.check.backends import REFERENCE, default_report_dir
 from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.errors import UserError
 from nfdeploy.perf.report import BENCH_JSON
 from nfdeploy.runtime.base import Backend
+from nfdeploy.status import Status
 
 FALLBACK_BACKEND = "onnxruntime-cpu-fp32"
-UNCHECKED = "unchecked"  # no parity report, or the backend is not in it
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,18 @@ class BackendChoice:
     reason: str  # one line: why this one
 
 
-def parity_verdict(export_dir: str | Path, backend_name: str) -> str:
-    """The backend's parity row status ("pass", "FAIL", "broken", ...) or "unchecked"."""
-    rows = read_parity_rows(export_dir)
-    return (rows or {}).get(backend_name, {}).get("status", UNCHECKED)
+def row_status(rows: dict[str, dict[str, Any]] | None, backend_name: str) -> Status:
+    """The status of the backend's parity row; UNCHECKED without a report, or when the backend has no row."""
+    word = (rows or {}).get(backend_name, {}).get("status", Status.UNCHECKED)
+    try:
+        return Status.parse(word)
+    except ValueError as e:
+        raise UserError(f"parity report, row {backend_name}: {e}") from None
+
+
+def parity_verdict(export_dir: str | Path, backend_name: str) -> Status:
+    """The backend's parity verdict (PASS, FAIL, BROKEN, ...), or UNCHECKED when the saved report has none."""
+    return row_status(read_parity_rows(export_dir), backend_name)
 
 
 def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batch: int) -> BackendChoice:
@@ -41,7 +50,7 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
             FALLBACK_BACKEND, f"no parity report beside the export (run `nfdeploy parity {export_dir}`)"
         )
     here = {b.name for b in backends if b.name != REFERENCE and b.unavailable_reason() is None}
-    passed = {n for n in here if rows.get(n, {}).get("status") == "pass"}
+    passed = {n for n in here if row_status(rows, n) is Status.PASS}
     if not passed:
         return BackendChoice(FALLBACK_BACKEND, "no backend that runs here passed parity")
     bench_path = default_report_dir(export_dir) / BENCH_JSON
@@ -67,7 +76,7 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
     )
 
 
-def batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any] | None:
+def measured_batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any] | None:
     """Parity's batch-invariance measurement of the backend ({"batches": [...], "bitwise": bool}), or None
     when the report has none for it."""
     path = default_report_dir(export_dir) / PARITY_JSON
@@ -82,4 +91,11 @@ def batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any
     }
 
 
-__all__ = ["FALLBACK_BACKEND", "UNCHECKED", "BackendChoice", "batch_invariance", "choose_backend", "parity_verdict"]
+__all__ = [
+    "FALLBACK_BACKEND",
+    "BackendChoice",
+    "choose_backend",
+    "measured_batch_invariance",
+    "parity_verdict",
+    "row_status",
+]

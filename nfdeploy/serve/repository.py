@@ -35,8 +35,9 @@ from nfdeploy.check.backends import REFERENCE, export_backends, manifest_source
 from nfdeploy.check.parity import read_parity_rows
 from nfdeploy.errors import UserError, require
 from nfdeploy.runtime.base import Backend
-from nfdeploy.serve.choice import UNCHECKED, batch_invariance, choose_backend, parity_verdict
+from nfdeploy.serve.choice import choose_backend, measured_batch_invariance, parity_verdict, row_status
 from nfdeploy.serve.python_model import BATCH_OUTPUT, EXPORT_SUBDIR, RUN_SUBDIR
+from nfdeploy.status import Status
 
 MODEL_CONFIG = "config.pbtxt"
 MODEL_VERSION = 1
@@ -180,7 +181,7 @@ def default_env_path() -> str | None:
 
 
 # ------------------------------------------------------------------------------- python backend
-def select_served(export_dir: Path, opts: PackageOptions, log: Callable[[str], None]) -> tuple[Backend, str, str]:
+def select_served(export_dir: Path, opts: PackageOptions, log: Callable[[str], None]) -> tuple[Backend, Status, str]:
     """The backend to serve, its parity verdict and why it was chosen; refuses one that failed parity."""
     backends = export_backends(manifest_source(export_dir), compile=False)
     if opts.backend:
@@ -198,21 +199,21 @@ def select_served(export_dir: Path, opts: PackageOptions, log: Callable[[str], N
     if reason:
         raise RepositoryError(f"--backend {name} cannot run here: {reason}")
     verdict = parity_verdict(export_dir, name)
-    if verdict == UNCHECKED:
+    if verdict is Status.UNCHECKED:
         log(f"warning: no parity verdict for {name} (run `nfdeploy parity {export_dir}`); serving it as unchecked")
-    elif verdict != "pass" and not opts.allow_unchecked:
+    elif verdict is not Status.PASS and not opts.allow_unchecked:
         raise RepositoryError(
             f"{name}: its parity verdict is {verdict}; refusing to serve it "
             "(--allow-unchecked serves it anyway and says so in the model's parameters)"
         )
-    elif verdict != "pass":
+    elif verdict is not Status.PASS:
         log(f"warning: serving {name} although its parity verdict is {verdict} (--allow-unchecked)")
     return picked, verdict, why
 
 
 def padding_for(export_dir: Path, name: str, opts: PackageOptions) -> tuple[int, str]:
     """(rows every executed batch is padded to, what the model's parameters say about batch invariance)."""
-    measured = batch_invariance(export_dir, name)
+    measured = measured_batch_invariance(export_dir, name)
     if measured and measured["bitwise"]:
         return 0, (
             f"bitwise batch-invariant as measured by parity (batches {measured['batches']} vs 1): no padding needed"
@@ -248,9 +249,9 @@ def write_python_model(
     params = {
         **({"EXECUTION_ENV_PATH": env} if env else {}),
         "nfdeploy.backend": backend.name,
-        "nfdeploy.check.parity": verdict,
-        "nfdeploy.checked": "yes" if verdict == "pass" else "no",
-        "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict != "pass" else "no",
+        "nfdeploy.check.parity": verdict.value,
+        "nfdeploy.checked": "yes" if verdict is Status.PASS else "no",
+        "nfdeploy.allow_unchecked": "yes" if opts.allow_unchecked and verdict is not Status.PASS else "no",
         "nfdeploy.chosen": why,
         "nfdeploy.artifact": artifact,
         "nfdeploy.artifact_sha256": digest,
@@ -274,7 +275,7 @@ def write_python_model(
 def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -> list[PackagedModel]:
     manifest = Manifest.read(export_dir)
     base = model_name_of(manifest)
-    rows = read_parity_rows(export_dir) or {}
+    rows = read_parity_rows(export_dir)
     threads = opts.threads or (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -287,7 +288,7 @@ def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -
             "inter_op_thread_count": "1",
             "nfdeploy.export_file": entry.file,
             "nfdeploy.sha256": entry.sha256,
-            "nfdeploy.check.parity": rows.get(f"onnxruntime-cpu-{prec}", {}).get("status", UNCHECKED),
+            "nfdeploy.check.parity": row_status(rows, f"onnxruntime-cpu-{prec}").value,
         }
         (staging / name / "1").mkdir(parents=True)
         shutil.copyfile(src, staging / name / "1" / PLATFORMS["onnxruntime_onnx"])

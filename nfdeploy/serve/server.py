@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from nfdeploy.serve.tritonserver import (
     TritonProcess,
     free_port,
     is_loopback,
+    ready_status,
+    terminate_with_parent,
 )
 
 
@@ -185,11 +189,84 @@ def serve_until_signal(path: str | Path, options: ServeOptions, *, log: Callable
             signal.signal(s, h)
 
 
+class ServeProcess:
+    """`nfdeploy serve PATH` in a child process on free loopback ports (the load test's server: its CPU time is
+    not the client's); stopped with SIGTERM, which drains in-flight requests."""
+
+    def __init__(self, path: str | Path, serve_args: Sequence[str] = (), log_file: Path | None = None):
+        self.path, self.serve_args = Path(path), list(serve_args)
+        self.proc: subprocess.Popen | None = None
+        self.log_file = log_file
+        self.ports: dict[str, int] = {}
+        self.ready_polls: list[tuple[float, int | None]] = []  # (seconds since start, HTTP status of /v2/health/ready)
+
+    def command(self) -> list[str]:
+        ports = [a for k, p in self.ports.items() for a in (f"--{k}-port", str(p))]
+        return [sys.executable, "-m", "nfdeploy", "serve", str(self.path), *ports, *self.serve_args]
+
+    def start(self, ready_timeout_s: float = 300.0) -> ServeProcess:
+        self.ports = {k: free_port() for k in ("http", "grpc", "metrics")}
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=terminate_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            if self.log_file:
+                out.close()  # the child has its own descriptor
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll readiness from the start (every poll recorded) until 200; a child that exits first is an error."""
+        t0, deadline = time.monotonic(), time.monotonic() + timeout_s
+        self.ready_polls = []
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServeError(
+                    f"`nfdeploy serve` exited with {self.proc.returncode} before it was ready"
+                    + (f" (log: {self.log_file})" if self.log_file else "")
+                )
+            status = ready_status(self.ready_url)
+            self.ready_polls.append((time.monotonic() - t0, status))
+            if status == 200:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ServeError(f"`nfdeploy serve` was not ready within {timeout_s:.0f} s")
+
+    @property
+    def url(self) -> str:
+        return f"{LOOPBACK}:{self.ports['grpc']}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['http']}/v2/health/ready"
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM, wait; the exit code (0 on a clean stop)."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
 __all__ = [
     "LOOPBACK",
     "ModelServer",
     "ServeError",
     "ServeOptions",
+    "ServeProcess",
     "describe_served",
     "free_port",
     "is_export_dir",

@@ -428,34 +428,24 @@ def bench(
     # torch's OpenMP threads spin after a parallel region (libgomp's default) and starve the next member of a
     # round; libgomp reads this once, when torch loads, which in this process is the import below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from nfdeploy.perf import bench_against, bench_report, parse_batches
+    from nfdeploy.perf import BenchOptions, bench_against, bench_report, parse_batches
 
-    if against is not None:
-        rep = bench_against(
-            export_dir,
-            against,
-            out,
-            batches=parse_batches(batch),
-            only=only or None,
-            min_time=min_time,
-            warmup=warmup,
-            max_time=max_time,
-            threads=threads,
-        )
-        typer.echo(f"reports: {Path(rep['out_dir']) / 'against.md'} {Path(rep['out_dir']) / 'against.json'}")
-        return
-    rep = bench_report(
-        export_dir,
-        out,
+    options = BenchOptions(
         batches=parse_batches(batch),
-        only=only or None,
+        only=only,
         min_time=min_time,
         warmup=warmup,
         max_time=max_time,
         threads=threads,
-        compile=compile,
+        # --against has always timed torch without torch.compile (bench_against's default), whatever --compile says
+        compile=compile and against is None,
     )
-    where = Path(rep["out_dir"])
+    if against is not None:
+        rep = bench_against(export_dir, against, out, options)
+        typer.echo(f"reports: {Path(rep.out_dir) / 'against.md'} {Path(rep.out_dir) / 'against.json'}")
+        return
+    rep = bench_report(export_dir, out, options)
+    where = Path(rep.out_dir)
     typer.echo(f"reports: {where / 'bench.md'} {where / 'bench.json'} {where / 'latency_vs_batch.png'}")
 
 

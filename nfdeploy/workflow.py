@@ -15,7 +15,7 @@ from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.errors import UserError
 from nfdeploy.export import export_options, export_run
-from nfdeploy.perf import bench_report, parse_batches
+from nfdeploy.perf import BenchOptions, bench_report, parse_batches
 from nfdeploy.train import train
 
 RUN, EXPORT, REPORTS = "run", "export", "reports"
@@ -79,8 +79,8 @@ def run_pipeline(
     parity = parity_report(out / EXPORT, out / REPORTS, log=log)
     log("[4/4] bench")
     bench = bench_report(
-        out / EXPORT, out / REPORTS, batches=sizes, min_time=min_time, warmup=min(1.0, min_time), log=log
-    )
+        out / EXPORT, out / REPORTS, BenchOptions(batches=sizes, min_time=min_time, warmup=min(1.0, min_time)), log=log
+    ).to_dict()
     return PipelineResult(run.run_dir, out / EXPORT, out / REPORTS, run.summary["test_accuracy"], parity, bench)
 
 

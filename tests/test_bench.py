@@ -7,7 +7,7 @@ import torch
 
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
-from nfdeploy.perf import bench_report, time_backend
+from nfdeploy.perf import BenchOptions, bench_report, time_backend
 from nfdeploy.train import train
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -26,7 +26,9 @@ def report(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one OpenMP thread: robust against a busy 2-core machine (numbers are not checked)
     try:
-        rep = bench_report(root / "export", out, batches=BATCHES, min_time=0.2, warmup=0.1, log=quiet)
+        rep = bench_report(
+            root / "export", out, BenchOptions(batches=BATCHES, min_time=0.2, warmup=0.1), log=quiet
+        ).to_dict()
     finally:
         torch.set_num_threads(threads)
     return out, rep
@@ -124,6 +126,35 @@ def test_comparison_has_both_ratios(report):
             )
     variants = {(r["group"], r["variant"]) for r in rep["comparison"]["results"]}
     assert ("onnxruntime-cpu-fp32", "bn-folded") in variants and ("torch-cpu-fp32", "nf-unfolded") in variants
+
+
+def test_result_reads_back_its_json_and_the_format_before(report):
+    """bench.json read back as a BenchResult gives the same JSON; a file of the format before (v2: no status word
+    on rows that were not timed; a failed row's stage says which failure) reads with the status each row means."""
+    from nfdeploy.perf import BenchError, BenchResult
+    from nfdeploy.status import Status
+
+    out, rep = report
+    saved = json.loads(json.dumps(rep))
+    res = BenchResult.read(out)
+    assert res.to_dict() == saved and res.format == "nfdeploy-bench-v3"
+    assert res.skipped and all(s.status is Status.SKIPPED for s in res.skipped + res.comparison.skipped)
+    old = json.loads(json.dumps(rep))
+    old["format"] = "nfdeploy-bench-v2"
+    for row in old["skipped"] + old["comparison"]["skipped"]:
+        row.pop("status")
+    old["failed"] = [
+        {"name": "a", "stage": "failed to load", "reason": "engine file is garbage"},
+        {"name": "b", "batch": 4, "stage": "crashed while timing", "reason": "illegal memory access"},
+        {"name": "c", "status": "failed", "reason": "a GPU-suite step's word"},
+    ]
+    res = BenchResult.from_dict(old)
+    assert [f.status for f in res.failed] == [Status.BROKEN, Status.CRASHED, Status.CRASHED]
+    assert [s.name for s in res.skipped] == [s["name"] for s in rep["skipped"]]
+    assert all(s.status is Status.SKIPPED for s in res.skipped + res.comparison.skipped)
+    assert res.to_dict()["failed"][0] == {**old["failed"][0], "status": "broken"}
+    with pytest.raises(BenchError, match="format"):
+        BenchResult.from_dict({**saved, "format": "nfdeploy-bench-v9"})
 
 
 def test_torch_flop_count_matches_the_onnx_mac_count(report):

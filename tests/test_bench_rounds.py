@@ -11,8 +11,17 @@ import shutil
 import numpy as np
 import pytest
 
-from nfdeploy.perf import RoundPlan, bench_against, bootstrap_ci, interleaved_rounds, is_settled, ratio_summary
-from nfdeploy.perf.report import informative_table
+from nfdeploy.perf import (
+    AgainstResult,
+    BenchOptions,
+    RoundPlan,
+    bench_against,
+    bootstrap_ci,
+    interleaved_rounds,
+    is_settled,
+    ratio_summary,
+)
+from nfdeploy.perf.markdown import informative_table
 from nfdeploy.perf.rounds import cv, window_medians
 
 FAST = RoundPlan(warmup_s=0.0, min_time_s=0.0, min_iters=1, max_time_s=60.0)
@@ -128,14 +137,18 @@ def test_against_copy_structure(digits_export):
         root / "export",
         root / "copy",
         root / "out",
-        batches=(1, 2),
-        only=["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"],
-        min_time=0.05,
-        warmup=0.02,
-        max_time=0.5,
+        BenchOptions(
+            batches=(1, 2),
+            only=["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"],
+            min_time=0.05,
+            warmup=0.02,
+            max_time=0.5,
+            compile=False,
+        ),
         log=lambda *a: None,
-    )
+    ).to_dict()
     assert json.loads((root / "out" / "against.json").read_text()) == json.loads(json.dumps(rep))
+    assert AgainstResult.read(root / "out").to_dict() == json.loads(json.dumps(rep))
     assert "## A / B" in (root / "out" / "against.md").read_text()
     assert rep["identical_onnx"] == {"fp32": True}
     assert rep["a"]["onnx_sha256"] == rep["b"]["onnx_sha256"]

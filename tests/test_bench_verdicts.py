@@ -14,9 +14,16 @@ from nfdeploy.check.backends import ExportSource
 from nfdeploy.fold import randomize_
 from nfdeploy.machine import BUSY_OTHER_CORES, judge_load, machine_load, own_processes
 from nfdeploy.models import create_model
-from nfdeploy.perf import bench_report
-from nfdeploy.perf.peak import no_peak, peak_for, peak_kind
-from nfdeploy.perf.report import annotate_work
+from nfdeploy.perf import BenchOptions, bench_report
+from nfdeploy.perf.peak import (
+    above_peak_warning,
+    annotate_work,
+    measure_again,
+    native_cpu_bf16,
+    no_peak,
+    peak_for,
+    peak_kind,
+)
 from nfdeploy.perf.rounds import MIN_ROUNDS_BEFORE_CAP, RoundPlan, interleaved_rounds
 from nfdeploy.runtime.base import Backend, BackendSpec
 from nfdeploy.runtime.torch_backend import TorchBackend
@@ -41,6 +48,75 @@ def test_int8_rows_never_use_the_float_peak():
     annotate_work(row, {"macs_per_sample": 10**9}, cache)
     assert row["peak_share"] is None and "int8" in row["peak_note"]
     assert peak_kind("cpu", "fp16") == ("cpu", "fp32") and peak_kind("cuda", "bf16") == ("cuda", "bf16")
+
+
+def test_a_share_above_the_peak_is_flagged_and_named():
+    """The peak is the best of its measurements in a run (here: a real float32 matmul on this CPU, measured
+    twice); a row whose achieved GFLOP/s exceed it is flagged, named in the warning and shown as ABOVE PEAK,
+    never as a bare share above 100%; a row below it is not."""
+    from nfdeploy.perf.markdown import peak_share_cell
+
+    cache: dict = {}
+    peak_for("cpu", "fp32", cache)
+    measure_again(cache)
+    best = cache[("cpu", "fp32")]
+    assert len(best["measurements"]) == 2 and best["gflops"] == max(best["measurements"]) > 0
+    macs, batch = 10**9, 8
+
+    def row(name, share):  # a median latency at which the achieved GFLOP/s are `share` x the peak
+        return {
+            "name": name,
+            "batch": batch,
+            "device": "cpu",
+            "precision": "fp32",
+            "median_ms": 2 * macs * batch / (share * best["gflops"] * 1e9) * 1e3,
+        }
+
+    below, above = row("quiet", 0.5), row("busy-peak", 1.526)
+    for r in (below, above):
+        annotate_work(r, {"macs_per_sample": macs}, cache)
+    assert below["above_peak"] is False and above["above_peak"] is True
+    assert above["peak_share"] == pytest.approx(1.526) and above["peak_gflops"] == best["gflops"]
+    warning = above_peak_warning([below, above])
+    assert "busy-peak batch 8 152.6%" in warning and "quiet" not in warning
+    assert above_peak_warning([below]) is None
+    assert peak_share_cell(above) == "152.6% ABOVE PEAK" and peak_share_cell(below) == "50.0%"
+
+
+def test_cpu_bf16_rows_have_a_bf16_peak_or_none():
+    """bf16 rows on CPU are set against a bf16 matmul where the CPU has native bf16, else against no peak (with
+    the reason); never against the float32 peak."""
+    assert peak_kind("cpu", "bf16") == ("cpu", "bf16")
+    cache: dict = {}
+    p = peak_for("cpu", "bf16", cache)
+    assert p["precision"] == "bf16" and "bf16" in p["what"]
+    assert (p["gflops"] is not None and p["gflops"] > 0) if native_cpu_bf16() else p["gflops"] is None
+    row = {"batch": 8, "median_ms": 1.0, "device": "cpu", "precision": "bf16"}
+    annotate_work(row, {"macs_per_sample": 10**6}, cache)
+    assert row["peak_gflops"] == p["gflops"] and list(cache) == [("cpu", "bf16")]
+
+
+def test_bench_options_are_checked_once_with_one_line_errors(tmp_path):
+    from nfdeploy.perf import BenchError, bench_against
+
+    o = BenchOptions(batches="8,1,8", cpu_batches=(4,), only=["onnxruntime"])
+    assert o.batches == (1, 8) and o.batches_for("cpu") == [4] and o.batches_for("cuda") == [1, 8]
+    assert o.only == ("onnxruntime",) and BenchOptions().batches_for("cpu") == [1, 8, 32]
+    bad = [
+        ({"batches": (0, 8)}, ">= 1"),
+        ({"batches": "1,x"}, "comma list"),
+        ({"min_time": -1.0}, "min_time"),
+        ({"max_time": 0.0}, "max_time"),
+        ({"min_iters": 0}, "min_iters"),
+        ({"budget_s": 0.0}, "budget_s"),
+        ({"threads": 0}, "threads"),
+    ]
+    for kwargs, needle in bad:
+        with pytest.raises(BenchError, match=needle) as e:
+            BenchOptions(**kwargs)
+        assert "\n" not in str(e.value)
+    with pytest.raises(BenchError, match="budget_s"):  # before any export is read
+        bench_against(tmp_path / "a", tmp_path / "b", None, BenchOptions(budget_s=60.0))
 
 
 def test_ort_matmul_computes_the_product_it_times():
@@ -138,16 +214,10 @@ def test_bench_failures_are_failed_and_unavailable_is_skipped(tmp_path):
     rep = bench_report(
         src,
         tmp_path / "out",
-        batches=(2, 3),
-        min_time=0.02,
-        warmup=0.0,
-        min_iters=1,
-        max_time=0.2,
-        compare=False,
+        BenchOptions(batches=(2, 3), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, threads=1),
         backends=backends,
         log=quiet,
-        threads=1,
-    )
+    ).to_dict()
     assert rep["settings"]["threads"] == 1 and rep["machine_load"]["after"]["own_threads"] == 1
     assert torch.get_num_threads() == threads  # restored after the call
     assert [s["name"] for s in rep["skipped"]] == ["onnxruntime-cpu-fp32-gone"]
@@ -156,6 +226,7 @@ def test_bench_failures_are_failed_and_unavailable_is_skipped(tmp_path):
     assert load["stage"] == "failed to load" and "engine file is garbage" in load["reason"]
     crash = failed[("onnxruntime-cpu-fp32-run", 2)]
     assert crash["stage"] == "crashed while timing" and "illegal memory access" in crash["reason"]
+    assert (load["status"], crash["status"], rep["skipped"][0]["status"]) == ("broken", "crashed", "skipped")
     rows = {(r["name"], r["batch"]): r for r in rep["results"]}
     assert set(rows) == {("torch-cpu-fp32-folded-compile", 2), ("torch-cpu-fp32-folded-compile", 3)}
     assert all(r["ran_compiled"] is True for r in rows.values())
@@ -168,13 +239,13 @@ def test_bench_settings_are_checked_and_exposed_by_the_cli(tmp_path, cli):
     from nfdeploy.perf import BenchError
 
     with pytest.raises(BenchError, match="threads"):
-        bench_report(tmp_path / "nowhere", threads=0, log=quiet)
+        bench_report(tmp_path / "nowhere", None, BenchOptions(threads=0), log=quiet)
     r = cli("bench", "--help", env={"COLUMNS": "200"})
     assert r.returncode == 0 and all(f in r.stdout for f in ("--max-time", "--threads", "--no-compile")), r.stdout
 
 
 def test_fastest_passing_picks_per_precision_and_batch_the_fastest_that_passed():
-    from nfdeploy.perf.report import fastest_passing
+    from nfdeploy.perf.assemble import fastest_passing
 
     rows = [
         {"name": "fast-but-failed", "precision": "fp32", "batch": 1, "median_ms": 1.0},
@@ -199,7 +270,7 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
     without a parity report the report says the fastest backend is unchecked."""
     import json
 
-    from nfdeploy.perf.report import NO_PARITY_NOTE
+    from nfdeploy.perf.assemble import NO_PARITY_NOTE
 
     m = randomize_(create_model("nf_resnet_c8")).eval()
     src = ExportSource(model_manifest("nf_resnet_c8", SHAPE, asdict(m.cfg)), m, tmp_path / "export")
@@ -211,17 +282,17 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
     (parity_dir / "parity.json").write_text(
         json.dumps({"backends": [{"name": folded.name, "status": "FAIL"}, {"name": unfolded.name, "status": "pass"}]})
     )
-    settings = dict(
-        batches=(2,), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, log=quiet, threads=1
+    settings = BenchOptions(
+        batches=(2,), min_time=0.02, warmup=0.0, min_iters=1, max_time=0.2, compare=False, threads=1
     )
-    rep = bench_report(src, tmp_path / "out", backends=[folded, unfolded], **settings)
+    rep = bench_report(src, tmp_path / "out", settings, backends=[folded, unfolded], log=quiet).to_dict()
     (verdict,) = rep["fastest_passing"]["rows"]
     assert (verdict["precision"], verdict["batch"], verdict["fastest_passing"]) == ("fp32", 2, unfolded.name)
     assert rep["fastest_passing"]["parity_report"] == str(parity_dir / "parity.json")
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "## Fastest backend that passed parity" in md and f"| fp32 | 2 | {unfolded.name} |" in md
     (parity_dir / "parity.json").unlink()
-    rep = bench_report(src, tmp_path / "out2", backends=[folded, unfolded], **settings)
+    rep = bench_report(src, tmp_path / "out2", settings, backends=[folded, unfolded], log=quiet).to_dict()
     assert rep["fastest_passing"]["rows"] == [] and rep["fastest_passing"]["note"] == NO_PARITY_NOTE
     assert NO_PARITY_NOTE in (tmp_path / "out2" / "bench.md").read_text()
 
@@ -234,7 +305,7 @@ def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
 
     from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
     from nfdeploy.errors import UserError
-    from nfdeploy.perf.report import NO_PARITY_NOTE, read_parity_statuses
+    from nfdeploy.perf.assemble import NO_PARITY_NOTE, read_parity_statuses
     from nfdeploy.serve.choice import parity_verdict
 
     export = tmp_path / "export"

@@ -331,7 +331,7 @@ def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     """From a real parity report and a real bench report of two CPU backends; the fallback names its reason;
     a faster backend that failed parity is never chosen."""
     from nfdeploy.check.backends import export_backends, manifest_source
-    from nfdeploy.perf import bench_report
+    from nfdeploy.perf import BenchOptions, bench_report
 
     export = tmp_path / "export"
     shutil.copytree(export_dir, export)
@@ -339,9 +339,8 @@ def test_the_choice_is_the_fastest_backend_that_passed(export_dir, tmp_path):
     assert choose_backend(export, backends, 8).reason.startswith("no parity report")
     shutil.copytree(default_report_dir(export_dir), default_report_dir(export))
     assert choose_backend(export, backends, 8).reason.startswith("no bench report")
-    bench_report(
-        export, batches=[1, 4], only=[SERVED, TORCH], min_time=0.5, warmup=0.3, max_time=2.0, compare=False, log=quiet
-    )
+    options = BenchOptions(batches=[1, 4], only=[SERVED, TORCH], min_time=0.5, warmup=0.3, max_time=2.0, compare=False)
+    bench_report(export, None, options, log=quiet)
     bench = json.loads((default_report_dir(export) / "bench.json").read_text())
     per = {r["name"]: r["median_ms"] / 4 for r in bench["results"] if r["batch"] == 4}
     choice = choose_backend(export, backends, 8)

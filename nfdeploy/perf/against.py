@@ -1,4 +1,5 @@
-"""Two exports side by side: `nfdeploy bench EXPORT --against OTHER`.
+"""Two exports side by side: `nfdeploy bench EXPORT --against OTHER`; `bench_against` = measure_against (an
+AgainstResult) + write_against (against.json, against.md).
 
 Every backend both exports can run (same backend name: same runtime, device, precision, variant)
 is timed with the two exports' backends active together, in interleaved rounds (rounds.py), at
@@ -11,58 +12,54 @@ with an interval that contains 1.00.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts import Manifest, atomic_write_json, atomic_write_text
-from nfdeploy.check.backends import REFERENCE, default_report_dir, export_backends, load_export_source
+from nfdeploy.check.backends import REFERENCE, ExportSource, default_report_dir, export_backends, load_export_source
 from nfdeploy.machine import machine_info, machine_load
-from nfdeploy.perf.peak import peak_for
-from nfdeploy.perf.report import BenchError, annotate_work, informative_table, torch_threads, work_model
-from nfdeploy.perf.rounds import (
-    BOOTSTRAP_SAMPLES,
-    CI_LEVEL,
-    STABILITY_BAND,
-    WINDOW_ROUNDS,
-    WINDOWS,
-    RoundPlan,
-    describe_ratio,
-)
-from nfdeploy.perf.timing import activate_measured, failure_row, time_group
-from nfdeploy.render import markdown_table
-from nfdeploy.runtime.base import name_matches
-
-AGAINST_JSON, AGAINST_MD = "against.json", "against.md"
+from nfdeploy.perf.assemble import CI_TEXT, load_warnings, work_model
+from nfdeploy.perf.markdown import render_against
+from nfdeploy.perf.options import AGAINST_OPTIONS, BenchError, BenchOptions, torch_threads
+from nfdeploy.perf.peak import above_peak_warning, annotate_work, measure_again, peak_for
+from nfdeploy.perf.result import AGAINST_JSON, AGAINST_MD, AgainstResult, NotTimed, Row
+from nfdeploy.perf.rounds import STABILITY_BAND, WINDOW_ROUNDS, WINDOWS, RoundPlan, describe_ratio
+from nfdeploy.perf.sweep import Log, Peaks
+from nfdeploy.perf.timing import activate_measured, not_timed, time_group
+from nfdeploy.runtime.base import Backend, name_matches
+from nfdeploy.status import Status
 
 
 def _onnx_shas(manifest: Manifest) -> dict[str, str | None]:
     return {prec: e.sha256 for prec, e in manifest.onnx.items()}
 
 
-def _common_backends(
-    a: Any, b: Any, only: Sequence[str] | None, compile: bool, tensorrt: bool, threads: int | None
-) -> tuple[dict[str, Any], dict[str, Any], list[str], list[dict[str, Any]]]:
+def common_backends(
+    a: ExportSource, b: ExportSource, options: BenchOptions
+) -> tuple[dict[str, Backend], dict[str, Backend], list[str], list[NotTimed]]:
     """The backends of A and B by name, the names both can run here, and the skipped ones with reasons."""
+    only = options.only
 
-    def pick(src: Any) -> dict[str, Any]:
-        bs = export_backends(src, compile=compile, tensorrt=tensorrt, threads=threads)
+    def pick(src: ExportSource) -> dict[str, Backend]:
+        bs = export_backends(src, compile=options.compile, tensorrt=options.tensorrt, threads=options.threads)
         return {x.name: x for x in bs if (any(name_matches(x.name, o) for o in only) if only else x.name != REFERENCE)}
 
     ba, bb = pick(a), pick(b)
-    skipped: list[dict[str, Any]] = []
+    skipped: list[NotTimed] = []
     pairs = []
     for name in ba:
         if name not in bb:
-            skipped.append({"name": name, "reason": "only the first export has it"})
+            skipped.append(NotTimed(name, Status.SKIPPED, "only the first export has it"))
             continue
         reason = ba[name].unavailable_reason() or bb[name].unavailable_reason()
         if reason:
-            skipped.append({"name": name, "reason": reason})
+            skipped.append(NotTimed(name, Status.SKIPPED, reason))
         else:
             pairs.append(name)
-    skipped += [{"name": n, "reason": "only the second export has it"} for n in bb if n not in ba]
+    skipped += [NotTimed(n, Status.SKIPPED, "only the second export has it") for n in bb if n not in ba]
     if not pairs:
         raise BenchError(
             "the two exports have no backend in common that can run here"
@@ -71,265 +68,196 @@ def _common_backends(
     return ba, bb, pairs, skipped
 
 
-def _time_pair(
-    name: str,
-    members: dict[str, Any],
-    batches: Sequence[int],
-    plan: RoundPlan,
-    input_shape: Any,
-    work: dict[str, Any],
-    peaks: dict[tuple[str, str], dict[str, Any]],
-    log: Callable[[str], None],
-    rows: list[dict[str, Any]],
-    skipped: list[dict[str, Any]],
-    failed: list[dict[str, Any]],
-) -> None:
-    """A and B of one backend name, active together, at each batch size: one row per batch, or a failure."""
-    try:
+@dataclass
+class PairTiming:
+    """What timing A against B found so far: one ratio row per (backend, batch), and what did not run."""
+
+    input_shape: tuple[int, ...]
+    plan: RoundPlan
+    log: Log
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[NotTimed] = field(default_factory=list)
+    failed: list[NotTimed] = field(default_factory=list)
+
+    def time_pair(self, name: str, members: dict[str, Backend], batches: Sequence[int]) -> None:
+        """A and B of one backend name, active together, at each batch size: one row per batch, or a failure."""
         try:
-            act = {k: activate_measured(x) for k, x in members.items()}
-        except Exception as e:  # noqa: BLE001 - unavailable: skipped; anything else: failed to load
-            kind, row = failure_row(name, e, stage="load")
-            (skipped if kind == "skipped" else failed).append(row)
-            log(f"  {'skipped' if kind == 'skipped' else 'FAILED'} {name}: {row.get('stage', '')} {row['reason']}")
-            return
-        p = RoundPlan(**{**plan.__dict__, "min_warmup_calls": 2 if members["A"].device == "cuda" else 1})
-        for n in batches:
             try:
-                res, ratios, info = time_group(
-                    members, n, input_shape, p, ratios={"A/B": ("A", "B")}, activation_memory_mb=act
+                act = {k: activate_measured(x) for k, x in members.items()}
+            except Exception as e:  # noqa: BLE001 - unavailable: skipped; anything else: failed to load
+                row = not_timed(name, e, stage="load")
+                (self.skipped if row.status is Status.SKIPPED else self.failed).append(row)
+                skipped = row.status is Status.SKIPPED
+                self.log(f"  {'skipped' if skipped else 'FAILED'} {name}: {row.stage or ''} {row.reason}")
+                return
+            p = RoundPlan(**{**self.plan.__dict__, "min_warmup_calls": 2 if members["A"].device == "cuda" else 1})
+            for n in batches:
+                try:
+                    res, ratios, info = time_group(
+                        members, n, self.input_shape, p, ratios={"A/B": ("A", "B")}, activation_memory_mb=act
+                    )
+                except Exception as e:  # noqa: BLE001 - a crash while timing is a failure with its message
+                    self.failed.append(not_timed(name, e, stage="run", batch=n))
+                    self.log(f"  FAILED {name} batch {n}: {self.failed[-1].reason}")
+                    continue
+                self.rows.append(pair_row(name, n, res, ratios["A/B"], info))
+                self.log(
+                    f"  {name:<32} batch {n:>3}: A {res['A']['median_ms']:.3f} ms, B {res['B']['median_ms']:.3f} ms, "
+                    f"A/B {describe_ratio(ratios['A/B'])}"
                 )
-            except Exception as e:  # noqa: BLE001 - a crash while timing is a failure with its message
-                failed.append(failure_row(name, e, stage="run", batch=n)[1])
-                log(f"  FAILED {name} batch {n}: {failed[-1]['reason']}")
-                continue
-            for r in res.values():
-                annotate_work(r, work, peaks)
-            rr = ratios["A/B"]
-            rows.append(
-                {
-                    "backend": name,
-                    "batch": n,
-                    "ratio": rr["ratio"],
-                    "ci95": rr["ci95"],
-                    "cv": rr["cv"],
-                    "settled": rr["settled"],
-                    "noisy": rr["noisy"],
-                    "rounds": info["rounds"],
-                    "stopped_by": info["stopped_by"],
-                    "contains_1": rr["ci95"][0] <= 1.0 <= rr["ci95"][1],
-                    "a": res["A"],
-                    "b": res["B"],
-                }
-            )
-            log(
-                f"  {name:<32} batch {n:>3}: A {res['A']['median_ms']:.3f} ms, B {res['B']['median_ms']:.3f} ms, "
-                f"A/B {describe_ratio(rr)}"
-            )
-    finally:
-        for x in members.values():
-            x.deactivate()
+        finally:
+            for x in members.values():
+                x.deactivate()
+
+
+def pair_row(name: str, batch: int, res: dict[str, Row], rr: dict[str, Any], info: dict[str, Any]) -> Row:
+    """The row of one backend at one batch: the ratio A/B with its interval, and both members' timing rows."""
+    return {
+        "backend": name,
+        "batch": batch,
+        "ratio": rr["ratio"],
+        "ci95": rr["ci95"],
+        "cv": rr["cv"],
+        "settled": rr["settled"],
+        "noisy": rr["noisy"],
+        "rounds": info["rounds"],
+        "stopped_by": info["stopped_by"],
+        "contains_1": rr["ci95"][0] <= 1.0 <= rr["ci95"][1],
+        "a": res["A"],
+        "b": res["B"],
+    }
 
 
 def bench_against(
     export_a: str | Path,
     export_b: str | Path,
     out_dir: str | Path | None = None,
-    batches: Sequence[int] = (1, 8),
-    only: Sequence[str] | None = None,
-    min_time: float = 2.0,
-    warmup: float = 1.0,
-    log: Callable[[str], None] = print,
+    options: BenchOptions | None = None,
     *,
-    min_iters: int = 10,
-    max_time: float | None = None,
-    compile: bool = False,
-    tensorrt: bool = True,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Time export A against export B on every backend both can run; write against.json/.md to
-    `out_dir` (default: A's report dir) and return the report. `only`: backend-name patterns (name_matches)
-    (the float64 reference only when named). `max_time`: cap per (backend, batch) cell and member,
-    after which an unsettled ratio is reported as noisy (default 5 x min_time). `threads`: CPU threads of
-    torch (for the call) and of ONNX Runtime sessions."""
-    with torch_threads(threads):
-        return _bench_against(
-            export_a,
-            export_b,
-            out_dir,
-            batches,
-            only,
-            min_time,
-            warmup,
-            log,
-            min_iters=min_iters,
-            max_time=max_time,
-            compile=compile,
-            tensorrt=tensorrt,
-            threads=threads,
-        )
-
-
-def _bench_against(
-    export_a: str | Path,
-    export_b: str | Path,
-    out_dir: str | Path | None,
-    batches: Sequence[int],
-    only: Sequence[str] | None,
-    min_time: float,
-    warmup: float,
-    log: Callable[[str], None],
-    *,
-    min_iters: int,
-    max_time: float | None,
-    compile: bool,
-    tensorrt: bool,
-    threads: int | None,
-) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    batches = sorted({int(b) for b in batches})
-    if not batches or min(batches) < 1:
-        raise BenchError(f"batch sizes must be >= 1, got {batches}")
+    log: Log = print,
+) -> AgainstResult:
+    """Time export A against export B on every backend both can run; write against.json/.md to `out_dir`
+    (default: A's report dir) and return the result. `options` (default AGAINST_OPTIONS): `only` selects
+    backends (the float64 reference only when named); `max_time` caps each (backend, batch) cell per member;
+    `threads` sets the CPU threads of torch (for the call) and of ONNX Runtime sessions. cpu_batches and
+    budget_s do not apply here, and compare has nothing to compare."""
+    started = time.perf_counter()
+    options = options or AGAINST_OPTIONS
+    if options.cpu_batches or options.budget_s is not None:
+        raise BenchError("bench --against takes no cpu_batches and no budget_s: every backend runs every batch")
     a, b = load_export_source(export_a), load_export_source(export_b)
     if a.input_shape != b.input_shape:
         raise BenchError(f"the exports take different inputs: {list(a.input_shape)} vs {list(b.input_shape)}")
-    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(a.export_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else default_report_dir(a.export_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch_threads(options.threads):
+        result = measure_against(a, b, out, options, log=log)
+    result.wall_seconds = time.perf_counter() - started
+    write_against(result, out, log)
+    return result
+
+
+def measure_against(
+    a: ExportSource, b: ExportSource, out_dir: Path, options: BenchOptions, *, log: Log = print
+) -> AgainstResult:
+    """A against B as an AgainstResult, nothing written (`out_dir` is recorded in it)."""
+    batches = list(options.batches)
     log(f"bench {a.export_dir} against {b.export_dir}, input {list(a.input_shape)}, batches {batches}")
     load_before = machine_load()
     if load_before["busy"]:
         log(f"  WARNING {load_before['warning']}")
-    peaks: dict[tuple[str, str], dict[str, Any]] = {}
+    peaks: Peaks = {}
     peak_for("cpu", "fp32", peaks)
-    ba, bb, pairs, skipped = _common_backends(a, b, only, compile, tensorrt, threads)
-    plan = RoundPlan(
-        warmup_s=warmup, min_time_s=min_time, min_iters=min_iters, max_time_s=None if max_time is None else 2 * max_time
-    )
-    rows: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    work = work_model(a)
+    ba, bb, pairs, skipped = common_backends(a, b, options)
     for name in pairs:
-        _time_pair(
-            name, {"A": ba[name], "B": bb[name]}, batches, plan, a.input_shape, work, peaks, log, rows, skipped, failed
-        )
-    report = _against_report(a, b, out_dir, batches, only, plan, load_before, rows, skipped, failed, work, peaks, log)
-    report["wall_seconds"] = time.perf_counter() - t_start
-    atomic_write_json(out_dir / AGAINST_JSON, report)
-    atomic_write_text(out_dir / AGAINST_MD, render_against(report))
-    log(f"  wrote {out_dir / AGAINST_JSON}, {AGAINST_MD} ({report['wall_seconds']:.1f} s)")
-    return report
+        peak_for(ba[name].device, ba[name].precision, peaks)
+    max_time = None if options.max_time is None else 2 * options.max_time  # two members per cell
+    plan = RoundPlan(
+        warmup_s=options.warmup, min_time_s=options.min_time, min_iters=options.min_iters, max_time_s=max_time
+    )
+    timing = PairTiming(a.input_shape, plan, log, skipped=skipped)
+    for name in pairs:
+        timing.time_pair(name, {"A": ba[name], "B": bb[name]}, batches)
+    measure_again(peaks)
+    work = work_model(a)
+    for r in timing.rows:
+        for member in (r["a"], r["b"]):
+            annotate_work(member, work, peaks)
+    return assemble_against(a, b, out_dir, options, plan, load_before, timing, work, peaks)
 
 
-def _against_report(
-    a: Any,
-    b: Any,
+def assemble_against(
+    a: ExportSource,
+    b: ExportSource,
     out_dir: Path,
-    batches: list[int],
-    only: Sequence[str] | None,
+    options: BenchOptions,
     plan: RoundPlan,
     load_before: dict[str, Any],
-    rows: list[dict[str, Any]],
-    skipped: list[dict[str, Any]],
-    failed: list[dict[str, Any]],
+    timing: PairTiming,
     work: dict[str, Any],
-    peaks: dict[tuple[str, str], dict[str, Any]],
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+    peaks: Peaks,
+) -> AgainstResult:
+    """The AgainstResult of a finished timing (the machine's load is taken again now)."""
     load_after = machine_load()
-    warnings = [
-        w
-        for w in (
-            load_before.get("warning") and f"before: {load_before['warning']}",
-            load_after.get("warning") and f"after: {load_after['warning']}",
-        )
-        if w
-    ]
-    noisy = [f"{r['backend']} batch {r['batch']}" for r in rows if r["noisy"]]
+    warnings = load_warnings(load_before, load_after)
+    members = [{**r[k], "name": f"{r['backend']} ({k.upper()})"} for r in timing.rows for k in ("a", "b")]
+    above = above_peak_warning(members)
+    noisy = [f"{r['backend']} batch {r['batch']}" for r in timing.rows if r["noisy"]]
+    if above:
+        warnings.append(above)
     if noisy:
         warnings.append(
             f"{len(noisy)} ratio(s) did not settle within ±{100 * STABILITY_BAND:.0f}% (noisy): " + ", ".join(noisy)
         )
     for w in warnings[1 if load_before["busy"] else 0 :]:
-        log(f"  WARNING {w}")
+        timing.log(f"  WARNING {w}")
     sha_a, sha_b = _onnx_shas(a.manifest), _onnx_shas(b.manifest)
-    return {
-        "format": "nfdeploy-bench-against-v1",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "a": {"export_dir": str(a.export_dir), "model": a.manifest.model, "onnx_sha256": sha_a},
-        "b": {"export_dir": str(b.export_dir), "model": b.manifest.model, "onnx_sha256": sha_b},
-        "identical_onnx": {p: sha_a[p] == sha_b.get(p) for p in sha_a if p in sha_b},
-        "input_shape": list(a.input_shape),
-        "batches": batches,
-        "out_dir": str(out_dir),
-        "settings": {
+    return AgainstResult(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        a={"export_dir": str(a.export_dir), "model": a.manifest.model, "onnx_sha256": sha_a},
+        b={"export_dir": str(b.export_dir), "model": b.manifest.model, "onnx_sha256": sha_b},
+        identical_onnx={p: sha_a[p] == sha_b.get(p) for p in sha_a if p in sha_b},
+        input_shape=list(a.input_shape),
+        batches=list(options.batches),
+        out_dir=str(out_dir),
+        settings={
             "warmup_s": plan.warmup_s,
             "min_time_s": plan.min_time_s,
             "min_iters": plan.min_iters,
             "max_time_s": plan.max_time_s,
-            "only": list(only) if only else None,
+            "only": list(options.only) if options.only else None,
             "stability": {"band": STABILITY_BAND, "window_rounds": WINDOW_ROUNDS, "windows": WINDOWS},
-            "ci": f"{int(CI_LEVEL * 100)}% percentile bootstrap over rounds ({BOOTSTRAP_SAMPLES} resamples)",
+            "ci": CI_TEXT,
         },
-        "ratio": "A / B: median of per-round ratios of the primary timing, A and B active together, interleaved rounds",
-        "machine": machine_info(),
-        "machine_load": {"before": load_before, "after": load_after},
-        "warnings": warnings,
-        "work": work,
-        "peaks": list(peaks.values()),
-        "rows": rows,
-        "skipped": skipped,
-        "failed": failed,
-    }
+        machine=machine_info(),
+        machine_load={"before": load_before, "after": load_after},
+        warnings=warnings,
+        work=work,
+        peaks=list(peaks.values()),
+        rows=timing.rows,
+        skipped=timing.skipped,
+        failed=timing.failed,
+    )
 
 
-def render_against(r: dict[str, Any]) -> str:
-    lines = [
-        f"# {r['a']['export_dir']} (A) against {r['b']['export_dir']} (B)",
-        "",
-        f"Input {r['input_shape']}, created {r['created']}, wall time {r['wall_seconds']:.1f} s. {r['ratio']}; "
-        f"95% interval: {r['settings']['ci']}. Identical ONNX files: {r['identical_onnx']}.",
-        "",
-    ]
-    if r["warnings"]:
-        lines += ["## Warnings", ""] + [f"- **{w}**" for w in r["warnings"]] + [""]
-    for when, ld in r["machine_load"].items():
-        lines.append(
-            f"- load {when}: load average {ld['loadavg_1_5_15']}, other processes "
-            f"{ld['other_processes_cores']:.2f} cores" + (" (BUSY)" if ld["busy"] else "")
-        )
-    lines += ["", "## A / B", ""]
-    rows = [
-        {
-            "backend": x["backend"],
-            "batch": x["batch"],
-            "A ms": f"{x['a']['median_ms']:.4g}",
-            "B ms": f"{x['b']['median_ms']:.4g}",
-            "A/B": f"{x['ratio']:.3f}",
-            "95% CI": f"[{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]",
-            "contains 1": "yes" if x["contains_1"] else "no",
-            "CV": "" if x["cv"] is None else f"{100 * x['cv']:.1f}%",
-            "noisy": "NOISY" if x["noisy"] else "",
-            "rounds": x["rounds"],
-            "A GFLOP/s": "" if x["a"].get("gflops") is None else f"{x['a']['gflops']:.1f}",
-            "A % peak": "" if x["a"].get("peak_share") is None else f"{100 * x['a']['peak_share']:.1f}%",
-        }
-        for x in r["rows"]
-    ]
-    lines += informative_table(rows, keep=("backend", "batch", "A/B", "95% CI", "noisy"))
-    if r["skipped"]:
-        lines += ["## Skipped", "", markdown_table(r["skipped"])]
-    if r["failed"]:
-        lines += [
-            "## Failed",
-            "",
-            markdown_table(
-                [
-                    {"backend": f["name"], "batch": f.get("batch", ""), "what": f["stage"], "reason": f["reason"]}
-                    for f in r["failed"]
-                ]
-            ),
-        ]
-    return "\n".join(lines)
+def write_against(result: AgainstResult, out_dir: str | Path, log: Log = print) -> None:
+    """against.json and against.md of `result` in `out_dir`."""
+    out = Path(out_dir)
+    atomic_write_json(out / AGAINST_JSON, result.to_dict())
+    atomic_write_text(out / AGAINST_MD, render_against(result))
+    log(f"  wrote {out / AGAINST_JSON}, {AGAINST_MD} ({result.wall_seconds:.1f} s)")
 
 
-__all__ = ["AGAINST_JSON", "AGAINST_MD", "bench_against", "render_against"]
+__all__ = [
+    "AGAINST_JSON",
+    "AGAINST_MD",
+    "AgainstResult",
+    "PairTiming",
+    "assemble_against",
+    "bench_against",
+    "common_backends",
+    "measure_against",
+    "pair_row",
+    "render_against",
+    "write_against",
+]

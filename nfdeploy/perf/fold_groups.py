@@ -15,9 +15,11 @@ from nfdeploy.check.backends import ExportSource, bn_twin
 from nfdeploy.errors import one_line, require
 from nfdeploy.export.onnx_graph import export_module
 from nfdeploy.fold import fold_model
+from nfdeploy.perf.result import NotTimed
 from nfdeploy.runtime.base import Backend, BackendSpec, BackendUnavailable, name_matches
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
+from nfdeploy.status import Status
 
 
 def source_norm(source: ExportSource) -> str:
@@ -33,10 +35,10 @@ def folded_twin(source: ExportSource) -> torch.nn.Module:
 
 def comparison_backends(
     source: ExportSource, device: str = "cpu", *, tmp_dir: str | Path, only: Sequence[str] | None = None
-) -> tuple[dict[str, Backend], list[dict[str, Any]]]:
+) -> tuple[dict[str, Backend], list[NotTimed]]:
     """Unfolded model, folded model and folded twin on each backend type of `device`, none active.
 
-    Returns ({"GROUP/VARIANT": backend}, skipped rows with their reasons); GROUP is e.g. "torch-cpu-fp32",
+    Returns ({"GROUP/VARIANT": backend}, the members skipped, with their reasons); GROUP is e.g. "torch-cpu-fp32",
     VARIANT "nf-unfolded", "nf-folded" or "bn-folded". ONNX Runtime runs the export's own model.onnx for
     the folded model and graphs of the unfolded model and the twin exported under `tmp_dir` (which
     must live as long as the backends)."""
@@ -77,7 +79,7 @@ def comparison_backends(
         return path
 
     out: dict[str, Backend] = {}
-    skipped: list[dict[str, Any]] = []
+    skipped: list[NotTimed] = []
     for runtime in ("torch", "onnxruntime"):
         for variant, role in roles.items():
             spec = BackendSpec(runtime, device, "fp32", variant)
@@ -85,7 +87,7 @@ def comparison_backends(
             if only and not any(name_matches(spec.name, o) for o in only):
                 continue
             if device == "cuda" and not torch.cuda.is_available():
-                skipped.append({"name": spec.name, "key": key, "reason": "no CUDA device visible to torch"})
+                skipped.append(NotTimed(spec.name, Status.SKIPPED, "no CUDA device visible to torch", key=key))
                 continue
             try:
                 if runtime == "torch":
@@ -100,7 +102,7 @@ def comparison_backends(
             except Exception as e:  # noqa: BLE001 - an export failure is a reason, not a crash of the report
                 reason = one_line(e)
             if reason:
-                skipped.append({"name": spec.name, "key": key, "reason": reason})
+                skipped.append(NotTimed(spec.name, Status.SKIPPED, reason, key=key))
             else:
                 out[key] = b
     return out, skipped
@@ -113,6 +115,10 @@ def comparison_groups(backends: dict[str, Backend]) -> dict[str, dict[str, Backe
         group, variant = key.split("/", 1)
         groups.setdefault(group, {})[variant] = b
     return groups
+
+
+# The ratios a comparison group reports (group_ratios), by their JSON key, and their table label.
+RATIO_LABEL = {"speedup_folded_vs_unfolded": "folded speedup", "ratio_nf_folded_to_bn_folded": "NF/BN folded"}
 
 
 def group_ratios(own: str, variants: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -139,4 +145,12 @@ def main_name(group: str, variant: str, own: str) -> str | None:
     return None
 
 
-__all__ = ["comparison_backends", "comparison_groups", "folded_twin", "group_ratios", "main_name", "source_norm"]
+__all__ = [
+    "RATIO_LABEL",
+    "comparison_backends",
+    "comparison_groups",
+    "folded_twin",
+    "group_ratios",
+    "main_name",
+    "source_norm",
+]

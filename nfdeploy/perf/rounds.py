@@ -285,26 +285,10 @@ def interleaved_rounds(
             break
     timed_s = time.perf_counter() - t0_all
 
-    members = {}
-    for n in names:
-        s = summarize(round_medians[n], plan)
-        members[n] = {
-            "median_ms": s["median"],
-            "median_ci95_ms": s["ci95"],
-            "cv": s["cv"],
-            "settled": s["settled"],
-            "noisy": s["noisy"],
-            "window_medians_ms": s["window_medians"],
-            "round_medians_ms": round_medians[n],
-            "rounds": r,
-            "round_iters": iters[n],
-            "iterations": len(host[n]),
-            "warmup_iterations": warm[n]["calls"],
-            "warmup_s": warm[n]["s"],
-            "timed_s": timed[n],
-            "host_ms": stats(host[n]),
-            "device_ms": stats(dev[n]) if dev[n] else None,
-        }
+    members = {
+        n: member_summary(round_medians[n], plan, host[n], dev[n], warm[n], rounds=r, iters=iters[n], timed_s=timed[n])
+        for n in names
+    }
     ratio_out = {f"{a}/{b}": ratio_summary(round_medians[a], round_medians[b], plan) for a, b in ratios}
     return {
         "members": members,
@@ -319,6 +303,39 @@ def interleaved_rounds(
         "band": plan.band,
         "window_rounds": plan.window_rounds,
         "windows": plan.windows,
+    }
+
+
+def member_summary(
+    round_medians: Sequence[float],
+    plan: RoundPlan,
+    host: Sequence[float],
+    dev: Sequence[float],
+    warm: Mapping[str, Any],
+    *,
+    rounds: int,
+    iters: int,
+    timed_s: float,
+) -> dict[str, Any]:
+    """One member's figures after its rounds: median of round medians with its interval, stability, the
+    rounds and calls it took, and the statistics of every timed call (host, and device where measured)."""
+    s = summarize(round_medians, plan)
+    return {
+        "median_ms": s["median"],
+        "median_ci95_ms": s["ci95"],
+        "cv": s["cv"],
+        "settled": s["settled"],
+        "noisy": s["noisy"],
+        "window_medians_ms": s["window_medians"],
+        "round_medians_ms": list(round_medians),
+        "rounds": rounds,
+        "round_iters": iters,
+        "iterations": len(host),
+        "warmup_iterations": warm["calls"],
+        "warmup_s": warm["s"],
+        "timed_s": timed_s,
+        "host_ms": stats(host),
+        "device_ms": stats(dev) if dev else None,
     }
 
 
@@ -372,6 +389,7 @@ __all__ = [
     "describe_ratio",
     "interleaved_rounds",
     "is_settled",
+    "member_summary",
     "ratio_summary",
     "ratio_table_rows",
     "round_iterations",

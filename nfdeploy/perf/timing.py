@@ -14,8 +14,8 @@ the allocator is not counted. On CUDA: the same two growths of torch.cuda.max_me
 (torch's allocator only). ONNX Runtime and TensorRT on CUDA allocate outside torch's allocator: their
 memory is not measured (None, MEMORY_KIND["cuda-outside-torch"]), never a torch growth of about 0 MiB.
 
-A backend that cannot be activated or crashes while timed is a row of "failed" with its message
-(failure_row: "failed to load" or "crashed while timing"); only BackendUnavailable is "skipped".
+A backend that cannot be activated or crashes while timed is a failure with its message (not_timed:
+broken, "failed to load"; crashed, "crashed while timing"); only BackendUnavailable is skipped.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from nfdeploy.errors import one_line
+from nfdeploy.perf.result import CRASHED_TIMING, LOAD_FAILED, NotTimed
 from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
+from nfdeploy.status import Status
 
 HOST_TIMING = {
     "cpu": "host wall time (time.perf_counter) of backend.run(numpy batch) -> numpy logits",
@@ -63,13 +65,14 @@ def memory_kind(backend: Backend) -> str:
     return "cuda-outside-torch" if backend.copies_in_run else "cuda"
 
 
-def failure_row(name: str, e: BaseException, *, stage: str, **extra: Any) -> tuple[str, dict[str, Any]]:
-    """("skipped" or "failed", its row) for an exception of backend `name` at `stage` ("load": activate(),
-    "run": while timing). Only BackendUnavailable (cannot run here) is skipped; everything else failed."""
+def not_timed(name: str, e: BaseException, *, stage: str, **extra: Any) -> NotTimed:
+    """Why backend `name` has no row after exception `e` at `stage` ("load": activate(), "run": while timing):
+    skipped (BackendUnavailable: cannot run here), broken (it failed to load, or BackendBroken), or crashed."""
     if isinstance(e, BackendUnavailable):
-        return "skipped", {"name": name, **extra, "reason": str(e)}
-    what = "failed to load" if stage == "load" or isinstance(e, BackendBroken) else "crashed while timing"
-    return "failed", {"name": name, **extra, "stage": what, "reason": one_line(e)}
+        return NotTimed(name, Status.SKIPPED, str(e), **extra)
+    if stage == "load" or isinstance(e, BackendBroken):
+        return NotTimed(name, Status.BROKEN, one_line(e), LOAD_FAILED, **extra)
+    return NotTimed(name, Status.CRASHED, one_line(e), CRASHED_TIMING, **extra)
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -317,10 +320,10 @@ __all__ = [
     "SCOPE",
     "BatchTimer",
     "activate_measured",
-    "failure_row",
     "member_row",
     "memory_growth_mb",
     "memory_kind",
+    "not_timed",
     "time_backend",
     "time_group",
 ]

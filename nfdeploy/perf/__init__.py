@@ -33,9 +33,10 @@ from nfdeploy.perf.rounds import (
     ratio_summary,
     ratio_table_rows,
 )
-from nfdeploy.perf.timing import time_backend, time_group
+from nfdeploy.perf.timing import Stopwatch, time_backend, time_group
 
 __all__ = [
+    "Stopwatch",
     "AGAINST_JSON",
     "AGAINST_MD",
     "AGAINST_OPTIONS",

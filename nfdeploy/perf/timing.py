@@ -58,6 +58,17 @@ MEMORY_KIND = {
 }
 
 
+class Stopwatch:
+    """Seconds since it started: how long a step took, for a log line or a report's wall time (never a latency
+    figure: those come from interleaved rounds)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def memory_kind(backend: Backend) -> str:
     """The key of MEMORY_KIND that says how `backend`'s own memory is measured (or that it is not)."""
     if backend.device != "cuda":
@@ -314,6 +325,7 @@ def time_group(
 
 
 __all__ = [
+    "Stopwatch",
     "DEVICE_TIMING",
     "HOST_TIMING",
     "MEMORY_KIND",

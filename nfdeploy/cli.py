@@ -158,30 +158,23 @@ def export(
     ),
 ):
     """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
-    from nfdeploy.export import export_options, export_run, export_timm
+    from nfdeploy.export import Int8Overrides, OnnxOverrides, export_options, export_run, export_timm
 
     if (run_dir is None) == (timm is None):
         raise CliError("give either RUN_DIR or --timm NAME")
     opts = export_options(
         preset,
-        precisions=_split(precision),
-        opset=opset,
-        io_dtype=io_dtype,
-        check=check,
-        input_size=input_size,
-        trt=trt,
-        trt_flavour=trt_flavour,
-        profiles=profile,
-        tf32=tf32,
-        optimization_level=opt_level,
-        timing_cache=timing_cache,
-        compute_capabilities=compute_capability,
-        calibration=calibration,
-        calib_samples=calib_samples,
-        calib_seed=calib_seed,
-        calib_dir=calib_dir,
-        int8_keep=int8_keep,
-        int8_ort_weight_bits=int8_ort_weight_bits,
+        OnnxOverrides(precisions=_split(precision), opset=opset, io_dtype=io_dtype, check=check, input_size=input_size),
+        Int8Overrides(
+            calibration=calibration,
+            calib_samples=calib_samples,
+            calib_seed=calib_seed,
+            calib_dir=calib_dir,
+            keep=int8_keep,
+            ort_weight_bits=int8_ort_weight_bits,
+        ),
+        _trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability),
+        engines=trt,
     )
     res = export_timm(timm, out, checkpoint, opts) if timm is not None else export_run(run_dir, out, opts)
     totals = res.manifest.fold["totals"]
@@ -194,6 +187,20 @@ def export(
 
 def _split(text: str | None) -> list[str] | None:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _trt_overrides(flavour, profiles, tf32, opt_level, timing_cache, compute_capabilities):
+    """The TensorRT flags `export` and `engine` share, as the library's override group."""
+    from nfdeploy.export import TrtOverrides
+
+    return TrtOverrides(
+        flavour=flavour,
+        profiles=profiles,
+        tf32=tf32,
+        optimization_level=opt_level,
+        timing_cache=timing_cache,
+        compute_capabilities=compute_capabilities,
+    )
 
 
 @app.command()
@@ -213,17 +220,10 @@ def engine(
     import json
 
     from nfdeploy.export import trt_options
+    from nfdeploy.export.engine_build import EngineBuildError, build_engine
     from nfdeploy.export.onnx_graph import read_input_shape
-    from nfdeploy.export.tensorrt import EngineBuildError, build_engine
 
-    opts = trt_options(
-        flavour=trt_flavour,
-        profiles=profile,
-        tf32=tf32,
-        optimization_level=opt_level,
-        timing_cache=timing_cache,
-        compute_capabilities=compute_capability,
-    )
+    opts = trt_options(None, _trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability))
     try:
         rec = build_engine(onnx_file, out, precision, read_input_shape(onnx_file), opts)
     except ValueError as e:
@@ -263,7 +263,7 @@ def inspect(
     import json
 
     from nfdeploy.artifacts import MANIFEST, Manifest
-    from nfdeploy.export.tensorrt import inspect_engine
+    from nfdeploy.export.engine_build import inspect_engine
 
     record = None
     if (engine_file.parent / MANIFEST).is_file():

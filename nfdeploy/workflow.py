@@ -63,7 +63,7 @@ def run_pipeline(
     if not min_time > 0:
         raise PipelineError(f"min_time must be positive, got {min_time}")
     rec = load_recipe(recipe, overrides or {})
-    opts = export_options(preset, trt=tensorrt_installed() if trt is None else trt)
+    opts = export_options(preset, engines=tensorrt_installed() if trt is None else trt)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (out / RUN / WEIGHTS).is_file():
             raise PipelineError(

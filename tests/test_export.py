@@ -16,7 +16,7 @@ from torch import nn
 from nfdeploy.artifacts import ArtifactError, Manifest, ModelSource
 from nfdeploy.check.model_points import FEATURES, BlockStructureError
 from nfdeploy.config import load_recipe
-from nfdeploy.export import ExportError, ExportOptions, export_model, export_run, load_preset
+from nfdeploy.export import ExportError, ExportOptions, ModelToExport, export_model, export_run, load_preset
 from nfdeploy.export.onnx_graph import (
     SCOPES_KEY,
     block_values,
@@ -249,15 +249,17 @@ def test_nf_resnet50_randomised_export_parity(tmp_path):
     model = randomize_(create_model("nf_resnet50"), seed=3).double().eval()
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()
     res = export_model(
-        model,
+        ModelToExport(
+            model,
+            fold=lambda dt: fold_model(model, dtype=dt),
+            name="nf_resnet50",
+            input_shape=(3, 64, 64),
+            norm="nf",
+            source=ModelSource(kind="test"),
+            preprocessing={},
+            check_data=(x, None),
+        ),
         tmp_path / "r50",
-        fold=lambda dt: fold_model(model, dtype=dt),
-        name="nf_resnet50",
-        input_shape=(3, 64, 64),
-        norm="nf",
-        source=ModelSource(kind="test"),
-        preprocessing={},
-        check_data=(x, None),
         opts=ExportOptions(precisions=("fp32", "fp16")),
         log=quiet,
     )
@@ -268,20 +270,27 @@ def test_nf_resnet50_randomised_export_parity(tmp_path):
 
 
 def test_presets():
-    from nfdeploy.export import export_options
+    from nfdeploy.export import OnnxOverrides, TrtOverrides, export_options
 
     assert "fp16" in load_preset("default")["onnx"]["precisions"]
     with pytest.raises(ExportError, match="unknown export preset"):
         load_preset("nope")
     with pytest.raises(ExportError, match="not supported"):
         ExportOptions(precisions=("int4",))
-    opts = export_options("all_precisions", precisions=["fp32", "fp16"], opset=20, trt=True, profiles=["1:4:8"])
+    opts = export_options(
+        "all_precisions",
+        OnnxOverrides(precisions=["fp32", "fp16"], opset=20),
+        trt=TrtOverrides(profiles=["1:4:8"]),
+        engines=True,
+    )
     assert opts.precisions == ("fp32", "fp16") and opts.opset == 20 and str(opts.trt.profiles[0]) == "1:4:8"
     assert export_options("default").trt is None
     with pytest.raises(ExportError, match="only apply to TensorRT engines: add --trt"):
-        export_options("default", profiles=["1:8:32"])  # a TensorRT setting without --trt is not silently ignored
+        export_options(
+            "default", trt=TrtOverrides(profiles=["1:8:32"])
+        )  # a TensorRT setting without --trt is not silently ignored
     with pytest.raises(ExportError, match="batch profile"):
-        export_options("default", trt=True, profiles=["0:1:2"])
+        export_options("default", trt=TrtOverrides(profiles=["0:1:2"]), engines=True)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -353,15 +362,17 @@ def test_failed_parity_check_exits_with_numbers_and_writes_nothing(tmp_path):
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
     with pytest.raises(ExportError) as e:
         export_model(
-            model,
+            ModelToExport(
+                model,
+                fold=lambda dt: fold_model(model, dtype=dt),
+                name="overflow",
+                input_shape=(3, 32, 32),
+                norm="nf",
+                source=ModelSource(kind="test"),
+                preprocessing={},
+                check_data=(x, None),
+            ),
             tmp_path / "out",
-            fold=lambda dt: fold_model(model, dtype=dt),
-            name="overflow",
-            input_shape=(3, 32, 32),
-            norm="nf",
-            source=ModelSource(kind="test"),
-            preprocessing={},
-            check_data=(x, None),
             opts=ExportOptions(precisions=("fp32", "fp16")),
             log=quiet,
         )

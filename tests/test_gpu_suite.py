@@ -23,7 +23,7 @@ def make_bundle(tmp_path):
     """A bundle like bench/gpu_prepare.py writes, from a one-epoch synthetic run (fast)."""
     from bench.gpu.sources import BUNDLE_EXPORT, BUNDLE_RUN
     from nfdeploy.config import load_recipe
-    from nfdeploy.export import export_options, export_run
+    from nfdeploy.export import OnnxOverrides, export_options, export_run
     from nfdeploy.train import train
 
     bundle = tmp_path / "bundle"
@@ -32,7 +32,7 @@ def make_bundle(tmp_path):
     export_run(
         bundle / BUNDLE_RUN,
         bundle / BUNDLE_EXPORT,
-        export_options("default", precisions=["fp32"], check=False),
+        export_options("default", OnnxOverrides(precisions=["fp32"], check=False)),
         log=lambda m: None,
     )
     return bundle

@@ -12,7 +12,7 @@ from conftest import run_cli
 from nfdeploy.artifacts import Manifest
 from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
-from nfdeploy.export import export_options, export_run
+from nfdeploy.export import Int8Overrides, OnnxOverrides, TrtOverrides, export_options, export_run
 from nfdeploy.export.quantize import (
     CalibrationOptions,
     QuantizeError,
@@ -44,11 +44,10 @@ def digits_run(tmp_path_factory) -> Path:
 def int8_export(digits_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "nf-int8"
     opts = export_options(
-        precisions=["fp32", "int8", "int8-ort"],
-        calibration="minmax",
-        calib_samples=CALIB_SAMPLES,
-        trt=True,
-        compute_capabilities=["8.9"],
+        onnx=OnnxOverrides(precisions=["fp32", "int8", "int8-ort"]),
+        int8=Int8Overrides(calibration="minmax", calib_samples=CALIB_SAMPLES),
+        trt=TrtOverrides(compute_capabilities=["8.9"]),
+        engines=True,
     )
     export_run(digits_run, out, opts, log=quiet)
     return out
@@ -261,5 +260,6 @@ def test_int8_ort_weight_bits_choose_the_weight_range(tmp_path):
     with pytest.raises(QuantizeError, match="7 or 8"):
         CalibrationOptions(ort_weight_bits=6)
     with pytest.raises(UserError, match="int8-ort"):
-        export_options(precisions=["fp32", "int8"], int8_ort_weight_bits=8)
-    assert export_options(precisions=["fp32", "int8-ort"], int8_ort_weight_bits=8).calibration.ort_weight_bits == 8
+        export_options(onnx=OnnxOverrides(precisions=["fp32", "int8"]), int8=Int8Overrides(ort_weight_bits=8))
+    opts = export_options(onnx=OnnxOverrides(precisions=["fp32", "int8-ort"]), int8=Int8Overrides(ort_weight_bits=8))
+    assert opts.calibration.ort_weight_bits == 8

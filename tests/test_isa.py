@@ -10,7 +10,7 @@ from conftest import run_cli, write_recipe
 
 from nfdeploy.check.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
 from nfdeploy.config import load_recipe
-from nfdeploy.export import export_options, export_run
+from nfdeploy.export import OnnxOverrides, export_options, export_run
 from nfdeploy.precision import tolerances
 from nfdeploy.train import train
 
@@ -22,7 +22,7 @@ def export_dir(tmp_path_factory) -> Path:
     """nf_resnet_c8 trained one epoch on synthetic 32² data, exported fp32."""
     d = tmp_path_factory.mktemp("isa")
     run = train(load_recipe(str(write_recipe(d / "recipe.toml"))), d / "run", progress=False, log=quiet).run_dir
-    export_run(run, d / "export", export_options(precisions=["fp32"], check=False), log=quiet)
+    export_run(run, d / "export", export_options(onnx=OnnxOverrides(precisions=["fp32"], check=False)), log=quiet)
     return d / "export"
 
 

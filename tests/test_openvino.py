@@ -12,7 +12,7 @@ from conftest import write_recipe
 from nfdeploy.check.backends import export_backends, load_export_source
 from nfdeploy.check.parity import parity_report
 from nfdeploy.config import load_recipe
-from nfdeploy.export import export_options, export_run
+from nfdeploy.export import Int8Overrides, OnnxOverrides, export_options, export_run
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.base import BackendBroken, BackendSpec, BackendUnavailable
 from nfdeploy.train import train
@@ -33,7 +33,10 @@ def export_dir(tmp_path_factory) -> Path:
     export_run(
         run,
         d / "export",
-        export_options(precisions=["fp32", "int8", "int8-ort"], calib_samples=32, check=False),
+        export_options(
+            onnx=OnnxOverrides(precisions=["fp32", "int8", "int8-ort"], check=False),
+            int8=Int8Overrides(calib_samples=32),
+        ),
         log=quiet,
     )
     return d / "export"

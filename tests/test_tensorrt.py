@@ -12,7 +12,7 @@ import torch
 
 from nfdeploy.artifacts import sha256_file
 from nfdeploy.errors import MissingExtraError
-from nfdeploy.export.tensorrt import (
+from nfdeploy.export.engine_build import (
     BatchProfile,
     EngineBuildError,
     TrtBuildOptions,

@@ -126,7 +126,7 @@ class OnnxEntry:
 @dataclass
 class EngineEntry:
     """One TensorRT engine of the export: what other modules read of its build record (the rest of the
-    record, export.tensorrt.build_engine's, stays in `details`; to_dict() is the whole record)."""
+    record, export.engine_build.build_engine's, stays in `details`; to_dict() is the whole record)."""
 
     file: str
     engine_sha256: str

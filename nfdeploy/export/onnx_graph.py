@@ -200,7 +200,7 @@ def lint_graph(model, *, allow_batchnorm: bool = False, allowed_ops: set[str] | 
     return {"ok": not errors, "errors": errors, "nodes": sum(ops.values()), "ops": dict(sorted(ops.items()))}
 
 
-def check_model(path: str | Path) -> None:
+def check_onnx_file(path: str | Path) -> None:
     """onnx.checker full check plus strict shape inference; raises ValueError with one line."""
     onnx = require("onnx", "onnx")
     try:

@@ -26,6 +26,7 @@ from nfdeploy.errors import MissingExtraError, one_line
 from nfdeploy.machine import cuda_gpu
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.runtime.tensorrt import import_tensorrt
+from nfdeploy.status import Status
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # The precisions with an engine file in the precision table (int8-ort is ONNX Runtime's form only).
@@ -242,6 +243,32 @@ def _network_dtypes(network) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- build
 
 
+@dataclass
+class _Toolchain:
+    """The TensorRT flavour a build uses, its version, the GPU here (None: none) and the build's logger."""
+
+    trt: Any
+    flavour: str
+    version: str
+    gpu: dict[str, Any] | None
+    logger: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.flavour} {self.version}"
+
+
+@dataclass
+class _Network:
+    """A parsed network, its input's dims, and what the build record says of it."""
+
+    network: Any
+    in_dims: tuple[int, ...]
+    strongly_typed: bool
+    layers: int
+    layer_types: dict[str, int]
+    layer_output_dtypes: dict[str, int]
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -255,43 +282,82 @@ def build_engine(
     if precision not in ENGINE_PRECISIONS:
         raise ValueError(f"precision {precision!r} has no TensorRT engine; choose from {list(ENGINE_PRECISIONS)}")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    c, h, w = (int(v) for v in input_shape)
-    trt, flavour = import_tensorrt(opts.flavour)
+    chw = tuple(int(v) for v in input_shape)
+    tc = _toolchain(opts.flavour)
+    if not onnx_path.is_file():
+        raise EngineBuildError(f"ONNX file not found: {onnx_path}")
+    t0 = time.perf_counter()
+    tc.logger = _make_logger(tc.trt)
+    builder = tc.trt.Builder(tc.logger)
+    net = _parse_network(tc, builder, onnx_path, chw, opts.profiles)
+    parse_seconds = time.perf_counter() - t0
+    config = builder.create_builder_config()
+    settings = _configure(tc, builder, config, chw, opts, net.in_dims)
+    device = _target_devices(tc, config, opts.compute_capabilities)
+    cache, timing_cache = _attach_timing_cache(tc, config, opts.timing_cache)
+    build_seconds = _build_to_file(tc, builder, net.network, config, engine_path, f"{onnx_path.name} ({precision})")
+    if cache is not None:
+        save_timing_cache(config, cache, opts.timing_cache, timing_cache)
+    return {
+        "flavour": tc.flavour,
+        "version": tc.version,
+        "precision": precision,
+        "onnx": onnx_path.name,
+        "engine": engine_path.name,
+        "input": {"name": INPUT_NAME, "shape": ["batch", *chw]},
+        "profiles": [asdict(p) for p in opts.profiles],
+        "strongly_typed": net.strongly_typed,
+        **settings,
+        "workspace_mb": opts.workspace_mb,
+        "parse_seconds": parse_seconds,
+        "build_seconds": build_seconds,
+        "engine_bytes": engine_path.stat().st_size,
+        "engine_sha256": sha256_file(engine_path),
+        "network_layers": net.layers,
+        "layer_types": net.layer_types,
+        "layer_output_dtypes": net.layer_output_dtypes,
+        "timing_cache": timing_cache,
+        **device,
+        "builder_warnings": tc.logger.warnings[:20],
+    }
+
+
+def _toolchain(flavour: str) -> _Toolchain:
+    """The flavour asked for; "auto" without a GPU falls back to TensorRT-RTX, which builds without one."""
+    trt, name = import_tensorrt(flavour)
     gpu = _gpu_info()
-    if opts.flavour == "auto" and flavour == "tensorrt" and gpu is None:
+    if flavour == "auto" and name == "tensorrt" and gpu is None:
         try:  # TensorRT proper cannot build without a GPU; TensorRT-RTX can
-            trt, flavour = import_tensorrt("tensorrt-rtx")
+            trt, name = import_tensorrt("tensorrt-rtx")
         except MissingExtraError:
             pass
-    version = str(trt.__version__)
-    if flavour == "tensorrt" and gpu is None:
+    if name == "tensorrt" and gpu is None:
         raise EngineBuildError(
             "TensorRT needs a CUDA GPU to build an engine and none is visible; "
             "TensorRT-RTX (flavour tensorrt-rtx) builds without one"
         )
-    if not onnx_path.is_file():
-        raise EngineBuildError(f"ONNX file not found: {onnx_path}")
+    return _Toolchain(trt, name, str(trt.__version__), gpu)
 
-    t0 = time.perf_counter()
-    logger = _make_logger(trt)
-    builder = trt.Builder(logger)
-    flag_enum = trt.NetworkDefinitionCreationFlag
-    major = int(version.split(".")[0])
+
+def _parse_network(
+    tc: _Toolchain, builder, onnx_path: Path, chw: tuple[int, ...], profiles: tuple[BatchProfile, ...]
+) -> _Network:
+    """The strongly typed network of the ONNX file, checked to be an nfdeploy export of shape (batch, *chw)
+    that the profiles fit."""
+    flag_enum = tc.trt.NetworkDefinitionCreationFlag
     # TensorRT 10.x: strong typing is opt-in. TensorRT 11: always on, the flag deprecated and ignored.
     # TensorRT-RTX: the default (the flag is accepted).
     net_flags = 0
-    if hasattr(flag_enum, "STRONGLY_TYPED") and not (flavour == "tensorrt" and major >= 11):
+    if hasattr(flag_enum, "STRONGLY_TYPED") and not (tc.flavour == "tensorrt" and int(tc.version.split(".")[0]) >= 11):
         net_flags |= 1 << int(flag_enum.STRONGLY_TYPED)
     network = builder.create_network(net_flags)
-    parser = trt.OnnxParser(network, logger)
-    parsed = parser.parse_from_file(str(onnx_path))
-    if not parsed or parser.num_errors:
-        errors = _parser_errors(parser) or [{"node": None, "op": None, "message": m} for m in logger.errors]
+    parser = tc.trt.OnnxParser(network, tc.logger)
+    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors:
+        errors = _parser_errors(parser) or [{"node": None, "op": None, "message": m} for m in tc.logger.errors]
         first = errors[0] if errors else {"message": "unknown error"}
         where = f" at node {first['node']} ({first['op']})" if first.get("node") else ""
         raise EngineBuildError(
-            f"{flavour} {version} could not parse {onnx_path.name}: {len(errors)} error(s); "
-            f"first{where}: {first['message'][:240]}",
+            f"{tc} could not parse {onnx_path.name}: {len(errors)} error(s); first{where}: {first['message'][:240]}",
             errors,
         )
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
@@ -302,25 +368,37 @@ def build_engine(
             [{"node": None, "op": None, "message": "no usable network in the ONNX file"}],
         )
     in_dims = tuple(inputs[INPUT_NAME].shape)
-    if len(in_dims) != 4 or any(d not in (-1, want) for d, want in zip(in_dims[1:], (c, h, w))):
+    if len(in_dims) != 4 or any(d not in (-1, want) for d, want in zip(in_dims[1:], chw)):
         raise EngineBuildError(
-            f"{onnx_path.name}: input {INPUT_NAME!r} has shape {in_dims}, expected (batch, {c}, {h}, {w})"
+            f"{onnx_path.name}: input {INPUT_NAME!r} has shape {in_dims}, expected (batch, {', '.join(map(str, chw))})"
         )
-    if in_dims[0] != -1 and any((p.min, p.max) != (in_dims[0], in_dims[0]) for p in opts.profiles):
+    if in_dims[0] != -1 and any((p.min, p.max) != (in_dims[0], in_dims[0]) for p in profiles):
         raise EngineBuildError(
             f"{onnx_path.name}: batch dimension is fixed at {in_dims[0]}; profiles "
-            f"{[str(p) for p in opts.profiles]} need a dynamic batch"
+            f"{[str(p) for p in profiles]} need a dynamic batch"
         )
-    network_layers = int(network.num_layers)
-    layer_types = dict(sorted(Counter(network.get_layer(i).type.name for i in range(network_layers)).items()))
-    layer_dtypes = _network_dtypes(network)
-    strongly_typed = network.get_flag(flag_enum.STRONGLY_TYPED) if hasattr(flag_enum, "STRONGLY_TYPED") else True
-    parse_seconds = time.perf_counter() - t0
+    layers = int(network.num_layers)
+    return _Network(
+        network,
+        in_dims,
+        strongly_typed=bool(
+            network.get_flag(flag_enum.STRONGLY_TYPED) if hasattr(flag_enum, "STRONGLY_TYPED") else True
+        ),
+        layers=layers,
+        layer_types=dict(sorted(Counter(network.get_layer(i).type.name for i in range(layers)).items())),
+        layer_output_dtypes=_network_dtypes(network),
+    )
 
-    config = builder.create_builder_config()
+
+def _configure(
+    tc: _Toolchain, builder, config, chw: tuple[int, ...], opts: TrtBuildOptions, in_dims: tuple[int, ...]
+) -> dict[str, Any]:
+    """Optimization profiles on the batch dimension, TF32 (set or cleared, never left implicit), the
+    optimization level, the workspace and the profiling verbosity; returns what the record says of them."""
+    trt = tc.trt
     for p in opts.profiles:
         prof = builder.create_optimization_profile()
-        prof.set_shape(INPUT_NAME, (p.min, c, h, w), (p.opt, c, h, w), (p.max, c, h, w))
+        prof.set_shape(INPUT_NAME, (p.min, *chw), (p.opt, *chw), (p.max, *chw))
         if config.add_optimization_profile(prof) < 0:
             raise EngineBuildError(f"optimization profile {p} was rejected for input {INPUT_NAME!r} {in_dims}")
     if hasattr(trt.BuilderFlag, "TF32"):
@@ -331,11 +409,7 @@ def build_engine(
             "effective": bool(config.get_flag(trt.BuilderFlag.TF32)),
         }
     else:
-        tf32 = {
-            "requested": opts.tf32,
-            "flag": f"absent: {flavour} {version} has no BuilderFlag.TF32",
-            "effective": None,
-        }
+        tf32 = {"requested": opts.tf32, "flag": f"absent: {tc} has no BuilderFlag.TF32", "effective": None}
     opt_level = None
     if hasattr(config, "builder_optimization_level"):
         config.builder_optimization_level = int(opts.optimization_level)
@@ -345,127 +419,86 @@ def build_engine(
     if opts.detailed_profiling:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profiling = getattr(config.profiling_verbosity, "name", str(config.profiling_verbosity))
+    return {"tf32": tf32, "optimization_level": opt_level, "profiling_verbosity": profiling}
 
+
+def _target_devices(tc: _Toolchain, config, requested: tuple[str, ...] | None) -> dict[str, Any]:
+    """The compute capabilities the engine targets: TensorRT-RTX's requested (or default) list, set on the
+    config; TensorRT proper's is the GPU it builds on."""
+    gpu = tc.gpu
     device: dict[str, Any] = {
         "built_without_gpu": gpu is None,
         "gpu": gpu["gpu"] if gpu else None,
         "gpu_compute_capability": gpu["compute_capability"] if gpu else None,
     }
-    if flavour == "tensorrt-rtx":
-        supported = rtx_supported_ccs(trt)
-        if opts.compute_capabilities is not None:
-            targets = [_cc_enum_name(x) for x in opts.compute_capabilities]
-            bad = [x for x in targets if x not in supported]
-            if bad:
-                raise ValueError(
-                    f"compute capabilities {[cc_to_str(b) for b in bad]} not supported by "
-                    f"TensorRT-RTX {version} (supported: {[cc_to_str(s) for s in supported]})"
-                )
-            cc_source = "requested"
-        else:
-            targets = default_rtx_ccs(trt)
-            cc_source = (
-                f"default: every SM of this TensorRT-RTX except {sorted(RTX_DEFAULT_EXCLUDE)} (Turing is opt-in)"
-            )
-        targets = list(dict.fromkeys(targets))
-        config.num_compute_capabilities = len(targets)
-        for i, name in enumerate(targets):
-            if not config.set_compute_capability(getattr(trt.ComputeCapability, name), i):
-                raise EngineBuildError(f"TensorRT-RTX rejected target compute capability {cc_to_str(name)}")
-        device.update(
-            compute_capabilities=[cc_to_str(n) for n in targets],
-            compute_capability_source=cc_source,
-            supported_compute_capabilities=[cc_to_str(s) for s in supported],
-        )
-        if gpu is not None and gpu["compute_capability"] not in device["compute_capabilities"]:
-            device["note"] = (
-                f"the GPU here ({gpu['gpu']}, CC {gpu['compute_capability']}) is not among the "
-                "engine's targets: it cannot run this engine"
-            )
-    else:
-        device.update(
-            compute_capabilities=[gpu["compute_capability"]], compute_capability_source="the GPU it was built on"
-        )
-
-    cache = None
-    if opts.timing_cache is None:
-        timing_cache: dict[str, Any] = {"path": None, "used": False}
-    elif flavour == "tensorrt-rtx":
-        timing_cache = {
-            "path": str(opts.timing_cache),
-            "supported": False,
-            "used": False,
-            "note": RTX_TIMING_CACHE_NOTE,
+    if tc.flavour != "tensorrt-rtx":
+        return {
+            **device,
+            "compute_capabilities": [gpu["compute_capability"]],
+            "compute_capability_source": "the GPU it was built on",
         }
-    elif not hasattr(config, "create_timing_cache"):
-        timing_cache = {
-            "path": str(opts.timing_cache),
-            "supported": False,
-            "used": False,
-            "note": f"{flavour} {version} has no timing-cache API",
-        }
+    supported = rtx_supported_ccs(tc.trt)
+    if requested is not None:
+        targets = [_cc_enum_name(x) for x in requested]
+        bad = [x for x in targets if x not in supported]
+        if bad:
+            raise ValueError(
+                f"compute capabilities {[cc_to_str(b) for b in bad]} not supported by "
+                f"TensorRT-RTX {tc.version} (supported: {[cc_to_str(s) for s in supported]})"
+            )
+        cc_source = "requested"
     else:
-        cache, timing_cache = load_timing_cache(config, opts.timing_cache)
-        timing_cache["used"] = True
+        targets = default_rtx_ccs(tc.trt)
+        cc_source = f"default: every SM of this TensorRT-RTX except {sorted(RTX_DEFAULT_EXCLUDE)} (Turing is opt-in)"
+    targets = list(dict.fromkeys(targets))
+    config.num_compute_capabilities = len(targets)
+    for i, name in enumerate(targets):
+        if not config.set_compute_capability(getattr(tc.trt.ComputeCapability, name), i):
+            raise EngineBuildError(f"TensorRT-RTX rejected target compute capability {cc_to_str(name)}")
+    device.update(
+        compute_capabilities=[cc_to_str(n) for n in targets],
+        compute_capability_source=cc_source,
+        supported_compute_capabilities=[cc_to_str(s) for s in supported],
+    )
+    if gpu is not None and gpu["compute_capability"] not in device["compute_capabilities"]:
+        device["note"] = (
+            f"the GPU here ({gpu['gpu']}, CC {gpu['compute_capability']}) is not among the "
+            "engine's targets: it cannot run this engine"
+        )
+    return device
 
+
+def _attach_timing_cache(tc: _Toolchain, config, path: Path | None) -> tuple[Any, dict[str, Any]]:
+    """The persistent timing cache loaded onto the config, where the flavour has one (None: not used),
+    with the record of what happened to it."""
+    if path is None:
+        return None, {"path": None, "used": False}
+    if tc.flavour == "tensorrt-rtx":
+        return None, {"path": str(path), "supported": False, "used": False, "note": RTX_TIMING_CACHE_NOTE}
+    if not hasattr(config, "create_timing_cache"):
+        return None, {"path": str(path), "supported": False, "used": False, "note": f"{tc} has no timing-cache API"}
+    cache, info = load_timing_cache(config, path)
+    info["used"] = True
+    return cache, info
+
+
+def _build_to_file(tc: _Toolchain, builder, network, config, engine_path: Path, what: str) -> float:
+    """Build the serialized engine and write it atomically; returns the build's seconds."""
     t1 = time.perf_counter()
     try:
         serialized = builder.build_serialized_network(network, config)
     except Exception as e:  # noqa: BLE001 - bindings raise plain RuntimeError/TypeError on builder failure
-        serialized, logger.errors = None, logger.errors + [one_line(e, with_type=False)]
+        serialized, tc.logger.errors = None, tc.logger.errors + [one_line(e, with_type=False)]
     build_seconds = time.perf_counter() - t1
     if serialized is None or serialized.nbytes == 0:
-        errs = [{"node": None, "op": None, "message": m} for m in logger.errors] or [
+        errs = [{"node": None, "op": None, "message": m} for m in tc.logger.errors] or [
             {"node": None, "op": None, "message": "build_serialized_network returned no engine"}
         ]
-        raise EngineBuildError(
-            f"{flavour} {version} failed to build an engine from {onnx_path.name} ({precision}): "
-            f"{errs[0]['message'][:240]}",
-            errs,
-        )
+        raise EngineBuildError(f"{tc} failed to build an engine from {what}: {errs[0]['message'][:240]}", errs)
     with atomic_path(engine_path) as tmp:
         with open(tmp, "wb") as f:
             f.write(memoryview(serialized))
-    if cache is not None:
-        save_timing_cache(config, cache, opts.timing_cache, timing_cache)
-
-    return {
-        "flavour": flavour,
-        "version": version,
-        "precision": precision,
-        "onnx": onnx_path.name,
-        "engine": engine_path.name,
-        "input": {"name": INPUT_NAME, "shape": ["batch", c, h, w]},
-        "profiles": [asdict(p) for p in opts.profiles],
-        "strongly_typed": bool(strongly_typed),
-        "tf32": tf32,
-        "optimization_level": opt_level,
-        "profiling_verbosity": profiling,
-        "workspace_mb": opts.workspace_mb,
-        "parse_seconds": parse_seconds,
-        "build_seconds": build_seconds,
-        "engine_bytes": engine_path.stat().st_size,
-        "engine_sha256": sha256_file(engine_path),
-        "network_layers": network_layers,
-        "layer_types": layer_types,
-        "layer_output_dtypes": layer_dtypes,
-        "timing_cache": timing_cache,
-        **device,
-        "builder_warnings": logger.warnings[:20],
-    }
-
-
-__all__ = [
-    "BatchProfile",
-    "EngineBuildError",
-    "TrtBuildOptions",
-    "build_engine",
-    "load_timing_cache",
-    "save_timing_cache",
-    "cc_to_str",
-    "default_rtx_ccs",
-    "rtx_supported_ccs",
-]
+    return build_seconds
 
 
 def inspect_engine(
@@ -506,7 +539,7 @@ def inspect_engine(
     gpu = _gpu_info()
     if gpu is None:
         info["inspector"] = {
-            "status": "skipped",
+            "status": Status.SKIPPED,
             "reason": "no CUDA GPU: an engine can only be deserialized (and inspected) on a GPU",
         }
         return info
@@ -514,12 +547,34 @@ def inspect_engine(
     logger = _make_logger(trt)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        info["inspector"] = {"status": "failed", "reason": f"{name} could not deserialize the engine on {gpu['gpu']}"}
+        info["inspector"] = {
+            "status": Status.BROKEN,
+            "reason": f"{name} could not deserialize the engine on {gpu['gpu']}",
+        }
         return info
     inspector = engine.create_engine_inspector()
     layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     fused = len(layers.get("Layers", [])) if isinstance(layers, dict) else None
     if out_json is not None:
         atomic_write_bytes(out_json, json.dumps(layers, indent=1).encode())
-    info["inspector"] = {"status": "ok", "gpu": gpu, "fused_layers": fused, "json": str(out_json) if out_json else None}
+    info["inspector"] = {
+        "status": Status.DONE,
+        "gpu": gpu,
+        "fused_layers": fused,
+        "json": str(out_json) if out_json else None,
+    }
     return info
+
+
+__all__ = [
+    "BatchProfile",
+    "EngineBuildError",
+    "TrtBuildOptions",
+    "build_engine",
+    "inspect_engine",
+    "load_timing_cache",
+    "save_timing_cache",
+    "cc_to_str",
+    "default_rtx_ccs",
+    "rtx_supported_ccs",
+]

@@ -16,9 +16,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run
 from nfdeploy.export import export_options, export_run
 from nfdeploy.perf import bench_report, parse_batches
+from nfdeploy.train.random_run import write_random_run
 
 
 def main(argv=None) -> int:

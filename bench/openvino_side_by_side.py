@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import export_backends, load_export_source
 from nfdeploy.check.parity import PARITY_JSON, parity_report
@@ -38,6 +37,7 @@ from nfdeploy.perf.report import fastest_passing
 from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows
 from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import BackendUnavailable
+from nfdeploy.train.random_run import write_random_run
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-ort")
 RUNTIMES = ("onnxruntime", "openvino")

@@ -22,13 +22,13 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu.sources import write_random_run
 from nfdeploy.artifacts import atomic_write_json
 from nfdeploy.check.backends import default_report_dir
 from nfdeploy.check.parity import parity_report
 from nfdeploy.export import export_options, export_run
 from nfdeploy.machine import machine_info
 from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance
+from nfdeploy.train.random_run import write_random_run
 
 SERVED = "onnxruntime-cpu-fp32"
 TORCH = "torch-cpu-fp32-folded"

@@ -24,7 +24,7 @@ FLOORS: dict[str, int] = {
     "runtime": 5,
     "export": 6,
     "check": 7, "perf": 7,
-    "workflow": 8, "serve": 8, "cli": 8, "__main__": 8,
+    "workflow": 8, "serve": 8, "evidence": 8, "cli": 8, "__main__": 8,
     "__init__": 0,  # the top package: __version__ only, imports nothing of nfdeploy
 }
 # fmt: on

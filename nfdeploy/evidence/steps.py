@@ -4,6 +4,9 @@ The GPU machine returns at most 8 files of at most 16 MiB from $OUT, no deeper t
 a command stopped at its limit returns only what is already there. So every step ends by rewriting the
 phase's summary (phaseN.json / phaseN.md) and its packed reports (phaseN.tar.gz) under --out: a run cut
 short still returns every step it finished.
+
+A step ends as one of nfdeploy.status's words: "ok" (Status.DONE), "crashed" (it raised; summaries written
+before the status table said "failed", read back through Status.parse), "timeout" or "skipped".
 """
 
 from __future__ import annotations
@@ -14,26 +17,29 @@ import signal
 import tarfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nfdeploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nfdeploy.errors import one_line
+from nfdeploy.render import markdown_table
+from nfdeploy.status import Status
 
 # What travels back inside a phase's tar: reports and saved outputs, never weights, ONNX or engines.
 PACK_SUFFIXES = (".json", ".md", ".png", ".log", ".jsonl", ".npz", ".txt")
 PACK_LIMIT_BYTES = 15 * 2**20  # under the 16 MiB a returned file may have
-SKIPPED, OK, FAILED, TIMEOUT = "skipped", "ok", "failed", "timeout"
+SUMMARY_JSON = "summary.json"
 
 
 class StepTimeout(Exception):
-    pass
+    """A step ran past its time limit."""
 
 
 @contextmanager
-def time_limit(seconds: float | None):
+def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise StepTimeout in the main thread after `seconds` (SIGALRM: between Python bytecodes, so a
     long C call finishes first)."""
     if seconds is None or not hasattr(signal, "setitimer"):
@@ -81,6 +87,10 @@ class Phase:
             "results": {},
         }
 
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.summary["results"]
+
     def left(self) -> float:
         return self.deadline - time.perf_counter()
 
@@ -97,7 +107,7 @@ class Phase:
             allowed = min(allowed, limit)
         rec: dict[str, Any] = {"name": name, "limit_s": round(allowed, 1)}
         if allowed < 2:
-            rec.update(status=SKIPPED, seconds=0.0, reason="no time left in the phase's budget")
+            rec.update(status=Status.SKIPPED, seconds=0.0, reason="no time left in the phase's budget")
             self.summary["steps"].append(rec)
             self.skip(name, rec["reason"])
             return None
@@ -107,14 +117,14 @@ class Phase:
         try:
             with time_limit(allowed):
                 value = fn()
-            rec["status"] = OK
+            rec["status"] = Status.DONE
         except StepTimeout as e:
-            rec.update(status=TIMEOUT, reason=str(e))
-        except Exception as e:  # noqa: BLE001 - a failed step is a finding; the phase goes on
+            rec.update(status=Status.TIMEOUT, reason=str(e))
+        except Exception as e:  # noqa: BLE001 - a step that raised is a finding; the phase goes on
             # Some libraries (torch.onnx's exporter) catch the alarm's StepTimeout and raise their own error.
             timed_out = time.perf_counter() - t >= allowed - 0.5
             rec.update(
-                status=TIMEOUT if timed_out else FAILED,
+                status=Status.TIMEOUT if timed_out else Status.CRASHED,
                 reason=(f"exceeded its time limit of {allowed:.0f} s, surfacing as " if timed_out else "")
                 + one_line(e),
             )
@@ -130,30 +140,38 @@ class Phase:
         return value
 
     def save(self) -> None:
-        """phaseN.json + phaseN.md in the phase dir, and phaseN.tar.gz + phaseN.json under --out."""
-        from nfdeploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
-
+        """phaseN.json + phaseN.md in the phase dir, and phaseN.tar.gz + summary.json under --out."""
         self.summary["wall_seconds"] = round(time.perf_counter() - self.t0, 2)
         atomic_write_json(self.dir / f"phase{self.number}.json", self.summary)
         atomic_write_text(self.dir / f"phase{self.number}.md", render_phase_md(self.summary))
-        atomic_write_bytes(self.out / f"phase{self.number}.tar.gz", pack(self.dir))
+        atomic_write_bytes(self.out / f"phase{self.number}.tar.gz", pack_reports(self.dir))
         # One summary.json under --out for every phase of this invocation: with a tar per phase and the
         # log, at most 6 files come back (the limit is 8).
-        summary_path = self.out / "summary.json"
-        try:
-            every = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        except ValueError:
-            every = {}
+        every = read_summary(self.out / SUMMARY_JSON)
         every[f"phase{self.number}"] = {k: v for k, v in self.summary.items() if k != "results"} | {
             "results": {
                 k: {a: b for a, b in v.items() if a != "markdown"} if isinstance(v, dict) else v
                 for k, v in self.summary["results"].items()
             }
         }
-        atomic_write_json(summary_path, every)
+        atomic_write_json(self.out / SUMMARY_JSON, every)
 
 
-def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
+def read_summary(path: Path) -> dict[str, Any]:
+    """summary.json ({"phaseN": phase summary}) with every step's status as a Status (older words such as
+    "failed" read as what they meant); {} when there is none or it does not parse."""
+    try:
+        every = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    for phase in every.values():
+        for rec in phase.get("steps", []) if isinstance(phase, dict) else []:
+            if "status" in rec:
+                rec["status"] = Status.parse(rec["status"])
+    return every
+
+
+def pack_reports(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
     """A tar.gz (in memory) of the small report files under root; the largest saved outputs (.npz) are
     left out first when the archive would exceed `limit`, and the list of what was left out is inside it."""
     files = sorted(
@@ -165,20 +183,7 @@ def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
     )
     dropped: list[str] = []
     while True:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for p in files:
-                tar.add(p, arcname=str(p.relative_to(root)))
-            if dropped:
-                note = (
-                    "left out to keep this archive under the 16 MiB a returned file may have:\n"
-                    + "\n".join(dropped)
-                    + "\n"
-                ).encode()
-                info = tarfile.TarInfo("LEFT_OUT.txt")
-                info.size = len(note)
-                tar.addfile(info, io.BytesIO(note))
-        data = buf.getvalue()
+        data = _tar(root, files, dropped)
         npz = [p for p in files if p.suffix == ".npz"]
         if len(data) <= limit or not npz:
             return data
@@ -187,9 +192,23 @@ def pack(root: Path, limit: int = PACK_LIMIT_BYTES) -> bytes:
         dropped.append(f"{biggest.relative_to(root)} ({biggest.stat().st_size} bytes)")
 
 
-def render_phase_md(s: dict[str, Any]) -> str:
-    from nfdeploy.render import markdown_table
+def _tar(root: Path, files: list[Path], dropped: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in files:
+            tar.add(p, arcname=str(p.relative_to(root)))
+        if dropped:
+            note = (
+                "left out to keep this archive under the 16 MiB a returned file may have:\n" + "\n".join(dropped) + "\n"
+            ).encode()
+            info = tarfile.TarInfo("LEFT_OUT.txt")
+            info.size = len(note)
+            tar.addfile(info, io.BytesIO(note))
+    return buf.getvalue()
 
+
+def render_phase_md(s: dict[str, Any]) -> str:
+    """phaseN.md: the steps with their status, what did not run here, and each result's Markdown table."""
     lines = [
         f"# GPU suite, phase {s['phase']}: {s['title']}",
         "",
@@ -218,23 +237,14 @@ def render_phase_md(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    from nfdeploy.artifacts import atomic_write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, json.loads(json.dumps(obj, default=str)))
-
-
 __all__ = [
-    "FAILED",
-    "OK",
     "PACK_LIMIT_BYTES",
+    "PACK_SUFFIXES",
+    "SUMMARY_JSON",
     "Phase",
-    "SKIPPED",
     "StepTimeout",
-    "TIMEOUT",
-    "pack",
+    "pack_reports",
+    "read_summary",
     "render_phase_md",
     "time_limit",
-    "write_json",
 ]

@@ -1,0 +1,1 @@
+"""Scripts that measure and record with the library: `python -m bench.NAME --help`."""

@@ -176,7 +176,11 @@ class ParityResult:
         return failure_summary([(r.name, r.status) for r in self.backends]) or None
 
     def row(self, name: str) -> ParityRow:
-        return next(r for r in self.backends if r.name == name)
+        """The row of the backend `name` (KeyError when the run has none)."""
+        found = [r for r in self.backends if r.name == name]
+        if not found:
+            raise KeyError(f"no parity row of {name}")
+        return found[0]
 
     def to_dict(self) -> dict[str, Any]:
         """parity.json: every key in its order; saved_outputs, per_block and per_block_error only when set."""

@@ -339,44 +339,27 @@ def parity(
     ),
 ):
     """Every backend vs the float64 unfolded model: errors, agreement, batch invariance; exits 1 on a failure."""
-    from nfdeploy.check.parity import PARITY_JSON, PARITY_MD, PARITY_PNG, parity_report
+    from nfdeploy.check.parity import PARITY_JSON, PARITY_MD, PARITY_PNG, ParityOptions, parity_report
 
-    if max_samples < 1:
-        raise CliError(f"--max-samples must be positive, got {max_samples}")
-    if isa is not None:
-        from nfdeploy.check.isa import check_isa, run_parity_under_isa
-
-        raise typer.Exit(
-            run_parity_under_isa(
-                check_isa(isa),
-                export_dir,
-                out,
-                dataset=dataset,
-                data_path=data_path,
-                only=only,
-                max_samples=max_samples,
-                per_block=per_block,
-                batch_matrix=batch_matrix,
-                save_outputs=save_outputs,
-                threads=threads,
-            )
-        )
-    rep = parity_report(
-        export_dir,
-        out,
+    options = ParityOptions(
         dataset=dataset,
         data_path=data_path,
-        only=only or None,
+        only=only,
         max_samples=max_samples,
         per_block=per_block,
         batch_matrix=batch_matrix,
         save_outputs=save_outputs,
         threads=threads,
     )
-    where = Path(rep["out_dir"])
+    if isa is not None:
+        from nfdeploy.check.isa import check_isa, run_parity_under_isa
+
+        raise typer.Exit(run_parity_under_isa(check_isa(isa), export_dir, out, options))
+    rep = parity_report(export_dir, out, options)
+    where = Path(rep.out_dir)
     typer.echo(f"reports: {where / PARITY_MD} {where / PARITY_JSON} {where / PARITY_PNG}")
-    if not rep["ok"]:
-        typer.echo(f"error: parity failed — {rep['failure']}", err=True)
+    if not rep.ok:
+        typer.echo(f"error: parity failed — {rep.failure}", err=True)
         raise typer.Exit(1)
 
 

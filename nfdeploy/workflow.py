@@ -76,7 +76,7 @@ def run_pipeline(
     log("[2/4] export")
     export_run(run.run_dir, out / EXPORT, opts, log=log)
     log("[3/4] parity")
-    parity = parity_report(out / EXPORT, out / REPORTS, log=log)
+    parity = parity_report(out / EXPORT, out / REPORTS, log=log).to_dict()
     log("[4/4] bench")
     bench = bench_report(
         out / EXPORT, out / REPORTS, BenchOptions(batches=sizes, min_time=min_time, warmup=min(1.0, min_time)), log=log

@@ -13,11 +13,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "nfdeploy"
 
 # Module or package path below nfdeploy → its floor (0 = the bottom). The longest matching prefix
-# decides: "check.isa" sits low enough for the runtimes, the rest of "check" above them.
+# decides: "check.isa" sits low enough for the runtimes (with the parity options its child process takes), the
+# rest of "check" above them.
 # fmt: off
 FLOORS: dict[str, int] = {
     "errors": 0, "status": 0,
     "check.isa": 1, "precision": 1, "artifacts": 1, "metrics": 1, "render": 1, "machine": 1, "nn": 1, "data": 1,
+    "check.parity_options": 1,
     "models": 2, "check.model_points": 2,
     "config": 3, "fold": 3, "models.spp": 3, "artifacts.run_dir": 3,
     "train": 4, "interop": 4,

@@ -16,12 +16,12 @@ from nfdeploy.artifacts import InputSpec, Manifest, ModelSource, OnnxEntry
 from nfdeploy.check.backends import REFERENCE, export_backends, load_export_source
 from nfdeploy.check.batch_matrix import batch_invariance_matrix, profile_reason
 from nfdeploy.check.model_points import FEATURES, block_points, capture_points
-from nfdeploy.check.parity import load_parity_data, parity_report
-from nfdeploy.check.per_block import onnx_points, per_block_report
+from nfdeploy.check.parity import ParityOptions, load_parity_data, parity_report
+from nfdeploy.check.per_block import HEAD, onnx_points, per_block_markdown, per_block_report
 from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
-from nfdeploy.export.onnx_graph import block_values
+from nfdeploy.export.onnx_graph import block_values, node_scopes
 from nfdeploy.metrics import judge, ulp_error
 from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
 from nfdeploy.runtime.base import BackendSpec, run_batched
@@ -38,6 +38,8 @@ quiet = lambda *a, **k: None  # noqa: E731
 FOLD_FP64_REL = 1e-12
 # A planted defect: one Conv's weights × (1 + DEFECT) inside the block under test.
 DEFECT = 0.01
+# A defect in the head alone: the classifier's weights of one class × (1 + HEAD_DEFECT) (logits rel L2 ~3e-4).
+HEAD_DEFECT = 0.001
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +95,7 @@ def test_points_of_unfolded_and_folded_agree(export_dir):
 
 
 def test_parity_per_block_matrix_and_saved_outputs(export_dir, tmp_path):
-    rep = parity_report(
-        export_dir,
-        tmp_path / "r",
+    options = ParityOptions(
         only=["cpu-fp32", "onnxruntime-cpu-fp16"],
         max_samples=64,
         invariance_samples=16,
@@ -104,8 +104,8 @@ def test_parity_per_block_matrix_and_saved_outputs(export_dir, tmp_path):
         batch_matrix=True,
         save_outputs=True,
         threads=2,
-        log=quiet,
     )
+    rep = parity_report(export_dir, tmp_path / "r", options, log=quiet).to_dict()
     assert rep["ok"], rep["failed"]
     fw = rep["framework_errors"]["fp32"]
     row = {r["name"]: r for r in rep["backends"]}["onnxruntime-cpu-fp32"]
@@ -114,7 +114,7 @@ def test_parity_per_block_matrix_and_saved_outputs(export_dir, tmp_path):
     for name in ("torch-cpu-fp32-folded", "onnxruntime-cpu-fp32", "onnxruntime-cpu-fp16"):
         r = pb[name]
         assert r["status"] == "ok" and [p["point"] for p in r["points"]] == rep["per_block"]["points"]
-        assert "first_diverging" not in r
+        assert "first_diverging" not in r and r["conclusion"].startswith("within rel L2")
         assert all(p["rel_l2"] <= r["tolerance_rel_l2"] and np.isfinite(p["max_ulp"]) for p in r["points"])
     # Adding graph outputs did not change what ORT computes at the logits.
     assert pb["onnxruntime-cpu-fp32"]["instrumented_logits_bitwise_equal"]
@@ -167,27 +167,55 @@ def test_planted_defect_is_localised(export_dir, tmp_path, where):
     assert div["onnx_ops"].get("Conv", 0) >= 1
 
 
+def test_a_defect_in_the_head_alone_is_named_as_the_head(export_dir, tmp_path):
+    """Only the classifier's weights of one class change: every block point and the features are within the
+    tolerance, the logits are not (FAIL); per-block concludes that the divergence lies after `features`, in the
+    head, in the row and in the Markdown, with the head's ONNX ops."""
+    import onnx
+    from onnx import numpy_helper
+
+    source = load_export_source(export_dir)
+    model = onnx.load(str(export_dir / "model.onnx"))
+    scope = block_values(model, [FEATURES])[FEATURES]["scope"]  # the classifier's scope
+    (gemm,) = [n for n in model.graph.node if n.op_type == "Gemm" and scope in node_scopes(n)]
+    assert next(a.i for a in gemm.attribute if a.name == "transB") == 1  # weight rows are classes
+    init = next(i for i in model.graph.initializer if i.name == gemm.input[1])
+    w = numpy_helper.to_array(init).copy()
+    w[3] *= np.float32(1 + HEAD_DEFECT)
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(tmp_path / "head.onnx"))
+    backend = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, tmp_path / "head.onnx")
+    ref_backend = next(b for b in export_backends(source, tensorrt=False) if b.name == REFERENCE)
+    x, y, _, _ = load_parity_data(source, max_samples=32)
+    with ref_backend:
+        ref = run_batched(ref_backend, x)
+    with backend:
+        out = run_batched(backend, x)
+    tol = judged_tolerance("fp32", None)
+    judged = judge(out, ref, "fp32", y, tol)
+    assert judged["status"] == "FAIL" and judged["rel_l2"] > 10 * tol["rel_l2"], judged
+    rep = per_block_report(source, x, [backend], ref_backend, {backend.name: tol}, log=quiet)
+    row = rep["backends"][backend.name]
+    assert all(p["rel_l2"] <= tol["rel_l2"] for p in row["points"]) and row["points"][-1]["point"] == FEATURES
+    assert row["logits"]["rel_l2"] > 10 * tol["rel_l2"]
+    div = row["first_diverging"]
+    assert div["point"] == HEAD and div["depth"] == len(row["points"]) and div["onnx_ops"] == {"Gemm": 1}
+    assert row["conclusion"].startswith("diverges after `features`: in the head (classifier)")
+    assert "**Diverges after `features`: in the head (classifier)**" in per_block_markdown(rep)
+
+
 def test_compare_thread_counts_and_refusals(export_dir, tmp_path, cli):
     for t in (1, 2):
-        parity_report(
-            export_dir,
-            tmp_path / f"t{t}",
+        options = ParityOptions(
             only=["onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"],
             max_samples=64,
             invariance_samples=8,
             save_outputs=True,
             threads=t,
-            log=quiet,
         )
-    parity_report(
-        export_dir,
-        tmp_path / "fewer",
-        only=["onnxruntime-cpu-fp32"],
-        max_samples=32,
-        invariance_samples=8,
-        save_outputs=True,
-        log=quiet,
-    )
+        parity_report(export_dir, tmp_path / f"t{t}", options, log=quiet)
+    options = ParityOptions(only=["onnxruntime-cpu-fp32"], max_samples=32, invariance_samples=8, save_outputs=True)
+    parity_report(export_dir, tmp_path / "fewer", options, log=quiet)
     rep = compare_saved_runs(tmp_path / "t1", tmp_path / "t2", tmp_path / "cmp")
     same = {r["backend"]: r for r in rep["same_backend"]}
     assert set(same) == {REFERENCE, "onnxruntime-cpu-fp32", "torch-cpu-fp32-folded"}

@@ -10,7 +10,7 @@ import torch
 from conftest import run_cli
 
 from nfdeploy.artifacts import Manifest
-from nfdeploy.check.parity import parity_report
+from nfdeploy.check.parity import ParityOptions, parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import Int8Overrides, OnnxOverrides, TrtOverrides, export_options, export_run
 from nfdeploy.export.quantize import (
@@ -123,7 +123,8 @@ def test_tensorrt_rtx_int8_build_outcome(int8_export):
 
 
 def test_int8_backends_in_parity(int8_export, tmp_path):
-    rep = parity_report(int8_export, tmp_path, only=["onnxruntime-cpu-int8", "onnxruntime-cpu-int8-ort"], log=quiet)
+    options = ParityOptions(only=["onnxruntime-cpu-int8", "onnxruntime-cpu-int8-ort"])
+    rep = parity_report(int8_export, tmp_path, options, log=quiet).to_dict()
     rows = {r["name"]: r for r in rep["backends"]}
     for name in ("onnxruntime-cpu-int8", "onnxruntime-cpu-int8-ort"):
         r = rows[name]

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, write_recipe
 
-from nfdeploy.check.isa import ISA_CAPS, ISA_VARIABLES, ORT_NOTE, isa_environment
+from nfdeploy.check.isa import (
+    ISA_CAPS,
+    ISA_VARIABLES,
+    ORT_NOTE,
+    isa_environment,
+    parity_child_argv,
+    parity_child_environment,
+)
+from nfdeploy.check.parity import ParityError, ParityOptions
 from nfdeploy.config import load_recipe
 from nfdeploy.export import OnnxOverrides, export_options, export_run
 from nfdeploy.precision import tolerances
@@ -42,6 +50,27 @@ def test_every_word_caps_onednn_and_openvino_alike_and_default_strips_inherited_
     assert env == {"PATH": "/bin", "NFDEPLOY_ISA": "default"}
     assert isa_environment("AVX512-Core", {})["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE"
     assert set(ISA_CAPS["sse41"]) <= set(ISA_VARIABLES)
+
+
+def test_the_child_gets_the_same_options_and_this_nfdeploy():
+    import os
+
+    import nfdeploy
+
+    options = ParityOptions(
+        dataset="digits", only=["fp32", "onnxruntime-cpu"], max_samples=64, per_block=True, save_outputs=True, threads=1
+    )
+    argv = parity_child_argv("E", "O", options)
+    assert argv[1:] == (
+        ["-m", "nfdeploy", "parity", "E", "--max-samples", "64", "--out", "O", "--dataset", "digits", "--threads", "1"]
+        + ["--only", "fp32", "--only", "onnxruntime-cpu", "--per-block", "--save-outputs"]
+    )
+    with pytest.raises(ParityError, match="takes no invariance_samples"):
+        parity_child_argv("E", None, ParityOptions(invariance_samples=8))
+    env = parity_child_environment("sse41")
+    assert env["ONEDNN_MAX_CPU_ISA"] == "SSE41"
+    here = Path(nfdeploy.__file__).resolve().parent.parent  # the dir holding the package this process imported
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(here)
 
 
 def test_sse41_child_run_records_the_cap_and_compare_names_each_side(export_dir, tmp_path):

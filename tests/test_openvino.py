@@ -10,7 +10,7 @@ import pytest
 from conftest import write_recipe
 
 from nfdeploy.check.backends import export_backends, load_export_source
-from nfdeploy.check.parity import parity_report
+from nfdeploy.check.parity import ParityOptions, parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import Int8Overrides, OnnxOverrides, export_options, export_run
 from nfdeploy.precision import PRECISIONS
@@ -70,14 +70,8 @@ def test_names_unique_and_registered(export_dir):
 
 @pytest.mark.slow
 def test_parity_fp32_and_bf16_within_their_tolerances(export_dir, tmp_path):
-    rep = parity_report(
-        export_dir,
-        tmp_path,
-        only=["openvino-cpu-fp32", "openvino-cpu-bf16"],
-        log=quiet,
-        invariance_samples=8,
-        max_samples=128,
-    )
+    options = ParityOptions(only=["openvino-cpu-fp32", "openvino-cpu-bf16"], invariance_samples=8, max_samples=128)
+    rep = parity_report(export_dir, tmp_path, options, log=quiet).to_dict()
     rows = {r["name"]: r for r in rep["backends"]}
     fp32 = rows["openvino-cpu-fp32"]
     assert fp32["status"] == "pass", fp32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from nfdeploy.check.parity import parity_report
+from nfdeploy.check.parity import ParityOptions, parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.metrics import judge
@@ -30,7 +30,9 @@ def export_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(export_dir) -> dict:
-    return parity_report(export_dir, export_dir.parent / "reports", log=quiet, invariance_samples=32)
+    return parity_report(
+        export_dir, export_dir.parent / "reports", ParityOptions(invariance_samples=32), log=quiet
+    ).to_dict()
 
 
 def test_every_cpu_backend_within_tolerance(report):
@@ -107,6 +109,40 @@ def test_pairwise_and_files(report, export_dir):
     assert (out / "parity.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_typed_result_reads_and_renders_the_report_it_wrote(report, export_dir):
+    """parity.json read into a ParityResult gives back the same JSON (keys, order, words); parity.md is a view of
+    that object alone; the statuses are Status values and ok / failed / failure follow from them."""
+    from nfdeploy.check.parity import ParityResult
+    from nfdeploy.check.parity_render import parity_markdown
+    from nfdeploy.status import Status
+
+    out = export_dir.parent / "reports"
+    written = json.loads((out / "parity.json").read_text())
+    assert written == report
+    result = ParityResult.from_dict(written)
+    assert json.dumps(result.to_dict()) == json.dumps(written)
+    assert parity_markdown(result) == (out / "parity.md").read_text()
+    assert result.ok and result.failed == [] and result.failure is None
+    fp32 = result.row("onnxruntime-cpu-fp32")
+    assert fp32.status is Status.PASS and fp32.ran and fp32.precision == "fp32" and fp32.backend["file"] == "model.onnx"
+    bf16 = result.row("onnxruntime-cpu-bf16")
+    assert bf16.status is Status.SKIPPED and not bf16.ran and bf16.rel_l2 is None and "rel_l2" not in bf16.to_dict()
+    assert result.batch_matrix.batches == [3, 16, 64] and result.batch_matrix.samples == 32
+    assert {(p.a, p.b) for p in result.pairwise} == {(p["a"], p["b"]) for p in written["pairwise"]}
+    bf16.status = Status.FAIL  # a failing row fails the run, named under its kind
+    assert not result.ok and result.failed == ["onnxruntime-cpu-bf16"]
+    assert result.failure == "outside tolerance: onnxruntime-cpu-bf16" and result.to_dict()["ok"] is False
+
+
+def test_parity_options_refuse_bad_values_in_one_line():
+    from nfdeploy.check.parity import ParityError
+
+    for bad in ({"max_samples": 0}, {"invariance_samples": 0}, {"per_block_samples": -1}, {"threads": 0}):
+        with pytest.raises(ParityError, match=f"{next(iter(bad))} must be positive"):
+            ParityOptions(**bad)
+    assert ParityOptions(only=["fp32"]).only == ("fp32",) and ParityOptions().only == ()
+
+
 def test_judge_flags_out_of_tolerance_and_non_finite_outputs():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((64, 10))
@@ -134,6 +170,9 @@ def test_cli_parity_and_bad_inputs(export_dir, tmp_path):
     none = run_cli("parity", str(export_dir), "--only", "no-such-backend")
     assert none.returncode == 2 and "matches no backend" in none.stderr and len(none.stderr.strip().splitlines()) == 1
     assert (default_dir / "parity.md").read_text() == before  # the failed call wrote nothing
+    zero = run_cli("parity", str(export_dir), "--out", str(tmp_path / "z"), "--max-samples", "0")
+    assert zero.returncode == 2 and zero.stderr.strip() == "error: max_samples must be positive, got 0"
+    assert not (tmp_path / "z").exists()
     wrong = run_cli("parity", str(export_dir), "--out", str(tmp_path / "w"), "--dataset", "synthetic")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and "channels" in wrong.stderr
     tampered = tmp_path / "tampered"
@@ -178,9 +217,8 @@ def _truncated_copy(export_dir: Path, dst: Path, file: str, *, fix_manifest: boo
 @pytest.mark.parametrize("fix_manifest", [False, True], ids=["sha256-mismatch", "loader-fails"])
 def test_a_backend_that_fails_to_load_fails_parity(export_dir, tmp_path, fix_manifest):
     broken = _truncated_copy(export_dir, tmp_path / "broken", "model.fp16.onnx", fix_manifest=fix_manifest)
-    rep = parity_report(
-        broken, tmp_path / "rep", only=["onnxruntime-cpu"], max_samples=64, invariance_samples=8, log=quiet
-    )
+    options = ParityOptions(only=["onnxruntime-cpu"], max_samples=64, invariance_samples=8)
+    rep = parity_report(broken, tmp_path / "rep", options, log=quiet).to_dict()
     rows = {r["name"]: r for r in rep["backends"]}
     assert rows["onnxruntime-cpu-fp16"]["status"] == "broken" and rows["onnxruntime-cpu-fp32"]["status"] == "pass"
     why = rows["onnxruntime-cpu-fp16"]["reason"]
@@ -227,7 +265,7 @@ def test_nothing_checked_is_an_error_even_when_activation_refuses(export_dir, tm
     ref = next(b for b in export_backends(source) if b.name == REFERENCE)
     refusing = RefusesAtActivation(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape)
     with pytest.raises(NothingCheckedError, match="nothing was checked"):
-        parity_report(export_dir, tmp_path / "r", backends=[ref, refusing], max_samples=16, log=quiet)
+        parity_report(export_dir, tmp_path / "r", ParityOptions(max_samples=16), backends=[ref, refusing], log=quiet)
     assert not (tmp_path / "r").exists()
 
 
@@ -275,9 +313,8 @@ def test_an_engine_runs_only_at_batch_sizes_inside_its_profile(export_dir, tmp_p
     ref = next(b for b in export_backends(source) if b.name == REFERENCE)
     engine_like = _ProfiledOrt(export_dir, ((1, 32),))
     engine_like.__class__.seen = []
-    rep = parity_report(
-        export_dir, tmp_path / "r", backends=[ref, engine_like], max_samples=100, invariance_samples=40, log=quiet
-    )
+    options = ParityOptions(max_samples=100, invariance_samples=40)
+    rep = parity_report(export_dir, tmp_path / "r", options, backends=[ref, engine_like], log=quiet).to_dict()
     seen = engine_like.__class__.seen
     assert seen and max(seen) == 32 and min(seen) >= 1  # 100 samples ran as 32+32+32+4, never 64
     row = rep["backends"][1]

@@ -17,7 +17,7 @@ from conftest import run_cli, write_recipe
 pytest.importorskip("pytriton", reason="nfdeploy[serve] is not installed (its wheel carries tritonserver)")
 
 from nfdeploy.check.backends import default_report_dir, export_backend
-from nfdeploy.check.parity import parity_report
+from nfdeploy.check.parity import ParityOptions, parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
 from nfdeploy.serve.choice import FALLBACK_BACKEND, choose_backend
@@ -73,7 +73,9 @@ def export_dir(tmp_path_factory) -> Path:
     )
     run = train(recipe, d / "run", progress=False, log=quiet)
     export_run(run.run_dir, d / "export", ExportOptions(precisions=("fp32",)), log=quiet)
-    parity_report(d / "export", only=[SERVED, TORCH], max_samples=32, invariance_samples=4, log=quiet)
+    parity_report(
+        d / "export", options=ParityOptions(only=[SERVED, TORCH], max_samples=32, invariance_samples=4), log=quiet
+    )
     return d / "export"
 
 

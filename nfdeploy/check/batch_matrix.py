@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 
 from nfdeploy.check.backends import bn_twin, twin_runner
 from nfdeploy.metrics import ulp_error
-from nfdeploy.render import pyplot, save_figure
+from nfdeploy.render import markdown_table, pyplot, save_figure
 
 # Every column is against batch 1, the baseline: batch 1 itself is not a column.
 DEFAULT_BATCHES = (3, 16, 64)  # parity's default run: small, odd, large
@@ -28,6 +29,23 @@ MATRIX_BATCHES = (2, 3, 7, 8, 16, 32, 64)  # --batch-matrix
 
 def profile_reason(max_batch: int) -> str:
     return f"outside the engine profile (max {max_batch})"
+
+
+@dataclass
+class BatchMatrix:
+    """A run's batch-invariance matrix: the batch sizes (columns), how many samples, and per backend
+    {str(batch size): cell} (batch_invariance_matrix's cells)."""
+
+    batches: list[int] = field(default_factory=list)
+    samples: int = 0
+    backends: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": list(self.batches), "samples": self.samples, "backends": self.backends}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchMatrix:
+        return cls(list(d.get("batches", [])), int(d.get("samples", 0)), dict(d.get("backends", {})))
 
 
 def batch_invariance_matrix(
@@ -70,6 +88,16 @@ def matrix_rows(matrix: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, 
         return f"{v['bitwise_share']:.0%} / {v['max_ulp']:.3g} / {v['max_rel_l2']:.2g}"
 
     return [{"backend": name, **{f"b{bs}": cell(v) for bs, v in per.items()}} for name, per in matrix.items()]
+
+
+def batch_matrix_markdown(matrix: BatchMatrix) -> str:
+    """The parity report's section: a heading that states the protocol, one row per backend (matrix_rows)."""
+    return (
+        f"\n## Batch invariance ({matrix.samples} samples, each inside full batches of "
+        f"{', '.join(map(str, matrix.batches))} vs its own batch-1 output; cell: share bitwise identical / "
+        "max ULP / max rel L2 per sample)\n\n"
+        + (markdown_table(matrix_rows(matrix.backends)) if matrix.backends else "(no backend ran)\n")
+    )
 
 
 def plot_batch_matrix(matrix: dict[str, dict[str, dict[str, Any]]], path: Any, title: str = "") -> None:
@@ -128,9 +156,11 @@ def bn_twin_matrix(source: Any, x: np.ndarray, batches: Sequence[int] = DEFAULT_
 
 
 __all__ = [
+    "BatchMatrix",
     "DEFAULT_BATCHES",
     "MATRIX_BATCHES",
     "batch_invariance_matrix",
+    "batch_matrix_markdown",
     "bn_twin_matrix",
     "matrix_rows",
     "plot_batch_matrix",

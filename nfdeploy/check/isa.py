@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
+from nfdeploy.check.parity_options import ParityError, ParityOptions
 from nfdeploy.errors import UserError
 
 # The user's word -> each library's spelling of that cap. None: leave the variable unset (no cap).
@@ -106,41 +107,48 @@ def isa_label(record: Mapping[str, object] | None) -> str:
     return f"{word} ({caps})" if caps else str(word)
 
 
-def parity_child_argv(
-    export_dir: str | Path,
-    out_dir: str | Path | None,
-    *,
-    dataset: str | None = None,
-    data_path: str | None = None,
-    only: Sequence[str] = (),
-    max_samples: int = 512,
-    per_block: bool = False,
-    batch_matrix: bool = False,
-    save_outputs: bool = False,
-    threads: int | None = None,
-) -> list[str]:
-    """`python -m nfdeploy parity ...` with these options (the child of run_parity_under_isa)."""
-    argv = [sys.executable, "-m", "nfdeploy", "parity", str(export_dir), "--max-samples", str(max_samples)]
-    for flag, value in (("--out", out_dir), ("--dataset", dataset), ("--data-path", data_path), ("--threads", threads)):
+def parity_child_argv(export_dir: str | Path, out_dir: str | Path | None, options: ParityOptions) -> list[str]:
+    """`python -m nfdeploy parity ...` with these options (the child of run_parity_under_isa). Options the command
+    line has no flag for (invariance_samples, per_block_samples) must keep their defaults."""
+    default = ParityOptions()
+    unsupported = [k for k in ("invariance_samples", "per_block_samples") if getattr(options, k) != getattr(default, k)]
+    if unsupported:
+        raise ParityError(f"a parity child process takes no {', '.join(unsupported)}: `nfdeploy parity` has no flag")
+    argv = [sys.executable, "-m", "nfdeploy", "parity", str(export_dir), "--max-samples", str(options.max_samples)]
+    for flag, value in (
+        ("--out", out_dir),
+        ("--dataset", options.dataset),
+        ("--data-path", options.data_path),
+        ("--threads", options.threads),
+    ):
         if value is not None:
             argv += [flag, str(value)]
-    for o in only:
+    for o in options.only:
         argv += ["--only", o]
-    argv += [
-        flag
-        for flag, on in (("--per-block", per_block), ("--batch-matrix", batch_matrix), ("--save-outputs", save_outputs))
-        if on
-    ]
-    return argv
+    switches = {
+        "--per-block": options.per_block,
+        "--batch-matrix": options.batch_matrix,
+        "--save-outputs": options.save_outputs,
+    }
+    return argv + [flag for flag, on in switches.items() if on]
 
 
-def run_parity_under_isa(word: str, export_dir: str | Path, out_dir: str | Path | None = None, **options) -> int:
-    """Run parity in a child process with the caps of `word` (check_isa); its output goes to this
-    process's terminal; returns its exit status. The child imports the same nfdeploy as this process."""
+def parity_child_environment(word: str) -> dict[str, str]:
+    """The child's environment: the caps of `word` (isa_environment), and this process's nfdeploy first on
+    PYTHONPATH, so the child imports the same nfdeploy (a worktree's, not another installed copy)."""
     env = isa_environment(word)
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([here, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    return subprocess.run(parity_child_argv(export_dir, out_dir, **options), env=env).returncode
+    root = str(Path(__file__).resolve().parents[2])  # the directory that holds the nfdeploy package
+    env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
+
+
+def run_parity_under_isa(
+    word: str, export_dir: str | Path, out_dir: str | Path | None = None, options: ParityOptions | None = None
+) -> int:
+    """Run parity in a child process with the caps of `word` (check_isa); its output goes to this
+    process's terminal; returns its exit status."""
+    argv = parity_child_argv(export_dir, out_dir, options or ParityOptions())
+    return subprocess.run(argv, env=parity_child_environment(word)).returncode
 
 
 __all__ = [
@@ -154,5 +162,6 @@ __all__ = [
     "isa_label",
     "isa_record",
     "parity_child_argv",
+    "parity_child_environment",
     "run_parity_under_isa",
 ]

@@ -6,21 +6,25 @@ nfdeploy.check.batch_matrix (each sample inside full batches of several sizes vs
 net has no batch statistics, the BatchNorm twin in training mode is the contrast), with a small column set
 by default and batch sizes 2..64 under --batch-matrix. Cross-backend: every pair of backends that ran.
 One backend is active at a time.
+
+Measure → result → render: measure_parity runs and judges (a ParityMeasurement: the typed ParityResult and the
+arrays it was judged from; no file written), save_parity_outputs keeps the outputs for `nfdeploy compare`,
+write_parity_report (parity_render) writes the views, add_per_block adds the forensics. parity_report is the one
+entry that chains them. This module is parity's public face: it also offers the options (parity_options), the
+result types, the report's file names and their reader (parity_result).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text, read_json
 from nfdeploy.check.backends import (
     REFERENCE,
     ExportSource,
@@ -32,21 +36,34 @@ from nfdeploy.check.backends import (
 from nfdeploy.check.batch_matrix import (
     DEFAULT_BATCHES,
     MATRIX_BATCHES,
+    BatchMatrix,
     batch_invariance_matrix,
     bn_twin_matrix,
-    matrix_rows,
-    plot_batch_matrix,
 )
-from nfdeploy.check.isa import isa_label, isa_record
-from nfdeploy.errors import UserError, one_line
+from nfdeploy.check.isa import isa_record
+from nfdeploy.check.parity_options import ParityError, ParityOptions
+from nfdeploy.check.parity_render import write_parity_report
+from nfdeploy.check.parity_result import (
+    PARITY_JSON,
+    PARITY_MD,
+    PARITY_PNG,
+    BackendPair,
+    ParityResult,
+    ParityRow,
+    read_parity_result,
+    read_parity_rows,
+)
+from nfdeploy.check.per_block import per_block_report
+from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs
+from nfdeploy.errors import one_line
 from nfdeploy.metrics import compare_outputs, framework_errors, judge, top1_agreement
-from nfdeploy.precision import describe_tolerance, describe_tolerances, get_precision, judged_tolerance, tolerances
-from nfdeploy.render import markdown_table, pyplot, save_figure
+from nfdeploy.precision import describe_tolerance, get_precision, judged_tolerance, tolerances
 from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable, run_batched
+from nfdeploy.status import Status
 
 
-class ParityError(UserError, RuntimeError):
-    """Bad parity input (data that does not fit the model); one line."""
+class NothingCheckedError(ParityError):
+    """No backend under test produced an output (all unavailable here): an error, never a pass."""
 
 
 def load_parity_data(
@@ -92,44 +109,37 @@ def load_parity_data(
     return x.numpy(), y.numpy(), desc, None
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = pyplot()
-    ran = [r for r in rows if r.get("status") in ("pass", "FAIL") and r["name"] != REFERENCE]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(ran) + 2), 4))
-    vals = [max(r["rel_l2"], 1e-17) if np.isfinite(r["rel_l2"]) else 1.0 for r in ran]
-    colors = ["tab:green" if r["status"] == "pass" else "tab:red" for r in ran]
-    ax.bar(range(len(ran)), vals, color=colors)
-    for i, r in enumerate(ran):
-        if "rel_l2" in r["tolerance"]:  # int8 is judged by agreement and accuracy, not by rel L2
-            ax.hlines(r["tolerance"]["rel_l2"], i - 0.4, i + 0.4, colors="black", linestyles="--")
-    ax.set_xticks(range(len(ran)), [r["name"] for r in ran], rotation=40, ha="right", fontsize=8)
-    ax.set_yscale("log"), ax.set_ylabel("relative L2 error vs float64 reference"), ax.grid(alpha=0.3, axis="y")
-    ax.set_title("parity per backend (dashed: tolerance)")
-    save_figure(fig, path)
+@dataclass
+class ParityReference:
+    """What every backend is judged against: the inputs and their labels (None: accuracy does not apply), the
+    float64 reference's logits, and the reference framework's own rel L2 and top-1 agreement per dtype (the
+    unfolded torch model on CPU, same inputs), which the judged tolerances scale with."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    logits: np.ndarray
+    framework: dict[str, float | None]
+    framework_top1: dict[str, float]
 
 
-# The report's files, in the report dir (default_report_dir beside the export): parity writes them, bench and
-# serve read.
-PARITY_JSON, PARITY_MD, PARITY_PNG = "parity.json", "parity.md", "parity.png"
-# Row statuses that fail a parity run, and the words the failure line uses for each.
-FAILURE_KINDS = {"FAIL": "outside tolerance", "broken": "failed to load", "crashed": "crashed while running"}
+@dataclass
+class ParityMeasurement:
+    """A measured parity run: its ParityResult, and what the later steps read (saved outputs, per-block): the
+    export's source, the reference, each backend's logits and the backends that produced them."""
+
+    result: ParityResult
+    source: ExportSource
+    reference: ParityReference
+    outputs: dict[str, np.ndarray]
+    ran: list[Backend]
+    ref_backend: Backend
 
 
-class NothingCheckedError(ParityError):
-    """No backend under test produced an output (all unavailable here): an error, never a pass."""
-
-
-def failure_summary(rows: Sequence[dict[str, Any]]) -> str:
-    """'outside tolerance: a, b; failed to load: c' — every failed backend under the kind of its failure."""
-    by_kind = {kind: [r["name"] for r in rows if r.get("status") == status] for status, kind in FAILURE_KINDS.items()}
-    return "; ".join(f"{kind}: {', '.join(names)}" for kind, names in by_kind.items() if names)
-
-
-def _nothing_checked(chosen: Sequence[Backend], rows: Sequence[dict[str, Any]]) -> NothingCheckedError:
+def _nothing_checked(chosen: Sequence[Backend], skipped: Sequence[tuple[str, str]]) -> NothingCheckedError:
+    """The error for a run in which no backend produced an output; `skipped`: (name, reason) of each."""
     by_reason: dict[str, list[str]] = {}
-    for r in rows:
-        if r.get("status") == "skipped":
-            by_reason.setdefault(r["reason"], []).append(r["name"])
+    for name, reason in skipped:
+        by_reason.setdefault(reason, []).append(name)
     why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
     return NothingCheckedError(
         f"nothing was checked: none of the {len(chosen)} selected backend(s) could run here "
@@ -152,115 +162,63 @@ def _invariance(b: Backend, xi: np.ndarray, batches: Sequence[int]) -> dict[str,
 
 
 def _check_backend(
-    b: Backend,
-    x: np.ndarray,
-    xi: np.ndarray,
-    y: np.ndarray | None,
-    ref: np.ndarray,
-    framework: dict[str, float | None],
-    framework_top1: dict[str, float],
-    batches: Sequence[int],
-    log: Callable[[str], None],
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    b: Backend, ref: ParityReference, xi: np.ndarray, batches: Sequence[int], log: Callable[[str], None]
+) -> tuple[ParityRow, tuple[np.ndarray, dict[str, Any]] | None]:
     """One backend, active only inside this call: its parity row and, when it ran, its outputs and its batch-
     invariance matrix. skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded,
     then failed to run."""
     reason = b.unavailable_reason()
     if reason:
         log(f"  {b.name}: skipped ({reason})")
-        return {**b.spec.describe(), "status": "skipped", "reason": reason}, None
+        return ParityRow.not_run(b.spec.describe(), Status.SKIPPED, reason), None
     try:
         b.activate()
     except BackendUnavailable as e:
         log(f"  {b.name}: skipped ({e})")
-        return {**b.spec.describe(), "status": "skipped", "reason": str(e)}, None
+        return ParityRow.not_run(b.spec.describe(), Status.SKIPPED, str(e)), None
     except Exception as e:  # noqa: BLE001 - BackendBroken, or anything else a loader raises: a failure, reported
         why = one_line(e, 240, with_type=not isinstance(e, BackendBroken))
         log(f"  {b.name}: FAILED to load ({why})")
-        return {**b.spec.describe(), "status": "broken", "reason": f"failed to load: {why}"}, None
+        return ParityRow.not_run(b.spec.describe(), Status.BROKEN, f"failed to load: {why}"), None
     try:
-        out = run_batched(b, x)
-        found = {"out": out, "invariance": _invariance(b, xi, batches)}
+        out = run_batched(b, ref.x)
+        found = (out, _invariance(b, xi, batches))
         described = b.describe()
     except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
         log(f"  {b.name}: CRASHED while running ({one_line(e, 240)})")
-        return {**b.spec.describe(), "status": "crashed", "reason": f"crashed while running: {one_line(e, 240)}"}, None
+        return ParityRow.not_run(b.spec.describe(), Status.CRASHED, f"crashed while running: {one_line(e, 240)}"), None
     finally:
         b.deactivate()
-    tol = judged_tolerance(b.precision, framework.get(b.precision), framework_top1.get(b.precision))
-    row = {**described, **judge(out, ref, b.precision, y, tol)}
-    acc = f", accuracy {row['accuracy']:.2%}" if "accuracy" in row else ""
+    tol = judged_tolerance(b.precision, ref.framework.get(b.precision), ref.framework_top1.get(b.precision))
+    row = ParityRow.judged(described, judge(out, ref.logits, b.precision, ref.y, tol))
+    acc = f", accuracy {row.accuracy:.2%}" if row.accuracy is not None else ""
     log(
-        f"  {b.name}: rel L2 {row['rel_l2']:.2e}, SQNR {row['sqnr_db'] or float('inf'):.1f} dB, top-1 agreement "
-        f"{row['top1_agreement']:.2%}{acc} ({describe_tolerance(row['tolerance'])}) → {row['status']}"
-        + (f" ({row['reason']})" if "reason" in row else "")
+        f"  {b.name}: rel L2 {row.rel_l2:.2e}, SQNR {row.sqnr_db or float('inf'):.1f} dB, top-1 agreement "
+        f"{row.top1_agreement:.2%}{acc} ({describe_tolerance(row.tolerance)}) → {row.status.value}"
+        + (f" ({row.reason})" if row.reason is not None else "")
     )
     return row, found
 
 
-def _pairwise(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _pairwise(outputs: dict[str, np.ndarray]) -> list[BackendPair]:
     pairs = []
     for a, b in itertools.combinations(outputs, 2):
         r = compare_outputs(outputs[a], outputs[b])
-        pairs.append(
-            {
-                "a": a,
-                "b": b,
-                "rel_l2": r["rel_l2"],
-                "max_abs": r["max_abs"],
-                "top1_agreement": top1_agreement(outputs[a], outputs[b]),
-            }
-        )
+        pairs.append(BackendPair(a, b, r["rel_l2"], r["max_abs"], top1_agreement(outputs[a], outputs[b])))
     return pairs
 
 
-def parity_report(
-    export_dir: str | Path,
-    out_dir: str | Path | None = None,
-    *,
-    dataset: str | None = None,
-    data_path: str | None = None,
-    only: Sequence[str] | None = None,
-    max_samples: int = 512,
-    invariance_samples: int = 64,
+def parity_reference(
+    source: ExportSource,
+    ref_backend: Backend,
+    precisions: Sequence[str],
+    options: ParityOptions,
     log: Callable[[str], None] = print,
-    backends: Sequence[Backend] | None = None,
-    per_block: bool = False,
-    per_block_samples: int = 64,
-    batch_matrix: bool = False,
-    save_outputs: bool = False,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Run every backend on the data, one active at a time, compare with the reference, and write
-    parity.json / parity.md / parity.png to out_dir (default: beside the export dir, see
-    default_report_dir). `backends`: a list already made by export_backends (default: all of them).
-    A backend is judged by max(the precision table's floor, 2 x the unfolded torch model's own error in
-    that dtype on these inputs) (precision.judged_tolerance). A backend that cannot run here is skipped;
-    one whose artifact fails to load ("broken") or that fails while running ("crashed") fails the run; a
-    run in which no selected backend produced an output raises NothingCheckedError and writes nothing.
-    Forensics: per_block (nfdeploy.check.per_block) (error at every block, first diverging block; written after
-    the main report, so its failure loses nothing), batch_matrix (batch sizes 1..64 vs batch 1),
-    save_outputs (outputs.npz + provenance.json for `nfdeploy compare`). threads: torch CPU threads and
-    ONNX Runtime intra-op threads (of the backends made here; given `backends` keep their own)."""
-    from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE
-    from nfdeploy.check.saved_outputs import save_outputs as write_saved_outputs
-
-    export_dir = Path(export_dir)
-    source = load_export_source(export_dir)
-    if threads is not None:
-        if threads < 1:
-            raise ParityError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-    all_backends = list(backends) if backends is not None else export_backends(source, threads=threads)
-    chosen = select_backends([b for b in all_backends if b.name != REFERENCE], only)
-    reasons = {b.name: b.unavailable_reason() for b in chosen}  # the cheap probe, once per backend up front
-    if chosen and all(reasons.values()):  # say so before the reference runs
-        raise _nothing_checked(
-            chosen, [{"name": b.name, "status": "skipped", "reason": reasons[b.name]} for b in chosen]
-        )
-    ref_backend = next(b for b in all_backends if b.name == REFERENCE)
-    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
-    x, y, data_desc, accuracy_na = load_parity_data(source, dataset, data_path, max_samples)
+) -> tuple[ParityReference, str, str | None]:
+    """The reference of a run: the data (load_parity_data), the float64 reference's logits, and the reference
+    framework's own error in each of `precisions`; with the data's description and why accuracy does not apply
+    (or None)."""
+    x, y, data_desc, accuracy_na = load_parity_data(source, options.dataset, options.data_path, options.max_samples)
     log(f"parity of {source.manifest.model} on {data_desc}; reference {REFERENCE}")
     if accuracy_na:
         log(f"  {accuracy_na}")
@@ -268,186 +226,156 @@ def parity_report(
         ref = np.concatenate(
             [ref_backend.run_tensor(torch.from_numpy(x[i : i + 64])).double().numpy() for i in range(0, len(x), 64)]
         )
-    rows: list[dict[str, Any]] = [{**ref_backend.describe(), **judge(ref, ref, "fp64", y)}]
-    xi = x[:invariance_samples]
-    # The reference framework's own error per dtype (the unfolded model in torch on CPU, same inputs).
-    framework_full = {
-        p: framework_errors(source.model, x, ref, p)
-        for p in sorted({b.precision for b in chosen if reasons[b.name] is None})
-    }
-    framework = {p: None if e is None else e["rel_l2"] for p, e in framework_full.items()}
-    framework_top1 = {p: e["top1_agreement"] for p, e in framework_full.items() if e}
-    for p, e in framework_full.items():
+    full = {p: framework_errors(source.model, x, ref, p) for p in sorted(set(precisions))}
+    for p, e in full.items():
         if e is not None:
             log(
                 f"  reference framework (torch CPU unfolded) {p}: rel L2 {e['rel_l2']:.2e}, "
                 f"top-1 agreement {e['top1_agreement']:.2%}"
             )
-    batches = MATRIX_BATCHES if batch_matrix else DEFAULT_BATCHES
+    framework = {p: None if e is None else e["rel_l2"] for p, e in full.items()}
+    framework_top1 = {p: e["top1_agreement"] for p, e in full.items() if e}
+    return ParityReference(x, y, ref, framework, framework_top1), data_desc, accuracy_na
+
+
+def measure_parity(
+    export_dir: str | Path,
+    options: ParityOptions | None = None,
+    *,
+    backends: Sequence[Backend] | None = None,
+    log: Callable[[str], None] = print,
+) -> ParityMeasurement:
+    """Run every selected backend on the data, one active at a time, and judge it against the reference; writes
+    no file. `backends`: a list already made by export_backends (default: all of them). A backend is judged by
+    max(the precision table's floor, 2 x the unfolded torch model's own error in that dtype on these inputs)
+    (precision.judged_tolerance). A backend that cannot run here is skipped; one whose artifact fails to load
+    ("broken") or that fails while running ("crashed") fails the run; a run in which no selected backend
+    produced an output raises NothingCheckedError. options.threads: torch CPU threads and ONNX Runtime intra-op
+    threads (of the backends made here; given `backends` keep their own)."""
+    options = options or ParityOptions()
+    export_dir = Path(export_dir)
+    source = load_export_source(export_dir)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    all_backends = list(backends) if backends is not None else export_backends(source, threads=options.threads)
+    chosen = select_backends([b for b in all_backends if b.name != REFERENCE], options.only)
+    reasons = {b.name: b.unavailable_reason() for b in chosen}  # the cheap probe, once per backend up front
+    if chosen and all(reasons.values()):  # say so before the reference runs
+        raise _nothing_checked(chosen, [(b.name, reasons[b.name]) for b in chosen])
+    ref_backend = next(b for b in all_backends if b.name == REFERENCE)
+    runnable = [b.precision for b in chosen if reasons[b.name] is None]
+    ref, data_desc, accuracy_na = parity_reference(source, ref_backend, runnable, options, log)
+    rows = [ParityRow.judged(ref_backend.describe(), judge(ref.logits, ref.logits, "fp64", ref.y))]
+    xi = ref.x[: options.invariance_samples]
+    batches = MATRIX_BATCHES if options.batch_matrix else DEFAULT_BATCHES
     outputs: dict[str, np.ndarray] = {}
     matrix: dict[str, Any] = {}
     for b in chosen:
-        row, found = _check_backend(b, x, xi, y, ref, framework, framework_top1, batches, log)
+        row, found = _check_backend(b, ref, xi, batches, log)
         rows.append(row)
         if found is not None:
-            outputs[b.name], matrix[b.name] = found["out"], found["invariance"]
-    if not outputs and not any(r.get("status") in FAILURE_KINDS for r in rows):
-        raise _nothing_checked(chosen, rows)
+            outputs[b.name], matrix[b.name] = found
+    if not outputs and not any(r.status.is_failure for r in rows):
+        raise _nothing_checked(chosen, [(r.name, r.reason) for r in rows if r.status is Status.SKIPPED])
     matrix.update(bn_twin_matrix(source, xi, batches))  # the contrast: batch statistics in train mode
-    failed = [r["name"] for r in rows if r.get("status") in FAILURE_KINDS]
-    # The instruction-set caps this process runs under (nfdeploy.check.isa) and what torch's own dispatch chose.
-    isa = {**isa_record(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    report = {
-        "model": source.manifest.model,
-        "export_dir": str(export_dir),
-        "data": data_desc,
-        "accuracy": accuracy_na or "on the labelled test split",
-        "reference": REFERENCE,
-        "tolerances": tolerances(),
-        "backends": rows,
-        "batch_matrix": {"batches": list(batches), "samples": int(len(xi)), "backends": matrix},
-        "pairwise": _pairwise(outputs),
-        "ok": not failed,
-        "failed": failed,
-        "failure": failure_summary(rows) or None,
-        "framework_errors": framework,
-        "framework_top1": framework_top1,
-        "isa": isa,
-        "out_dir": str(out_dir),
+    result = ParityResult(
+        model=source.manifest.model,
+        export_dir=str(export_dir),
+        data=data_desc,
+        accuracy=accuracy_na or "on the labelled test split",
+        reference=REFERENCE,
+        tolerances=tolerances(),
+        backends=rows,
+        batch_matrix=BatchMatrix(list(batches), int(len(xi)), matrix),
+        pairwise=_pairwise(outputs),
+        framework_errors=ref.framework,
+        framework_top1=ref.framework_top1,
+        # The instruction-set caps this process runs under (nfdeploy.check.isa) and what torch's own dispatch chose.
+        isa={**isa_record(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
+    )
+    ran = [b for b in chosen if b.name in outputs]
+    return ParityMeasurement(result, source, ref, outputs, ran, ref_backend)
+
+
+def save_parity_outputs(measured: ParityMeasurement, out_dir: Path, threads: int | None = None) -> list[str]:
+    """outputs.npz + provenance.json (nfdeploy.check.saved_outputs) of the reference and every backend that ran,
+    for `nfdeploy compare`; returns the files' names. `threads`: the threads the run was asked for."""
+    result, ref = measured.result, measured.reference
+    described = {
+        r.name: {k: r.backend.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
+        for r in result.backends
+        if r.name in measured.outputs or r.name == REFERENCE
     }
-    if save_outputs:
-        described = {
-            r["name"]: {k: r.get(k) for k in ("precision", "runtime", "device", "threads", "file", "providers")}
-            for r in rows
-            if r["name"] in outputs or r["name"] == REFERENCE
-        }
-        write_saved_outputs(out_dir, source.manifest, x, y, {REFERENCE: ref, **outputs}, described, threads, isa=isa)
-        report["saved_outputs"] = [OUTPUTS_FILE, PROVENANCE_FILE]
-    write_parity_report(report, out_dir)
-    if per_block:  # after the main report is on disk: a failure here must not discard every backend's run
-        ran = [b for b in chosen if b.name in outputs]
-        tols = {r["name"]: r["tolerance"] for r in rows if "tolerance" in r}
-        from nfdeploy.check.per_block import per_block_report
-
-        try:
-            report["per_block"] = per_block_report(
-                source,
-                x[:per_block_samples],
-                ran,
-                ref_backend,
-                tols,
-                {k: v[:per_block_samples] for k, v in outputs.items()},
-                log=log,
-            )
-        except Exception as e:  # noqa: BLE001 - reported in the written report, and the run still says so
-            report["per_block_error"] = one_line(e, 400)
-            log(f"  per-block forensics failed: {report['per_block_error']}")
-        write_parity_report(report, out_dir)
-    return report
+    outputs = {REFERENCE: ref.logits, **measured.outputs}
+    save_outputs(out_dir, measured.source.manifest, ref.x, ref.y, outputs, described, threads, isa=result.isa)
+    return [OUTPUTS_FILE, PROVENANCE_FILE]
 
 
-def read_parity_rows(export_dir: str | Path) -> dict[str, dict[str, Any]] | None:
-    """The export's saved parity rows ({backend name: row}, from PARITY_JSON in its default report dir),
-    or None when there is no report. A report that exists but cannot be read raises UserError: a reader
-    that needs a verdict (bench's fastest backend, serve's default) must not mistake it for "no report"."""
-    path = default_report_dir(export_dir) / PARITY_JSON
-    if not path.is_file():
-        return None
-    report = read_json(path, "parity report")
-    rows = report.get("backends") if isinstance(report, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r for r in rows):
-        raise UserError(f"{path}: not a parity report (no list of backend rows with names)")
-    return {r["name"]: r for r in rows}
-
-
-def write_parity_report(report: dict[str, Any], out_dir: Path) -> None:
-    atomic_write_json(out_dir / PARITY_JSON, report)
-    ran = [r for r in report["backends"] if r.get("status") in ("pass", "FAIL")]
-    skipped = [r for r in report["backends"] if r.get("status") == "skipped"]
-    broken = [r for r in report["backends"] if r.get("status") in ("broken", "crashed")]
-    cols = ["name", "device", "precision", "math_mode", "max_abs", "rel_l2", "sqnr_db", "cosine", "top1_agreement"]
-    cols += ["accuracy", "accuracy_delta"] if any("accuracy" in r for r in ran) else []
-    cols += ["status"]
-    bm = report["batch_matrix"]
-    md = [
-        f"# Parity: {report['model']}\n",
-        f"Data: {report['data']}. Accuracy: {report['accuracy']}. "
-        f"Reference: {report['reference']} (the unfolded model in float64 on CPU). "
-        f"Tolerances — {describe_tolerances()}; a non-finite output fails.\n",
-        f"Instruction set: {isa_label(report.get('isa'))}; torch CPU capability "
-        f"{(report.get('isa') or {}).get('torch_cpu_capability', '?')}. "
-        f"{(report.get('isa') or {}).get('onnxruntime', '')}\n",
-        f"**{'All backends that ran are within tolerance' if report['ok'] else 'FAILED — ' + report['failure']}**\n",
-        "## Backends\n",
-        markdown_table(ran, cols, floatfmt="{:.3g}"),
-        *(
-            [
-                "\n## Failed to load or to run\n",
-                markdown_table([{"name": r["name"], "status": r["status"], "reason": r["reason"]} for r in broken]),
-            ]
-            if broken
-            else []
-        ),
-        "\n## Skipped\n",
-        markdown_table([{"name": r["name"], "reason": r["reason"]} for r in skipped]) if skipped else "(none)\n",
-        f"\n## Batch invariance ({bm['samples']} samples, "
-        f"each inside full batches of {', '.join(map(str, bm['batches']))} "
-        "vs its own batch-1 output; cell: share bitwise identical / max ULP / max rel L2 per sample)\n",
-        markdown_table(matrix_rows(bm["backends"])) if bm["backends"] else "(no backend ran)\n",
-        "\n## Pairwise (cross-runtime / cross-device)\n",
-        markdown_table(report["pairwise"], floatfmt="{:.3g}")
-        if report["pairwise"]
-        else "(fewer than two backends ran)\n",
-    ]
-    fw = {p: e for p, e in report.get("framework_errors", {}).items() if e is not None}
-    lowered = {
-        p: a for p, a in report.get("framework_top1", {}).items() if a < tolerances()[p].get("top1_agreement", 0)
-    }
-    if lowered:
-        md.insert(
-            3,
-            "Top-1 agreement judged no stricter than the reference framework itself meets in that dtype: "
-            + "; ".join(
-                f"{p}: table {tolerances()[p]['top1_agreement']:.1%}, torch CPU unfolded {p} {a:.2%}"
-                for p, a in lowered.items()
-            )
-            + ".\n",
+def add_per_block(measured: ParityMeasurement, samples: int, log: Callable[[str], None] = print) -> None:
+    """The per-block forensics (nfdeploy.check.per_block) of every backend that ran, on the first `samples`
+    inputs, into the result's per_block; a failure goes into per_block_error instead (the main report stands)."""
+    result = measured.result
+    tols = {r.name: r.tolerance for r in result.backends if r.tolerance is not None}
+    try:
+        result.per_block = per_block_report(
+            measured.source,
+            measured.reference.x[:samples],
+            measured.ran,
+            measured.ref_backend,
+            tols,
+            {k: v[:samples] for k, v in measured.outputs.items()},
+            log=log,
         )
-    if fw:
-        md.insert(
-            3,
-            "Judged tolerance: rel L2 ≤ max(floor, 2 × the reference framework's own error in that dtype) — "
-            + "; ".join(
-                f"{p}: floor {tolerances()[p]['rel_l2']:g}, torch CPU unfolded {p} error {e:.3g} → "
-                f"{judged_tolerance(p, e)['rel_l2']:.3g}"
-                + ("" if math.isfinite(e) else f" ({judged_tolerance(p, e)['rule']})")
-                for p, e in fw.items()
-            )
-            + "\n",
-        )
-    if "per_block" in report:
-        from nfdeploy.check.per_block import per_block_markdown, plot_per_block
+    except Exception as e:  # noqa: BLE001 - reported in the written report, and the run still says so
+        result.per_block_error = one_line(e, 400)
+        log(f"  per-block forensics failed: {result.per_block_error}")
 
-        md += ["\n## Error per block\n", per_block_markdown(report["per_block"])]
-        plot_per_block(report["per_block"], out_dir / "per_block.png", f"{report['model']}: error per block")
-    if "per_block_error" in report:
-        md += ["\n## Error per block\n", f"Per-block forensics failed: {report['per_block_error']}\n"]
-    if bm["backends"]:
-        plot_batch_matrix(bm["backends"], out_dir / "batch_matrix.png", f"{report['model']}: batch invariance")
-    atomic_write_text(out_dir / PARITY_MD, "\n".join(md))
-    _plot(report["backends"], out_dir / PARITY_PNG)
+
+def parity_report(
+    export_dir: str | Path,
+    out_dir: str | Path | None = None,
+    options: ParityOptions | None = None,
+    *,
+    backends: Sequence[Backend] | None = None,
+    log: Callable[[str], None] = print,
+) -> ParityResult:
+    """Measure (measure_parity), save the outputs when asked, write parity.json / parity.md / parity.png to
+    out_dir (default: beside the export dir, see default_report_dir), then the per-block forensics when asked,
+    written after the main report is on disk so that their failure loses nothing. A run that checked nothing
+    raises NothingCheckedError and writes nothing."""
+    options = options or ParityOptions()
+    measured = measure_parity(export_dir, options, backends=backends, log=log)
+    result = measured.result
+    out_dir = Path(out_dir) if out_dir is not None else default_report_dir(export_dir)
+    result.out_dir = str(out_dir)
+    if options.save_outputs:
+        result.saved_outputs = save_parity_outputs(measured, out_dir, options.threads)
+    write_parity_report(result, out_dir)
+    if options.per_block:
+        add_per_block(measured, options.per_block_samples, log)
+        write_parity_report(result, out_dir)
+    return result
 
 
 __all__ = [
-    "FAILURE_KINDS",
-    "NothingCheckedError",
     "PARITY_JSON",
     "PARITY_MD",
     "PARITY_PNG",
+    "BackendPair",
+    "NothingCheckedError",
     "ParityError",
-    "failure_summary",
+    "ParityMeasurement",
+    "ParityOptions",
+    "ParityReference",
+    "ParityResult",
+    "ParityRow",
+    "add_per_block",
     "load_parity_data",
+    "measure_parity",
+    "parity_reference",
     "parity_report",
+    "read_parity_result",
     "read_parity_rows",
+    "save_parity_outputs",
     "write_parity_report",
 ]

@@ -5,13 +5,15 @@ Every backend against the float64 model of its own variant at the points of nfde
 Torch backends: forward hooks. ONNX Runtime: a copy of the graph with those values added as graph
 outputs (nfdeploy.export.onnx_graph.block_values / run_with_values), run instead of the backend's own
 session, never beside it. The first diverging point is the first whose relative L2 error passes the
-backend's tolerance, with the ops inside it.
+backend's tolerance, with the ops inside it; when every point is within it and the logits are not, the
+divergence lies after FEATURES, in the head (the classifier), and the row says so (HEAD).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +35,14 @@ from nfdeploy.render import markdown_table, pyplot, save_figure
 from nfdeploy.runtime.base import Backend, BackendUnavailable
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.runtime.torch_backend import TorchBackend
+from nfdeploy.status import Status
 
 TENSORRT_REASON = (
     "per-block outputs on TensorRT need an engine rebuilt with those tensors marked as outputs, "
     "which changes layer fusion and so what is measured; not done"
 )
+# The point after FEATURES: the logits, computed by the head (the classifier) from the features.
+HEAD = "logits"
 
 
 def _concat(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -47,13 +52,15 @@ def _concat(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
 def torch_points(
     backend: TorchBackend, x: np.ndarray, batch_size: int = 64
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({point: float64 array}, logits) of an active torch backend, through forward hooks on its module."""
+    """({point: float64 array}, float64 logits) of an active torch backend, through forward hooks on its module
+    (the logits as the backend computed them: a float64 reference stays float64)."""
     if backend.spec.mode not in ("", "eager"):
         raise BackendUnavailable(f"per-block capture needs eager torch (hooks do not run inside {backend.spec.mode})")
     logits = []
     with capture_points(backend.module) as got:
         for i in range(0, len(x), batch_size):
-            logits.append(backend.run(x[i : i + batch_size]))
+            out = backend.run_tensor(torch.from_numpy(backend.check_input(x[i : i + batch_size])))
+            logits.append(out.to("cpu", torch.float64).numpy())
     return _concat(got), np.concatenate(logits)
 
 
@@ -102,23 +109,36 @@ def first_diverging(points: list[dict[str, Any]], tol_rel_l2: float) -> dict[str
     return None
 
 
-def reference_points(
-    source: Any, x: np.ndarray, ref_backend: Backend
-) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
-    """The point names and the two float64 references at every point: "unfolded" (`ref_backend`, the
-    unfolded model in float64, hooked) and "folded" (the folded model in float64, hooked)."""
+@dataclass
+class ReferencePoints:
+    """The float64 references of a per-block run: the point names, and per variant ("unfolded": the unfolded
+    model, "folded": the folded one) the value at every point and the logits."""
+
+    names: list[str]
+    points: dict[str, dict[str, np.ndarray]]
+    logits: dict[str, np.ndarray]
+
+
+def reference_points(source: Any, x: np.ndarray, ref_backend: Backend) -> ReferencePoints:
+    """The two float64 references at every point and at the logits: "unfolded" (`ref_backend`, the unfolded
+    model in float64, hooked) and "folded" (the folded model in float64, hooked)."""
     names = [p for p, _ in block_points(source.folded(torch.float32))]
     with ref_backend:
-        unfolded, _ = torch_points(ref_backend, x)
+        unfolded, unfolded_logits = torch_points(ref_backend, x)
     if list(unfolded) != names:
         raise BlockStructureError(
             f"the reference model's points {list(unfolded)} differ from the folded model's {names}"
         )
     folded64 = source.folded(torch.float64)
+    logits = []
     with torch.no_grad(), capture_points(folded64) as got:
         for i in range(0, len(x), 64):
-            folded64(torch.from_numpy(x[i : i + 64]).double())
-    return names, {"unfolded": unfolded, "folded": _concat(got)}
+            logits.append(folded64(torch.from_numpy(x[i : i + 64]).double()).numpy())
+    return ReferencePoints(
+        names,
+        {"unfolded": unfolded, "folded": _concat(got)},
+        {"unfolded": unfolded_logits, "folded": np.concatenate(logits)},
+    )
 
 
 def capture_backend(b: Backend, x: np.ndarray, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
@@ -138,21 +158,61 @@ def capture_backend(b: Backend, x: np.ndarray, names: list[str]) -> tuple[dict[s
     return got, out, "forward hooks (eager torch computes the same with or without them)"
 
 
+def diverging_point(
+    b: Backend, pts: list[dict[str, Any]], logits: dict[str, float], tol: float, folded: torch.nn.Module
+) -> dict[str, Any] | None:
+    """Where the backend departs from its reference: the first point past `tol`, or HEAD when every point is
+    within it and the logits are not (the divergence lies after FEATURES, in the classifier); with the ops
+    inside it, in torch terms and (ONNX backends) in the graph's."""
+    div = first_diverging(pts, tol)
+    if div is None and not logits["rel_l2"] <= tol:
+        div = {"point": HEAD, "depth": len(pts), "rel_l2": logits["rel_l2"]}
+    if div is None:
+        return None
+    point = div["point"]
+    found = {
+        "point": point,
+        "depth": div["depth"],
+        "rel_l2": div["rel_l2"],
+        "torch_ops": module_ops(folded, classifier_path(folded) if point in (FEATURES, HEAD) else point),
+    }
+    if isinstance(b, OrtBackend):
+        onnx = require("onnx", "onnx")
+        where = FEATURES if point == HEAD else point  # the classifier's scope holds the head's ops
+        found["onnx_ops"] = block_values(onnx.load(str(b.path)), [where])[where]["ops"]
+    return found
+
+
+def divergence_conclusion(div: dict[str, Any] | None, tol: float) -> str:
+    """The per-block verdict in one sentence: where the backend diverges, or that it does not."""
+    if div is None:
+        if not math.isfinite(tol):
+            return "no rel L2 tolerance for this precision: no point is judged to diverge"
+        return f"within rel L2 {tol:.3g} at every point and at the logits"
+    if div["point"] == HEAD:
+        return (
+            f"diverges after `{FEATURES}`: in the head (classifier) — every point is within rel L2 {tol:.3g}, "
+            f"the logits are not (rel L2 {div['rel_l2']:.3g})"
+        )
+    return f"diverges at `{div['point']}` (depth {div['depth']}): the first point past rel L2 {tol:.3g}"
+
+
 def backend_row(
     b: Backend,
     got: dict[str, np.ndarray],
     out: np.ndarray,
     how: str,
     ref: dict[str, np.ndarray],
+    ref_logits: np.ndarray,
     tol: float,
     folded: torch.nn.Module,
     plain_logits: np.ndarray | None,
 ) -> dict[str, Any]:
-    """One backend's row: errors at every point, the first diverging point and its ops, and (ONNX) whether
-    instrumenting changed the logits."""
+    """One backend's row: errors at every point and at the logits, where it first diverges and the ops there,
+    the conclusion in words, and (ONNX) whether instrumenting changed the logits."""
     pts = [{"point": p, "depth": i, **point_errors(got[p], ref[p], b.precision)} for i, p in enumerate(ref)]
     row: dict[str, Any] = {
-        "status": "ok",
+        "status": Status.DONE.value,
         "precision": b.precision,
         "tolerance_rel_l2": tol,
         "points": pts,
@@ -163,18 +223,11 @@ def backend_row(
         # instrumented graph are checked against the plain graph's so a changed computation shows.
         row["instrumented_logits_bitwise_equal"] = bool(np.array_equal(out, plain_logits))
         row["instrumented_logits_max_abs_change"] = float(np.abs(out.astype(np.float64) - plain_logits).max())
-    div = first_diverging(pts, tol)
+    row["logits"] = point_errors(out, ref_logits, b.precision)
+    div = diverging_point(b, pts, row["logits"], tol, folded)
     if div is not None:
-        point = div["point"]
-        row["first_diverging"] = {
-            "point": point,
-            "depth": div["depth"],
-            "rel_l2": div["rel_l2"],
-            "torch_ops": module_ops(folded, classifier_path(folded) if point == FEATURES else point),
-        }
-        if isinstance(b, OrtBackend):
-            onnx = require("onnx", "onnx")
-            row["first_diverging"]["onnx_ops"] = block_values(onnx.load(str(b.path)), [point])[point]["ops"]
+        row["first_diverging"] = div
+    row["conclusion"] = divergence_conclusion(div, tol)
     return row
 
 
@@ -194,19 +247,23 @@ def per_block_report(
     activation's gain, which the fold moves into the classifier's weights.
     `tolerances`: {backend name: the tolerance it is judged by at the logits}.
     `logits`: each backend's plain logits, to check that instrumenting did not change what it computes."""
-    names, refs = reference_points(source, x, ref_backend)
-    agreement = {p: compare_outputs(refs["unfolded"][p], refs["folded"][p])["rel_l2"] for p in names if p != FEATURES}
+    refs = reference_points(source, x, ref_backend)
+    names = refs.names
+    unfolded, folded64 = refs.points["unfolded"], refs.points["folded"]
+    agreement = {p: compare_outputs(unfolded[p], folded64[p])["rel_l2"] for p in names if p != FEATURES}
     folded = source.folded(torch.float32)
     rows: dict[str, Any] = {}
     for b in backends:
         try:
             got, out, how = capture_backend(b, x, names)
         except BackendUnavailable as e:
-            rows[b.name] = {"status": "skipped", "reason": str(e)}
+            rows[b.name] = {"status": Status.SKIPPED.value, "reason": str(e)}
             continue
         tol = tolerances[b.name].get("rel_l2", math.inf)  # int8 has no rel L2 rule: nothing "diverges" by it
-        ref = refs["unfolded"] if getattr(b.spec, "variant", "") == "unfolded" else refs["folded"]
-        row = rows[b.name] = backend_row(b, got, out, how, ref, tol, folded, (logits or {}).get(b.name))
+        variant = "unfolded" if getattr(b.spec, "variant", "") == "unfolded" else "folded"
+        row = rows[b.name] = backend_row(
+            b, got, out, how, refs.points[variant], refs.logits[variant], tol, folded, (logits or {}).get(b.name)
+        )
         worst = max(row["points"], key=lambda p: p["rel_l2"] if math.isfinite(p["rel_l2"]) else math.inf)
         log(
             f"  per-block {b.name}: worst {worst['point']} rel L2 {worst['rel_l2']:.2e}"
@@ -221,7 +278,9 @@ def plot_per_block(per_block: dict[str, Any], path: Any, title: str = "") -> Non
     names = per_block["points"]
     fig, ax = plt.subplots(figsize=(max(7, 0.25 * len(names) + 3), 4.5))
     seen_tol: dict[float, Any] = {}
-    for i, (bname, row) in enumerate((k, v) for k, v in per_block["backends"].items() if v.get("status") == "ok"):
+    for i, (bname, row) in enumerate(
+        (k, v) for k, v in per_block["backends"].items() if v.get("status") == Status.DONE
+    ):
         color = f"C{i % 10}"
         ys = [max(p["rel_l2"], 1e-18) if math.isfinite(p["rel_l2"]) else 1.0 for p in row["points"]]
         ax.plot(range(len(ys)), ys, marker="o", ms=3, color=color, label=bname)
@@ -246,7 +305,7 @@ def per_block_markdown(per_block: dict[str, Any]) -> str:
         f"`{FEATURES}` = the classifier's input. ULPs are of the backend's precision at the reference value.\n"
     ]
     for name, row in per_block["backends"].items():
-        if row.get("status") != "ok":
+        if row.get("status") != Status.DONE:
             lines.append(f"### {name}\nskipped: {row.get('reason')}\n")
             continue
         div = row.get("first_diverging")
@@ -260,11 +319,17 @@ def per_block_markdown(per_block: dict[str, Any]) -> str:
             )
         head += ".\n"
         if div:
-            ops = div.get("onnx_ops") or div["torch_ops"]
-            head += (
-                f"\n**First diverging point: `{div['point']}`** (depth {div['depth']}, rel L2 {div['rel_l2']:.3g}); "
-                f"ops: {', '.join(f'{k} ×{v}' for k, v in sorted(ops.items()))}.\n"
-            )
+            ops = ", ".join(f"{k} ×{v}" for k, v in sorted((div.get("onnx_ops") or div["torch_ops"]).items()))
+            if div["point"] == HEAD:
+                head += (
+                    f"\n**Diverges after `{FEATURES}`: in the head (classifier)** — every point is within tolerance, "
+                    f"the logits are not (rel L2 {div['rel_l2']:.3g}); ops in the head: {ops}.\n"
+                )
+            else:
+                head += (
+                    f"\n**First diverging point: `{div['point']}`** (depth {div['depth']}, "
+                    f"rel L2 {div['rel_l2']:.3g}); ops: {ops}.\n"
+                )
         lines += [
             head,
             markdown_table(
@@ -275,9 +340,13 @@ def per_block_markdown(per_block: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "HEAD",
     "TENSORRT_REASON",
+    "ReferencePoints",
     "backend_row",
     "capture_backend",
+    "divergence_conclusion",
+    "diverging_point",
     "first_diverging",
     "onnx_points",
     "per_block_markdown",

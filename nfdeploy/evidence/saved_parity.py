@@ -13,7 +13,7 @@ from typing import Any
 
 from nfdeploy.artifacts import array_sha256
 from nfdeploy.check.backends import load_export_source
-from nfdeploy.check.parity import load_parity_data, parity_report
+from nfdeploy.check.parity import ParityOptions, load_parity_data, parity_report
 from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import Backend
 
@@ -30,17 +30,14 @@ def parity_with_outputs(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """parity_report with saved outputs, plus the inputs' digest and shape (inputs_sha256, inputs_shape)."""
-    rep = parity_report(
-        export_dir,
-        out_dir,
-        only=only,
-        backends=backends,
+    options = ParityOptions(
+        only=only or (),
         max_samples=max_samples,
         invariance_samples=invariance_samples,
         batch_matrix=batch_matrix,
         save_outputs=True,
-        log=log,
     )
+    rep = parity_report(export_dir, out_dir, options, backends=backends, log=log).to_dict()
     # The inputs' digest: the cross-machine comparison is valid only when both sides ran the same inputs.
     x = load_parity_data(load_export_source(export_dir), None, None, max_samples)[0]
     rep["inputs_sha256"] = array_sha256(x)

@@ -28,6 +28,8 @@ stamp=.venv/.nfdeploy-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    # setuptools' editable build warns, as a Python warning, about same-named folders in the working directory (a
+    # block of asterisks on every fresh set-up that asks nothing of the reader); errors still print.
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
 fi

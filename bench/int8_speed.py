@@ -14,7 +14,7 @@ holds ONNX Runtime's optimized graph counts (nfdeploy.export.quantize.ort_fusion
 QLinearConv vs left in float, DequantizeLinear left) and a per-op-type profile (ORT's own profiler) of
 where the time goes.
 
-    python bench/int8_speed.py --out bench/results/int8-speed-cpu-2026-12-01 [--batches 1,32 --threads 2]
+    python -m bench.int8_speed --out bench/results/int8-speed-cpu-2026-12-01 [--batches 1,32 --threads 2]
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import json
 import shlex
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import export_randomised, photo_tiles
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.export.onnx_graph import run_with_values
 from nfdeploy.export.quantize import (
@@ -43,11 +40,12 @@ from nfdeploy.export.quantize import (
     ort_fusion,
     quantize_graph,
 )
+from nfdeploy.export.study_inputs import export_randomised, photo_tiles
 from nfdeploy.machine import describe_loads
 from nfdeploy.metrics import sqnr_db
-from nfdeploy.perf import RoundPlan, machine_info, machine_load, parse_batches, time_group
-from nfdeploy.perf.peak import CPU_N, ort_matmul
-from nfdeploy.perf.rounds import describe_ratio, interleaved_rounds, ratio_table_rows
+from nfdeploy.perf import RoundPlan, Stopwatch, machine_info, machine_load, parse_batches, time_group
+from nfdeploy.perf.gemm_ceiling import int8_gemm_ceiling
+from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows
 from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
@@ -83,9 +81,9 @@ def make_graphs(work: Path, calib: CalibrationData, log) -> dict[str, dict]:
     for model in ("nf_resnet50", "bn_resnet50"):
         fp32[model] = export_randomised(model, work / f"{model}.onnx", INPUT[-1])
     pre = work / "nf_resnet50.pre.onnx"
-    t0 = time.perf_counter()
+    sw = Stopwatch()
     quant_pre_process(str(fp32["nf_resnet50"]), str(pre))
-    pre_s = time.perf_counter() - t0
+    pre_s = sw.seconds()
     for member, model, form, preprocessed in MEMBERS:
         if form == "fp32":
             graphs[member] = {"path": fp32[model], "quantize": None}
@@ -132,56 +130,23 @@ def accuracy(graphs: dict[str, dict], x: np.ndarray) -> dict[str, dict]:
     return out
 
 
-def op_profile(path: Path, batch: int, threads: int, runs: int) -> dict[str, float]:
-    """Share of node time per op type over `runs` runs (ONNX Runtime's profiler, spinning off)."""
-    import onnxruntime as ort
-
+def op_profile(path: Path, precision: str, batch: int, threads: int, runs: int) -> dict[str, float]:
+    """Share of node time per op type over `runs` runs of the graph at `path` (ONNX Runtime's profiler, spinning
+    off)."""
     with tempfile.TemporaryDirectory() as td:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(td) / "prof")
-        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal((batch, *INPUT)).astype(np.float32)
-        name = s.get_inputs()[0].name
-        s.run(None, {name: x})  # warm-up run: in the profile too, but a small share of `runs`
-        for _ in range(runs):
-            s.run(None, {name: x})
-        events = json.loads(Path(s.end_profiling()).read_text())
+        spec = BackendSpec("onnxruntime", "cpu", precision)
+        with OrtBackend(spec, INPUT, path, threads=threads, profile_prefix=Path(td) / "prof") as b:
+            x = np.random.default_rng(0).standard_normal((batch, *INPUT)).astype(np.float32)
+            b.run(x)  # warm-up run: in the profile too, but a small share of `runs`
+            for _ in range(runs):
+                b.run(x)
+            events = json.loads(Path(b.session.end_profiling()).read_text())
     per_op: dict[str, float] = defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"]
     total = sum(per_op.values()) or 1.0
     return {op: us / total for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])}
-
-
-def kernel_ceiling(threads: int, plan: RoundPlan, n: int = CPU_N) -> dict:
-    """ONNX Runtime's fp32 GEMM (MatMul) vs its u8 x s8 integer GEMM (MatMulInteger), n³, interleaved: the
-    ratio is the most int8 can gain over fp32 on this CPU with this runtime, for work that is all GEMM."""
-    calls = {k: ort_matmul(k, n, threads) for k in ("fp32", "int8")}
-
-    def timer(call):
-        def run():
-            t0 = time.perf_counter()
-            call()
-            return (time.perf_counter() - t0) * 1e3, None
-
-        return run
-
-    res = interleaved_rounds({k: timer(c) for k, c in calls.items()}, plan, ratios=[("fp32", "int8")])
-    gops = {k: 2.0 * n**3 / (m["median_ms"] * 1e6) for k, m in res["members"].items()}
-    return {
-        "n": n,
-        "threads": threads,
-        "median_ms": {k: m["median_ms"] for k, m in res["members"].items()},
-        "giga_ops_per_s": gops,
-        "fp32 / int8": res["ratios"]["fp32/int8"],
-        "rounds": res["rounds"],
-        "stopped_by": res["stopped_by"],
-    }
 
 
 def main(argv=None) -> int:
@@ -193,7 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-time", type=float, default=240.0, help="cap per batch (all members) before 'noisy'")
     ap.add_argument("--profile-runs", type=int, default=5)
     args = ap.parse_args(argv)
-    command = "python bench/int8_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m bench.int8_speed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import onnxruntime
 
     torch.set_num_threads(args.threads)
@@ -216,7 +181,7 @@ def main(argv=None) -> int:
         "log": lines,
     }
     plan = RoundPlan(warmup_s=1.0, min_time_s=args.min_time, max_time_s=args.max_time)
-    report["kernel_ceiling"] = c = kernel_ceiling(args.threads, plan)
+    report["kernel_ceiling"] = c = int8_gemm_ceiling(args.threads, plan)
     log(
         f"GEMM {c['n']}³ on ONNX Runtime: fp32 {c['giga_ops_per_s']['fp32']:.0f} GFLOP/s, u8s8 int8 "
         f"{c['giga_ops_per_s']['int8']:.0f} giga-ops/s; fp32 / int8 time {describe_ratio(c['fp32 / int8'])}"
@@ -238,8 +203,8 @@ def main(argv=None) -> int:
             rows, rat, info = time_group(backends, batch, INPUT, plan, ratios=ratios)
             load1 = machine_load()
             profile = {
-                m: op_profile(graphs[m]["path"], batch, args.threads, args.profile_runs)
-                for m in ("nf fp32", "nf int8-ort")
+                m: op_profile(graphs[m]["path"], p, batch, args.threads, args.profile_runs)
+                for m, p in (("nf fp32", "fp32"), ("nf int8-ort", "int8-ort"))
             }
             report["batches"].append(
                 {

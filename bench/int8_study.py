@@ -11,7 +11,7 @@ Part 2 (nf_resnet50 vs bn_resnet50, randomised, 224²): per-block SQNR on 224² 
 scikit-learn's two sample photographs (ImageNet mean/std); calibrated on half the tiles, measured on
 the other half.
 
-    PYTHONPATH=$PWD python bench/int8_study.py --nf-run runs/nf_digits --bn-run runs/bn_digits \
+    python -m bench.int8_study --nf-run runs/nf_digits --bn-run runs/bn_digits \
         --out bench/results/int8-cpu-2026-11-26
 """
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.artifacts.run_dir import load_run_model
 from nfdeploy.export import ExportOptions, export_run
-from nfdeploy.export.onnx_graph import block_values, export_module, run_with_values
+from nfdeploy.export.onnx_graph import block_values, run_with_values
 from nfdeploy.export.quantize import (
     CALIBRATION_METHODS,
     INT8_FORMS,
@@ -40,7 +39,9 @@ from nfdeploy.export.quantize import (
     quantize_graph,
     training_split_calibration,
 )
+from nfdeploy.export.study_inputs import export_randomised, photo_tiles
 from nfdeploy.metrics import judge
+from nfdeploy.perf import Stopwatch
 from nfdeploy.render import markdown_table, pyplot, save_figure
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -140,33 +141,6 @@ def _row(out, ref, y, prec) -> dict:
     return {k: r.get(k) for k in keys if k in r}
 
 
-def photo_tiles(size: int = 224) -> np.ndarray:
-    """Non-overlapping size² tiles of scikit-learn's sample photos (china.jpg, flower.jpg), ImageNet-normalised."""
-    from sklearn.datasets import load_sample_images
-
-    tiles = []
-    for img in load_sample_images().images:  # 427 x 640 x 3 uint8
-        h, w, _ = img.shape
-        for top in range(0, h - size + 1, size // 2):
-            for left in range(0, w - size + 1, size // 2):
-                tiles.append(img[top : top + size, left : left + size])
-    x = np.stack(tiles).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
-    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
-    return ((x - mean) / std).astype(np.float32)
-
-
-def export_randomised(name: str, path: Path, size: int = 224) -> Path:
-    """`name` with randomize_(seed 0) weights, folded in float64, exported as a float32 ONNX graph at `path`."""
-    from nfdeploy.fold import fold_model, randomize_
-    from nfdeploy.models import create_model
-
-    torch.manual_seed(0)
-    net, _ = fold_model(randomize_(create_model(name).eval(), seed=0).double(), dtype=torch.float32)
-    export_module(net, path, (3, size, size), opset=18)
-    return path
-
-
 def resnet50_part(work: Path, log) -> dict:
     x = photo_tiles()
     calib_x, eval_x = x[0::2], x[1::2]
@@ -182,11 +156,11 @@ def resnet50_part(work: Path, log) -> dict:
         res = {}
         for method in ("minmax", "percentile"):
             path = work / f"{name}.int8.{method}.onnx"
-            t0 = time.perf_counter()
+            sw = Stopwatch()
             quantize_graph(fp32, path, "int8", calib, CalibrationOptions(method=method, samples=len(calib_x)))
             res[method] = block_sqnr(fp32, path, eval_x)
             log(
-                f"{name} {method}: quantized + measured in {time.perf_counter() - t0:.0f} s; logits SQNR "
+                f"{name} {method}: quantized + measured in {sw.seconds():.0f} s; logits SQNR "
                 f"{res[method][-1]['sqnr_db']:.1f} dB, worst block "
                 f"{min(r['sqnr_db'] for r in res[method][:-1]):.1f} dB"
             )
@@ -220,7 +194,7 @@ def main() -> None:
         lines.append(msg)
 
     report = {
-        "command": "PYTHONPATH=$PWD python bench/int8_study.py " + " ".join(os.sys.argv[1:]),
+        "command": "python -m bench.int8_study " + " ".join(sys.argv[1:]),
         "load_average_start": os.getloadavg(),
         "cpu_count": os.cpu_count(),
     }

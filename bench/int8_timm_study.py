@@ -16,9 +16,10 @@ on alternate tiles, evaluation on the others. The reference is the fp32 ONNX gra
 - mixed mode (CalibrationOptions.keep, the best method): gates (every node in an attn scope), residual Adds,
   first conv + head, the consumers of the 5 tensors of lowest local SQNR, and all of these together.
 
-Every process-wide ONNX Runtime session is held to one intra-op thread (the calibrator's included).
+Every ONNX Runtime session of the process is held to one thread (the calibrator's included:
+nfdeploy.runtime.ort.ort_threads_limited).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD:$PWD/tests/torchvision_shim nice -n 19 python bench/int8_timm_study.py \
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD/tests/torchvision_shim nice -n 19 python -m bench.int8_timm_study \
         [--models eca_nfnet_l0,nf_regnet_b0,nf_resnet26,nf_seresnet26,nf_ecaresnet26] [--methods minmax,percentile]
 """
 
@@ -34,31 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nfdeploy.perf import Stopwatch
+
 OUT = Path(__file__).parent / "results" / "int8-timm-cpu-2026-12-01"
 SIZE = 160
 ANALYSIS_TILES = 16  # evaluation tiles used for the per-tensor values (memory)
 DEFAULT_MODELS = "eca_nfnet_l0,nf_regnet_b0,nf_resnet26,nf_seresnet26,nf_ecaresnet26"
 
 
-def one_thread_ort() -> None:
-    """Every InferenceSession (nfdeploy's and onnxruntime.quantization's calibrator) with one intra-op thread."""
-    import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_inference_collection as coll
-
-    orig = coll.InferenceSession.__init__
-
-    def init(self, path_or_bytes, sess_options=None, *a, **k):
-        sess_options = sess_options or ort.SessionOptions()
-        sess_options.intra_op_num_threads = 1
-        sess_options.inter_op_num_threads = 1
-        orig(self, path_or_bytes, sess_options, *a, **k)
-
-    coll.InferenceSession.__init__ = init
-
-
 def photo_set(size: int) -> np.ndarray:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from int8_study import photo_tiles
+    """photo_tiles at `size` and their horizontal flips."""
+    from nfdeploy.export.study_inputs import photo_tiles
 
     x = photo_tiles(size)
     return np.ascontiguousarray(np.concatenate([x, x[..., ::-1]]))
@@ -293,7 +280,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, block_sqnr, lint_int8, quantize_graph
     from nfdeploy.interop.timm import create_timm_model, fold_timm_model, randomize_timm_
 
-    t_model = time.perf_counter()
+    t_model = Stopwatch()
     model = create_timm_model(name).double().eval()
     # timm's own init: are the residual branches zero (skipinit gain 0, or conv3 gain 0 without skipinit)?
     zero_branches, n_blocks = 0, 0
@@ -332,13 +319,13 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     log(
         f"{name}: params {params / 1e6:.1f} M, acts {acts}, attn {attn}, "
         f"timm-init zero branches {zero_branches}/{n_blocks}; "
-        f"fp32 distinct top-1 {fp32_info['distinct_top1']}/{len(eval_x)}, {time.perf_counter() - t_model:.0f} s"
+        f"fp32 distinct top-1 {fp32_info['distinct_top1']}/{len(eval_x)}, {t_model.seconds():.0f} s"
     )
     rows, res = [], {}
 
     def quant(form, method, keep=(), label=None, variant=None):
         path = work / f"{name}.{form}.{method}.{len(rows)}.onnx"
-        t0 = time.perf_counter()
+        sw = Stopwatch()
         if variant:
             quantize_variant(fp32, path, calib, method, **variant)
             kept_nodes, lint_ok = 0, None
@@ -357,7 +344,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
                 "kept": label or "none",
                 "kept_nodes": kept_nodes,
                 "lint_ok": lint_ok,
-                "seconds": time.perf_counter() - t0,
+                "seconds": sw.seconds(),
             },
         )
         rows.append(row)
@@ -377,8 +364,8 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     for pct in (99.99, 99.9):
         quant(f"diag: int8, percentile {pct}", "percentile", variant={"percentile": pct})
     best = max(methods, key=lambda m: base[m][1]["sqnr_db"])
-    t0 = time.perf_counter()
-    res["blocks"] = {m: block_sqnr(fp32, base[m][0], eval_x) for m in methods}  # one ORT thread: one_thread_ort
+    sw = Stopwatch()
+    res["blocks"] = {m: block_sqnr(fp32, base[m][0], eval_x) for m in methods}  # one ORT thread: ort_threads_limited
     worst = sorted(res["blocks"][best][:-1], key=lambda r: r["sqnr_db"])[:3]
     drops = []
     prev = None
@@ -391,9 +378,9 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
     log(
         f"  {name} per-block ({best}): worst {[(w['block'], round(w['sqnr_db'], 1)) for w in worst]}, largest drops "
         f"{[(d['block'], round(d['drop_db'], 1)) for d in res['largest_block_drops']]} "
-        f"({time.perf_counter() - t0:.0f} s)"
+        f"({sw.seconds():.0f} s)"
     )
-    t0 = time.perf_counter()
+    sw = Stopwatch()
     tensors = {m: per_tensor(fp32, base[m][0], eval_x[:ANALYSIS_TILES]) for m in dict.fromkeys(["minmax", best])}
     res["tensors"] = tensors
     res["kinds"] = {m: kind_summary(t) for m, t in tensors.items()}
@@ -405,7 +392,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
                 for k in ks
             )
         )
-    log(f"  per-tensor analysis {time.perf_counter() - t0:.0f} s")
+    log(f"  per-tensor analysis {sw.seconds():.0f} s")
     sets = keep_sets(fp32)
     worst_t = sorted([t for t in tensors[best] if t["local_sqnr_db"] is not None], key=lambda t: t["local_sqnr_db"])[:5]
     sets["consumers of 5 worst tensors"] = sorted({c for t in worst_t for c in t["consumers"]})
@@ -428,7 +415,7 @@ def study(name: str, work: Path, methods: list[str], log) -> dict:
         "rows": rows,
         **res,
         "best": top,
-        "wall_s": time.perf_counter() - t_model,
+        "wall_s": t_model.seconds(),
         "worst_tensors": [
             {
                 k: t[k]
@@ -542,13 +529,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from nfdeploy.runtime.ort import ort_threads_limited
+
     torch.set_num_threads(1)
-    one_thread_ort()
     prev = OUT / "int8_timm_study.json"
     report = json.loads(prev.read_text()) if prev.is_file() else {"models": {}, "log": []}
     report.update(
-        command="OMP_NUM_THREADS=1 PYTHONPATH=$PWD:$PWD/tests/torchvision_shim nice -n 19 python "
-        "bench/int8_timm_study.py " + " ".join(sys.argv[1:]),
+        command="OMP_NUM_THREADS=1 PYTHONPATH=$PWD/tests/torchvision_shim nice -n 19 python -m "
+        "bench.int8_timm_study " + " ".join(sys.argv[1:]),
         setup=f"{SIZE}² input; randomize_timm_(seed=0); {len(photo_set(SIZE))} tiles (sklearn sample photos, "
         f"stride {SIZE // 2}, + horizontal flips), calibration on alternate tiles, evaluation on the other "
         f"half; per-tensor values on the first {ANALYSIS_TILES} evaluation tiles; reference = the fp32 "
@@ -561,7 +549,7 @@ def main() -> None:
         print(msg, flush=True)
         report["log"].append(msg)
 
-    with tempfile.TemporaryDirectory(prefix="int8-timm-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="int8-timm-") as tmp, ort_threads_limited(1):
         for name in args.models.split(","):
             try:
                 report["models"][name] = study(name, Path(tmp), args.methods.split(","), log)

@@ -7,7 +7,7 @@ with 8-bit weights; with VNNI they do not, and 7 bits only cost resolution. The 
 Model: nf_resnet50 (randomised, folded, 224²), calibrated on alternate 224² tiles of scikit-learn's two
 sample photographs, measured on the others.
 
-    python bench/int8_weight_bits.py --out bench/results/int8-weight-bits-cpu-DATE
+    python -m bench.int8_weight_bits --out bench/results/int8-weight-bits-cpu-DATE
 """
 
 from __future__ import annotations
@@ -20,22 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.int8_study import export_randomised, photo_tiles
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.check.cpu_flags import cpu_flags
 from nfdeploy.export.onnx_graph import run_with_values
 from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph
+from nfdeploy.export.study_inputs import export_randomised, photo_tiles
 from nfdeploy.metrics import sqnr_db
 from nfdeploy.perf import machine_info
 from nfdeploy.render import markdown_table
 
-
-def cpu_flags() -> list[str]:
-    try:
-        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "avx_vnni", "amx")))
+NOTED_FLAGS = ("avx512", "avx_vnni", "amx")  # what decides whether u8 x s8 pairs saturate
 
 
 def main(argv=None) -> int:
@@ -67,8 +61,8 @@ def main(argv=None) -> int:
                 }
             )
             print(rows[-1], flush=True)
-    command = "python bench/int8_weight_bits.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    report = {"command": command, "machine": machine_info(), "cpu_flags": cpu_flags(), "rows": rows}
+    command = "python -m bench.int8_weight_bits " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    report = {"command": command, "machine": machine_info(), "cpu_flags": cpu_flags(NOTED_FLAGS), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "int8_weight_bits.json", report)
     md = [

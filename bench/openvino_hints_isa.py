@@ -8,9 +8,10 @@ B. Instruction-set caps: each cap in a child process (oneDNN and OpenVINO read t
    kernels), alone and together; OpenVINO fp32 (hint f32) and both int8 forms, and ONNX Runtime fp32 as
    the control (MLAS dispatches on CPUID, no switch). Each against the uncapped run: share of bitwise
    identical logits, max ULP (float32), rel L2, top-1 agreement; and the kernels the plugin chose.
-   One thread everywhere, so only the instruction set differs.
+   One thread everywhere, so only the instruction set differs. A graph whose convolutions the plugin does not
+   run in its precision under a cap is not that backend there: it is left out of that cap's rows.
 
-    python bench/openvino_hints_isa.py EXPORT_DIR --out bench/results/openvino-hints-isa-DATE
+    python -m bench.openvino_hints_isa EXPORT_DIR --out bench/results/openvino-hints-isa-DATE
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
+from nfdeploy.check.cpu_flags import cpu_flags
+from nfdeploy.metrics import compare_outputs, top1_agreement
+from nfdeploy.precision import get_precision
 from nfdeploy.render import markdown_table
+from nfdeploy.runtime.base import BackendSpec, BackendUnavailable
+from nfdeploy.runtime.ort import OrtBackend
 
-FILES = {"openvino fp32": "model.onnx", "openvino int8": "model.int8.onnx", "openvino int8-ort": "model.int8.ort.onnx"}
+OPENVINO = {"openvino fp32": "fp32", "openvino int8": "int8", "openvino int8-ort": "int8-ort"}  # label -> precision
+NOTED_FLAGS = ("avx", "amx", "sse4")
+REPO = Path(__file__).resolve().parent.parent
 CAPS = {  # label -> environment
     "native": {},
     "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
@@ -42,34 +49,31 @@ CAPS = {  # label -> environment
 }
 
 
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+def rel_l2(out: np.ndarray, ref: np.ndarray) -> float:
+    return compare_outputs(ref, out)["rel_l2"]
 
 
 def child(export: Path, x_path: Path, out: Path) -> None:
-    """Run every graph once on the saved inputs under this process's environment; save outputs and kernels."""
-    import onnxruntime as ort
-    import openvino as ov
-
-    from nfdeploy.runtime.openvino import mac_kernels
+    """Run every graph once on the saved inputs under this process's environment, on one thread (OpenVINO: hint
+    f32, the int8 forms included, latency mode); save outputs and kernels."""
+    from nfdeploy.runtime.openvino import OpenVinoBackend, mac_kernels
 
     x = np.load(x_path)
-    core = ov.Core()
+    shape = tuple(x.shape[1:])
     outs, kernels = {}, {}
-    for label, f in FILES.items():
-        if not (export / f).is_file():
+    for label, precision in OPENVINO.items():
+        path = export / get_precision(precision).onnx_file
+        if not path.is_file():
             continue
-        cm = core.compile_model(
-            str(export / f),
-            "CPU",
-            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1", "PERFORMANCE_HINT": "LATENCY"},
-        )
-        outs[label] = np.asarray(cm(x)[0], dtype=np.float32)
-        kernels[label] = mac_kernels(cm)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    s = ort.InferenceSession(str(export / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
-    outs["onnxruntime fp32"] = s.run(None, {s.get_inputs()[0].name: x})[0]
+        try:
+            with OpenVinoBackend(BackendSpec("openvino", "cpu", precision), shape, path, threads=1) as b:
+                outs[label] = b.run(x)
+                kernels[label] = mac_kernels(b.compiled)  # after the run: a dynamic shape's kernels are chosen then
+        except BackendUnavailable:
+            continue
+    fp32 = export / get_precision("fp32").onnx_file
+    with OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), shape, fp32, threads=1) as b:
+        outs["onnxruntime fp32"] = b.run(x)
     np.savez(out, **outs)
     out.with_suffix(".json").write_text(json.dumps(kernels))
 
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     from nfdeploy.check.backends import load_export_source
     from nfdeploy.check.parity import load_parity_data
     from nfdeploy.metrics import ulp_error
-    from nfdeploy.runtime.openvino import mac_precisions, runtime_precisions
+    from nfdeploy.runtime.openvino import core, mac_precisions, runtime_precisions
 
     torch.set_num_threads(1)
     source = load_export_source(args.export)
@@ -99,31 +103,24 @@ def main(argv=None) -> int:
     x = np.ascontiguousarray(x, dtype=np.float32)
     with torch.no_grad():
         ref = source.model.double()(torch.from_numpy(x).double()).numpy()
-    core = ov.Core()
     report = {
-        "command": "python bench/openvino_hints_isa.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python -m bench.openvino_hints_isa " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "export": str(args.export),
         "data": desc,
         "openvino": ov.__version__,
         "onnxruntime": ort.__version__,
-        "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
-        "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
-        "default_hint": core.get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
-        "cpu_flags": sorted(
-            {
-                f
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("flags")
-                for f in line.split(":", 1)[1].split()
-                if f.startswith(("avx", "amx", "sse4"))
-            }
-        ),
+        "cpu": core().get_property("CPU", "FULL_DEVICE_NAME"),
+        "capabilities": list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "default_hint": core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name(),
+        "cpu_flags": cpu_flags(NOTED_FLAGS),
         "hints": [],
         "caps": [],
     }
-    # A. precision hints
-    s = ort.InferenceSession(str(args.export / "model.onnx"), providers=["CPUExecutionProvider"])
-    y = s.run(None, {s.get_inputs()[0].name: x})[0]
+    # A. precision hints: ONNX Runtime on its default threads beside OpenVINO compiled by hand, because the hint
+    # itself is what varies here (none at all included), which an OpenVinoBackend fixes by its precision.
+    fp32 = args.export / get_precision("fp32").onnx_file
+    with OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, fp32) as b:
+        y = b.run(x)
     report["hints"].append(
         {
             "runtime": "onnxruntime",
@@ -131,13 +128,11 @@ def main(argv=None) -> int:
             "compiled precision": "-",
             "MAC layers": "-",
             "rel L2 vs fp64": rel_l2(y, ref),
-            "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))),
+            "top-1 agreement": top1_agreement(y, ref),
         }
     )
     for hint in ("f32", "bf16", None):
-        cm = core.compile_model(
-            str(args.export / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-        )
+        cm = core().compile_model(str(fp32), "CPU", {"INFERENCE_PRECISION_HINT": hint} if hint else {})
         y = np.asarray(cm(x)[0])
         report["hints"].append(
             {
@@ -146,7 +141,7 @@ def main(argv=None) -> int:
                 "compiled precision": cm.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                 "MAC layers": str(mac_precisions(runtime_precisions(cm))),
                 "rel L2 vs fp64": rel_l2(y, ref),
-                "top-1 agreement": float(np.mean(y.argmax(1) == ref.argmax(1))),
+                "top-1 agreement": top1_agreement(y, ref),
             }
         )
     # B. instruction-set caps, one child process each
@@ -161,8 +156,9 @@ def main(argv=None) -> int:
                 for k, v in os.environ.items()
                 if k not in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "DNNL_MAX_CPU_ISA")
             }
-            subprocess.run(
-                [sys.executable, __file__, str(args.export), "--child", str(xp), str(out)],
+            subprocess.run(  # as a module from the repository root: this file's own nfdeploy, from any directory
+                [sys.executable, "-m", "bench.openvino_hints_isa", str(args.export.resolve()), "--child", xp, out],
+                cwd=REPO,
                 env={**base, **env},
                 check=True,
                 capture_output=True,
@@ -171,6 +167,8 @@ def main(argv=None) -> int:
     native = runs["native"][0]
     for label, (outs, kernels) in runs.items():
         for name, y in outs.items():
+            if name not in native:
+                continue  # not that backend on this CPU uncapped: nothing to compare with
             n = native[name]
             report["caps"].append(
                 {
@@ -180,7 +178,7 @@ def main(argv=None) -> int:
                     "max ULP": float(ulp_error(y, n, torch.float32).max()),
                     "rel L2 vs native": rel_l2(y, n),
                     "rel L2 vs fp64": rel_l2(y, ref),
-                    "top-1 agreement vs native": float(np.mean(y.argmax(1) == n.argmax(1))),
+                    "top-1 agreement vs native": top1_agreement(y, n),
                     "kernels": ", ".join(f"{k}×{v}" for k, v in kernels.get(name, {}).items()) or "(MLAS)",
                 }
             )

@@ -1,16 +1,17 @@
 """ONNX Runtime vs OpenVINO on the CPU, side by side: the same ONNX files (fp32, the int8 S8S8 form
 model.int8.onnx, the int8 U8S8 form model.int8.ort.onnx) in interleaved rounds (nfdeploy.perf.time_group:
 every member in turn each round, rotating start; ratios are medians of per-round ratios with 95% bootstrap
-intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-accumulates) against a float32
-matmul peak of the row's kind (float32; int8 forms: ONNX Runtime's u8 x s8 MatMulInteger) measured in the
-same run, the OpenVINO kernels chosen on this CPU, and the machine's load
-before and after every batch (the machine is shared).
+intervals), batch by batch, with achieved GFLOP/s (the fp32 graph's multiply-accumulates) against a matmul
+peak of the row's kind (nfdeploy.perf.peak: float32; bf16 where the CPU has native bf16; int8 forms: ONNX
+Runtime's u8 x s8 MatMulInteger) measured in the same run before the timing and again after every batch, the
+best kept (a share above 1 is named in a warning), the OpenVINO kernels chosen on this CPU, and the machine's
+load before and after every batch (the machine is shared).
 
 ONNX Runtime's sessions run with intra-op spinning off (session.intra_op.allow_spinning 0, every nfdeploy
 ORT session): spinning threads take the cores from the next member of a round (issue 17 §1).
 
-    python bench/openvino_side_by_side.py --export EXPORT_DIR --out bench/results/openvino-digits-DATE
-    python bench/openvino_side_by_side.py --model nf_resnet50 --out bench/results/openvino-nf_resnet50-DATE
+    python -m bench.openvino_side_by_side --export EXPORT_DIR --out bench/results/openvino-digits-DATE
+    python -m bench.openvino_side_by_side --model nf_resnet50 --out bench/results/openvino-nf_resnet50-DATE
 
 With --parity, nfdeploy parity runs first on the same backends (report in OUT/parity) and the report names, per
 precision and batch, the fastest backend that passed it.
@@ -24,16 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import export_backends, load_export_source
 from nfdeploy.check.parity import PARITY_JSON, parity_report
-from nfdeploy.export import export_options, export_run
+from nfdeploy.check.parity_options import ParityOptions
+from nfdeploy.export import Int8Overrides, OnnxOverrides, export_options, export_run
 from nfdeploy.machine import describe_loads
-from nfdeploy.perf import RoundPlan, cpu_matmul_peak, machine_info, machine_load, onnx_macs, parse_batches, time_group
-from nfdeploy.perf.flops import gflops
-from nfdeploy.perf.peak import cpu_int8_matmul_peak, peak_kind
-from nfdeploy.perf.report import fastest_passing
+from nfdeploy.perf import RoundPlan, fastest_passing, machine_info, machine_load, onnx_macs, parse_batches, time_group
+from nfdeploy.perf.peak import above_peak_warning, annotate_work, measure_again, peak_for
 from nfdeploy.perf.rounds import describe_ratio, ratio_table_rows
 from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import BackendUnavailable
@@ -47,7 +46,10 @@ def make_export(model: str, work: Path, size: int, calib: int) -> Path:
     run = write_random_run(work / "run", model, input_size=size)
     out = work / "export"
     # check off: the export is not judged here (--parity judges it); calibration on the run's synthetic split
-    export_run(run, out, export_options(precisions=["fp32", *PRECISIONS[1:]], check=False, calib_samples=calib))
+    opts = export_options(
+        onnx=OnnxOverrides(precisions=["fp32", *PRECISIONS[1:]], check=False), int8=Int8Overrides(calib_samples=calib)
+    )
+    export_run(run, out, opts)
     return out
 
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if (args.export is None) == (args.model is None):
         ap.error("give --export or --model")
-    command = "python bench/openvino_side_by_side.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m bench.openvino_side_by_side " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import torch
 
     torch.set_num_threads(args.threads)  # the peaks on the same number of threads
@@ -84,12 +86,10 @@ def main(argv=None) -> int:
             parity = parity_report(
                 export,
                 args.out / "parity",
-                only=names,
-                max_samples=args.parity_samples,
-                threads=args.threads,
+                ParityOptions(only=names, max_samples=args.parity_samples, threads=args.threads),
                 log=lambda m: print(m, flush=True),
             )
-            statuses = {r["name"]: r["status"] for r in parity["backends"]}
+            statuses = {r.name: r.status for r in parity.backends}
             parity_where = str(args.out / "parity" / PARITY_JSON)
         pool = {b.name: b for b in export_backends(source, tensorrt=False, threads=args.threads)}
         backends, skipped = {}, {}
@@ -105,7 +105,9 @@ def main(argv=None) -> int:
                 continue
             backends[n] = b
         macs = onnx_macs(export / source.manifest.onnx["fp32"].file)
-        peaks = {"fp32": cpu_matmul_peak(seconds=2.0), "int8": cpu_int8_matmul_peak(seconds=2.0)}
+        peaks: dict[tuple[str, str], dict] = {}  # (device, kind) -> the best measurement so far
+        for precision in ("fp32", "int8", *(b.precision for b in backends.values())):
+            peak_for("cpu", precision, peaks)
         report = {
             "command": command,
             "export": str(export),
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
             "input_shape": list(source.input_shape),
             "threads": args.threads,
             "macs_per_sample": macs,
-            "peaks": peaks,
+            "peaks": {kind: p for (_, kind), p in peaks.items()},
             "machine": machine_info(),
             "onnxruntime_spinning": "on"
             if any(getattr(b, "spinning", False) for b in backends.values())
@@ -146,9 +148,6 @@ def main(argv=None) -> int:
             load1 = machine_load()
             for n, r in rows.items():
                 r.update(name=n, batch=batch)
-                r["gflops"] = gflops(macs, batch, r["median_ms"])
-                pk = peaks[peak_kind("cpu", r["precision"])[1]]
-                r["peak_share"] = r["gflops"] / pk["gflops"] if r["gflops"] and pk["gflops"] else None
             report["batches"].append(
                 {
                     "batch": batch,
@@ -163,6 +162,12 @@ def main(argv=None) -> int:
             print(f"batch {batch}: " + ", ".join(f"{n} {r['median_ms']:.2f} ms" for n, r in rows.items()), flush=True)
             for k, v in rat.items():
                 print(f"  {k}: {describe_ratio(v)}", flush=True)
+            measure_again(peaks)  # each peak the best of its measurements: every row's share against it
+            report["peaks"] = {kind: p for (_, kind), p in peaks.items()}
+            all_rows = [r for b in report["batches"] for r in b["rows"].values()]
+            for r in all_rows:
+                annotate_work(r, {"macs_per_sample": macs}, peaks)
+            report["above_peak_warning"] = above_peak_warning(all_rows)
             write(args.out, report)  # after every batch: a run cut short keeps what it measured
         for b in backends.values():
             b.deactivate()
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
 def write(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "side_by_side.json", report)
-    fp, i8 = report["peaks"]["fp32"], report["peaks"]["int8"]
+    fp, i8, bf = report["peaks"]["fp32"], report["peaks"]["int8"], report["peaks"].get("bf16")
     md = [
         f"# ONNX Runtime vs OpenVINO, CPU, side by side ({report['model']}, input {report['input_shape']})",
         "",
@@ -185,10 +190,13 @@ def write(out: Path, report: dict) -> None:
         f"{report['macs_per_sample'] / 1e6:.1f} M MACs/sample x batch / latency, "
         "against peaks measured in the same run: "
         f"float32 {fp['gflops']:.1f} GFLOP/s ({fp['what']}); "
-        f"int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']}). "
-        f"CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.",
+        f"int8 forms {i8['gflops'] or 0:.1f} giga-ops/s ({i8['what']})"
+        + (f"; bf16 {bf['gflops'] or 0:.1f} GFLOP/s ({bf['what']})" if bf else "")
+        + f". CPU: {report['machine'].get('cpu', {}).get('model') or report['machine'].get('cpu')}.",
         "",
     ]
+    if report.get("above_peak_warning"):
+        md += [f"Warning: {report['above_peak_warning']}.", ""]
     for b in report["batches"]:
         md += [
             f"## batch {b['batch']}",

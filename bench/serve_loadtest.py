@@ -5,7 +5,7 @@ queue of 16 (sent = answered + refused), the batch-invariant mode for torch-cpu-
 share against the sample alone without and with it, and its throughput cost), and nf_resnet50 224² at
 concurrency 8 (throughput served vs in process at the batch the batcher formed), at queue delays 0 and 5 ms.
 
-    python bench/serve_loadtest.py [--digits EXPORT] [--r50 EXPORT] [--out bench/results/serve-cpu-DATE]
+    python -m bench.serve_loadtest [--digits EXPORT] [--r50 EXPORT] [--out bench/results/serve-cpu-DATE]
         [--only digits|overload|invariance|nf_resnet50|nf_resnet50-delay5ms]
 
 Without --digits, trains nf_digits for 2 epochs and exports it; without --r50, writes a randomised
@@ -21,13 +21,14 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json
 from nfdeploy.check.backends import default_report_dir
-from nfdeploy.check.parity import parity_report
-from nfdeploy.export import export_options, export_run
+from nfdeploy.check.parity import PARITY_MD, parity_report
+from nfdeploy.check.parity_options import ParityOptions
+from nfdeploy.export import OnnxOverrides, export_options, export_run
 from nfdeploy.machine import machine_info
-from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest, write_batch_invariance
+from nfdeploy.serve.loadtest import LoadOptions, batch_invariance_study, loadtest
+from nfdeploy.serve.loadtest_report import write_batch_invariance
 from nfdeploy.train.random_run import write_random_run
 
 SERVED = "onnxruntime-cpu-fp32"
@@ -84,8 +85,8 @@ def make_export(kind: str, root: Path) -> Path:
         run = train(load_recipe("nf_digits", {"train.epochs": 2}), root / "run", progress=False).run_dir
     else:
         run = write_random_run(root / "run", "nf_resnet50", input_size=224)
-    export_run(run, root / "export", export_options(precisions=["fp32"], check=False))
-    parity_report(root / "export", only=[SERVED, TORCH], max_samples=64, invariance_samples=8)
+    export_run(run, root / "export", export_options(onnx=OnnxOverrides(precisions=["fp32"], check=False)))
+    parity_report(root / "export", options=ParityOptions(only=[SERVED, TORCH], max_samples=64, invariance_samples=8))
     return root / "export"
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
             out = args.out / name
             loadtest(export(run["export"]), out, run["opts"], serve_args=run["serve"])
             (out.parent / f"{out.name}-server.log").unlink(missing_ok=True)  # the server's own log stays out
-            shutil.copy(default_report_dir(export(run["export"])) / "parity.md", out / "parity.md")
+            shutil.copy(default_report_dir(export(run["export"])) / PARITY_MD, out / PARITY_MD)
         if args.only in (None, "invariance"):
             rep = batch_invariance_study(export("digits"), TORCH, max_batch=8, concurrency=8, threads=2)
             write_batch_invariance(rep, args.out / "invariance")

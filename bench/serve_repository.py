@@ -3,7 +3,7 @@ bundled tritonserver) and the native one for Triton's own container (with engine
 config.pbtxt, its parse into Triton's ModelConfig (JSON) and the checks, written beside each other; model
 files stay out.
 
-    python bench/serve_repository.py EXPORT_DIR [--out bench/results/serve-cpu-DATE/repository]
+    python -m bench.serve_repository EXPORT_DIR [--out bench/results/serve-cpu-DATE/repository]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json
 from nfdeploy.serve.repository import (
     MODEL_CONFIG,

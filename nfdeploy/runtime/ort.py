@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,34 @@ def _ort():
     return ort
 
 
+@contextlib.contextmanager
+def ort_threads_limited(threads: int = 1) -> Iterator[None]:
+    """Every ONNX Runtime session made inside the block, in this process, runs on `threads` intra-op and inter-op
+    threads, whatever its maker asked: nfdeploy's and those onnxruntime.quantization makes for itself (its
+    calibrator takes no options). For studies that must hold a shared machine's cores to one thread."""
+    ort = _ort()
+    from onnxruntime.capi import onnxruntime_inference_collection as coll
+
+    made = coll.InferenceSession.__init__
+
+    def init(self, path_or_bytes, sess_options=None, *a, **k):
+        sess_options = sess_options or ort.SessionOptions()
+        sess_options.intra_op_num_threads = threads
+        sess_options.inter_op_num_threads = threads
+        made(self, path_or_bytes, sess_options, *a, **k)
+
+    coll.InferenceSession.__init__ = init
+    try:
+        yield
+    finally:
+        coll.InferenceSession.__init__ = made
+
+
 class OrtBackend(Backend):
     """Runs the ONNX file `path` on spec.device. On CUDA, spec.precision "tf32" runs the fp32 graph
-    with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly."""
+    with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly.
+    `profile_prefix`: ONNX Runtime's profiler records every run into a JSON trace named from it, whose path
+    `session.end_profiling()` returns (None: no profiling, the default)."""
 
     def __init__(
         self,
@@ -62,6 +89,8 @@ class OrtBackend(Backend):
         path: str | Path,
         threads: int | None = None,
         sha256: str | None = None,
+        *,
+        profile_prefix: str | Path | None = None,
     ):
         if spec.runtime != "onnxruntime":
             raise ValueError(f"OrtBackend needs runtime 'onnxruntime', got {spec.runtime!r}")
@@ -70,6 +99,7 @@ class OrtBackend(Backend):
         self.threads = threads
         self.sha256 = sha256  # the digest the file must have (its manifest's): checked when the session is made
         self.spinning = False  # intra-op threads spin-wait after a run (ORT's default) only when set before activate()
+        self.profile_prefix = profile_prefix
         self.copies_in_run = spec.device == "cuda"
         self.session = None
 
@@ -103,6 +133,9 @@ class OrtBackend(Backend):
         # ORT's intra-op threads spin after each run by default, taking the cores from whatever runs next (another
         # session in a bench round, torch, the server's other work; ONNX Runtime #17011). Off: they sleep at once.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.profile_prefix is not None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(self.profile_prefix)
         cuda = self.device == "cuda"
         provider = PROVIDERS[self.device]
         providers: list[Any] = (
@@ -149,4 +182,11 @@ class OrtBackend(Backend):
         }
 
 
-__all__ = ["ORT_DISTRIBUTIONS", "OrtBackend", "PROVIDERS", "installed_ort_distributions", "shadowing_note"]
+__all__ = [
+    "ORT_DISTRIBUTIONS",
+    "OrtBackend",
+    "PROVIDERS",
+    "installed_ort_distributions",
+    "ort_threads_limited",
+    "shadowing_note",
+]

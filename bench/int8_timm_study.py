@@ -241,11 +241,11 @@ def quantize_variant(
     }
     if percentile is not None:
         extra["CalibPercentile"] = percentile
-    with q._quantizer_messages():
+    with q.quantizer_messages():
         ortq.quantize_static(
             str(fp32_path),
             str(out_path),
-            q._reader(calib.images, model.graph.input[0].name),
+            q.calibration_reader(calib.images, model.graph.input[0].name),
             quant_format=ortq.QuantFormat.QDQ,
             per_channel=True,
             reduce_range=False,
@@ -255,7 +255,7 @@ def quantize_variant(
             calibrate_method=getattr(ortq.CalibrationMethod, q.CALIBRATION_METHODS[method]),
             extra_options=extra,
         )
-    q._drop_unfused_pairs(out_path, q.FUSED_CONSUMERS["int8"])
+    q.drop_unfused_pairs(out_path, q.FUSED_CONSUMERS["int8"])
 
 
 def row_of(out, ref, label: dict) -> dict:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.check.cpu_flags import cpu_flags
 from nfdeploy.export.onnx_graph import run_with_values
 from nfdeploy.export.quantize import CalibrationData, CalibrationOptions, quantize_graph
 from nfdeploy.export.study_inputs import export_randomised, photo_tiles
+from nfdeploy.machine import cpu_flags
 from nfdeploy.metrics import sqnr_db
 from nfdeploy.perf import machine_info
 from nfdeploy.render import markdown_table

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.check.cpu_flags import cpu_flags
+from nfdeploy.machine import cpu_flags
 from nfdeploy.metrics import compare_outputs, top1_agreement
 from nfdeploy.precision import get_precision
 from nfdeploy.render import markdown_table

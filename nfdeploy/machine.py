@@ -9,16 +9,19 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+CPUINFO = Path("/proc/cpuinfo")  # Linux: the CPU's model, clock and instruction-set flags
+
 
 def _cpu_info() -> dict[str, Any]:
     info: dict[str, Any] = {"model": platform.processor() or "unknown", "mhz_as_found": None}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in CPUINFO.read_text().splitlines():
             if line.startswith("model name") and info.get("_m") is None:
                 info["model"] = info["_m"] = line.split(":", 1)[1].strip()
             elif line.startswith("cpu MHz") and info["mhz_as_found"] is None:
@@ -32,6 +35,16 @@ def _cpu_info() -> dict[str, Any]:
     except (AttributeError, OSError):
         info["usable_cpus"] = os.cpu_count()
     return info
+
+
+def cpu_flags(prefixes: Sequence[str] = ()) -> list[str]:
+    """The sorted flags of the first CPU in /proc/cpuinfo that start with one of `prefixes` (every flag when
+    empty); [] where there is no such file (not Linux)."""
+    try:
+        line = next(ln for ln in CPUINFO.read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted({f for f in line.split(":", 1)[1].split() if not prefixes or f.startswith(tuple(prefixes))})
 
 
 def cuda_gpu() -> dict[str, Any] | None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from nfdeploy.check import cpu_flags as cpu_flags_module
-from nfdeploy.check.cpu_flags import cpu_flags
+from nfdeploy import machine
 from nfdeploy.export.onnx_graph import run_with_values
 from nfdeploy.export.study_inputs import IMAGENET_MEAN, IMAGENET_STD, export_randomised, photo_tiles
 from nfdeploy.fold import randomize_
+from nfdeploy.machine import cpu_flags
 from nfdeploy.metrics import compare_outputs, top1_agreement
 from nfdeploy.models import create_model
 from nfdeploy.perf.gemm_ceiling import int8_gemm_ceiling
@@ -91,8 +91,8 @@ def test_ort_threads_limited_holds_every_session_to_its_threads_and_ends(graph):
 def test_cpu_flags_reads_the_first_cpu(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: sse4_1 avx2 fpu avx512f avx\n\nprocessor\t: 1\nflags\t\t: amx_tile\n")
-    monkeypatch.setattr(cpu_flags_module, "CPUINFO", info)
+    monkeypatch.setattr(machine, "CPUINFO", info)
     assert cpu_flags(("avx", "amx")) == ["avx", "avx2", "avx512f"]
     assert cpu_flags() == ["avx", "avx2", "avx512f", "fpu", "sse4_1"]
-    monkeypatch.setattr(cpu_flags_module, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "absent")
     assert cpu_flags() == []

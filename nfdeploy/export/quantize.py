@@ -155,7 +155,8 @@ def folder_calibration(
     )
 
 
-def _reader(images: np.ndarray, input_name: str):
+def calibration_reader(images: np.ndarray, input_name: str):
+    """onnxruntime.quantization's CalibrationDataReader over `images` (fed to `input_name`), in equal batches."""
     ortq = require("onnxruntime.quantization", "onnx")
 
     # Equal batches: onnxruntime's histogram collector (percentile, entropy) stacks each tensor's batches with
@@ -224,12 +225,12 @@ def quantize_graph(
     reduce_range = not trt and opts.ort_weight_bits == 7
     t0 = time.perf_counter()
     with (
-        _quantizer_messages() as messages
+        quantizer_messages() as messages
     ):  # ORT logs advice through the root logger: into the manifest, not the terminal
         ortq.quantize_static(  # calibrates in its own temporary directory (augmented model included)
             str(fp32_path),
             str(out_path),
-            _reader(calib.images, model.graph.input[0].name),
+            calibration_reader(calib.images, model.graph.input[0].name),
             quant_format=ortq.QuantFormat.QDQ,
             per_channel=True,
             reduce_range=reduce_range,
@@ -240,7 +241,7 @@ def quantize_graph(
             calibrate_method=getattr(ortq.CalibrationMethod, CALIBRATION_METHODS[opts.method]),
             extra_options=extra,
         )
-    dropped = _drop_unfused_pairs(out_path, FUSED_CONSUMERS[form]) if trt else 0
+    dropped = drop_unfused_pairs(out_path, FUSED_CONSUMERS[form]) if trt else 0
     return {
         "form": form,
         "unfused_dq_inputs_rewired": dropped,
@@ -270,7 +271,7 @@ def quantize_graph(
 
 
 @contextlib.contextmanager
-def _quantizer_messages():
+def quantizer_messages():
     """Collect what onnxruntime.quantization logs at WARNING and above through the root logger (advice such as
     "consider pre-processing before quantization") instead of letting it reach the user's terminal."""
     messages: list[str] = []
@@ -288,7 +289,7 @@ def _quantizer_messages():
         root.handlers = saved
 
 
-def _drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
+def drop_unfused_pairs(path: str | Path, fused: set[str]) -> int:
     """Remove the activation Q/DQ pairs ORT gives consumers no runtime fuses them into (with dedicated
     pairs, a residual-stream tensor quantized for the next block's Add also gets a pair on its Relu):
     such a consumer reads the float tensor again. Returns the number of rewired inputs."""
@@ -501,10 +502,13 @@ __all__ = [
     "CalibrationOptions",
     "QuantizeError",
     "block_sqnr",
+    "calibration_reader",
+    "drop_unfused_pairs",
     "folder_calibration",
     "lint_int8",
     "pick_indices",
     "quantize_graph",
+    "quantizer_messages",
     "resolve_keep",
     "training_split_calibration",
 ]

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts.run_dir import WEIGHTS
-from nfdeploy.check.parity import parity_report
+from nfdeploy.check.parity import ParityResult, parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.errors import UserError
 from nfdeploy.export import export_options, export_run
-from nfdeploy.perf import BenchOptions, bench_report, parse_batches
+from nfdeploy.perf import BenchOptions, BenchResult, bench_report, parse_batches
 from nfdeploy.train import train
 
 RUN, EXPORT, REPORTS = "run", "export", "reports"
@@ -31,12 +31,12 @@ class PipelineResult:
     export_dir: Path
     reports_dir: Path
     test_accuracy: float
-    parity: dict[str, Any] = field(repr=False)
-    bench: dict[str, Any] = field(repr=False)
+    parity: ParityResult = field(repr=False)
+    bench: BenchResult = field(repr=False)
 
     @property
     def ok(self) -> bool:
-        return bool(self.parity["ok"])
+        return self.parity.ok
 
 
 def tensorrt_installed() -> bool:
@@ -76,11 +76,11 @@ def run_pipeline(
     log("[2/4] export")
     export_run(run.run_dir, out / EXPORT, opts, log=log)
     log("[3/4] parity")
-    parity = parity_report(out / EXPORT, out / REPORTS, log=log).to_dict()
+    parity = parity_report(out / EXPORT, out / REPORTS, log=log)
     log("[4/4] bench")
     bench = bench_report(
         out / EXPORT, out / REPORTS, BenchOptions(batches=sizes, min_time=min_time, warmup=min(1.0, min_time)), log=log
-    ).to_dict()
+    )
     return PipelineResult(run.run_dir, out / EXPORT, out / REPORTS, run.summary["test_accuracy"], parity, bench)
 
 

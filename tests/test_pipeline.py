@@ -60,4 +60,4 @@ def test_pipeline_end_to_end_on_digits(tmp_path):
     assert res.ok and res.run_dir == tmp_path / "p" / "run" and (res.export_dir / "manifest.json").is_file()
     for name in ("parity.json", "parity.md", "bench.json", "bench.md"):
         assert (res.reports_dir / name).is_file()
-    assert Path(res.parity["out_dir"]) == res.reports_dir and res.bench["batches"] == [1, 4]
+    assert Path(res.parity.out_dir) == res.reports_dir and res.bench.batches == [1, 4]

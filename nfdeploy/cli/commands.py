@@ -1,20 +1,60 @@
-"""`nfdeploy` command line: a thin typer layer; every command calls library functions."""
+"""The `nfdeploy` commands: a thin typer layer; every command calls library functions. Options that several commands
+take are defined once, in option_groups."""
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Annotated
 
 import typer
 
+from nfdeploy.cli.option_groups import (
+    AllowUnchecked,
+    Batches,
+    BatchInvariant,
+    CalibDir,
+    Calibration,
+    CalibSamples,
+    CalibSeed,
+    Check,
+    ComputeCapability,
+    DataPath,
+    Dataset,
+    ExportDir,
+    InputSize,
+    Instances,
+    InstanceThreads,
+    Int8Keep,
+    Int8OrtWeightBits,
+    IoDtype,
+    MaxBatch,
+    MaxQueueDelayUs,
+    MaxQueueSize,
+    MaxTime,
+    MinTime,
+    Only,
+    Opset,
+    OptLevel,
+    Precision,
+    Profile,
+    QueueTimeoutUs,
+    ReportDir,
+    ServedBackend,
+    Tf32,
+    Threads,
+    TimingCache,
+    TrtFlavour,
+    Warmup,
+    package_options,
+    serve_flags,
+    show_flags_as_flags,
+    trt_overrides,
+)
 from nfdeploy.errors import UserError, one_line
 
-if TYPE_CHECKING:
-    from nfdeploy.serve.repository import PackageOptions
-
+show_flags_as_flags()
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -52,8 +92,8 @@ def train(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run dir (default runs/MODEL-DATASET-TIME)."),
     model: str | None = typer.Option(None, help="Override model.name."),
-    dataset: str | None = typer.Option(None, help="Override data.dataset."),
-    data_path: str | None = typer.Option(None, help="Override data.path."),
+    dataset: Dataset = None,
+    data_path: DataPath = None,
     epochs: int | None = typer.Option(None, help="Override train.epochs."),
     batch_size: int | None = typer.Option(None, help="Override train.batch_size (global batch)."),
     lr: float | None = typer.Option(None, help="Override train.lr."),
@@ -126,36 +166,26 @@ def export(
     timm: str | None = typer.Option(None, "--timm", help="Export one of timm's NormFreeNet models instead."),
     checkpoint: Path | None = typer.Option(None, help="Weights for --timm (.safetensors; .pth via weights_only)."),
     preset: str = typer.Option("default", help="Export preset: a bundled name (nfdeploy/presets) or a .toml path."),
-    precision: str | None = typer.Option(
-        None,
-        help="Comma list of fp32,fp16,bf16,int8 (TensorRT Q/DQ form),int8-ort "
-        "(ONNX Runtime CPU form) (overrides the preset).",
+    precision: Precision = None,
+    opset: Opset = None,
+    io_dtype: IoDtype = None,
+    input_size: InputSize = None,
+    check: Check = None,
+    trt: bool = typer.Option(
+        False, "--trt", help="Also build one TensorRT engine per precision.", rich_help_panel="TensorRT"
     ),
-    opset: int | None = typer.Option(None, help="ONNX opset (default 18; 20 for GELU models)."),
-    io_dtype: str | None = typer.Option(None, help="float32 (Cast at the edges) or native I/O for fp16/bf16."),
-    input_size: int | None = typer.Option(None, help="Static spatial input size (default: the model's)."),
-    check: bool | None = typer.Option(None, "--check/--no-check", help="ONNX Runtime parity check (default on)."),
-    trt: bool = typer.Option(False, "--trt", help="Also build one TensorRT engine per precision."),
-    trt_flavour: str | None = typer.Option(None, help="auto (tensorrt, else tensorrt-rtx), tensorrt or tensorrt-rtx."),
-    profile: list[str] = typer.Option([], "--profile", help="TensorRT optimization profile MIN:OPT:MAX (repeatable)."),
-    tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 in fp32 engines (default on)."),
-    opt_level: int | None = typer.Option(None, help="Builder optimization level 0-5 (default 3)."),
-    timing_cache: Path | None = typer.Option(None, help="Persistent timing cache file (TensorRT proper)."),
-    compute_capability: list[str] = typer.Option(
-        [], "--cc", help="TensorRT-RTX target compute capability (repeatable)."
-    ),
-    calibration: str | None = typer.Option(None, help="int8 calibration: minmax (default), percentile or entropy."),
-    calib_samples: int | None = typer.Option(None, help="int8 calibration images (default 512, training split)."),
-    calib_seed: int | None = typer.Option(None, help="Seed choosing the calibration images (default 0)."),
-    calib_dir: Path | None = typer.Option(None, help="Folder of calibration images (needed for --timm int8)."),
-    int8_keep: list[str] = typer.Option(
-        [], "--int8-keep", help="ONNX node/tensor name (glob) kept in float (repeatable)."
-    ),
-    int8_ort_weight_bits: int | None = typer.Option(
-        None,
-        help="int8-ort weight range: 7 (default; runs correctly on every x86 CPU) or 8 (more accurate; only "
-        "for CPUs with VNNI/AMX: saturates without them).",
-    ),
+    trt_flavour: TrtFlavour = None,
+    profile: Profile = None,
+    tf32: Tf32 = None,
+    opt_level: OptLevel = None,
+    timing_cache: TimingCache = None,
+    compute_capability: ComputeCapability = None,
+    calibration: Calibration = None,
+    calib_samples: CalibSamples = None,
+    calib_seed: CalibSeed = None,
+    calib_dir: CalibDir = None,
+    int8_keep: Int8Keep = None,
+    int8_ort_weight_bits: Int8OrtWeightBits = None,
 ):
     """Fold a trained run (or a timm NFNet) into static weights; export ONNX (+ TensorRT engines) + manifest."""
     from nfdeploy.export import Int8Overrides, OnnxOverrides, export_options, export_run, export_timm
@@ -170,10 +200,10 @@ def export(
             calib_samples=calib_samples,
             calib_seed=calib_seed,
             calib_dir=calib_dir,
-            keep=int8_keep,
+            keep=tuple(int8_keep or ()),
             ort_weight_bits=int8_ort_weight_bits,
         ),
-        _trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability),
+        trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability),
         engines=trt,
     )
     res = export_timm(timm, out, checkpoint, opts) if timm is not None else export_run(run_dir, out, opts)
@@ -189,32 +219,18 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _trt_overrides(flavour, profiles, tf32, opt_level, timing_cache, compute_capabilities):
-    """The TensorRT flags `export` and `engine` share, as the library's override group."""
-    from nfdeploy.export import TrtOverrides
-
-    return TrtOverrides(
-        flavour=flavour,
-        profiles=profiles,
-        tf32=tf32,
-        optimization_level=opt_level,
-        timing_cache=timing_cache,
-        compute_capabilities=compute_capabilities,
-    )
-
-
 @app.command()
 @friendly
 def engine(
     onnx_file: Path = typer.Argument(..., help="ONNX file to build."),
     out: Path = typer.Option(..., "--out", "-o", help="Engine file to write (atomically)."),
     precision: str = typer.Option("fp32", help="Precision of the ONNX graph: fp32, fp16 or bf16 (strongly typed)."),
-    profile: list[str] = typer.Option([], "--profile", help="Optimization profile MIN:OPT:MAX (repeatable)."),
-    trt_flavour: str | None = typer.Option(None, help="auto, tensorrt or tensorrt-rtx."),
-    tf32: bool | None = typer.Option(None, "--tf32/--no-tf32"),
-    opt_level: int | None = typer.Option(None, help="Builder optimization level 0-5."),
-    timing_cache: Path | None = typer.Option(None, help="Persistent timing cache file."),
-    compute_capability: list[str] = typer.Option([], "--cc", help="TensorRT-RTX target compute capability."),
+    profile: Profile = None,
+    trt_flavour: TrtFlavour = None,
+    tf32: Tf32 = None,
+    opt_level: OptLevel = None,
+    timing_cache: TimingCache = None,
+    compute_capability: ComputeCapability = None,
 ):
     """Build one TensorRT engine from an ONNX file; parser errors are listed one per line."""
     import json
@@ -223,7 +239,7 @@ def engine(
     from nfdeploy.export.engine_build import EngineBuildError, build_engine
     from nfdeploy.export.onnx_graph import read_input_shape
 
-    opts = trt_options(None, _trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability))
+    opts = trt_options(None, trt_overrides(trt_flavour, profile, tf32, opt_level, timing_cache, compute_capability))
     try:
         rec = build_engine(onnx_file, out, precision, read_input_shape(onnx_file), opts)
     except ValueError as e:
@@ -279,7 +295,7 @@ def inspect(
 @app.command()
 @friendly
 def backends(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
+    export_dir: ExportDir,
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table."),
 ):
     """Every backend the export could run on: name, device, precision, math mode, tolerance, availability."""
@@ -310,18 +326,11 @@ def backends(
 @app.command()
 @friendly
 def parity(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
-    dataset: str | None = typer.Option(
-        None, help="Dataset (default: the run's): digits, cifar10, imagefolder, synthetic."
-    ),
-    data_path: str | None = typer.Option(None, help="Path for cifar10 / imagefolder."),
-    only: list[str] = typer.Option(
-        [],
-        "--only",
-        help="Run only the backends this selects: whole name parts "
-        "(fp32, onnxruntime-cpu, tensorrt) or a glob ('*fp16*'); repeatable.",
-    ),
+    export_dir: ExportDir,
+    out: ReportDir = None,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    only: Only = None,
     max_samples: int = typer.Option(512, help="Test images used."),
     per_block: bool = typer.Option(False, "--per-block", help="Error at every block; the first diverging block."),
     batch_matrix: bool = typer.Option(
@@ -330,7 +339,7 @@ def parity(
     save_outputs: bool = typer.Option(
         False, "--save-outputs", help="Save outputs + provenance for `nfdeploy compare`."
     ),
-    threads: int | None = typer.Option(None, help="torch CPU threads and ONNX Runtime intra-op threads."),
+    threads: Threads = None,
     isa: str | None = typer.Option(
         None,
         "--isa",
@@ -344,7 +353,7 @@ def parity(
     options = ParityOptions(
         dataset=dataset,
         data_path=data_path,
-        only=only,
+        only=tuple(only or ()),
         max_samples=max_samples,
         per_block=per_block,
         batch_matrix=batch_matrix,
@@ -386,25 +395,19 @@ def compare(
 @app.command()
 @friendly
 def bench(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports beside it)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="Comma list of batch sizes."),
-    only: list[str] = typer.Option(
-        [], "--only", help="Time only the backends this selects: whole name parts or a glob; repeatable."
-    ),
-    min_time: float = typer.Option(2.0, help="Seconds of timed iterations per backend and batch (at least 10 runs)."),
-    warmup: float = typer.Option(1.0, help="Seconds of warm-up per backend and batch."),
+    export_dir: ExportDir,
+    out: ReportDir = None,
+    batch: Batches = "1,8,32",
+    only: Only = None,
+    min_time: MinTime = 2.0,
+    warmup: Warmup = 1.0,
     against: Path | None = typer.Option(
         None,
         "--against",
         help="Another export dir: time both side by side, report EXPORT_DIR / AGAINST per backend with a 95% interval.",
     ),
-    max_time: float | None = typer.Option(
-        None, "--max-time", help="Cap in seconds per cell and member (default 5 x min time)."
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads of torch and ONNX Runtime (default: as found)."
-    ),
+    max_time: MaxTime = None,
+    threads: Threads = None,
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Time the torch.compile backends (CUDA)."),
 ):
     """Latency and throughput per backend and batch; unfolded NF vs folded NF vs folded BN twin side by side."""
@@ -415,7 +418,7 @@ def bench(
 
     options = BenchOptions(
         batches=parse_batches(batch),
-        only=only,
+        only=tuple(only or ()) or None,
         min_time=min_time,
         warmup=warmup,
         max_time=max_time,
@@ -441,8 +444,8 @@ def pipeline(
     trt: bool | None = typer.Option(
         None, "--trt/--no-trt", help="Build TensorRT engines (default: when a flavour is installed)."
     ),
-    batch: str = typer.Option("1,8,32", "--batch", help="Bench batch sizes (comma list)."),
-    min_time: float = typer.Option(1.0, help="Bench seconds per backend and batch."),
+    batch: Batches = "1,8,32",
+    min_time: MinTime = 1.0,
     progress: bool = typer.Option(True, help="Show a progress bar while training."),
 ):
     """The whole pipeline: train → export (ONNX; TensorRT engine when installed) → parity → bench."""
@@ -462,7 +465,7 @@ def pipeline(
     typer.echo(f"export dir: {res.export_dir}")
     typer.echo(f"reports:    {res.reports_dir} (parity.md, bench.md, *.png)")
     if not res.ok:
-        typer.echo(f"error: parity failed — {res.parity['failure']}", err=True)
+        typer.echo(f"error: parity failed — {res.parity.failure}", err=True)
         raise typer.Exit(1)
 
 
@@ -488,76 +491,21 @@ def _int_list(text: str, what: str) -> list[int]:
         raise CliError(f"{what} takes a comma list of integers, got {text!r}") from None
 
 
-# Options that shape a served Triton model: one definition each, shared by serve, package and loadtest.
-BACKEND_OPT = typer.Option(
-    None,
-    "--backend",
-    help="Backend to serve (default: the fastest that passed parity in the "
-    "export's parity and bench reports; onnxruntime-cpu-fp32 when they do not decide).",
-)
-MAX_BATCH_OPT = typer.Option(None, "--max-batch", help="Largest batch Triton's dynamic batcher forms (default 32).")
-QUEUE_DELAY_OPT = typer.Option(
-    None,
-    "--max-queue-delay-us",
-    help="How long a request may wait for batch-mates, µs "
-    "(default 0: batches form from what queued while the model ran).",
-)
-QUEUE_SIZE_OPT = typer.Option(
-    None,
-    "--max-queue-size",
-    help="Requests waiting at most; beyond it a request is refused at once (default 32 × max batch).",
-)
-QUEUE_TIMEOUT_OPT = typer.Option(
-    None, "--queue-timeout-us", help="A request waiting longer is refused (default: no timeout)."
-)
-INSTANCES_OPT = typer.Option(None, "--instances", help="Model instances, each its own backend (default 1).")
-THREADS_OPT = typer.Option(None, "--threads", help="Threads per instance (ONNX Runtime/OpenVINO intra-op, torch CPU).")
-BATCH_INVARIANT_OPT = typer.Option(
-    None,
-    "--batch-invariant/--no-batch-invariant",
-    help="Pad every executed batch to "
-    "--max-batch rows, so a response never depends on its batch-mates (not needed, and "
-    "skipped, when parity measured the backend bitwise batch-invariant).",
-)
-ALLOW_UNCHECKED_OPT = typer.Option(
-    None, "--allow-unchecked/--checked-only", help="Serve a backend that failed parity (said in its parameters)."
-)
-
-
-def _package_options(**given) -> PackageOptions:
-    """PackageOptions from the CLI's serving options (None: the library's default)."""
-    from nfdeploy.serve.repository import PackageOptions
-
-    return PackageOptions(**{k: v for k, v in given.items() if v is not None})
-
-
-def _serve_args(**given) -> list[str]:
-    """The same options as `nfdeploy serve` flags (for the server the load test starts)."""
-    out = []
-    for k, v in given.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):  # flags whose off form is --no-NAME
-            out.append(flag if v else "--no-" + flag[2:])
-        elif v is not None:
-            out += [flag, str(v)]
-    return out
-
-
 @app.command()
 @friendly
 def serve(
     path: Path = typer.Argument(
         ..., help="Export dir (packaged on the fly) or a model repository from `nfdeploy package`."
     ),
-    backend: str | None = BACKEND_OPT,
-    max_batch: int | None = MAX_BATCH_OPT,
-    max_queue_delay_us: int | None = QUEUE_DELAY_OPT,
-    max_queue_size: int | None = QUEUE_SIZE_OPT,
-    queue_timeout_us: int | None = QUEUE_TIMEOUT_OPT,
-    instances: int | None = INSTANCES_OPT,
-    threads: int | None = THREADS_OPT,
-    batch_invariant: bool | None = BATCH_INVARIANT_OPT,
-    allow_unchecked: bool | None = ALLOW_UNCHECKED_OPT,
+    backend: ServedBackend = None,
+    max_batch: MaxBatch = None,
+    max_queue_delay_us: MaxQueueDelayUs = None,
+    max_queue_size: MaxQueueSize = None,
+    queue_timeout_us: QueueTimeoutUs = None,
+    instances: Instances = None,
+    threads: InstanceThreads = None,
+    batch_invariant: BatchInvariant = None,
+    allow_unchecked: AllowUnchecked = None,
     host: str = typer.Option(
         "127.0.0.1",
         help="Address to listen on (loopback by default; beyond it the repository, "
@@ -590,7 +538,7 @@ def serve(
             f"{given}: {path} is a repository, whose config.pbtxt sets these; package it again to change them"
         )
     opts = ServeOptions(
-        package=_package_options(**shaping), address=ServerAddress(host, http_port, grpc_port, metrics_port)
+        package=package_options(**shaping), address=ServerAddress(host, http_port, grpc_port, metrics_port)
     )
     raise typer.Exit(serve_until_signal(path, opts, log=typer.echo))
 
@@ -598,17 +546,19 @@ def serve(
 @app.command()
 @friendly
 def package(
-    export_dir: Path = typer.Argument(..., help="Export dir (manifest.json; its parity and bench reports beside it)."),
+    export_dir: Annotated[
+        Path, typer.Argument(help="Export dir (manifest.json; its parity and bench reports beside it).")
+    ],
     out: Path = typer.Option(..., "--out", "-o", help="Triton model repository to write (replaced atomically)."),
-    backend: str | None = BACKEND_OPT,
-    max_batch: int | None = MAX_BATCH_OPT,
-    max_queue_delay_us: int | None = QUEUE_DELAY_OPT,
-    max_queue_size: int | None = QUEUE_SIZE_OPT,
-    queue_timeout_us: int | None = QUEUE_TIMEOUT_OPT,
-    instances: int | None = INSTANCES_OPT,
-    threads: int | None = THREADS_OPT,
-    batch_invariant: bool | None = BATCH_INVARIANT_OPT,
-    allow_unchecked: bool | None = ALLOW_UNCHECKED_OPT,
+    backend: ServedBackend = None,
+    max_batch: MaxBatch = None,
+    max_queue_delay_us: MaxQueueDelayUs = None,
+    max_queue_size: MaxQueueSize = None,
+    queue_timeout_us: QueueTimeoutUs = None,
+    instances: Instances = None,
+    threads: InstanceThreads = None,
+    batch_invariant: BatchInvariant = None,
+    allow_unchecked: AllowUnchecked = None,
     env: str | None = typer.Option(
         None,
         "--env",
@@ -631,7 +581,7 @@ def package(
     from nfdeploy.serve.repository import check_repository, package_export
     from nfdeploy.serve.server import load_check
 
-    opts = _package_options(
+    opts = package_options(
         backend=backend,
         max_batch=max_batch,
         max_queue_delay_us=max_queue_delay_us,
@@ -664,13 +614,13 @@ def loadtest(
     url: str | None = typer.Option(None, help="gRPC address of a running server (loopback); default: start one."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default EXPORT_DIR-reports/loadtest)."),
     concurrency: str = typer.Option("1,2,4,8,16", help="Comma list of concurrency levels."),
-    backend: str | None = BACKEND_OPT,
-    max_batch: int | None = MAX_BATCH_OPT,
-    max_queue_delay_us: int | None = QUEUE_DELAY_OPT,
-    max_queue_size: int | None = QUEUE_SIZE_OPT,
-    queue_timeout_us: int | None = QUEUE_TIMEOUT_OPT,
-    threads: int | None = THREADS_OPT,
-    batch_invariant: bool | None = BATCH_INVARIANT_OPT,
+    backend: ServedBackend = None,
+    max_batch: MaxBatch = None,
+    max_queue_delay_us: MaxQueueDelayUs = None,
+    max_queue_size: MaxQueueSize = None,
+    queue_timeout_us: QueueTimeoutUs = None,
+    threads: InstanceThreads = None,
+    batch_invariant: BatchInvariant = None,
     window_s: float = typer.Option(1.0, help="Measurement window (s)."),
     max_windows: int = typer.Option(10, help="Windows per level at most."),
     samples: int = typer.Option(32, help="Distinct seeded inputs."),
@@ -697,7 +647,7 @@ def loadtest(
         backend=backend,
     )
     out = out or default_report_dir(export_dir) / "loadtest"
-    args = _serve_args(
+    args = serve_flags(
         backend=backend,
         max_batch=max_batch,
         max_queue_delay_us=max_queue_delay_us,
@@ -706,13 +656,9 @@ def loadtest(
         threads=threads,
         batch_invariant=batch_invariant,
     )
-    run_loadtest(export_dir, out, opts, url=url, serve_args=args, log=typer.echo)
+    result = run_loadtest(export_dir, out, opts, url=url, serve_args=args, log=typer.echo)
     typer.echo(f"report: {out}/loadtest.md")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    failed = [fault for fault, status, _ in result.verdicts() if status.is_failure]
+    if failed:
+        typer.echo(f"error: load test failed — {', '.join(failed)} (see the report's verdicts)", err=True)
+        raise typer.Exit(1)

@@ -78,6 +78,29 @@ def test_bench_scripts_hold_no_library_code_of_their_own():
     assert not found, "\n".join(found)
 
 
+def test_bench_scripts_use_only_the_librarys_public_names():
+    found = []
+    for p in bench_scripts():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nfdeploy"):
+                found += [f"{p.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if isinstance(node.value, ast.Name) and node.value.id in _nfdeploy_aliases(p):
+                    found.append(f"{p.name}: {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def _nfdeploy_aliases(p: Path) -> set[str]:
+    """Names a script binds to nfdeploy modules (`from nfdeploy.export import quantize as q`: q)."""
+    names = set()
+    for node in ast.walk(ast.parse(p.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nfdeploy"):
+            names |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("nfdeploy")}
+    return names
+
+
 def test_no_test_imports_a_bench_script():
     found = []
     for f in _py(REPO / "tests"):

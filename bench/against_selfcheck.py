@@ -2,7 +2,7 @@
 against a `cp -r` copy of itself) on torch CPU and ONNX Runtime CPU, quiet and with a second process
 burning one core throughout. The ratio must be 1.00 with an interval that contains 1.00.
 
-    python bench/against_selfcheck.py EXPORT_DIR [--batches 1,8] [--min-time 1] [--max-time 20]
+    python -m bench.against_selfcheck EXPORT_DIR [--batches 1,8] [--min-time 1] [--max-time 20]
         [--out bench/results/against-cpu-DATE]
 
 Writes OUT.json and OUT.md (one section per condition) and keeps each condition's against.md.
@@ -19,8 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.perf import bench_against, parse_batches
-from nfdeploy.perf.against import render_against
+from nfdeploy.perf import BenchOptions, bench_against, render_against
 
 BACKENDS = ["torch-cpu-fp32-folded", "onnxruntime-cpu-fp32"]
 
@@ -37,10 +36,13 @@ def main(argv=None) -> int:
     md = [
         "# Export against a copy of itself (self-check of the method)",
         "",
-        f"Command: `python bench/against_selfcheck.py {args.export} --batches {args.batches} --min-time "
+        f"Command: `python -m bench.against_selfcheck {args.export} --batches {args.batches} --min-time "
         f"{args.min_time} --max-time {args.max_time}`. Backends {', '.join(BACKENDS)}.",
         "",
     ]
+    options = BenchOptions(
+        batches=args.batches, only=BACKENDS, min_time=args.min_time, warmup=0.5, max_time=args.max_time, compile=False
+    )
     with tempfile.TemporaryDirectory() as td:
         copy = Path(td) / "copy"
         shutil.copytree(args.export, copy)
@@ -49,21 +51,12 @@ def main(argv=None) -> int:
             if cond == "busy core":  # a second process burning one core throughout, killed afterwards
                 burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
-                rep = bench_against(
-                    args.export,
-                    copy,
-                    Path(td) / cond.replace(" ", "-"),
-                    batches=parse_batches(args.batches),
-                    only=BACKENDS,
-                    min_time=args.min_time,
-                    warmup=0.5,
-                    max_time=args.max_time,
-                )
+                rep = bench_against(args.export, copy, Path(td) / cond.replace(" ", "-"), options)
             finally:
                 if burner is not None:
                     burner.kill()
                     burner.wait()
-            out["conditions"][cond] = rep
+            out["conditions"][cond] = rep.to_dict()
             md += [f"## {cond}" + (" (a `python -c 'while True: pass'` process throughout)" if burner else ""), ""]
             md += render_against(rep).split("\n", 2)[2:]
             md.append("")

@@ -4,22 +4,19 @@ Rows: the digits-trained run (nf_resnet_c8), nfdeploy's nf_resnet50 (randomised 
 nf_resnet50 and dm_nfnet_f0 (randomised gains; timm's init zeroes the skip gains, which would make
 parity vacuous). Per row: ONNX node count and op histogram, export seconds, ONNX Runtime CPU parity
 against the float64 unfolded PyTorch model (relative L2, top-1 agreement) and ORT CPU latency at
-batch 1 (host wall time, median).
+batch 1 (host wall time; the two graphs of a model in interleaved rounds).
 
-    python bench/export_compare.py [--run RUN_DIR] [--size 224] [--timm nf_resnet50,dm_nfnet_f0]
+    python -m bench.export_compare [--run RUN_DIR] [--size 224] [--timm nf_resnet50,dm_nfnet_f0]
 
 On this project's CPU machines timm only imports with the test shim:
-    PYTHONPATH=tests/torchvision_shim python bench/export_compare.py
+    PYTHONPATH=tests/torchvision_shim python -m bench.export_compare
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -28,68 +25,41 @@ import onnx
 import torch
 
 from nfdeploy.artifacts import ModelSource
-from nfdeploy.export import ExportOptions, export_model
+from nfdeploy.export import ExportOptions, ModelToExport, export_model
+from nfdeploy.export.plain_export import plain_onnx_export
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.metrics import compare_outputs
 from nfdeploy.models import create_model
+from nfdeploy.perf import RoundPlan, time_group
 from nfdeploy.render import markdown_table, write_bench_result
 from nfdeploy.runtime.base import BackendSpec
 from nfdeploy.runtime.ort import OrtBackend
 
 quiet = lambda *a, **k: None  # noqa: E731
+FOLDED, PLAIN = "nfdeploy folded", "plain torch.onnx.export"
+LATENCY_PLAN = RoundPlan(warmup_s=1.0, min_time_s=3.0, min_iters=5)
 
 
 def _ort(path: Path, shape: tuple[int, ...]) -> OrtBackend:
-    return OrtBackend(
-        BackendSpec("onnxruntime", "cpu", "fp32"), shape, path, threads=torch.get_num_threads()
-    ).activate()
+    return OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), shape, path, threads=torch.get_num_threads())
 
 
-def ort_latency_ms(path: Path, shape: tuple[int, ...], seconds: float = 3.0) -> float:
-    b = _ort(path, shape)
-    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    end = time.perf_counter() + 1.0
-    while time.perf_counter() < end:
-        b.run(x)
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 5:
-        t0 = time.perf_counter()
-        b.run(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def ort_latency_ms(paths: dict[str, Path], shape: tuple[int, ...]) -> dict[str, float]:
+    """{label: ONNX Runtime CPU ms at batch 1} of the graphs `paths`, timed side by side in interleaved rounds."""
+    backends = {k: _ort(p, shape).activate() for k, p in paths.items()}
+    try:
+        rows, _, _ = time_group(backends, 1, shape, LATENCY_PLAN)
+    finally:
+        for b in backends.values():
+            b.deactivate()
+    return {k: r["median_ms"] for k, r in rows.items()}
 
 
 def parity(path: Path, ref: torch.Tensor, x: np.ndarray) -> dict:
-    out = torch.from_numpy(_ort(path, tuple(x.shape[1:])).run(x))
+    with _ort(path, tuple(x.shape[1:])) as b:
+        out = torch.from_numpy(b.run(x))
     r = compare_outputs(ref, out)
     return {"rel_l2": r["rel_l2"], "top1_agreement": float((out.argmax(1) == ref.argmax(1)).double().mean())}
-
-
-def plain_export(model: torch.nn.Module, shape, path: Path) -> dict:
-    """What a user gets today: torch.onnx.export (dynamo) of the unfolded float32 model."""
-    x = torch.randn(2, *shape)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.float().eval(),
-            (x,),
-            str(path),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            opset_version=18,
-            external_data=False,
-            verbose=False,
-        )
-    seconds = time.perf_counter() - t0
-    m = onnx.load(str(path))
-    ops = {}
-    for n in m.graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"nodes": len(m.graph.node), "ops": dict(sorted(ops.items())), "export_seconds": seconds}
 
 
 def top_ops(ops: dict, k: int = 6) -> str:
@@ -102,46 +72,34 @@ def bench_one(
     model = model.double().eval()
     with torch.no_grad():
         ref = model(torch.from_numpy(x).double())
-    rows = []
-    res = export_model(
-        model,
-        tmp / label,
-        fold=fold,
-        name=label,
-        input_shape=shape,
-        norm=norm,
-        source=ModelSource(kind="bench"),
-        preprocessing={},
-        check_data=None,
-        opts=ExportOptions(precisions=("fp32",), check=False),
-        log=quiet,
+    subject = ModelToExport(
+        model, fold=fold, name=label, input_shape=shape, norm=norm, source=ModelSource(kind="bench"), preprocessing={}
     )
+    res = export_model(subject, tmp / label, ExportOptions(precisions=("fp32",), check=False), log=quiet)
     e = res.manifest.onnx["fp32"]
-    path = tmp / label / "model.onnx"
-    rows.append(
+    paths = {FOLDED: tmp / label / e.file, PLAIN: tmp / f"{label}-plain.onnx"}
+    p = plain_onnx_export(model, paths[PLAIN], shape)
+    latency = ort_latency_ms(paths, shape)
+    rows = [
         {
             "model": label,
-            "variant": "nfdeploy folded",
+            "variant": FOLDED,
             "nodes": e.nodes,
             "top ops": top_ops(e.ops),
-            "export_s": e["export_seconds"] + e["fold_seconds"],
-            **parity(path, ref, x),
-            "ort_cpu_ms_b1": ort_latency_ms(path, shape),
-        }
-    )
-    ppath = tmp / f"{label}-plain.onnx"
-    p = plain_export(model, shape, ppath)
-    rows.append(
+            "export_s": e.details["export_seconds"] + e.details["fold_seconds"],
+            **parity(paths[FOLDED], ref, x),
+            "ort_cpu_ms_b1": latency[FOLDED],
+        },
         {
             "model": label,
-            "variant": "plain torch.onnx.export",
+            "variant": PLAIN,
             "nodes": p["nodes"],
             "top ops": top_ops(p["ops"]),
             "export_s": p["export_seconds"],
-            **parity(ppath, ref, x),
-            "ort_cpu_ms_b1": ort_latency_ms(ppath, shape),
-        }
-    )
+            **parity(paths[PLAIN], ref, x),
+            "ort_cpu_ms_b1": latency[PLAIN],
+        },
+    ]
     print(markdown_table(rows, floatfmt="{:.3g}"), flush=True)
     return rows
 
@@ -205,7 +163,8 @@ def main(argv=None) -> int:
         "onnx": onnx.__version__,
         "input": f"batch x 3 x {args.size} x {args.size} (digits: 1x32x32)",
         "parity": f"ONNX Runtime CPU EP vs float64 unfolded PyTorch, {args.samples} N(0,1) inputs",
-        "latency": "ONNX Runtime CPU EP, batch 1, host wall time, median after 1 s warm-up",
+        "latency": "ONNX Runtime CPU EP, batch 1, host wall time; the folded and the plain graph in interleaved "
+        "rounds after 1 s warm-up, median of per-round medians (nfdeploy.perf.time_group)",
         "opset": "18 (20 for GELU models: native Gelu)",
     }
     md = (
@@ -213,7 +172,7 @@ def main(argv=None) -> int:
         f"torch {meta['torch']}, onnx {meta['onnx']}, {meta['threads']} threads, opset {meta['opset']}, dynamic batch. "
         f"Parity: {meta['parity']}. Latency: {meta['latency']}.\n\n"
         + markdown_table(rows, floatfmt="{:.3g}")
-        + "\n`python bench/export_compare.py`\n"
+        + "\n`python -m bench.export_compare`\n"
     )
     write_bench_result(args.out, f"export_compare-cpu-{meta['date']}", meta, rows, md)
     return 0

@@ -1,106 +1,73 @@
 """Eager PyTorch CPU latency: unfolded NF vs folded NF vs folded BN twin (host wall time per batch).
 
-    python bench/fold_speed.py [--model nf_resnet50] [--batches 1,8] [--iters 20] [--min-time 8]
+    python -m bench.fold_speed [--model nf_resnet50] [--batches 1,8] [--iters 20] [--min-time 8]
 
-Variants are timed round-robin (one call each per round), so drift in machine load hits all of
-them alike.  Writes fold_speed-cpu-<date>.{json,md} to --out and prints the Markdown table.
+Variants are timed in interleaved rounds (nfdeploy.perf: each round runs every variant, the start rotates),
+so drift in machine load hits all of them alike; a latency is the median of per-round medians and a ratio
+the median of per-round ratios, each with its 95% bootstrap interval.  Writes fold_speed-cpu-<date>.{json,md}
+to --out and prints the Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import platform
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.fold import fold_model, randomize_, unfolded_equivalence
+from nfdeploy.machine import machine_info, machine_load
 from nfdeploy.models import create_model, twin_name
+from nfdeploy.perf import RoundPlan
+from nfdeploy.perf.call_timing import time_calls
 
 NOISE_BAND = 0.02  # "no slower" allows 2 %: the spread of repeated medians on a shared CPU
+FORMAT_VERSION = 2  # 2: latencies and ratios from interleaved rounds (with intervals); no p10_ms
+RATIOS = {
+    "speedup_folded_vs_unfolded": ("unfolded NF", "folded NF"),
+    "folded_nf_over_folded_bn": ("folded NF", "folded BN twin"),
+}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def foreign_share(before: dict, after: dict) -> float:
+    """Share of all usable cores that other processes used, the larger of the samples before and after."""
+    return max(before["other_processes_cores"], after["other_processes_cores"]) / before["usable_cpus"]
 
 
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of all CPUs, ticks of this process) from /proc, or None off Linux."""
-    try:
-        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        busy = sum(int(v) for v in f[:8]) - int(f[3]) - int(f[4])  # minus idle and iowait
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return busy, int(own[11]) + int(own[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
-
-
-def bench_batch(
-    variants: dict[str, torch.nn.Module],
-    x: torch.Tensor,
-    warmup_s: float,
-    iters: int,
-    min_time_s: float,
-    max_iters: int,
-) -> dict[str, dict[str, float]]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    ticks0, wall0 = _cpu_ticks(), time.perf_counter()
+def bench_batch(variants: dict[str, torch.nn.Module], x: torch.Tensor, plan: RoundPlan) -> dict:
+    """The variants on batch `x` in interleaved rounds: per-variant figures, the two ratios, the load."""
+    before = machine_load()
     with torch.inference_mode():
-        for m in variants.values():  # warm up by time: allocator, oneDNN primitive caches
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < warmup_s:
-                m(x)
-        t_start = time.perf_counter()
-        while True:
-            for name, m in variants.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-            n = len(times[next(iter(times))])
-            if n >= max_iters or (n >= iters and time.perf_counter() - t_start >= min_time_s * len(variants)):
-                break
-    ticks1, wall = _cpu_ticks(), time.perf_counter() - wall0
-    # Share of all cores used by *other* processes while we timed: contention makes numbers unreliable.
-    foreign = (
-        None
-        if ticks0 is None or ticks1 is None
-        else max(
-            0.0,
-            ((ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1]))
-            / (os.sysconf("SC_CLK_TCK") * wall * (os.cpu_count() or 1)),
-        )
-    )
+        members, ratios, info = time_calls({k: partial(m, x) for k, m in variants.items()}, plan, ratios=RATIOS)
+    after = machine_load()
     stats = {
         k: {
-            "median_ms": statistics.median(v),
-            "p10_ms": _pct(v, 0.1),
-            "p90_ms": _pct(v, 0.9),
-            "min_ms": min(v),
-            "mean_ms": statistics.fmean(v),
-            "n": len(v),
+            "median_ms": m["median_ms"],
+            "median_ci95_ms": m["median_ci95_ms"],
+            "p90_ms": m["host_ms"]["p90"],
+            "min_ms": m["host_ms"]["min"],
+            "mean_ms": m["host_ms"]["mean"],
+            "n": m["iterations"],
+            "noisy": m["noisy"],
         }
-        for k, v in times.items()
+        for k, m in members.items()
     }
-    return stats, foreign
+    return {
+        "variants": stats,
+        "foreign_cpu_load": foreign_share(before, after),
+        **{name: r["ratio"] for name, r in ratios.items()},
+        "ratios": ratios,
+        "rounds": info["rounds"],
+        "stopped_by": info["stopped_by"],
+        "load": {"before": before, "after": after},
+    }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="nf_resnet50")
     ap.add_argument("--size", type=int, default=224)
@@ -112,7 +79,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as found)")
     ap.add_argument("--channels-last", action="store_true", help="channels_last input and weights (all variants)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -132,20 +103,17 @@ def main() -> None:
         "folded BN twin": unfolded_equivalence(bn, folded_bn, x_check),
     }
 
-    load_before = os.getloadavg()
+    plan = RoundPlan(
+        warmup_s=args.warmup,
+        min_time_s=args.min_time,
+        min_iters=args.iters,
+        max_iters=args.max_iters * len(variants),
+    )
     results = {}
     for b in (int(s) for s in args.batches.split(",")):
         x = torch.randn(b, cfg.in_chans, args.size, args.size).contiguous(memory_format=fmt)
-        r, foreign = bench_batch(variants, x, args.warmup, args.iters, args.min_time, args.max_iters)
-        med = {k: v["median_ms"] for k, v in r.items()}
-        results[b] = {
-            "variants": r,
-            "foreign_cpu_load": foreign,
-            "speedup_folded_vs_unfolded": med["unfolded NF"] / med["folded NF"],
-            "folded_nf_over_folded_bn": med["folded NF"] / med["folded BN twin"],
-        }
-        print(f"batch {b}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()), flush=True)
-    load_after = os.getloadavg()
+        results[b] = r = bench_batch(variants, x, plan)
+        print(f"batch {b}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in r["variants"].items()), flush=True)
 
     goals = {
         f"batch {b}": {
@@ -154,23 +122,28 @@ def main() -> None:
         }
         for b, r in results.items()
     }
-    ncpu = os.cpu_count() or 1
+    machine = machine_info()
+    loads = [r["load"] for r in results.values()]
     env = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "num_threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
-        "cpu_count": ncpu,
+        "cpu": machine["cpu"]["model"],
+        "cpu_count": machine["cpu"]["logical_cpus"],
         "mkldnn": torch.backends.mkldnn.is_available(),
         "python": platform.python_version(),
-        "loadavg_1m_before": load_before[0],
-        "loadavg_1m_after": load_after[0],
+        "loadavg_1m_before": (loads[0]["before"]["loadavg_1_5_15"] or [None])[0],
+        "loadavg_1m_after": (loads[-1]["after"]["loadavg_1_5_15"] or [None])[0],
         "channels_last": args.channels_last,
         "busy_warning": any((r["foreign_cpu_load"] or 0.0) > 0.1 for r in results.values()),
     }
     doc = {
+        "version": FORMAT_VERSION,
         "benchmark": "fold_speed",
-        "quantity": "host wall time per batch (ms), eager, inference_mode, float32",
+        "quantity": "host wall time per batch (ms), eager, inference_mode, float32; median of per-round medians "
+        "of interleaved rounds, ratios the median of per-round ratios",
+        "foreign_cpu_load": "share of all usable cores other processes used, sampled for 0.5 s before and after "
+        "each batch's rounds (nfdeploy.machine.machine_load), the larger",
         "model": args.model,
         "twin": twin_name(args.model),
         "input_size": args.size,
@@ -182,12 +155,21 @@ def main() -> None:
         "results": {str(b): r for b, r in results.items()},
         "goals": goals,
     }
+    md = markdown(args, env, results, goals, parity)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"fold_speed-cpu-{dt.date.today().isoformat()}"
+    atomic_write_json(stem.with_suffix(".json"), doc)
+    atomic_write_text(stem.with_suffix(".md"), md)
+    print(md)
+    print(f"wrote {stem}.json / .md")
 
+
+def markdown(args: argparse.Namespace, env: dict, results: dict, goals: dict, parity: dict) -> str:
     lines = [
         f"# Fold speed: {args.model} @ {args.size}x{args.size}, PyTorch eager CPU, float32",
         "",
         f"{env['date']} · torch {env['torch']} · {env['cpu']} · {env['num_threads']} threads · "
-        f"{'channels_last' if args.channels_last else 'NCHW'} · other processes' CPU share while timing: "
+        f"{'channels_last' if args.channels_last else 'NCHW'} · other processes' CPU share before/after timing: "
         + ", ".join(
             f"b{b} {r['foreign_cpu_load']:.0%}" for b, r in results.items() if r["foreign_cpu_load"] is not None
         )
@@ -198,11 +180,13 @@ def main() -> None:
     ]
     for b, r in results.items():
         for k, v in r["variants"].items():
-            extra = (
-                (f"{r['speedup_folded_vs_unfolded']:.2f}x", f"{r['folded_nf_over_folded_bn']:.3f}")
-                if k == "folded NF"
-                else ("", "")
-            )
+            extra = ("", "")
+            if k == "folded NF":
+                up, nb = (r["ratios"][n] for n in RATIOS)
+                extra = (
+                    f"{up['ratio']:.2f}x [{up['ci95'][0]:.2f}, {up['ci95'][1]:.2f}]",
+                    f"{nb['ratio']:.3f} [{nb['ci95'][0]:.3f}, {nb['ci95'][1]:.3f}]",
+                )
             lines.append(
                 f"| {b} | {k} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} | {v['min_ms']:.1f} | {v['n']} "
                 f"| {extra[0]} | {extra[1]} |"
@@ -220,16 +204,7 @@ def main() -> None:
         "",
         "Float32 parity vs unfolded: " + ", ".join(f"{k} rel L2 {v['rel_l2']:.1e}" for k, v in parity.items()),
     ]
-    md = "\n".join(lines) + "\n"
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"fold_speed-cpu-{dt.date.today().isoformat()}"
-    for path, text in ((stem.with_suffix(".json"), json.dumps(doc, indent=2)), (stem.with_suffix(".md"), md)):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    print(md)
-    print(f"wrote {stem}.json / .md")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

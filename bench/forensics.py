@@ -6,8 +6,8 @@ digits: a trained digits run → export (fp32, fp16) → parity --per-block --ba
 r50:    nfdeploy's nf_resnet50 (randomised gains, seed 0), 224², error per block on torch CPU fp32
         (unfolded, folded) and ONNX Runtime CPU fp32 / fp16, SAMPLES N(0,1) inputs.
 
-  PYTHONPATH=$PWD python bench/forensics.py digits --run RUN_DIR [--out bench/results/forensics-cpu-DATE]
-  PYTHONPATH=$PWD python bench/forensics.py r50 [--samples 4]
+  python -m bench.forensics digits --run RUN_DIR [--out bench/results/forensics-cpu-DATE]
+  python -m bench.forensics r50 [--samples 4]
 """
 
 from __future__ import annotations
@@ -25,19 +25,16 @@ from nfdeploy.artifacts import ModelSource, atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import REFERENCE, ExportSource, export_backends, load_export_source
 from nfdeploy.check.model_points import block_points
 from nfdeploy.check.parity import load_parity_data, parity_report
+from nfdeploy.check.parity_options import ParityOptions
 from nfdeploy.check.per_block import per_block_markdown, per_block_report, plot_per_block
+from nfdeploy.check.planted import plant_conv_defect
 from nfdeploy.check.saved_outputs import compare_saved_runs
-from nfdeploy.export import ExportOptions, export_model, export_run
+from nfdeploy.export import ExportOptions, ModelToExport, export_model, export_run
 from nfdeploy.metrics import framework_error, judge
 from nfdeploy.precision import judged_tolerance
 from nfdeploy.render import markdown_table
 from nfdeploy.runtime.base import BackendSpec, run_batched
 from nfdeploy.runtime.ort import OrtBackend
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from bench.planted_defects import plant_conv_defect  # noqa: E402
 
 DEFECT = 1.01
 
@@ -48,9 +45,7 @@ def digits(run: Path, out: Path, defects_only: bool = False) -> None:
         export_run(run, exp, ExportOptions(precisions=("fp32", "fp16", "bf16")))
         reps = {}
         for t in () if defects_only else (1, 2):
-            reps[t] = parity_report(
-                exp,
-                out / f"parity-threads{t}",
+            options = ParityOptions(
                 per_block=t == 1,
                 batch_matrix=t == 1,
                 save_outputs=True,
@@ -58,6 +53,7 @@ def digits(run: Path, out: Path, defects_only: bool = False) -> None:
                 max_samples=512,
                 invariance_samples=64,
             )
+            reps[t] = parity_report(exp, out / f"parity-threads{t}", options)
         torch.set_num_threads(2)
         if not defects_only:
             compare_saved_runs(out / "parity-threads1", out / "parity-threads2", out / "compare-threads1-vs-2")
@@ -96,7 +92,7 @@ def digits(run: Path, out: Path, defects_only: bool = False) -> None:
             f"exported fp32 ONNX of the trained digits model; ONNX Runtime CPU fp32 over the changed file, {len(x)} "
             f"digits test images; tolerance rel L2 {tol['rel_l2']:g} ({tol['rule']}).\n\n"
             + markdown_table(rows, floatfmt="{:.3g}")
-            + "\n`PYTHONPATH=$PWD python bench/forensics.py digits --run RUN_DIR`\n"
+            + "\n`python -m bench.forensics digits --run RUN_DIR`\n"
         )
         atomic_write_text(out / "defects.md", md)
         atomic_write_json(out / "defects.json", rows)
@@ -110,18 +106,16 @@ def r50(out: Path, samples: int, size: int) -> None:
     model = randomize_(create_model("nf_resnet50"), seed=0).double().eval()
     shape = (3, size, size)
     with tempfile.TemporaryDirectory() as td:
-        res = export_model(
+        subject = ModelToExport(
             model,
-            Path(td) / "e",
             fold=lambda dt: fold_model(model, dtype=dt),
             name="nf_resnet50",
             input_shape=shape,
             norm="nf",
             source=ModelSource(kind="bench"),
             preprocessing={},
-            check_data=None,
-            opts=ExportOptions(precisions=("fp32", "fp16"), check=False),
         )
+        res = export_model(subject, Path(td) / "e", ExportOptions(precisions=("fp32", "fp16"), check=False))
         source = ExportSource(res.manifest, model.float().eval(), Path(td) / "e")
         x = np.random.default_rng(0).standard_normal((samples, *shape)).astype(np.float32)
         backends = export_backends(source, compile=False, tensorrt=False)
@@ -164,7 +158,7 @@ def r50(out: Path, samples: int, size: int) -> None:
         + markdown_table(rows, floatfmt="{:.3g}")
         + "\n## Per block\n\n"
         + per_block_markdown(rep)
-        + "\n`PYTHONPATH=$PWD python bench/forensics.py r50`\n"
+        + "\n`python -m bench.forensics r50`\n"
     )
     atomic_write_text(out / "nf_resnet50-per_block.md", md)
     print(md)

@@ -3,7 +3,7 @@ instruction-set caps (`nfdeploy parity --isa WORD --save-outputs`, each in its o
 `nfdeploy compare` of the uncapped run against each capped one: per backend, share of samples bitwise
 identical, max ULP, rel L2, top-1 agreement.
 
-    python bench/isa_compare.py EXPORT_DIR --out bench/results/isa-DATE [--isa default,avx,sse41] [--threads 1]
+    python -m bench.isa_compare EXPORT_DIR --out bench/results/isa-DATE [--isa default,avx,sse41] [--threads 1]
 
 One thread by default, so only the instruction set differs between runs. ONNX Runtime (MLAS) has no
 instruction-set switch: its rows are the control (they should be bitwise identical).
@@ -18,13 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.isa import ISA_CAPS, check_isa, isa_environment
 from nfdeploy.check.saved_outputs import OUTPUTS_FILE, compare_saved_runs, output_pair
 from nfdeploy.render import markdown_table
 
 TWIN = "bn-twin-torch-cpu-fp32-folded"
+REPO = Path(__file__).resolve().parent.parent  # the twin's children run `python -m bench.isa_compare` from here
 
 
 def twin_child(export: Path, inputs: Path, out: Path, threads: int) -> None:
@@ -53,15 +53,17 @@ def twin_rows(export: Path, runs: dict[str, Path], words: list[str], threads: in
         subprocess.run(
             [
                 sys.executable,
-                __file__,
-                str(export),
+                "-m",
+                "bench.isa_compare",
+                str(export.resolve()),
                 "--twin-child",
-                str(runs[words[0]] / OUTPUTS_FILE),
-                str(f),
+                str((runs[words[0]] / OUTPUTS_FILE).resolve()),
+                str(f.resolve()),
                 "--threads",
                 str(threads),
             ],
             env=isa_environment(w, os.environ),
+            cwd=REPO,
             check=True,
         )
         outs[w] = np.load(f)
@@ -145,7 +147,7 @@ def main() -> None:
             "rows": rows,
         },
     )
-    cmd = f"python bench/isa_compare.py {args.export} --out {args.out} --isa {','.join(words)} --threads {args.threads}"
+    cmd = f"python -m bench.isa_compare {args.export} --out {args.out} --isa {','.join(words)} --threads {args.threads}"
     md = [
         "# Across instruction sets\n",
         f"Command: `{cmd}`. Baseline: {base}; "

@@ -3,7 +3,7 @@ folded NF vs folded BN twin in interleaved rounds (torch CPU and ONNX Runtime CP
 bootstrap intervals, achieved GFLOP/s and its share of the sgemm peak measured in the same run. The
 main-table rows of the group members are the comparison's measurement (one measurement per figure).
 
-    python bench/nf_resnet50_cpu.py [--export EXPORT_DIR] [--out bench/results/nf_resnet50-cpu-DATE]
+    python -m bench.nf_resnet50_cpu [--export EXPORT_DIR] [--out bench/results/nf_resnet50-cpu-DATE]
         [--batches 1,8] [--min-time 2] [--max-time 20]
 """
 
@@ -15,9 +15,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nfdeploy.export import export_options, export_run
-from nfdeploy.perf import bench_report, parse_batches
+from nfdeploy.export import OnnxOverrides, export_options, export_run
+from nfdeploy.perf import BenchOptions, bench_report
 from nfdeploy.train.random_run import write_random_run
 
 
@@ -35,16 +34,15 @@ def main(argv=None) -> int:
         if export is None:
             run = write_random_run(Path(td) / "run", "nf_resnet50", input_size=args.size)
             export = Path(td) / "export"
-            export_run(run, export, export_options(precisions=["fp32"], check=False))
-        bench_report(
-            export,
-            args.out,
-            batches=parse_batches(args.batches),
-            only=["torch-cpu-fp32", "onnxruntime-cpu-fp32"],
+            export_run(run, export, export_options(onnx=OnnxOverrides(precisions=["fp32"], check=False)))
+        options = BenchOptions(
+            batches=args.batches,
+            only=("torch-cpu-fp32", "onnxruntime-cpu-fp32"),
             min_time=args.min_time,
             warmup=1.0,
             max_time=args.max_time,
         )
+        bench_report(export, args.out, options)
     return 0
 
 

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions in a mixed round: an ORT export against a copy of itself, with a torch backend in the
 same interleaved round, once with ORT's intra-op spinning on (ORT's default) and once off (nfdeploy's setting).
 
-    OMP_WAIT_POLICY=PASSIVE python bench/ort_spinning.py EXPORT_DIR --out bench/results/ort-spinning-...
+    OMP_WAIT_POLICY=PASSIVE python -m bench.ort_spinning EXPORT_DIR --out bench/results/ort-spinning-...
 
 The copy is the same bytes in another directory (a second session of the same graph): its ratio must be 1.00
 with an interval containing 1 when neither session steals the other's cores.
@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import load_export_source, torch_backend
@@ -97,7 +94,7 @@ def main() -> int:
     md = [
         f"# ORT export vs a copy of itself, torch folded in the same round ({source.manifest.model})",
         "",
-        f"Command: `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} python bench/ort_spinning.py EXPORT --out OUT "
+        f"Command: `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} python -m bench.ort_spinning EXPORT --out OUT "
         f"--batches {args.batches} --threads {args.threads} --min-time {args.min_time}`",
         "",
         "| batch | ORT spinning | A ms | B (copy) ms | torch ms | A / B [95% interval] | settled | load before |",

@@ -8,7 +8,9 @@ Also: ONNX nodes, fold + export seconds. Each model runs in its own subprocess u
 model whose parameters (x MEMORY_FACTOR, float64 copies during fold/export) do not fit in the memory
 available is skipped with that reason. Models run smallest family first; results are written after each.
 
-    PYTHONPATH=$PWD:$PWD/tests/torchvision_shim python bench/timm_sweep.py [--budget 900] [--models a,b]
+    PYTHONPATH=$PWD/tests/torchvision_shim python -m bench.timm_sweep [--budget 900] [--models a,b]
+
+Each model's child process is `python -m bench.timm_sweep --one NAME` in the repository root.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
+from nfdeploy.perf import Stopwatch
+from nfdeploy.status import Status
+
+REPO = Path(__file__).resolve().parent.parent  # the children run `python -m bench.timm_sweep` from here
 SIZE = 128
 SAMPLES = 4
 MEMORY_FACTOR = 8 * 8  # bytes per float64 parameter x copies alive at once (unfolded, folded, export buffers)
@@ -47,7 +52,7 @@ def one(name: str) -> dict:
     import torch
 
     from nfdeploy.artifacts import ModelSource
-    from nfdeploy.export import ExportOptions, export_model
+    from nfdeploy.export import ExportOptions, ModelToExport, export_model
     from nfdeploy.interop.timm import create_timm_model, fold_timm_model, randomize_timm_
     from nfdeploy.metrics import compare_outputs, top1_agreement
     from nfdeploy.precision import judged_tolerance
@@ -57,14 +62,14 @@ def one(name: str) -> dict:
     try:
         model = create_timm_model(name)
     except ValueError as e:
-        return {"model": name, "status": "not a NormFreeNet", "reason": str(e)[:120]}
+        return {"model": name, "status": Status.SKIPPED, "reason": f"not a NormFreeNet: {str(e)[:120]}"}
     params = sum(p.numel() for p in model.parameters())
     need, avail = params * MEMORY_FACTOR, mem_available()
     if need > avail:
         return {
             "model": name,
             "params_M": params / 1e6,
-            "status": "skipped",
+            "status": Status.SKIPPED,
             "reason": f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available",
         }
     randomize_timm_(model, seed=0)
@@ -76,21 +81,20 @@ def one(name: str) -> dict:
         model.double()
     framework = compare_outputs(ref, fw32)["rel_l2"]
     with tempfile.TemporaryDirectory() as td:
-        t0 = time.perf_counter()
-        res = export_model(
+        subject = ModelToExport(
             model,
-            Path(td) / "e",
             fold=lambda dt: fold_timm_model(model, input_size=(SIZE, SIZE), dtype=dt),
             name=name,
             input_shape=(3, SIZE, SIZE),
             norm="nf",
             source=ModelSource(kind="bench"),
             preprocessing={},
-            check_data=None,
-            opts=ExportOptions(precisions=("fp32",), check=False),
-            log=lambda *a: None,
         )
-        export_s = time.perf_counter() - t0
+        sw = Stopwatch()
+        res = export_model(
+            subject, Path(td) / "e", ExportOptions(precisions=("fp32",), check=False), log=lambda *a: None
+        )
+        export_s = sw.seconds()
         e = res.manifest.onnx["fp32"]
         b = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), (3, SIZE, SIZE), Path(td) / "e" / "model.onnx")
         with b:
@@ -108,7 +112,7 @@ def one(name: str) -> dict:
         "tolerance_rel_l2": tol["rel_l2"],
         "passes_fixed_1e-5": r["rel_l2"] <= tol["floor_rel_l2"],
         "top1_agreement": top1_agreement(out, ref),
-        "status": "pass" if ok else "FAIL",
+        "status": Status.PASS if ok else Status.FAIL,
     }
 
 
@@ -138,10 +142,11 @@ def main(argv=None) -> int:
         [r for r in json.loads(previous.read_text())["rows"] if r["model"] not in names] if previous.is_file() else []
     )
     for name in names:
-        t0 = time.perf_counter()
+        sw = Stopwatch()
         try:
             p = subprocess.run(
-                [sys.executable, __file__, "--one", name],
+                [sys.executable, "-m", "bench.timm_sweep", "--one", name],
+                cwd=REPO,
                 capture_output=True,
                 text=True,
                 timeout=args.budget,
@@ -151,11 +156,19 @@ def main(argv=None) -> int:
             row = (
                 json.loads(line[-1][7:])
                 if line
-                else {"model": name, "status": "error", "reason": (p.stderr.strip().splitlines() or ["?"])[-1][:160]}
+                else {
+                    "model": name,
+                    "status": Status.CRASHED,
+                    "reason": (p.stderr.strip().splitlines() or ["?"])[-1][:160],
+                }
             )
         except subprocess.TimeoutExpired:
-            row = {"model": name, "status": "skipped", "reason": f"over the {args.budget:g} s budget on this machine"}
-        row["wall_s"] = time.perf_counter() - t0
+            row = {
+                "model": name,
+                "status": Status.SKIPPED,
+                "reason": f"over the {args.budget:g} s budget on this machine",
+            }
+        row["wall_s"] = sw.seconds()
         rows.append(row)
         print(json.dumps(row), flush=True)
         meta = {
@@ -165,7 +178,7 @@ def main(argv=None) -> int:
             "threads": 1,
             "seed": 0,
             "rule": "ORT CPU fp32 rel L2 <= max(1e-5, 2 x torch unfolded fp32 rel L2), both vs float64 unfolded timm",
-            "command": "PYTHONPATH=$PWD:$PWD/tests/torchvision_shim python bench/timm_sweep.py",
+            "command": "PYTHONPATH=$PWD/tests/torchvision_shim python -m bench.timm_sweep",
         }
         cols = [
             "model",

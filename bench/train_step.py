@@ -2,16 +2,18 @@
 
 One step = forward + backward (+ AGC for NF, which is part of its recipe) on the same batch,
 same input size, same thread count.  The goal (issue 2): NF <= 1.25x the BN twin's step time.
+NF and BN steps alternate in interleaved rounds (nfdeploy.perf), so machine drift hits both alike;
+the ratio is the median of per-round ratios, with its 95% bootstrap interval.
 
-    python bench/train_step.py --models nf_resnet_c8,nf_resnet_c20,nf_resnet18 --batch 64
+    python -m bench.train_step --models nf_resnet_c8,nf_resnet_c20,nf_resnet18 --batch 64
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
-import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -20,10 +22,14 @@ from torch.nn import functional as F
 
 from nfdeploy.models import create_model, twin_name
 from nfdeploy.nn import adaptive_grad_clip_
+from nfdeploy.perf import RoundPlan
+from nfdeploy.perf.call_timing import time_calls
+from nfdeploy.perf.rounds import WINDOW_ROUNDS, WINDOWS
 from nfdeploy.render import markdown_table, write_bench_result
 
 
-def step_times(name: str, batch: int, size: int, in_chans: int, min_time: float, warmup: float) -> list[float]:
+def train_step(name: str, batch: int, size: int, in_chans: int) -> Callable[[], None]:
+    """One training step of a fresh `name` (seed 0) on a fixed random batch, as a call."""
     torch.manual_seed(0)
     model = create_model(name, input_size=size, in_chans=in_chans).train()
     x = torch.randn(batch, in_chans, size, size)
@@ -36,16 +42,7 @@ def step_times(name: str, batch: int, size: int, in_chans: int, min_time: float,
         if agc is not None:
             adaptive_grad_clip_(agc, 0.01, 1e-3)
 
-    end = time.perf_counter() + warmup
-    while time.perf_counter() < end:
-        step()
-    times: list[float] = []
-    end = time.perf_counter() + min_time
-    while time.perf_counter() < end or len(times) < 10:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,20 +51,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--min-time", type=float, default=8.0, help="seconds of timed steps per model")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per model")
-    ap.add_argument("--rounds", type=int, default=2, help="alternate NF/BN this many times (drift control)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help=f"alternate NF/BN at least this many rounds (drift control; at least {WINDOWS * WINDOW_ROUNDS}: "
+        f"{WINDOWS} stability windows of {WINDOW_ROUNDS})",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
+    plan = RoundPlan(
+        warmup_s=args.warmup,
+        min_time_s=args.min_time,
+        min_iters=10,
+        windows=max(WINDOWS, math.ceil(args.rounds / WINDOW_ROUNDS)),
+    )
     rows = []
     for nf in args.models.split(","):
         bn = twin_name(nf)
         cfg = create_model(nf).cfg
         size, in_chans = (32, 1) if cfg.stem == "small" else (112, 3)
-        t = {nf: [], bn: []}
-        for _ in range(args.rounds):  # interleave so that machine drift hits both equally
-            for name in (nf, bn):
-                t[name] += step_times(name, args.batch, size, in_chans, args.min_time / args.rounds, args.warmup)
-        med = {k: statistics.median(v) * 1e3 for k, v in t.items()}
-        p90 = {k: sorted(v)[int(0.9 * (len(v) - 1))] * 1e3 for k, v in t.items()}
+        steps = {name: train_step(name, args.batch, size, in_chans) for name in (nf, bn)}
+        members, ratios, _ = time_calls(steps, plan, ratios={"nf_over_bn": (nf, bn)})
+        med = {k: m["median_ms"] for k, m in members.items()}
+        p90 = {k: m["host_ms"]["p90"] for k, m in members.items()}
+        ratio = ratios["nf_over_bn"]
         rows.append(
             {
                 "nf_model": nf,
@@ -76,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                 "nf_p90_ms": p90[nf],
                 "bn_median_ms": med[bn],
                 "bn_p90_ms": p90[bn],
-                "nf_over_bn": med[nf] / med[bn],
-                "steps_nf": len(t[nf]),
-                "steps_bn": len(t[bn]),
-                "goal_le_1.25": med[nf] / med[bn] <= 1.25,
+                "nf_over_bn": ratio["ratio"],
+                "nf_over_bn_ci95": f"[{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]",
+                "steps_nf": members[nf]["iterations"],
+                "steps_bn": members[bn]["iterations"],
+                "goal_le_1.25": ratio["ratio"] <= 1.25,
             }
         )
     meta = {
@@ -88,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,
-        "timing": "host wall time per step (perf_counter), median over steps after time-based warm-up",
+        "timing": "host wall time per step, NF and BN in interleaved rounds after time-based warm-up: median of "
+        "per-round medians; nf_over_bn the median of per-round ratios",
         "step": "forward + backward (+ AGC on NF), cross-entropy with label smoothing",
     }
     md = (
         f"# NF vs BN-twin training step, CPU ({meta['date']})\n\n"
         f"torch {meta['torch']}, {meta['threads']} threads. {meta['step']}; {meta['timing']}.\n\n"
         + markdown_table(rows, floatfmt="{:.3f}")
-        + "\n`python bench/train_step.py`\n"
+        + "\n`python -m bench.train_step`\n"
     )
     write_bench_result(args.out, f"train_step-cpu-{meta['date']}", meta, rows, md)
     return 0

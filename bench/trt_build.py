@@ -5,7 +5,7 @@ Per row: parsed network layers (`network.num_layers`, before the builder fuses a
 seconds, engine bytes. With TensorRT-RTX and no GPU this is an ahead-of-time build for the target
 compute capabilities recorded in the JSON (kernels compile on first run on the GPU).
 
-    PYTHONPATH=tests/torchvision_shim python bench/trt_build.py     # the shim: timm on this CPU machine
+    PYTHONPATH=tests/torchvision_shim python -m bench.trt_build     # the shim: timm on this CPU machine
 """
 
 from __future__ import annotations
@@ -13,37 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import warnings
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from nfdeploy.export.engine_build import BatchProfile, TrtBuildOptions, build_engine
 from nfdeploy.export.onnx_graph import export_module
-from nfdeploy.export.tensorrt import BatchProfile, TrtBuildOptions, build_engine
+from nfdeploy.export.plain_export import plain_onnx_export
 from nfdeploy.fold import fold_model, randomize_
 from nfdeploy.models import create_model
 from nfdeploy.render import markdown_table, write_bench_result
-
-
-def plain_export(model: torch.nn.Module, path: Path, shape, dtype) -> None:
-    """Plain dynamo export of the unfolded model (what a user gets without nfdeploy)."""
-    model = model.to(dtype).eval()
-    x = torch.randn(2, *shape, dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            opset_version=18,
-            external_data=False,
-            verbose=False,
-        )
 
 
 def main(argv=None) -> int:
@@ -73,7 +53,7 @@ def main(argv=None) -> int:
                 else:
                     from nfdeploy.interop.timm import create_timm_model, randomize_timm_
 
-                    plain_export(randomize_timm_(create_timm_model(name), seed=0), onnx_path, shape, dtype)
+                    plain_onnx_export(randomize_timm_(create_timm_model(name), seed=0), onnx_path, shape, dtype)
                 rec = build_engine(onnx_path, tmp / f"{name}-{kind}-{prec}.engine", prec, shape, opts)
                 records[f"{label} {prec}"] = rec
                 rows.append(
@@ -106,7 +86,7 @@ def main(argv=None) -> int:
         f"input {meta['input']}, profile {meta['profiles']}, strongly typed (fp16 = the fp16 ONNX variant). "
         "network_layers = parsed network before fusion.\n\n"
         + markdown_table(rows, floatfmt="{:.3g}")
-        + "\n`PYTHONPATH=tests/torchvision_shim python bench/trt_build.py`\n"
+        + "\n`PYTHONPATH=tests/torchvision_shim python -m bench.trt_build`\n"
     )
     write_bench_result(
         args.out, f"trt_build-{'cpu' if meta['built_without_gpu'] else 'gpu'}-{meta['date']}", meta, rows, md

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from nfdeploy.check.batch_matrix import batch_invariance_matrix, profile_reason
 from nfdeploy.check.model_points import FEATURES, block_points, capture_points
 from nfdeploy.check.parity import ParityOptions, load_parity_data, parity_report
 from nfdeploy.check.per_block import HEAD, onnx_points, per_block_markdown, per_block_report
+from nfdeploy.check.planted import plant_conv_defect
 from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, SavedRunError, compare_saved_runs, save_outputs
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
@@ -27,11 +27,6 @@ from nfdeploy.precision import REFERENCE_ERROR_FACTOR, judged_tolerance
 from nfdeploy.runtime.base import BackendSpec, run_batched
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.train import train
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from bench.planted_defects import plant_conv_defect  # noqa: E402
 
 quiet = lambda *a, **k: None  # noqa: E731
 # The folded model computes the unfolded one's function; in float64 the two differ by rounding alone.

@@ -1,6 +1,6 @@
-"""Planted defects for tests and benches: a copy of an exported ONNX with one Conv's weights scaled,
-to check that per-block forensics localises the defect. Not part of the package: nothing in nfdeploy
-changes a user's model."""
+"""A known-answer self-test of the forensics: a copy of an exported ONNX graph with one Conv's weights scaled,
+whose first diverging point per-block forensics must name. Nothing in nfdeploy plants it in a user's model:
+benches and tests write the copy beside the export and check the answer."""
 
 from __future__ import annotations
 
@@ -31,3 +31,6 @@ def plant_conv_defect(src: str | Path, dst: str | Path, point: str, factor: floa
     init.CopyFrom(numpy_helper.from_array((w * np.asarray(factor, dtype=w.dtype)).astype(w.dtype), init.name))
     onnx.save(model, str(dst))
     return init.name
+
+
+__all__ = ["plant_conv_defect"]

@@ -52,7 +52,7 @@ def test_one_name_per_thing():
     for f in _py(PACKAGE):
         if f.stem not in ("__init__", "__main__"):
             modules[f.stem].append(str(f.relative_to(REPO)))
-        if f.name == "cli.py":
+        if f.relative_to(PACKAGE).parts[0] == "cli":  # a command is named after the library call it makes
             continue
         for node in ast.parse(f.read_text()).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):

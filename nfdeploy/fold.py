@@ -212,23 +212,35 @@ class _Conv:
         self.bias = b.double() if self.bias is None else self.bias.add_(b.double())
 
     def build(self, dtype: torch.dtype) -> nn.Conv2d:
-        s = self.src
-        conv = nn.Conv2d(
-            s.in_channels,
-            s.out_channels,
-            s.kernel_size,
-            s.stride,
-            s.padding,
-            s.dilation,
-            s.groups,
-            bias=self.bias is not None,
-            padding_mode=s.padding_mode,
-            device="meta",
-        )
-        conv.weight = nn.Parameter(self.weight.to(dtype), requires_grad=False)
-        if self.bias is not None:
-            conv.bias = nn.Parameter(self.bias.to(dtype), requires_grad=False)
-        return conv
+        return plain_conv(self.src, self.weight, self.bias, dtype)
+
+
+def plain_conv(
+    src: nn.Conv1d | nn.Conv2d,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    padding: Any = None,
+) -> nn.Conv1d | nn.Conv2d:
+    """A plain conv of `src`'s geometry (padding: `src`'s unless given) holding `weight` and `bias` in `dtype`, as
+    frozen parameters: the folded form of a re-parameterised conv."""
+    plain = nn.Conv1d if isinstance(src, nn.Conv1d) else nn.Conv2d  # never src's own (re-parameterised) class
+    conv = plain(
+        src.in_channels,
+        src.out_channels,
+        src.kernel_size,
+        src.stride,
+        src.padding if padding is None else padding,
+        src.dilation,
+        src.groups,
+        bias=bias is not None,
+        padding_mode=src.padding_mode,
+        device="meta",
+    )
+    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+    return conv
 
 
 def _act(ga: GammaAct, inplace: bool = False) -> nn.Module:
@@ -434,6 +446,7 @@ __all__ = [
     "FoldedShortcut",
     "count_ops",
     "fold_model",
+    "plain_conv",
     "randomize_",
     "unfolded_equivalence",
 ]

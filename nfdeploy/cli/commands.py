@@ -49,6 +49,7 @@ from nfdeploy.cli.option_groups import (
     Warmup,
     package_options,
     serve_flags,
+    serving_values,
     show_flags_as_flags,
     trt_overrides,
 )
@@ -518,20 +519,10 @@ def serve(
     """Serve a Triton model repository (or an export, packaged as `nfdeploy package` would) with the bundled
     tritonserver: each request answered on its own, ready only once the model answers; Ctrl-C/SIGTERM drains and
     stops."""
+    shaping = serving_values(locals())
     from nfdeploy.serve.server import ServeOptions, is_export_dir, serve_until_signal
     from nfdeploy.serve.tritonserver import ServerAddress
 
-    shaping = dict(
-        backend=backend,
-        max_batch=max_batch,
-        max_queue_delay_us=max_queue_delay_us,
-        max_queue_size=max_queue_size,
-        queue_timeout_us=queue_timeout_us,
-        instances=instances,
-        threads=threads,
-        batch_invariant=batch_invariant,
-        allow_unchecked=allow_unchecked,
-    )
     if not is_export_dir(path) and any(v is not None for v in shaping.values()):
         given = ", ".join("--" + k.replace("_", "-") for k, v in shaping.items() if v is not None)
         raise CliError(
@@ -578,22 +569,10 @@ def package(
     ),
 ):
     """Write the Triton model repository of an export (what `nfdeploy serve` serves), check it, load it."""
+    opts = package_options(**serving_values(locals()), env_path=env, native=native)
     from nfdeploy.serve.repository import check_repository, package_export
     from nfdeploy.serve.server import load_check
 
-    opts = package_options(
-        backend=backend,
-        max_batch=max_batch,
-        max_queue_delay_us=max_queue_delay_us,
-        max_queue_size=max_queue_size,
-        queue_timeout_us=queue_timeout_us,
-        instances=instances,
-        threads=threads,
-        batch_invariant=batch_invariant,
-        allow_unchecked=allow_unchecked,
-        env_path=env,
-        native=native,
-    )
     for model in package_export(export_dir, out, opts, log=typer.echo):
         for note in model.notes:
             typer.echo(f"{model.name}: {note}")
@@ -632,6 +611,7 @@ def loadtest(
 ):
     """Concurrency sweep against a Triton server: throughput, latency percentiles, server times, batch sizes,
     every response compared bitwise with the same sample alone, errors by kind, faults, speed side by side."""
+    serving = serving_values(locals())
     from nfdeploy.check.backends import default_report_dir
     from nfdeploy.serve.loadtest import LoadOptions
     from nfdeploy.serve.loadtest import loadtest as run_loadtest
@@ -647,15 +627,7 @@ def loadtest(
         backend=backend,
     )
     out = out or default_report_dir(export_dir) / "loadtest"
-    args = serve_flags(
-        backend=backend,
-        max_batch=max_batch,
-        max_queue_delay_us=max_queue_delay_us,
-        max_queue_size=max_queue_size,
-        queue_timeout_us=queue_timeout_us,
-        threads=threads,
-        batch_invariant=batch_invariant,
-    )
+    args = serve_flags(**serving)
     result = run_loadtest(export_dir, out, opts, url=url, serve_args=args, log=typer.echo)
     typer.echo(f"report: {out}/loadtest.md")
     failed = [fault for fault, status, _ in result.verdicts() if status.is_failure]

@@ -233,6 +233,24 @@ AllowUnchecked = Annotated[
 ]
 
 
+SERVING_KEYS = (
+    "backend",
+    "max_batch",
+    "max_queue_delay_us",
+    "max_queue_size",
+    "queue_timeout_us",
+    "instances",
+    "threads",
+    "batch_invariant",
+    "allow_unchecked",
+)
+
+
+def serving_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The serving group's values among a command's parameters (`serving_values(locals())` as its first line)."""
+    return {k: values[k] for k in SERVING_KEYS if k in values}
+
+
 def package_options(**given: Any) -> Any:
     """The serving group as the library's PackageOptions (None: the library's default)."""
     from nfdeploy.serve.repository import PackageOptions

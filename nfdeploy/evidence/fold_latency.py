@@ -20,8 +20,7 @@ from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import ExportSource, torch_backend
 from nfdeploy.errors import one_line
 from nfdeploy.machine import machine_info
-from nfdeploy.perf import time_group
-from nfdeploy.perf.fold_groups import group_ratios, source_norm
+from nfdeploy.perf.fold_groups import source_norm
 from nfdeploy.perf.options import BenchOptions
 from nfdeploy.perf.rounds import STABILITY_BAND, WINDOW_ROUNDS, WINDOWS
 from nfdeploy.perf.sweep import CellPlan
@@ -120,15 +119,7 @@ class FoldTiming:
     def time_cell(self, group: str, live: dict[str, Backend], act_mb: dict[str, float | None], n: int) -> None:
         device = next(iter(live.values())).device
         try:
-            rows, ratios, info = time_group(
-                live,
-                n,
-                self.input_shape,
-                self.plan.rounds(device, len(live)),
-                ratios=group_ratios(self.own, list(live)),
-                activation_memory_mb=act_mb,
-                budget_end=self.plan.budget_end,
-            )
+            rows, ratios, info = self.plan.time_comparison(live, n, self.input_shape, self.own, act_mb)
         except Exception as e:  # noqa: BLE001 - one failing cell (OOM, a missing kernel) must not sink the rest
             self.record_failure(_failure(group, e, "run", batch=n))
             if device == "cuda":
@@ -284,9 +275,9 @@ def _ratio_markdown(ratios: Sequence[dict[str, Any]]) -> str:
     return markdown_table(rows, floatfmt="{:.4g}")
 
 
-def fold_latency_digest(report: dict[str, Any]) -> dict[str, Any]:
-    """What a phase's summary keeps of a fold_latency report: one row per member and cell, the ratios, what did
-    not run, and a Markdown table of both."""
+def latency_digest(report: dict[str, Any], ratios_note: str = "") -> dict[str, Any]:
+    """What a phase's summary keeps of a latency report (fold_latency's or bench's): one row per member and cell,
+    the ratios, what did not run, and a Markdown table (+ `ratios_note` and the ratio table when there are ratios)."""
     rows = [
         {
             "backend": r["name"],
@@ -302,18 +293,19 @@ def fold_latency_digest(report: dict[str, Any]) -> dict[str, Any]:
         }
         for r in report["results"]
     ]
-    return {
-        "results": rows,
-        "ratios": report["ratios"],
-        "skipped": report["skipped"],
-        "failed": report["failed"],
-        "over_budget": report["over_budget"],
-        "settings": report["settings"],
-        "wall_seconds": report["wall_seconds"],
-        "markdown": markdown_table(rows, floatfmt="{:.4g}") + "\n\nUnfolded vs folded vs BN twin (each cell's "
-        "members timed in interleaved rounds; ratios are medians of per-round ratios):\n\n"
-        + _ratio_markdown(report["ratios"]),
-    }
+    markdown = markdown_table(rows, floatfmt="{:.4g}")
+    if report.get("ratios"):
+        markdown += f"\n\n{ratios_note}\n\n" + _ratio_markdown(report["ratios"])
+    keep = ("skipped", "failed", "over_budget", "settings", "wall_seconds")
+    return {"results": rows, "ratios": report.get("ratios") or [], **{k: report[k] for k in keep}, "markdown": markdown}
+
+
+def fold_latency_digest(report: dict[str, Any]) -> dict[str, Any]:
+    return latency_digest(
+        report,
+        "Unfolded vs folded vs BN twin (each cell's members timed in interleaved rounds; ratios are medians of "
+        "per-round ratios):",
+    )
 
 
 __all__ = [
@@ -326,4 +318,5 @@ __all__ = [
     "fold_latency",
     "fold_latency_digest",
     "fold_latency_markdown",
+    "latency_digest",
 ]

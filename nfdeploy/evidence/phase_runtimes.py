@@ -17,10 +17,10 @@ from nfdeploy.artifacts import MANIFEST, read_json
 from nfdeploy.errors import one_line
 from nfdeploy.evidence.bundle import BUNDLE_RTX, RTX_RECORD
 from nfdeploy.evidence.context import Suite, capabilities
+from nfdeploy.evidence.fold_latency import latency_digest
 from nfdeploy.evidence.saved_parity import parity_digest, parity_with_outputs
 from nfdeploy.evidence.steps import Phase
 from nfdeploy.perf import BenchOptions, bench_report
-from nfdeploy.render import markdown_table
 
 
 def run_phase3(suite: Suite) -> None:
@@ -92,32 +92,8 @@ def ort_latency(suite: Suite, ph: Phase, name: str, export: Path, only: list[str
 
 
 def bench_digest(rep: dict[str, Any]) -> dict[str, Any]:
-    """What a phase's summary keeps of a bench report: one row per backend and batch, what did not run."""
-    rows = [
-        {
-            "backend": r["name"],
-            "precision": r["precision"],
-            "batch": r["batch"],
-            "metric": r["primary"],
-            "scope": r["scope"],
-            "median_ms": r["median_ms"],
-            "p90_ms": r[r["primary"]]["p90"],
-            "throughput_ips": r["throughput_ips"],
-            "iterations": r["iterations"],
-            "truncated": r["truncated"],
-        }
-        for r in rep["results"]
-    ]
-    return {
-        "results": rows,
-        "ratios": [],  # no fold comparison in phase 3 (ort_latency says why); phase 2 has the ratios
-        "skipped": rep["skipped"],
-        "failed": rep["failed"],
-        "over_budget": rep["over_budget"],
-        "settings": rep["settings"],
-        "wall_seconds": rep["wall_seconds"],
-        "markdown": markdown_table(rows, floatfmt="{:.4g}"),
-    }
+    """A bench report's digest: no fold comparison in phase 3 (ort_latency says why); phase 2 has the ratios."""
+    return latency_digest({**rep, "ratios": []})
 
 
 def run_phase4(suite: Suite) -> None:

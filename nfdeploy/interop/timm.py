@@ -44,7 +44,7 @@ from torch import nn
 
 from nfdeploy.artifacts import ArtifactError, load_tensors
 from nfdeploy.errors import MissingExtraError, require
-from nfdeploy.fold import FoldedSE, FoldedShortcut, FoldReport, count_ops
+from nfdeploy.fold import FoldedSE, FoldedShortcut, FoldReport, count_ops, plain_conv
 
 SUPPORTED_PREFIXES: tuple[str, ...] = (
     "nf_resnet",
@@ -417,23 +417,7 @@ class _Fold:
                 section["folded"].append(
                     {"constant": f"1/({label})", "kind": "scalar", "value": 1.0 / c, "into": [f"{name}.conv.weight"]}
                 )
-            s = m.conv
-            conv = nn.Conv1d(
-                s.in_channels,
-                s.out_channels,
-                s.kernel_size,
-                s.stride,
-                s.padding,
-                s.dilation,
-                s.groups,
-                bias=b is not None,
-                padding_mode=s.padding_mode,
-                device="meta",
-            )
-            conv.weight = nn.Parameter(w.to(self.dtype), requires_grad=False)
-            if b is not None:
-                conv.bias = nn.Parameter(b.to(self.dtype), requires_grad=False)
-            return FoldedECA(conv)
+            return FoldedECA(plain_conv(m.conv, w, b, self.dtype))
         raise TypeError(f"{name}: cannot fold attention module {type(m).__name__}")
 
     def removed(self, m: nn.Module | None, name: str, reason: str) -> None:
@@ -509,21 +493,7 @@ class _TimmConv:
             section["folded"].append(entry)
 
     def build(self, dtype: torch.dtype) -> nn.Module:
-        s = self.src
-        conv = nn.Conv2d(
-            s.in_channels,
-            s.out_channels,
-            s.kernel_size,
-            s.stride,
-            self.padding,
-            s.dilation,
-            s.groups,
-            bias=self.bias is not None,
-            device="meta",
-        )
-        conv.weight = nn.Parameter(self.weight.to(dtype), requires_grad=False)
-        if self.bias is not None:
-            conv.bias = nn.Parameter(self.bias.to(dtype), requires_grad=False)
+        conv = plain_conv(self.src, self.weight, self.bias, dtype, padding=self.padding)
         return conv if self.pad is None else nn.Sequential(nn.ZeroPad2d(self.pad), conv)
 
 

@@ -66,6 +66,22 @@ class CellPlan:
             warm, least, o.min_iters, cap if o.max_time is None else min(o.max_time, cap), o.budget_s, budget_end
         )
 
+    def time_comparison(
+        self, live: dict[str, Backend], batch: int, input_shape: Sequence[int], own: str, act_mb: dict[str, Any]
+    ) -> tuple[dict[str, Row], dict[str, Any], dict[str, Any]]:
+        """One comparison cell: the group's active members (unfolded, folded, twin) in interleaved rounds at
+        `batch`, with the fold ratios (fold_groups.group_ratios) from the same rounds."""
+        device = next(iter(live.values())).device
+        return time_group(
+            live,
+            batch,
+            input_shape,
+            self.rounds(device, len(live)),
+            ratios=group_ratios(own, list(live)),
+            activation_memory_mb=act_mb,
+            budget_end=self.budget_end,
+        )
+
     def rounds(self, device: str, members: int) -> RoundPlan:
         return RoundPlan(
             warmup_s=self.warmup_s,
@@ -142,15 +158,7 @@ class Sweep:
         self, group: str, live: dict[str, Backend], act_mb: dict[str, float | None], n: int, device: str
     ) -> None:
         try:
-            rows, ratios, info = time_group(
-                live,
-                n,
-                self.input_shape,
-                self.plan.rounds(device, len(live)),
-                ratios=group_ratios(self.own, list(live)),
-                activation_memory_mb=act_mb,
-                budget_end=self.plan.budget_end,
-            )
+            rows, ratios, info = self.plan.time_comparison(live, n, self.input_shape, self.own, act_mb)
         except Exception as e:  # noqa: BLE001 - one failing cell (OOM, profile range) must not sink the report
             self.failure(group, e, stage="run", skipped=self.comp_skipped, batch=n, section="comparison")
             return

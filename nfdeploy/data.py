@@ -30,6 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from nfdeploy.errors import UserError, one_line
+from nfdeploy.preprocess import (
+    ImageReadError,
+    Preprocessing,
+    image_pixels,
+    open_image,
+    resize_uint8,
+    square_preprocessing,
+)
 
 __all__ = [
     "read_image_folder",
@@ -44,7 +52,7 @@ __all__ = [
 KNOWN_DATASETS = ("digits", "cifar10", "imagefolder", "synthetic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _ALIASES = {"cifar-10": "cifar10", "cifar_10": "cifar10", "image_folder": "imagefolder", "image-folder": "imagefolder"}
-_CHUNK = 4096  # images per chunk for resizing / statistics (bounds temporary memory)
+_CHUNK = 4096  # images per chunk for statistics (bounds temporary memory)
 
 
 class DataError(UserError, ValueError):
@@ -89,15 +97,14 @@ class ImageDataset:
     def input_size(self) -> int:
         return int(self.train.images.shape[-1])
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How an image file becomes this data's model input (nfdeploy.preprocess), as export records it."""
+        return square_preprocessing(self.in_chans, self.input_size, self.mean, self.std)
+
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """float32 ``(x / 255 - mean) / std`` per channel."""
-        x = images_uint8.to(torch.float32) / 255.0
-        c = x.shape[-3]
-        if c != len(self.mean):
-            raise ValueError(f"images have {c} channels, dataset {self.name!r} has {len(self.mean)}")
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(c, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(c, 1, 1)
-        return (x - mean) / std
+        """float32 ``(x / 255 - mean) / std`` per channel (Preprocessing.normalize, the one implementation)."""
+        return self.preprocessing.normalize(images_uint8)
 
     def augment(self, images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random translation (zero pad by ``input_size // 8`` then random crop, per-sample
@@ -161,20 +168,6 @@ class ImageDataset:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of uint8 ``N x C x H x W`` to ``size x size`` (antialiased when
-    shrinking), rounded and clamped back to uint8. Processed in chunks."""
-    if images.shape[-2:] == (size, size):
-        return images.contiguous()
-    shrink = size < min(images.shape[-2:])
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for s in range(0, images.shape[0], _CHUNK):
-        x = images[s : s + _CHUNK].to(torch.float32)
-        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-        out[s : s + _CHUNK] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -383,30 +376,11 @@ def _image_files(d: Path) -> list[Path]:
 
 
 def _load_image(f: Path, input_size: int, mode: str) -> np.ndarray:
-    """Read, convert to ``mode``, resize shorter side to ``input_size``, center crop. C x H x W uint8."""
-    from PIL import Image
-
+    """C x H x W uint8 pixels of an image file: nfdeploy.preprocess's conversion, resize and centre crop."""
     try:
-        with Image.open(f) as im:
-            im.load()
-            im = im.convert(mode)
-            w, h = im.size
-            if w <= 0 or h <= 0:
-                raise ValueError(f"empty image {w}x{h}")
-            scale = input_size / min(w, h)
-            nw, nh = max(input_size, round(w * scale)), max(input_size, round(h * scale))
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - input_size) // 2, (nh - input_size) // 2
-            im = im.crop((left, top, left + input_size, top + input_size))
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise DataError(f"corrupt or unreadable image file {f}: {one_line(exc)}") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr)
+        return image_pixels(open_image(f), mode, input_size)
+    except ImageReadError as exc:
+        raise DataError(f"corrupt or unreadable image file {exc}") from None
 
 
 def read_image_folder(path: str | Path, input_size: int, in_chans: int = 3) -> tuple[torch.Tensor, list[Path]]:

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nfdeploy"
 FLOORS: dict[str, int] = {
     "errors": 0, "status": 0,
     "check.isa": 1, "precision": 1, "artifacts": 1, "metrics": 1, "render": 1, "machine": 1, "nn": 1, "data": 1,
-    "check.parity_options": 1,
+    "check.parity_options": 1, "preprocess": 1,
     "models": 2, "check.model_points": 2,
     "config": 3, "fold": 3, "models.spp": 3, "artifacts.run_dir": 3,
     "train": 4, "interop": 4,

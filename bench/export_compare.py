@@ -73,7 +73,7 @@ def bench_one(
     with torch.no_grad():
         ref = model(torch.from_numpy(x).double())
     subject = ModelToExport(
-        model, fold=fold, name=label, input_shape=shape, norm=norm, source=ModelSource(kind="bench"), preprocessing={}
+        model, fold=fold, name=label, input_shape=shape, norm=norm, source=ModelSource(kind="bench")
     )
     res = export_model(subject, tmp / label, ExportOptions(precisions=("fp32",), check=False), log=quiet)
     e = res.manifest.onnx["fp32"]

@@ -61,7 +61,8 @@ def digits(run: Path, out: Path, defects_only: bool = False) -> None:
         source = load_export_source(exp)
         blocks = [p for p, _ in block_points(source.folded()) if p.startswith("blocks.")]
         ref_backend = next(b for b in export_backends(source, tensorrt=False) if b.name == REFERENCE)
-        x, y, _, _ = load_parity_data(source, max_samples=128)
+        data = load_parity_data(source, max_samples=128)
+        x, y = data.x, data.y
         with ref_backend:
             ref = run_batched(ref_backend, x)
         tol = judged_tolerance("fp32", framework_error(source.model, x, ref, "fp32"))
@@ -113,7 +114,6 @@ def r50(out: Path, samples: int, size: int) -> None:
             input_shape=shape,
             norm="nf",
             source=ModelSource(kind="bench"),
-            preprocessing={},
         )
         res = export_model(subject, Path(td) / "e", ExportOptions(precisions=("fp32", "fp16"), check=False))
         source = ExportSource(res.manifest, model.float().eval(), Path(td) / "e")

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     source = load_export_source(args.export)
-    x, labels, desc, _ = load_parity_data(source, max_samples=args.max_samples)
+    data = load_parity_data(source, max_samples=args.max_samples)
+    x, desc = data.x, data.description
     x = np.ascontiguousarray(x, dtype=np.float32)
     with torch.no_grad():
         ref = source.model.double()(torch.from_numpy(x).double()).numpy()

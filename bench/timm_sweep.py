@@ -88,7 +88,6 @@ def one(name: str) -> dict:
             input_shape=(3, SIZE, SIZE),
             norm="nf",
             source=ModelSource(kind="bench"),
-            preprocessing={},
         )
         sw = Stopwatch()
         res = export_model(

@@ -40,7 +40,7 @@ from nfdeploy.preprocess import (
 )
 
 __all__ = [
-    "read_image_folder",
+    "image_folder_files",
     "DataError",
     "ImageSplit",
     "ImageDataset",
@@ -383,15 +383,14 @@ def _load_image(f: Path, input_size: int, mode: str) -> np.ndarray:
         raise DataError(f"corrupt or unreadable image file {exc}") from None
 
 
-def read_image_folder(path: str | Path, input_size: int, in_chans: int = 3) -> tuple[torch.Tensor, list[Path]]:
-    """Every image under `path` (recursively, sorted by path): uint8 N x C x H x W (shorter side resized to
-    `input_size`, centre crop) and the files. For data without labels, e.g. int8 calibration images."""
+def image_folder_files(path: str | Path) -> list[Path]:
+    """Every image file under `path` (recursively, sorted by path): data without labels, e.g. int8 calibration
+    images; DataError when there is none."""
     root = _existing_dir(str(path), "image folder")
     files = _image_files(root)
     if not files:
         raise DataError(f"{root} holds no images ({'/'.join(IMAGE_EXTENSIONS)})")
-    mode = "L" if in_chans == 1 else "RGB"
-    return torch.from_numpy(np.stack([_load_image(f, input_size, mode) for f in files])), files
+    return files
 
 
 def _read_tree(root: Path, class_names: list[str], input_size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,6 +129,7 @@ class FoldReport:
     head: dict[str, list] = field(default_factory=lambda: {"folded": [], "explicit": []})
     removed: list[dict[str, str]] = field(default_factory=list)
     ops: dict[str, int] = field(default_factory=dict)  # leaf module types of the folded net
+    image_input: dict[str, Any] | None = None  # --image-input: how the uint8 graph normalizes, and why
 
     def _sections(self) -> list[dict[str, Any]]:
         return [self.stem, *self.blocks, self.head]
@@ -158,6 +159,7 @@ class FoldReport:
                 "removed": self.removed,
                 "ops": self.ops,
                 "totals": self.totals,
+                **({"image_input": self.image_input} if self.image_input else {}),
             }
         )
 

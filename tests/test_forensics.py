@@ -149,7 +149,8 @@ def test_planted_defect_is_localised(export_dir, tmp_path, where):
     assert target.startswith(point + ".")
     backend = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, bad)
     ref_backend = next(b for b in export_backends(source, tensorrt=False) if b.name == REFERENCE)
-    x, y, _, _ = load_parity_data(source, max_samples=32)
+    data = load_parity_data(source, max_samples=32)
+    x, y = data.x, data.y
     with ref_backend:
         ref = run_batched(ref_backend, x)
     with backend:
@@ -181,7 +182,8 @@ def test_a_defect_in_the_head_alone_is_named_as_the_head(export_dir, tmp_path):
     onnx.save(model, str(tmp_path / "head.onnx"))
     backend = OrtBackend(BackendSpec("onnxruntime", "cpu", "fp32"), source.input_shape, tmp_path / "head.onnx")
     ref_backend = next(b for b in export_backends(source, tensorrt=False) if b.name == REFERENCE)
-    x, y, _, _ = load_parity_data(source, max_samples=32)
+    data = load_parity_data(source, max_samples=32)
+    x, y = data.x, data.y
     with ref_backend:
         ref = run_batched(ref_backend, x)
     with backend:
@@ -254,7 +256,7 @@ def test_per_block_holds_one_onnx_session_at_a_time(export_dir, monkeypatch):
     backends = export_backends(source, tensorrt=False)
     ref_backend = next(b for b in backends if b.name == REFERENCE)
     ort = next(b for b in backends if b.name == "onnxruntime-cpu-fp32")
-    x, _, _, _ = load_parity_data(source, max_samples=8)
+    x = load_parity_data(source, max_samples=8).x
     rep = per_block_report(source, x, [ort], ref_backend, {ort.name: judged_tolerance("fp32", None)}, log=quiet)
     assert rep["backends"][ort.name]["status"] == "ok"
     assert peak[0] == 1 and live[0] == 0

@@ -195,17 +195,20 @@ def test_folder_calibration_reads_the_named_folder(tmp_path):
     from sklearn.datasets import load_sample_images
 
     from nfdeploy.export.quantize import folder_calibration
+    from nfdeploy.preprocess import Preprocessing
 
     for i, img in enumerate(load_sample_images().images):
         Image.fromarray(img).save(tmp_path / f"photo{i}.png")
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    calib = folder_calibration(tmp_path, (3, 64, 64), mean, std, samples=5, seed=0)
+    prep = Preprocessing("RGB", 64, 73, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    calib = folder_calibration(tmp_path, prep, samples=5, seed=0)
     assert calib.split == "folder" and calib.images.shape == (2, 3, 64, 64) and len(calib.files) == 2
     assert calib.images.dtype == np.float32 and -3 < calib.images.mean() < 3
+    files = sorted(tmp_path.glob("*.png"))
+    want = prep.normalize(np.stack([prep.read(f) for f in files])).numpy()  # the model's own preprocessing
+    assert np.array_equal(calib.images[np.argsort(calib.files)], want[np.argsort([str(f) for f in files])])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no images"):
-        folder_calibration(
-            tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None, (3, 64, 64), mean, std, 4, 0
-        )
+        folder_calibration(tmp_path / "empty", prep, 4, 0)
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])

@@ -191,11 +191,12 @@ def test_accuracy_is_not_applicable_when_labels_are_not_the_models_classes(expor
     from nfdeploy.check.parity import load_parity_data
 
     source = load_export_source(export_dir)
-    x, y, _, why = load_parity_data(source, max_samples=16)
-    assert y is not None and why is None and len(y) == len(x) == 16
+    d = load_parity_data(source, max_samples=16)
+    assert d.y is not None and d.accuracy_na is None and len(d.y) == len(d.x) == len(d.pixels) == 16
+    assert d.pixels.dtype == np.uint8  # the images the normalised inputs were made from
     source.manifest.input.class_names = [f"imagenet class {i}" for i in range(10)]  # a model of other classes
-    x, y, _, why = load_parity_data(source, max_samples=16)
-    assert y is None and "not applicable" in why and len(x) == 16
+    d = load_parity_data(source, max_samples=16)
+    assert d.y is None and "not applicable" in d.accuracy_na and len(d.x) == 16
 
 
 def _truncated_copy(export_dir: Path, dst: Path, file: str, *, fix_manifest: bool) -> Path:

@@ -4,6 +4,8 @@
     EXPORT_DIR/fold_report.json   what folded into which op; what stayed explicit and why
     EXPORT_DIR/model*.onnx        one ONNX file per precision (OnnxEntry: file, sha256, opset, ...)
     EXPORT_DIR/*.engine           TensorRT engines (EngineEntry: file, engine_sha256, flavour, ...)
+    EXPORT_DIR/preprocessing.json how an image file becomes the input (nfdeploy.preprocess; also input.preprocessing)
+    EXPORT_DIR/model.uint8.onnx   the image-input graph, with --image-input (Manifest.image_input)
 
 Export writes it; parity, bench, serve and the GPU suite read it through `Manifest.read`, never by
 string key. Each entry keeps the keys this version does not name in `details` (build records, lint
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.artifacts.files import ArtifactError, atomic_write_json, read_json, sha256_file
+from nfdeploy.preprocess import Preprocessing
 
 MANIFEST = "manifest.json"
 FOLD_REPORT = "fold_report.json"
@@ -50,7 +53,8 @@ def _join(obj: Any, order: tuple[str, ...] = (), omit_none: tuple[str, ...] = ()
 
 @dataclass
 class InputSpec:
-    """The model's input: name, shape ["batch", C, H, W], dtype, and how images were normalised."""
+    """The model's input: name, shape ["batch", C, H, W], dtype, the classes its outputs name, and how an image
+    becomes it (`preprocessing`, Preprocessing.to_dict(); mean and std stand beside it for older readers)."""
 
     shape: list[Any]
     name: str = "input"
@@ -59,7 +63,13 @@ class InputSpec:
     std: list[float] | None = None
     class_names: list[str] | None = None
     dataset: str | None = None
+    preprocessing: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_preprocessing(self) -> Preprocessing | None:
+        """The recorded preprocessing, or None for an export made before nfdeploy recorded it."""
+        return Preprocessing.from_dict(self.preprocessing) if self.preprocessing else None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "input") -> InputSpec:
@@ -158,6 +168,7 @@ class Manifest:
     source: ModelSource
     onnx: dict[str, OnnxEntry]
     engines: dict[str, EngineEntry] = field(default_factory=dict)
+    image_input: OnnxEntry | None = None  # the uint8 image-input graph (details: how it normalizes)
     output_name: str = "logits"
     fold: dict[str, Any] = field(default_factory=dict)
     bn_twin: dict[str, Any] | None = None
@@ -176,12 +187,15 @@ class Manifest:
             raise ArtifactError(f"{where}: format {kw['format']!r}, this nfdeploy reads {MANIFEST_FORMAT}")
         output = kw["details"].pop("output", {}) or {}
         return cls(
-            **{k: v for k, v in kw.items() if k not in ("input", "source", "onnx", "engines")},
+            **{k: v for k, v in kw.items() if k not in ("input", "source", "onnx", "engines", "image_input")},
             input=InputSpec.from_dict(kw["input"], f"{where} input"),
             source=ModelSource.from_dict(kw["source"], f"{where} source"),
             onnx={p: OnnxEntry.from_dict(e, f"{where} onnx.{p}") for p, e in (kw["onnx"] or {}).items()},
             engines={p: EngineEntry.from_dict(e, f"{where} engines.{p}") for p, e in (kw.get("engines") or {}).items()},
             output_name=output.get("name", "logits"),
+            image_input=OnnxEntry.from_dict(kw["image_input"], f"{where} image_input")
+            if kw.get("image_input")
+            else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +204,7 @@ class Manifest:
             "created": self.created,
             "model": self.model,
             "norm": self.norm,
-            "input": _join(self.input, ("name", "shape", "dtype")),
+            "input": _join(self.input, ("name", "shape", "dtype"), omit_none=("preprocessing",)),
             "output": {"name": self.output_name},
             "source": self.source.to_dict(),
             "fold": self.fold,
@@ -201,6 +215,7 @@ class Manifest:
             "checks": self.checks,
             "tools": self.tools,
             "export_seconds": self.export_seconds,
+            **({"image_input": self.image_input.to_dict()} if self.image_input else {}),
             **self.details,
         }
 
@@ -222,11 +237,14 @@ class Manifest:
 
     def artifact_sha256s(self) -> dict[str, str]:
         """{file name: sha256} of every ONNX file and engine the manifest lists."""
-        return {e.file: e.sha256 for e in self.onnx.values()} | {e.file: e.engine_sha256 for e in self.engines.values()}
+        files = {e.file: e.sha256 for e in self.onnx.values()} | {
+            e.file: e.engine_sha256 for e in self.engines.values()
+        }
+        return files | ({self.image_input.file: self.image_input.sha256} if self.image_input else {})
 
     def verify_files(self, export_dir: str | Path) -> None:
         """Raise ArtifactError when a listed file is missing or differs from its recorded sha256."""
-        remedies = {e.file: "re-export it" for e in self.onnx.values()} | {
+        remedies = {name: "re-export it" for name in self.artifact_sha256s()} | {
             e.file: "rebuild it" for e in self.engines.values()
         }
         for name, digest in self.artifact_sha256s().items():

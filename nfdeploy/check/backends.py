@@ -214,6 +214,7 @@ def export_backends(
             if prec == "fp32" and device == "cuda":
                 out.append(OrtBackend(BackendSpec("onnxruntime", device, "tf32"), shape, path, sha256=digest))
     out += openvino_backends(source, threads=threads)
+    out += image_input_backends(source, threads=threads)
     if tensorrt:
         for entry in source.manifest.engines.values():
             out.append(TensorRTBackend(shape, source.export_dir / entry.file, entry.to_dict()))
@@ -242,6 +243,21 @@ def openvino_backends(source: ExportSource, *, threads: int | None = None) -> li
         for prec, graph in graphs
         if graph in onnx
     ]
+
+
+def image_input_backends(source: ExportSource, *, threads: int | None = None) -> list[Backend]:
+    """The image-input graph (model.uint8.onnx: uint8 pixels in, the normalization inside) on ONNX Runtime (CPU,
+    CUDA) and OpenVINO's CPU plugin, in fp32: named `...-fp32-uint8`; none when the export has no such graph."""
+    entry = source.manifest.image_input
+    if entry is None:
+        return []
+    path, shape, digest = source.export_dir / entry.file, source.input_shape, entry.sha256
+    out: list[Backend] = [
+        OrtBackend(BackendSpec("onnxruntime", dev, "fp32", "uint8"), shape, path, threads, digest, pixels=True)
+        for dev in ("cpu", "cuda")
+    ]
+    spec = BackendSpec("openvino", "cpu", "fp32", "uint8")
+    return out + [OpenVinoBackend(spec, shape, path, threads=threads, sha256=digest, pixels=True)]
 
 
 def select_backends(backends: Sequence[Backend], only: Sequence[str] | None) -> list[Backend]:
@@ -286,6 +302,7 @@ __all__ = [
     "describe_backends",
     "export_backend",
     "export_backends",
+    "image_input_backends",
     "load_export_source",
     "manifest_source",
     "select_backends",

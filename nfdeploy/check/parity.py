@@ -66,11 +66,23 @@ class NothingCheckedError(ParityError):
     """No backend under test produced an output (all unavailable here): an error, never a pass."""
 
 
+@dataclass
+class ParityData:
+    """The images parity judges on: normalised (`x`, what the model takes) and as the uint8 `pixels` they were
+    normalised from (what an image-input backend takes; nfdeploy.preprocess makes one from the other), their
+    labels (None when they are not the model's classes), a description, and why accuracy does not apply."""
+
+    x: np.ndarray
+    pixels: np.ndarray
+    y: np.ndarray | None
+    description: str
+    accuracy_na: str | None = None
+
+
 def load_parity_data(
     source: ExportSource, dataset: str | None = None, path: str | None = None, max_samples: int = 512
-) -> tuple[np.ndarray, np.ndarray | None, str, str | None]:
-    """Normalised test images, their labels (None when they are not the model's classes), a description,
-    and the reason accuracy is not applicable (or None)."""
+) -> ParityData:
+    """The first `max_samples` test images of the export's run (or of `dataset`) as ParityData."""
     from nfdeploy.config import DataSection, recipe_from_resolved
 
     if source.resolved is None and dataset is None:
@@ -88,6 +100,7 @@ def load_parity_data(
         raise ParityError(f"dataset {data.name} has {data.in_chans} channels, the model expects {c}")
     n = min(max_samples, len(data.test))
     x, y = data.batch(data.test, torch.arange(n))
+    pixels = data.test.images[:n].numpy()
     desc = f"{data.name} test split ({n} images)"
     own_names = source.manifest.input.class_names
     trained_on = source.manifest.input.dataset
@@ -97,25 +110,23 @@ def load_parity_data(
         else data.name == trained_on
     )
     if not same_classes:
-        return (
-            x.numpy(),
-            None,
-            desc,
-            (
-                f"the labels of {data.name} are not the model's classes (trained on "
-                f"{trained_on or 'unknown data'}): accuracy is not applicable"
-            ),
+        why = (
+            f"the labels of {data.name} are not the model's classes (trained on {trained_on or 'unknown data'}): "
+            "accuracy is not applicable"
         )
-    return x.numpy(), y.numpy(), desc, None
+        return ParityData(x.numpy(), pixels, None, desc, why)
+    return ParityData(x.numpy(), pixels, y.numpy(), desc)
 
 
 @dataclass
 class ParityReference:
-    """What every backend is judged against: the inputs and their labels (None: accuracy does not apply), the
-    float64 reference's logits, and the reference framework's own rel L2 and top-1 agreement per dtype (the
-    unfolded torch model on CPU, same inputs), which the judged tolerances scale with."""
+    """What every backend is judged against: the inputs (normalised `x`, and the uint8 `pixels` they came from,
+    which image-input backends take) and their labels (None: accuracy does not apply), the float64 reference's
+    logits, and the reference framework's own rel L2 and top-1 agreement per dtype (the unfolded torch model on
+    CPU, same inputs), which the judged tolerances scale with."""
 
     x: np.ndarray
+    pixels: np.ndarray
     y: np.ndarray | None
     logits: np.ndarray
     framework: dict[str, float | None]
@@ -162,11 +173,13 @@ def _invariance(b: Backend, xi: np.ndarray, batches: Sequence[int]) -> dict[str,
 
 
 def _check_backend(
-    b: Backend, ref: ParityReference, xi: np.ndarray, batches: Sequence[int], log: Callable[[str], None]
+    b: Backend, ref: ParityReference, samples: int, batches: Sequence[int], log: Callable[[str], None]
 ) -> tuple[ParityRow, tuple[np.ndarray, dict[str, Any]] | None]:
     """One backend, active only inside this call: its parity row and, when it ran, its outputs and its batch-
-    invariance matrix. skipped = cannot run here; broken = the artifact failed to load; crashed = it loaded,
-    then failed to run."""
+    invariance matrix (on the first `samples` inputs). An image-input backend is fed the pixels the reference's
+    inputs were normalised from. skipped = cannot run here; broken = the artifact failed to load; crashed = it
+    loaded, then failed to run."""
+    inputs = ref.pixels if b.takes_pixels else ref.x
     reason = b.unavailable_reason()
     if reason:
         log(f"  {b.name}: skipped ({reason})")
@@ -181,8 +194,8 @@ def _check_backend(
         log(f"  {b.name}: FAILED to load ({why})")
         return ParityRow.not_run(b.spec.describe(), Status.BROKEN, f"failed to load: {why}"), None
     try:
-        out = run_batched(b, ref.x)
-        found = (out, _invariance(b, xi, batches))
+        out = run_batched(b, inputs)
+        found = (out, _invariance(b, inputs[:samples], batches))
         described = b.describe()
     except Exception as e:  # noqa: BLE001 - a runtime failing at run time is a finding, not a crash of the report
         log(f"  {b.name}: CRASHED while running ({one_line(e, 240)})")
@@ -218,7 +231,8 @@ def parity_reference(
     """The reference of a run: the data (load_parity_data), the float64 reference's logits, and the reference
     framework's own error in each of `precisions`; with the data's description and why accuracy does not apply
     (or None)."""
-    x, y, data_desc, accuracy_na = load_parity_data(source, options.dataset, options.data_path, options.max_samples)
+    data = load_parity_data(source, options.dataset, options.data_path, options.max_samples)
+    x, data_desc, accuracy_na = data.x, data.description, data.accuracy_na
     log(f"parity of {source.manifest.model} on {data_desc}; reference {REFERENCE}")
     if accuracy_na:
         log(f"  {accuracy_na}")
@@ -235,7 +249,7 @@ def parity_reference(
             )
     framework = {p: None if e is None else e["rel_l2"] for p, e in full.items()}
     framework_top1 = {p: e["top1_agreement"] for p, e in full.items() if e}
-    return ParityReference(x, y, ref, framework, framework_top1), data_desc, accuracy_na
+    return ParityReference(x, data.pixels, data.y, ref, framework, framework_top1), data_desc, accuracy_na
 
 
 def measure_parity(
@@ -271,7 +285,7 @@ def measure_parity(
     outputs: dict[str, np.ndarray] = {}
     matrix: dict[str, Any] = {}
     for b in chosen:
-        row, found = _check_backend(b, ref, xi, batches, log)
+        row, found = _check_backend(b, ref, options.invariance_samples, batches, log)
         rows.append(row)
         if found is not None:
             outputs[b.name], matrix[b.name] = found
@@ -320,7 +334,7 @@ def add_per_block(measured: ParityMeasurement, samples: int, log: Callable[[str]
         result.per_block = per_block_report(
             measured.source,
             measured.reference.x[:samples],
-            measured.ran,
+            [b for b in measured.ran if not b.takes_pixels],  # their graph's points take pixels: not instrumented
             measured.ref_backend,
             tols,
             {k: v[:samples] for k, v in measured.outputs.items()},
@@ -370,6 +384,7 @@ __all__ = [
     "ParityResult",
     "ParityRow",
     "add_per_block",
+    "ParityData",
     "load_parity_data",
     "measure_parity",
     "parity_reference",

@@ -23,6 +23,8 @@ from nfdeploy.cli.option_groups import (
     DataPath,
     Dataset,
     ExportDir,
+    ImageInput,
+    ImageNorm,
     InputSize,
     Instances,
     InstanceThreads,
@@ -172,6 +174,8 @@ def export(
     io_dtype: IoDtype = None,
     input_size: InputSize = None,
     check: Check = None,
+    image_input: ImageInput = False,
+    image_norm: ImageNorm = None,
     trt: bool = typer.Option(
         False, "--trt", help="Also build one TensorRT engine per precision.", rich_help_panel="TensorRT"
     ),
@@ -195,7 +199,15 @@ def export(
         raise CliError("give either RUN_DIR or --timm NAME")
     opts = export_options(
         preset,
-        OnnxOverrides(precisions=_split(precision), opset=opset, io_dtype=io_dtype, check=check, input_size=input_size),
+        OnnxOverrides(
+            precisions=_split(precision),
+            opset=opset,
+            io_dtype=io_dtype,
+            check=check,
+            input_size=input_size,
+            image_input=image_input or None,
+            image_norm=image_norm,
+        ),
         Int8Overrides(
             calibration=calibration,
             calib_samples=calib_samples,

@@ -82,6 +82,23 @@ Check = Annotated[
     bool | None,
     typer.Option("--check/--no-check", help="ONNX Runtime parity check (default on).", rich_help_panel=ONNX),
 ]
+ImageInput = Annotated[
+    bool,
+    typer.Option(
+        "--image-input",
+        help="Also write model.uint8.onnx: uint8 pixels in (preprocessing.json says how an image becomes them), "
+        "the normalization inside the graph.",
+        rich_help_panel=ONNX,
+    ),
+]
+ImageNorm = Annotated[
+    str | None,
+    typer.Option(
+        help="How the image-input graph normalizes: fold (into the first conv where exact; default) or explicit "
+        "(Cast, Div, Sub, Div in front, the order Python's preprocessing computes).",
+        rich_help_panel=ONNX,
+    ),
+]
 Calibration = Annotated[
     str | None,
     typer.Option(help="int8 calibration: minmax (default), percentile or entropy.", rich_help_panel=INT8),

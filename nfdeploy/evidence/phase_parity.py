@@ -109,7 +109,7 @@ def twin_invariance(suite: Suite, ph: Phase, name: str, export: Path, samples: i
     """The batch-invariance matrix (nfdeploy.check.batch_matrix, parity's protocol) of the folded BN twin (eval
     mode) per precision and mode, beside the NF rows of the parity report."""
     source = load_export_source(export)
-    x = load_parity_data(source, None, None, samples)[0][:samples]
+    x = load_parity_data(source, None, None, samples).x[:samples]
     precs = TORCH_PRECISIONS if suite.cuda else ("fp32",)
     matrix = dict(ph.results.get(f"parity {name}", {}).get("batch_invariance", {}))
     for b in twin_backends(source, precs, INVARIANCE_MODES if suite.cuda else ("",), suite.dev):

@@ -39,7 +39,7 @@ def parity_with_outputs(
     )
     rep = parity_report(export_dir, out_dir, options, backends=backends, log=log).to_dict()
     # The inputs' digest: the cross-machine comparison is valid only when both sides ran the same inputs.
-    x = load_parity_data(load_export_source(export_dir), None, None, max_samples)[0]
+    x = load_parity_data(load_export_source(export_dir), None, None, max_samples).x
     rep["inputs_sha256"] = array_sha256(x)
     rep["inputs_shape"] = list(x.shape)
     return rep

@@ -1,5 +1,6 @@
 """One export dir: unfolded model → fold (float64) → ONNX per precision (int8: calibrated Q/DQ graphs made
-from the fp32 one) → metadata → check → TensorRT engines → manifest.
+from the fp32 one; with --image-input, a uint8 image-input graph) → metadata → check → TensorRT engines →
+manifest and preprocessing.json.
 
 Every step writes into a staging directory beside EXPORT_DIR, which is swapped in only when all steps
 (and the parity check, when on) succeed, so EXPORT_DIR always holds one complete export: the old one or
@@ -40,7 +41,8 @@ from nfdeploy.artifacts import (
 from nfdeploy.artifacts.run_dir import WEIGHTS, load_run_model
 from nfdeploy.errors import UserError, require
 from nfdeploy.export.engine_build import EngineBuildError, TrtBuildOptions, build_engine
-from nfdeploy.export.onnx_graph import check_onnx_file, export_module, lint_graph, set_metadata
+from nfdeploy.export.image_input import IMAGE_INPUT_FILE, NORMALIZATIONS, image_input_net
+from nfdeploy.export.onnx_graph import NF_ALLOWED_OPS, check_onnx_file, export_module, lint_graph, set_metadata
 from nfdeploy.export.quantize import (
     CalibrationData,
     CalibrationOptions,
@@ -54,6 +56,7 @@ from nfdeploy.export.quantize import (
 from nfdeploy.fold import FoldReport, fold_model
 from nfdeploy.metrics import judge
 from nfdeploy.precision import EXPORT_PRECISIONS, PRECISIONS, describe_tolerance
+from nfdeploy.preprocess import PREPROCESSING_JSON, Preprocessing, square_preprocessing
 from nfdeploy.runtime.base import BackendBroken, BackendSpec, BackendUnavailable, run_batched
 from nfdeploy.runtime.ort import OrtBackend
 from nfdeploy.status import Status
@@ -65,9 +68,9 @@ class ExportError(UserError, RuntimeError):
 
 @dataclass
 class ExportOptions:
-    """What an export writes: the [onnx] table of a preset (precisions, opset, io_dtype, check, check_samples)
-    and the input size, the [int8] group (`calibration`) and the [tensorrt] group (`trt`, None: no engines).
-    presets.export_options builds one from a preset and overrides."""
+    """What an export writes: the [onnx] table of a preset (precisions, opset, io_dtype, check, check_samples,
+    image_input and its normalization image_norm) and the input size, the [int8] group (`calibration`) and the
+    [tensorrt] group (`trt`, None: no engines). presets.export_options builds one from a preset and overrides."""
 
     opset: int | None = None  # None: 18, or 20 when the model uses GELU (native Gelu op)
     precisions: tuple[str, ...] = ("fp32",)
@@ -77,6 +80,8 @@ class ExportOptions:
     input_size: int | None = None  # default: the model's own
     trt: TrtBuildOptions | None = None  # build one TensorRT engine per precision when set
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)  # int8 precisions only
+    image_input: bool = False  # also model.uint8.onnx: uint8 pixels in, the normalization inside (export.image_input)
+    image_norm: str = "fold"  # fold: into the first conv where exact; explicit: Cast, Div, Sub, Div in front
 
     def __post_init__(self) -> None:
         self.precisions = tuple(self.precisions)
@@ -89,6 +94,8 @@ class ExportOptions:
             raise ExportError(f"io_dtype must be float32 or native, got {self.io_dtype!r}")
         if self.opset is not None and not 17 <= self.opset <= 23:
             raise ExportError(f"opset {self.opset} outside the supported range 17..23")
+        if self.image_norm not in NORMALIZATIONS:
+            raise ExportError(f"image_norm must be one of {', '.join(NORMALIZATIONS)}, got {self.image_norm!r}")
 
 
 @dataclass
@@ -96,7 +103,8 @@ class ModelToExport:
     """A model and what its export needs to know of it. `model` is the unfolded eval-mode reference;
     `fold(dtype)` returns its folded net and fold report; `twin()` the folded BN twin (NF models: the
     graph-size comparison); `calibration_data(options)` the int8 calibration images (never test data);
-    `check_data` the labelled images of the check (None: N(0,1) inputs)."""
+    `preprocessing` how an image becomes the input (None: not images); `check_data` the labelled images of the
+    check (None: N(0,1) inputs) and `check_pixels` the same images as uint8 pixels (the image-input graph's)."""
 
     model: nn.Module
     fold: Callable[[torch.dtype], tuple[nn.Module, FoldReport]]
@@ -104,8 +112,11 @@ class ModelToExport:
     input_shape: tuple[int, int, int]
     norm: str
     source: ModelSource
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing | None = None
+    class_names: list[str] | None = None
+    dataset: str | None = None
     check_data: tuple[np.ndarray, np.ndarray | None] | None = None
+    check_pixels: np.ndarray | None = None
     twin: Callable[[], tuple[nn.Module, FoldReport]] | None = None
     calibration_data: Callable[[CalibrationOptions], CalibrationData] | None = None
 
@@ -131,6 +142,7 @@ class _Staged:
     checks: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     engine_failures: dict[str, Any] = field(default_factory=dict)
+    image_input: dict[str, Any] | None = None  # model.uint8.onnx's entry
 
 
 def export_model(
@@ -146,11 +158,15 @@ def export_model(
         started = time.perf_counter()
         _export_float_graphs(staged, subject, opts, log)
         _quantize_graphs(staged, subject, opts, log)
+        if opts.image_input:
+            _export_image_input(staged, subject, opts, log)
         if subject.twin is not None:
             staged.bn_twin = _bn_twin_entry(staged, subject, log)
-        _stamp_metadata(staged.files, subject)
+        _stamp_metadata(staged, subject)
         if opts.check:
             staged.checks = _check(staged.files, subject.model, *_check_inputs(subject, opts), log)
+            if staged.image_input is not None:
+                staged.checks["image_input"] = _check_image_input(staged, subject, opts, log)
         if opts.trt is not None:
             staged.engines, staged.engine_failures = _build_engines(staged, subject.input_shape, opts.trt, log)
         manifest = _write_manifest(staged, subject, opts, started)
@@ -262,6 +278,27 @@ def _quantize_graphs(staged: _Staged, subject: ModelToExport, opts: ExportOption
         )
 
 
+def _export_image_input(
+    staged: _Staged, subject: ModelToExport, opts: ExportOptions, log: Callable[[str], None]
+) -> None:
+    """model.uint8.onnx: the fp32 network, folded in float64, behind its preprocessing's normalization (folded
+    into the first conv where exact, else explicit; export.image_input), checked and linted."""
+    onnx = require("onnx", "onnx")
+    if subject.preprocessing is None or subject.preprocessing.color is None:
+        raise ExportError(f"--image-input: {subject.name}'s input is not an image (its data records no colour mode)")
+    net, record = image_input_net(subject.fold(torch.float64)[0], subject.preprocessing, opts.image_norm)
+    path = staged.dir / IMAGE_INPUT_FILE
+    info = export_module(net, path, subject.input_shape, opset=staged.opset, io_dtype=None, pixels=True)
+    check_onnx_file(path)
+    lint = lint_graph(onnx.load(str(path)), allow_batchnorm=subject.norm == "bn", allowed_ops=IMAGE_INPUT_OPS)
+    if not lint["ok"]:
+        raise ExportError(f"the image-input graph failed the lint ({len(lint['errors'])}): {lint['errors'][0]}")
+    staged.image_input = {"file": path.name, "opset": staged.opset, "io_dtype": "uint8", **info, "lint": lint,
+                          "normalization": record}  # fmt: skip
+    staged.fold_report.image_input = record
+    log(f"  image input: {path.name}, {info['nodes']} nodes, normalization {record['normalization']} ({record['why']})")
+
+
 def _bn_twin_entry(staged: _Staged, subject: ModelToExport, log: Callable[[str], None]) -> dict[str, Any]:
     """The folded BN twin's graph beside the NF one: the NF graph equals the twin's minus its residual-stream
     BatchNormalizations, which cannot fold. The twin's file is not kept."""
@@ -284,20 +321,22 @@ def _bn_twin_entry(staged: _Staged, subject: ModelToExport, log: Callable[[str],
     }
 
 
-def _stamp_metadata(files: dict[str, Path], subject: ModelToExport) -> None:
+def _stamp_metadata(staged: _Staged, subject: ModelToExport) -> None:
     """The model's name, input, preprocessing and provenance as ONNX metadata in every graph."""
     pre = subject.preprocessing
     meta = {
         "nfdeploy.model": subject.name,
         "nfdeploy.version": nfdeploy.__version__,
         "nfdeploy.input_shape": json.dumps(["batch", *subject.input_shape]),
-        "nfdeploy.mean": json.dumps(pre.get("mean")),
-        "nfdeploy.std": json.dumps(pre.get("std")),
-        "nfdeploy.class_names": json.dumps(pre.get("class_names")),
+        "nfdeploy.mean": json.dumps(list(pre.mean) if pre else None),
+        "nfdeploy.std": json.dumps(list(pre.std) if pre else None),
+        "nfdeploy.class_names": json.dumps(subject.class_names),
         "nfdeploy.source_sha256": subject.source.weights_sha256 or "",
         "nfdeploy.pixel_scale": "1/255",
+        "nfdeploy.preprocessing": json.dumps(pre.to_dict() if pre else None),
     }
-    for path in files.values():
+    image = [staged.dir / staged.image_input["file"]] if staged.image_input else []
+    for path in [*staged.files.values(), *image]:
         set_metadata(path, meta)
         check_onnx_file(path)
 
@@ -353,6 +392,40 @@ def _check(
     return results
 
 
+def _check_image_input(
+    staged: _Staged, subject: ModelToExport, opts: ExportOptions, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The image-input graph in ONNX Runtime CPU, fed uint8 pixels, against the float64 unfolded model fed the
+    same pixels through the Python preprocessing; judged as fp32 (the precision table)."""
+    pixels, labels = _check_pixels(subject, opts)
+    x = subject.preprocessing.normalize(pixels).numpy()
+    with torch.no_grad():
+        ref = torch.cat([subject.model(torch.from_numpy(x[i : i + 64]).double()) for i in range(0, len(x), 64)])
+    spec = BackendSpec("onnxruntime", "cpu", "fp32", "uint8")
+    backend = OrtBackend(spec, subject.input_shape, staged.dir / staged.image_input["file"], pixels=True)
+    try:
+        with backend:
+            out = run_batched(backend, pixels)
+    except BackendBroken as e:
+        raise ExportError(f"{IMAGE_INPUT_FILE} was written but does not load in ONNX Runtime: {e}") from None
+    row = {"backend": backend.describe(), "samples": int(len(pixels)), **judge(out, ref.numpy(), "fp32", labels)}
+    log(
+        f"  image input: rel L2 {row['rel_l2']:.2e}, top-1 agreement {row['top1_agreement']:.2%} on {len(pixels)} "
+        f"images through the recorded preprocessing ({describe_tolerance(row['tolerance'])}) → {row['status']}"
+    )
+    return row
+
+
+def _check_pixels(subject: ModelToExport, opts: ExportOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """The check's images as uint8 pixels with their labels, or (without them) up to 16 seeded random images."""
+    if subject.check_pixels is not None:
+        labels = subject.check_data[1] if subject.check_data is not None else None
+        n = opts.check_samples
+        return subject.check_pixels[:n], None if labels is None else labels[:n]
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (min(opts.check_samples, 16), *subject.input_shape), dtype=np.uint8), None
+
+
 def _build_engines(
     staged: _Staged, input_shape: tuple[int, int, int], trt_opts: TrtBuildOptions, log: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -400,19 +473,28 @@ def _tool_versions() -> dict[str, str]:
 
 
 def _write_manifest(staged: _Staged, subject: ModelToExport, opts: ExportOptions, started: float) -> Manifest:
-    """The fold report and the manifest of everything staged, with each graph's sha256."""
+    """The fold report, preprocessing.json and the manifest of everything staged, with each graph's sha256."""
     atomic_write_json(staged.dir / FOLD_REPORT, staged.fold_report.to_dict())
+    pre = subject.preprocessing
+    if pre is not None:
+        atomic_write_json(staged.dir / PREPROCESSING_JSON, pre.to_dict())
+    image = staged.image_input
     manifest = Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         model=subject.name,
         norm=subject.norm,
-        input=InputSpec.from_dict(
-            {
-                "shape": ["batch", *subject.input_shape],
-                "dtype": "float32" if opts.io_dtype == "float32" else "per-precision",
-                **subject.preprocessing,
-            }
+        input=InputSpec(
+            shape=["batch", *subject.input_shape],
+            dtype="float32" if opts.io_dtype == "float32" else "per-precision",
+            mean=list(pre.mean) if pre else None,
+            std=list(pre.std) if pre else None,
+            class_names=subject.class_names,
+            dataset=subject.dataset,
+            preprocessing=pre.to_dict() if pre else None,
         ),
+        image_input=OnnxEntry.from_dict({**image, "sha256": sha256_file(staged.dir / image["file"])})
+        if image
+        else None,
         source=subject.source,
         fold={"report": FOLD_REPORT, "totals": staged.fold_report.totals},
         onnx={p: OnnxEntry.from_dict({**e, "sha256": sha256_file(staged.files[p])}) for p, e in staged.onnx.items()},
@@ -432,6 +514,10 @@ def _refuse_failed_checks(checks: dict[str, Any], out_dir: Path) -> None:
     if failed:
         nums = "; ".join(f"{p}: {checks[p]['reason']}" for p in failed)
         raise ExportError(f"parity check failed, nothing written to {out_dir}: {nums}")
+
+
+# The ops of the image-input graph: the folded graph's, and the normalization in front of it (Cast, Sub, Div).
+IMAGE_INPUT_OPS = NF_ALLOWED_OPS | {"Cast", "Sub", "Div"}
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
@@ -456,10 +542,11 @@ def _run_dataset(resolved: dict[str, Any]) -> Any:
     return recipe_from_resolved(resolved["recipe"]).data.load()
 
 
-def _dataset_check_data(data: Any, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `samples` images of the run's test split, normalised, with labels."""
-    x, y = data.batch(data.test, torch.arange(min(samples, len(data.test))))
-    return x.numpy(), y.numpy()
+def _dataset_check_data(data: Any, samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first `samples` images of the run's test split: normalised, with labels, and as uint8 pixels."""
+    idx = torch.arange(min(samples, len(data.test)))
+    x, y = data.batch(data.test, idx)
+    return x.numpy(), y.numpy(), data.test.images[idx].numpy()
 
 
 def export_run(
@@ -483,6 +570,7 @@ def export_run(
         return fold_model(NFResNet(cfg.twin()).eval())
 
     log(f"exporting {name} from {run_dir} → {out_dir}")
+    checked = _dataset_check_data(data, opts.check_samples) if opts.check else None
     subject = ModelToExport(
         model,
         fold=lambda dtype: fold_model(model, dtype=dtype),
@@ -499,17 +587,35 @@ def export_run(
             model_config=asdict(cfg),
             twin=twin_name(name) if name[:3] in ("nf_", "bn_") else None,
         ),
-        preprocessing={
-            "mean": desc.get("mean"),
-            "std": desc.get("std"),
-            "class_names": desc.get("class_names"),
-            "dataset": desc.get("name"),
-        },
-        check_data=_dataset_check_data(data, opts.check_samples) if opts.check else None,
+        preprocessing=_run_preprocessing(desc, cfg.in_chans, size),
+        class_names=desc.get("class_names"),
+        dataset=desc.get("name"),
+        check_data=checked[:2] if checked else None,
+        check_pixels=checked[2] if checked else None,
         twin=twin if cfg.norm == "nf" else None,
         calibration_data=lambda c: training_split_calibration(data, c.samples, c.seed),
     )
     return export_model(subject, out_dir, opts, log)
+
+
+def _run_preprocessing(desc: dict[str, Any], channels: int, size: int) -> Preprocessing | None:
+    """The preprocessing of a run's data (its recorded mean and std), at the export's input size; None for a run
+    that recorded none."""
+    if not desc.get("mean") or not desc.get("std"):
+        return None
+    return square_preprocessing(channels, size, desc["mean"], desc["std"])
+
+
+def timm_preprocessing(cfg: dict[str, Any], shape: tuple[int, int, int]) -> Preprocessing | None:
+    """timm's eval transform as nfdeploy's preprocessing (its pretrained_cfg: mean, std, interpolation, crop_pct:
+    the shorter side goes to floor(size / crop_pct), then the centre crop); None without mean and std."""
+    c, h, _ = shape
+    if not cfg.get("mean") or not cfg.get("std"):
+        return None
+    interpolation = cfg.get("interpolation") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear"
+    resize = int(h / float(cfg.get("crop_pct") or 1.0))
+    color = {1: "L", 3: "RGB"}.get(c)
+    return Preprocessing(color, h, resize, tuple(cfg["mean"]), tuple(cfg["std"]), interpolation)
 
 
 def export_timm(
@@ -531,14 +637,15 @@ def export_timm(
     c, h, w = timm_input_size(model)
     if opts.input_size:
         h = w = opts.input_size
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    prep = timm_preprocessing(getattr(model, "pretrained_cfg", {}) or {}, (c, h, w))
     log(f"exporting timm {name} ({'checkpoint ' + str(checkpoint) if checkpoint else 'random init'}) → {out_dir}")
-    mean, std = list(cfg.get("mean", ())) or None, list(cfg.get("std", ())) or None
 
     def calibration(copts: CalibrationOptions) -> CalibrationData:
         if not copts.calib_dir:
             raise ExportError(f"int8 export of timm {name} needs calibration images: give --calib-dir")
-        return folder_calibration(copts.calib_dir, (c, h, w), mean, std, copts.samples, copts.seed)
+        if prep is None:
+            raise ExportError(f"timm {name} records no mean/std: its calibration images cannot be normalised")
+        return folder_calibration(copts.calib_dir, prep, copts.samples, copts.seed)
 
     subject = ModelToExport(
         model,
@@ -552,7 +659,8 @@ def export_timm(
             checkpoint=str(checkpoint) if checkpoint else None,
             weights_sha256=sha256_file(checkpoint) if checkpoint else None,
         ),
-        preprocessing={"mean": mean, "std": std, "class_names": None, "dataset": "imagenet"},
+        preprocessing=prep,
+        dataset="imagenet",
         calibration_data=calibration,
     )
     return export_model(subject, out_dir, opts, log)

@@ -75,16 +75,21 @@ def export_module(
     opset: int = 18,
     io_dtype: torch.dtype | None = torch.float32,
     example_batch: int = 2,
+    pixels: bool = False,
 ) -> dict[str, Any]:
     """torch.onnx.export (dynamo) with a dynamic batch dimension; one self-contained file.
 
     The dynamo exporter specialises a dimension whose example size is 1, so the example batch is 2.
-    io_dtype float32 wraps a reduced-precision net in Cast nodes; None keeps the net's own dtype."""
+    io_dtype float32 wraps a reduced-precision net in Cast nodes; None keeps the net's own dtype. `pixels`: the
+    net takes uint8 pixels (an image-input net, export.image_input)."""
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
     net_dtype = next(net.parameters()).dtype
     module = (IOCast(net, net_dtype) if io_dtype is not None and io_dtype != net_dtype else net).eval()
-    x = torch.randn(example_batch, *input_shape, dtype=io_dtype or net_dtype)
+    if pixels:
+        x = torch.randint(0, 256, (example_batch, *input_shape), dtype=torch.uint8, generator=torch.Generator())
+    else:
+        x = torch.randn(example_batch, *input_shape, dtype=io_dtype or net_dtype)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

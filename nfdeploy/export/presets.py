@@ -1,7 +1,8 @@
 """Export presets (nfdeploy/presets/NAME.toml, or a path) merged with explicit overrides into
 ExportOptions, validated before any work starts.
 
-A preset has three tables: [onnx] (opset, precisions, io_dtype, check, check_samples), [int8]
+A preset has three tables: [onnx] (opset, precisions, io_dtype, check, check_samples, image_input,
+image_norm), [int8]
 (calibration = minmax|percentile|entropy, calib_samples, calib_seed) and [tensorrt]
 (profiles as "MIN:OPT:MAX" strings, optimization_level, tf32, flavour, workspace_mb,
 detailed_profiling, compute_capabilities), used only when engines are asked for.
@@ -26,7 +27,7 @@ from nfdeploy.export.quantize import CalibrationOptions
 from nfdeploy.precision import PRECISIONS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"  # package data: ships in the wheel
-_ONNX_KEYS = {"opset", "precisions", "io_dtype", "check", "check_samples"}
+_ONNX_KEYS = {"opset", "precisions", "io_dtype", "check", "check_samples", "image_input", "image_norm"}
 _INT8_KEYS = {"calibration", "calib_samples", "calib_seed"}  # [int8]: calibration of the int8 precisions
 _TRT_KEYS = {
     "profiles",
@@ -58,6 +59,8 @@ class OnnxOverrides(_Overrides):
     io_dtype: str | None = None
     check: bool | None = None
     input_size: int | None = None  # static spatial size; default: the model's own
+    image_input: bool | None = None  # also the uint8 image-input graph (model.uint8.onnx)
+    image_norm: str | None = None  # its normalization: fold (where exact) or explicit
 
     FLAGS: ClassVar[dict[str, str]] = {
         "precisions": "--precision",
@@ -65,6 +68,8 @@ class OnnxOverrides(_Overrides):
         "io_dtype": "--io-dtype",
         "check": "--check",
         "input_size": "--input-size",
+        "image_input": "--image-input",
+        "image_norm": "--image-norm",
     }
 
 
@@ -193,10 +198,12 @@ def export_options(
         raise ExportError(f"input size must be positive, got {onnx.input_size}")
     p = load_preset(preset)
     cfg = dict(p["onnx"])
-    for key in ("precisions", "opset", "io_dtype", "check"):
+    for key in ("precisions", "opset", "io_dtype", "check", "image_input", "image_norm"):
         if getattr(onnx, key) is not None:
             cfg[key] = list(onnx.precisions) if key == "precisions" else getattr(onnx, key)
     precisions = cfg.get("precisions", ())
+    if onnx.image_norm is not None and not cfg.get("image_input"):
+        raise ExportError("--image-norm only applies to the image-input graph: add --image-input")
     int8_given = [f for f in int8.given() if f != Int8Overrides.FLAGS["ort_weight_bits"]]
     if int8_given and not any(PRECISIONS.get(q) and PRECISIONS[q].quantized_from for q in precisions):
         raise ExportError(f"{', '.join(int8_given)} only apply to int8: add --precision int8 (or int8-ort)")

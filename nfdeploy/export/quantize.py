@@ -34,6 +34,7 @@ import numpy as np
 
 from nfdeploy.errors import UserError, require
 from nfdeploy.export.onnx_graph import OUTPUT_NAME, block_values, run_with_values
+from nfdeploy.preprocess import Preprocessing
 
 # ONNX Runtime's quantizer advises quant_pre_process (shape inference + graph optimisation) first. Measured on
 # nf_resnet50 (bench/int8_speed.py, results int8-speed-cpu-2026-12-01): the same optimized graph, the same logits
@@ -138,20 +139,15 @@ def training_split_calibration(data: Any, samples: int, seed: int) -> Calibratio
     return CalibrationData(x.numpy(), f"{data.name} training split", "train", idx)
 
 
-def folder_calibration(
-    path: str | Path, input_shape: tuple[int, int, int], mean: Any, std: Any, samples: int, seed: int
-) -> CalibrationData:
-    """Calibration images from a folder (recursive), resized and centre-cropped, normalised by mean/std."""
-    from nfdeploy.data import read_image_folder
+def folder_calibration(path: str | Path, prep: Preprocessing, samples: int, seed: int) -> CalibrationData:
+    """Calibration images from a folder (recursive), through the model's own preprocessing (nfdeploy.preprocess)."""
+    from nfdeploy.data import image_folder_files
 
-    c, h, _ = input_shape
-    images, files = read_image_folder(path, h, c)
+    files = image_folder_files(path)
     idx = pick_indices(len(files), samples, seed)
-    x = images[idx].numpy().astype(np.float32) / 255.0
-    m = np.asarray(mean if mean is not None else [0.0] * c, np.float32).reshape(1, c, 1, 1)
-    s = np.asarray(std if std is not None else [1.0] * c, np.float32).reshape(1, c, 1, 1)
+    pixels = np.stack([prep.read(files[i]) for i in idx])
     return CalibrationData(
-        ((x - m) / s).astype(np.float32), f"image folder {path}", "folder", files=[str(files[i]) for i in idx]
+        prep.normalize(pixels).numpy(), f"image folder {path}", "folder", files=[str(files[i]) for i in idx]
     )
 
 

@@ -26,13 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nfdeploy.errors import one_line
 from nfdeploy.perf.result import CRASHED_TIMING, LOAD_FAILED, NotTimed
 from nfdeploy.perf.rounds import RoundPlan, interleaved_rounds
-from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendBroken, BackendUnavailable, random_batch
 from nfdeploy.status import Status
 
 HOST_TIMING = {
@@ -129,14 +128,14 @@ def memory_growth_mb(device: str, fn: Callable[[], Any]) -> float | None:
 
 
 class BatchTimer:
-    """One timed call of an active backend on a fixed random N(0,1) float32 batch: returns
+    """One timed call of an active backend on a fixed random batch (runtime.base.random_batch): returns
     (host_ms, device_ms or None). `mode` keys HOST_TIMING / DEVICE_TIMING / SCOPE; `primary` is the
     timing that latencies use (device_ms on CUDA, host_ms on CPU)."""
 
     def __init__(self, backend: Backend, batch_size: int, input_shape: Sequence[int], seed: int = 0):
         self.backend, self.batch = backend, int(batch_size)
         self.input_shape = [int(s) for s in input_shape]
-        x = np.random.default_rng(seed).standard_normal((self.batch, *self.input_shape)).astype(np.float32)
+        x = random_batch(backend, self.batch, seed)
         self.cuda = backend.device == "cuda"
         if self.cuda:
             if not torch.cuda.is_available():

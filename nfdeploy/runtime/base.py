@@ -115,11 +115,13 @@ def name_matches(name: str, pattern: str) -> bool:
 class Backend(abc.ABC):
     """run(batch) maps a float32 N×C×H×W numpy batch to float32 logits (numpy); run_tensor maps a
     torch tensor (on `input_device`, in `input_dtype`) to a torch tensor without leaving the device
-    where the runtime allows it."""
+    where the runtime allows it. A backend that `takes_pixels` runs an image-input graph: its batches are
+    uint8 pixels (the export's preprocessing.json says how an image becomes them) and the graph normalizes."""
 
     # Where run_tensor wants its input; bench allocates its input there once, outside the timing.
     input_device: str = "cpu"
     input_dtype: torch.dtype = torch.float32
+    takes_pixels: bool = False
     # True when run()/run_tensor() include host<->device copies (ONNX Runtime, TensorRT on CUDA).
     copies_in_run: bool = False
 
@@ -207,10 +209,15 @@ class Backend(abc.ABC):
         self.deactivate()
 
     # -------------------------------------------------------------------------------- running
+    @property
+    def batch_dtype(self) -> np.dtype:
+        """The numpy dtype run() takes: uint8 pixels or float32 model inputs."""
+        return np.dtype(np.uint8 if self.takes_pixels else np.float32)
+
     def check_input(self, batch: Any) -> np.ndarray:
-        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
+        if not isinstance(batch, np.ndarray) or batch.dtype != self.batch_dtype:
             got = f"{batch.dtype} array" if isinstance(batch, np.ndarray) else type(batch).__name__
-            raise BackendInputError(f"{self.name} takes float32 numpy batches, got {got}")
+            raise BackendInputError(f"{self.name} takes {self.batch_dtype} numpy batches, got {got}")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self._input_shape or batch.shape[0] < 1:
             raise BackendInputError(
                 f"{self.name} takes batches of shape (N, {', '.join(map(str, self._input_shape))}) "
@@ -230,7 +237,16 @@ class Backend(abc.ABC):
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Default: a numpy round trip through run(); runtimes that can stay on the device override it."""
-        return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
+        return torch.from_numpy(self.run(x.detach().cpu().numpy().astype(self.batch_dtype, copy=False)))
+
+
+def random_batch(backend: Backend, n: int, seed: int = 0) -> np.ndarray:
+    """A seeded batch of what `backend.run` takes: N(0,1) float32 inputs, or uniform uint8 pixels."""
+    rng = np.random.default_rng(seed)
+    shape = (int(n), *backend.input_shape)
+    if backend.takes_pixels:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape).astype(np.float32)
 
 
 def verify_artifact(
@@ -275,6 +291,7 @@ __all__ = [
     "RUNTIMES",
     "TORCH_MODES",
     "name_matches",
+    "random_batch",
     "run_batched",
     "verify_artifact",
 ]

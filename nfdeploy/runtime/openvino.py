@@ -88,7 +88,8 @@ def mac_precisions(precisions: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 class OpenVinoBackend(Backend):
-    """Runs the ONNX file `path` with OpenVINO's CPU plugin at spec.precision (see PRECISION_HINTS)."""
+    """Runs the ONNX file `path` with OpenVINO's CPU plugin at spec.precision (see PRECISION_HINTS); `pixels`:
+    the file is an image-input graph (uint8 pixel batches, normalized inside)."""
 
     def __init__(
         self,
@@ -97,6 +98,8 @@ class OpenVinoBackend(Backend):
         path: str | Path,
         threads: int | None = None,
         sha256: str | None = None,
+        *,
+        pixels: bool = False,
     ):
         if spec.runtime != "openvino" or spec.device != "cpu":
             raise ValueError(
@@ -108,6 +111,7 @@ class OpenVinoBackend(Backend):
         self.path = Path(path)
         self.threads = threads
         self.sha256 = sha256  # the manifest's digest of the file, checked before it loads
+        self.takes_pixels = pixels
         self.compiled = None
         self.request = None
         self.precisions: dict[str, dict[str, int]] | None = None

@@ -80,7 +80,8 @@ class OrtBackend(Backend):
     """Runs the ONNX file `path` on spec.device. On CUDA, spec.precision "tf32" runs the fp32 graph
     with TF32 on (the CUDA EP's default), "fp32" with TF32 off: nfdeploy always sets it explicitly.
     `profile_prefix`: ONNX Runtime's profiler records every run into a JSON trace named from it, whose path
-    `session.end_profiling()` returns (None: no profiling, the default)."""
+    `session.end_profiling()` returns (None: no profiling, the default). `pixels`: the file is an image-input graph
+    (uint8 pixel batches, normalized inside)."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class OrtBackend(Backend):
         sha256: str | None = None,
         *,
         profile_prefix: str | Path | None = None,
+        pixels: bool = False,
     ):
         if spec.runtime != "onnxruntime":
             raise ValueError(f"OrtBackend needs runtime 'onnxruntime', got {spec.runtime!r}")
@@ -100,6 +102,7 @@ class OrtBackend(Backend):
         self.sha256 = sha256  # the digest the file must have (its manifest's): checked when the session is made
         self.spinning = False  # intra-op threads spin-wait after a run (ORT's default) only when set before activate()
         self.profile_prefix = profile_prefix
+        self.takes_pixels = pixels
         self.copies_in_run = spec.device == "cuda"
         self.session = None
 

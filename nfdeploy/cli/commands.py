@@ -600,6 +600,54 @@ def package(
 
 @app.command()
 @friendly
+def predict(
+    export_dir: ExportDir,
+    images: Annotated[list[Path], typer.Argument(help="Image files: PNG, JPEG, ... of any size and mode.")],
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Backend to run (default: the fastest that passed parity, as `nfdeploy serve` chooses)."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Classes shown per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of text.")] = False,
+    batch: Annotated[int, typer.Option(help="Images run together.")] = 32,
+    allow_unchecked: Annotated[
+        bool, typer.Option("--allow-unchecked", help="Use a backend whose parity verdict is not pass.")
+    ] = False,
+    threads: Threads = None,
+):
+    """The top classes of each image, through the export's recorded preprocessing and a backend that passed parity;
+    an unreadable file is named on one line and the others are still answered (exit 1 if any failed)."""
+    import json
+    import sys
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from nfdeploy.serve.predict import PredictOptions, predict_images
+
+    options = PredictOptions(backend, top, batch, allow_unchecked, threads)
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=len(images) <= batch or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("predicting", total=len(images))
+        result = predict_images(
+            export_dir, images, options, progress=lambda n: bar.advance(task, n), log=lambda m: typer.echo(m, err=True)
+        )
+    for p in result.failed:
+        typer.echo(f"error: {p.error}", err=True)
+    if as_json:
+        doc = {"backend": result.backend, "parity": result.verdict.value, "chosen": result.chosen}
+        typer.echo(json.dumps({**doc, "predictions": [p.to_dict() for p in result.predictions]}, indent=1))
+    else:
+        typer.echo(f"backend {result.backend} (parity: {result.verdict.value}; {result.chosen})", err=True)
+        for p in result.predictions:
+            if p.error is None:
+                typer.echo(f"{p.path}: " + ", ".join(f"{c} {prob:.1%}" for c, prob in p.top))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def loadtest(
     export_dir: Path = typer.Argument(..., help="Export dir the server serves (for the outputs alone)."),
     url: str | None = typer.Option(None, help="gRPC address of a running server (loopback); default: start one."),

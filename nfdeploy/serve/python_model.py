@@ -85,7 +85,7 @@ def load_served_model(version_dir: Path, params: dict[str, str], max_batch: int)
         max_batch,
         int(params.get("nfdeploy.pad_to") or 0),
     )
-    model.answer([np.zeros((1, *backend.input_shape), np.float32)])
+    model.answer([np.zeros((1, *backend.input_shape), backend.batch_dtype)])
     return model
 
 

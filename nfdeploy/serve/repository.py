@@ -34,6 +34,7 @@ from nfdeploy.artifacts.run_dir import RUN_CONFIG
 from nfdeploy.check.backends import REFERENCE, export_backends, manifest_source
 from nfdeploy.check.parity import read_parity_rows
 from nfdeploy.errors import UserError, require
+from nfdeploy.preprocess import PREPROCESSING_JSON
 from nfdeploy.runtime.base import Backend
 from nfdeploy.serve.choice import choose_backend, measured_batch_invariance, parity_verdict, row_status
 from nfdeploy.serve.python_model import BATCH_OUTPUT, EXPORT_SUBDIR, RUN_SUBDIR
@@ -45,7 +46,15 @@ MODEL_VERSION = 1
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 PYTHON_BACKEND = "python"
 KNOWN_BACKENDS = {"onnxruntime", "tensorrt", "python", "pytorch", "openvino", "tensorflow"}
-ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32"}
+ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    10: "TYPE_FP16",
+    16: "TYPE_BF16",
+    11: "TYPE_FP64",
+    7: "TYPE_INT64",
+    6: "TYPE_INT32",
+}
 # A queue of this many full batches by default: a closed loop of clients never holds more requests than it has
 # clients, so 64 clients fit at --max-batch 2 and up; a burst beyond it is refused at once.
 QUEUE_BATCHES = 32
@@ -170,6 +179,16 @@ def output_dims(manifest: Manifest, export_dir: Path) -> list[int]:
     raise RepositoryError(f"{export_dir}: no ONNX file and no model config tell the number of outputs")
 
 
+def input_note(backend: Backend) -> str:
+    """What a request carries, said in the model's parameters."""
+    if backend.takes_pixels:
+        return (
+            "uint8 image pixels N x C x H x W (export/preprocessing.json: colour, resize, crop); the model "
+            "normalizes them (4x smaller requests than float32)"
+        )
+    return "float32 normalized images N x C x H x W ((pixels / 255 - mean) / std, export/preprocessing.json)"
+
+
 def profile_max(entry: EngineEntry) -> int:
     """The largest batch every optimization profile of an engine accepts (1 without profiles)."""
     return min(int(p["max"]) for p in entry.profiles) if entry.profiles else 1
@@ -234,6 +253,8 @@ def write_python_model(
     version = staging / name / str(MODEL_VERSION)
     (version / EXPORT_SUBDIR).mkdir(parents=True)
     shutil.copyfile(export_dir / MANIFEST, version / EXPORT_SUBDIR / MANIFEST)
+    if (export_dir / PREPROCESSING_JSON).is_file():  # how a client turns an image into the input
+        shutil.copyfile(export_dir / PREPROCESSING_JSON, version / EXPORT_SUBDIR / PREPROCESSING_JSON)
     if backend.artifact is not None:
         artifact, digest = backend.artifact.name, sha256_file(backend.artifact)
         shutil.copyfile(backend.artifact, version / EXPORT_SUBDIR / artifact)
@@ -258,9 +279,11 @@ def write_python_model(
         "nfdeploy.threads": str(opts.threads or ""),
         "nfdeploy.pad_to": str(pad_to),
         "nfdeploy.batch_invariance": invariance,
+        "nfdeploy.input": input_note(backend),
     }
     c, h, w = backend.input_shape
-    inputs = [{"name": manifest.input.name, "data_type": "TYPE_FP32", "dims": [c, h, w]}]
+    data_type = "TYPE_UINT8" if backend.takes_pixels else "TYPE_FP32"
+    inputs = [{"name": manifest.input.name, "data_type": data_type, "dims": [c, h, w]}]
     outputs = [
         {"name": manifest.output_name, "data_type": "TYPE_FP32", "dims": output_dims(manifest, export_dir)},
         {"name": BATCH_OUTPUT, "data_type": "TYPE_INT32", "dims": [1]},
@@ -280,7 +303,10 @@ def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
     made = []
-    for prec, entry in manifest.onnx.items():
+    graphs = {p: (e, f"onnxruntime-cpu-{p}") for p, e in manifest.onnx.items()}
+    if manifest.image_input is not None:  # the image-input graph: uint8 requests
+        graphs["uint8"] = (manifest.image_input, "onnxruntime-cpu-fp32-uint8")
+    for prec, (entry, checked_as) in graphs.items():
         name = base if prec == "fp32" else f"{base}_{prec.replace('-', '_')}"
         src = export_dir / entry.file
         params = {
@@ -288,7 +314,7 @@ def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -
             "inter_op_thread_count": "1",
             "nfdeploy.export_file": entry.file,
             "nfdeploy.sha256": entry.sha256,
-            "nfdeploy.check.parity": row_status(rows, f"onnxruntime-cpu-{prec}").value,
+            "nfdeploy.check.parity": row_status(rows, checked_as).value,
         }
         (staging / name / "1").mkdir(parents=True)
         shutil.copyfile(src, staging / name / "1" / PLATFORMS["onnxruntime_onnx"])

@@ -13,7 +13,7 @@ import torch
 
 from nfdeploy.check.backends import export_backend, load_export_source
 from nfdeploy.metrics import ulp_error
-from nfdeploy.serve.loadtest_result import Correctness
+from nfdeploy.serve.loadtest_result import Correctness, LoadTestError
 
 
 @dataclass
@@ -37,6 +37,11 @@ def expectation(
 ) -> Expectation:
     source = load_export_source(export_dir)
     backend = export_backend(export_dir, backend_name, threads=threads)
+    if backend.takes_pixels:
+        raise LoadTestError(
+            f"{backend_name} takes uint8 pixels and the load test sends float32 samples: load-test the float model "
+            "(bench/image_input.py times a served uint8 model against it)"
+        )
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, *source.input_shape, generator=g).numpy()
     with backend:

@@ -27,9 +27,12 @@ def write_random_run(
     seed: int = RANDOM_RUN_SEED,
     num_classes: int = 1000,
     synthetic_size: int = 160,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Path:
     """A run dir (config.json + weights.safetensors, what load_run_model reads) of `model` with
-    randomize_(seed) weights; its recipe's data is a synthetic dataset of the model's shape."""
+    randomize_(seed) weights; its recipe's data is a synthetic dataset of the model's shape. `normalization`
+    (mean, std): the per-channel normalization its images are recorded to take (e.g. ImageNet's), so that its
+    export records a preprocessing and can have an image-input graph; None: none recorded."""
     recipe = load_recipe(
         "nf_resnet50_imagefolder",
         {
@@ -59,7 +62,12 @@ def write_random_run(
         {
             "recipe": recipe.to_dict(),
             "model_config": asdict(net.cfg),
-            "dataset": {"name": "synthetic", "mean": None, "std": None, "class_names": None},
+            "dataset": {
+                "name": "synthetic",
+                "mean": list(normalization[0]) if normalization else None,
+                "std": list(normalization[1]) if normalization else None,
+                "class_names": None,
+            },
             "environment": {"torch": torch.__version__, "note": "not trained: written by nfdeploy.train.random_run"},
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },

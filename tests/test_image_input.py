@@ -166,3 +166,24 @@ def test_a_served_uint8_model_answers_what_the_graph_does(exports, digit_pngs):
         client.close()
     assert "uint8" in params["nfdeploy.input"] and params["nfdeploy.backend"] == PIXELS
     assert np.array_equal(got, want)
+
+
+def test_the_load_test_refuses_a_pixel_backend_in_one_line(exports):
+    from nfdeploy.serve.expectation import expectation
+    from nfdeploy.serve.loadtest_result import LoadTestError
+
+    with pytest.raises(LoadTestError, match="takes uint8 pixels and the load test sends float32 samples"):
+        expectation(exports["fold"], PIXELS, 4, 0)
+
+
+def test_image_norm_needs_image_input_and_timm_records_its_eval_transform():
+    from nfdeploy.export import OnnxOverrides, export_options
+    from nfdeploy.export.export_dir import ExportError, timm_preprocessing
+
+    with pytest.raises(ExportError, match="--image-norm only applies to the image-input graph"):
+        export_options("default", OnnxOverrides(image_norm="explicit"))
+    assert export_options("default", OnnxOverrides(image_input=True)).image_norm == "fold"
+    cfg = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic", "crop_pct": 0.875}
+    prep = timm_preprocessing(cfg, (3, 224, 224))
+    assert (prep.color, prep.resize_size, prep.crop_size, prep.interpolation) == ("RGB", 256, 224, "bicubic")
+    assert timm_preprocessing({}, (3, 224, 224)) is None

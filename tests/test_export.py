@@ -58,6 +58,7 @@ def test_export_dir_manifest_and_checks(digits_export, digits_run):
         "model.bf16.onnx",
         "manifest.json",
         "fold_report.json",
+        "preprocessing.json",
     }
     assert m["source"]["weights_sha256"] and m["source"]["run_dir"] == str(digits_run.resolve())
     assert m["onnx"]["fp32"]["opset"] >= 18 and m["onnx"]["bf16"]["opset"] >= 22

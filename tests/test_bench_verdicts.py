@@ -298,31 +298,31 @@ def test_bench_report_names_the_fastest_backend_that_passed_parity(tmp_path):
 
 
 def test_one_parity_report_reader_for_bench_and_serve(tmp_path):
-    """parity.read_parity_rows is the one reader: no report → None (bench: no verdict; serve: unchecked); a report
+    """parity.read_parity_result is the one reader: no report → None (bench: no verdict; serve: unchecked); a report
     that exists but is not one → a one-line error naming the file, which bench reports as "unreadable" and serve
     does not mistake for "unchecked"."""
     import pytest
 
-    from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+    from nfdeploy.check.parity import PARITY_JSON, read_parity_result
     from nfdeploy.errors import UserError
     from nfdeploy.perf.assemble import NO_PARITY_NOTE, read_parity_statuses
     from nfdeploy.serve.choice import parity_verdict
 
     export = tmp_path / "export"
     export.mkdir()
-    assert read_parity_rows(export) is None
+    assert read_parity_result(export) is None
     assert read_parity_statuses(export) == (None, NO_PARITY_NOTE)
     assert parity_verdict(export, "onnxruntime-cpu-fp32") == "unchecked"
     report = tmp_path / "export-reports" / PARITY_JSON
     report.parent.mkdir()
     report.write_text('{"backends": [{"name": "onnxruntime-cpu-fp32", "status": "pass"}]}')
-    assert read_parity_rows(export)["onnxruntime-cpu-fp32"]["status"] == "pass"
+    assert read_parity_result(export).row("onnxruntime-cpu-fp32").status == "pass"
     assert read_parity_statuses(export) == ({"onnxruntime-cpu-fp32": "pass"}, str(report))
     assert parity_verdict(export, "onnxruntime-cpu-fp32") == "pass"
     for bad in ('{"backends": {"onnxruntime-cpu-fp32": "pass"}}', "[1, 2]", '{"backends": [{"status": "pass"}]}', "{"):
         report.write_text(bad)
         with pytest.raises(UserError, match="parity"):
-            read_parity_rows(export)
+            read_parity_result(export)
         statuses, why = read_parity_statuses(export)
         assert statuses is None and why.startswith("parity report unreadable")
         with pytest.raises(UserError):

@@ -51,7 +51,6 @@ from nfdeploy.check.parity_result import (
     ParityResult,
     ParityRow,
     read_parity_result,
-    read_parity_rows,
 )
 from nfdeploy.check.per_block import per_block_report
 from nfdeploy.check.saved_outputs import OUTPUTS_FILE, PROVENANCE_FILE, save_outputs
@@ -390,7 +389,6 @@ __all__ = [
     "parity_reference",
     "parity_report",
     "read_parity_result",
-    "read_parity_rows",
     "save_parity_outputs",
     "write_parity_report",
 ]

@@ -175,6 +175,10 @@ class ParityResult:
         """'outside tolerance: a; failed to load: b', or None when nothing failed."""
         return failure_summary([(r.name, r.status) for r in self.backends]) or None
 
+    def statuses(self) -> dict[str, Status]:
+        """{backend name: its verdict} of every row."""
+        return {r.name: r.status for r in self.backends}
+
     def row(self, name: str) -> ParityRow:
         """The row of the backend `name` (KeyError when the run has none)."""
         found = [r for r in self.backends if r.name == name]
@@ -235,13 +239,6 @@ def read_parity_result(export_dir: str | Path) -> ParityResult | None:
         raise UserError(f"{path}: not a parity report ({e})") from None
 
 
-def read_parity_rows(export_dir: str | Path) -> dict[str, dict[str, Any]] | None:
-    """{backend name: its row as parity.json holds it} of the export's saved parity report (read_parity_result),
-    or None when there is none."""
-    result = read_parity_result(export_dir)
-    return None if result is None else {r.name: r.to_dict() for r in result.backends}
-
-
 __all__ = [
     "JUDGED",
     "PARITY_JSON",
@@ -251,5 +248,4 @@ __all__ = [
     "ParityResult",
     "ParityRow",
     "read_parity_result",
-    "read_parity_rows",
 ]

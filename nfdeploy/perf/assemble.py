@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nfdeploy.check.backends import ExportSource, default_report_dir
-from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
+from nfdeploy.check.parity import PARITY_JSON, read_parity_result
 from nfdeploy.errors import one_line
 from nfdeploy.machine import machine_info, machine_load
 from nfdeploy.perf.flops import onnx_macs, torch_macs
@@ -68,15 +68,13 @@ def work_model(source: ExportSource) -> dict[str, Any]:
         return {"macs_per_sample": None, "reason": one_line(e)}
 
 
-def read_parity_statuses(export_dir: Path) -> tuple[dict[str, str] | None, str]:
+def read_parity_statuses(export_dir: Path) -> tuple[dict[str, Status] | None, str]:
     """({backend: parity status}, where) from the export's saved parity.json, or (None, why not)."""
     try:
-        rows = read_parity_rows(export_dir)
-        if rows is None:
+        result = read_parity_result(export_dir)
+        if result is None:
             return None, NO_PARITY_NOTE
-        return {n: r["status"] for n, r in rows.items() if "status" in r}, str(
-            default_report_dir(export_dir) / PARITY_JSON
-        )
+        return result.statuses(), str(default_report_dir(export_dir) / PARITY_JSON)
     except Exception as e:  # noqa: BLE001 - any unreadable report: the verdict says so, the bench still stands
         return None, f"parity report unreadable ({one_line(e, 160)}): fastest backend unchecked"
 

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfdeploy.artifacts import read_json
 from nfdeploy.check.backends import REFERENCE, default_report_dir
-from nfdeploy.check.parity import PARITY_JSON, read_parity_rows
-from nfdeploy.errors import UserError
-from nfdeploy.perf.report import BENCH_JSON
+from nfdeploy.check.parity import read_parity_result
+from nfdeploy.perf.result import BENCH_JSON, BenchResult
 from nfdeploy.runtime.base import Backend
 from nfdeploy.status import Status
 
@@ -26,31 +24,29 @@ class BackendChoice:
     reason: str  # one line: why this one
 
 
-def row_status(rows: dict[str, dict[str, Any]] | None, backend_name: str) -> Status:
-    """The status of the backend's parity row; UNCHECKED without a report, or when the backend has no row."""
-    word = (rows or {}).get(backend_name, {}).get("status", Status.UNCHECKED)
-    try:
-        return Status.parse(word)
-    except ValueError as e:
-        raise UserError(f"parity report, row {backend_name}: {e}") from None
+def saved_verdicts(export_dir: str | Path) -> dict[str, Status] | None:
+    """{backend name: parity verdict} of the export's saved parity report, or None when it has none (a report
+    that cannot be read raises UserError: nothing may mistake it for "unchecked")."""
+    result = read_parity_result(export_dir)
+    return None if result is None else result.statuses()
 
 
 def parity_verdict(export_dir: str | Path, backend_name: str) -> Status:
     """The backend's parity verdict (PASS, FAIL, BROKEN, ...), or UNCHECKED when the saved report has none."""
-    return row_status(read_parity_rows(export_dir), backend_name)
+    return (saved_verdicts(export_dir) or {}).get(backend_name, Status.UNCHECKED)
 
 
 def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batch: int) -> BackendChoice:
     """Among the backends that run here and passed parity, the one with the lowest bench median per sample
     at the largest benched batch size not above `max_batch` (the batches a busy server forms); ONNX Runtime
     CPU fp32 with the reason when the reports do not decide."""
-    rows = read_parity_rows(export_dir)
-    if rows is None:
+    verdicts = saved_verdicts(export_dir)
+    if verdicts is None:
         return BackendChoice(
             FALLBACK_BACKEND, f"no parity report beside the export (run `nfdeploy parity {export_dir}`)"
         )
     here = {b.name for b in backends if b.name != REFERENCE and b.unavailable_reason() is None}
-    passed = {n for n in here if row_status(rows, n) is Status.PASS}
+    passed = {n for n in here if verdicts.get(n) is Status.PASS}
     if not passed:
         return BackendChoice(FALLBACK_BACKEND, "no backend that runs here passed parity")
     bench_path = default_report_dir(export_dir) / BENCH_JSON
@@ -58,7 +54,7 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
         return BackendChoice(FALLBACK_BACKEND, f"no bench report beside the export (run `nfdeploy bench {export_dir}`)")
     results = [
         r
-        for r in read_json(bench_path, "bench report").get("results", [])
+        for r in BenchResult.read(bench_path).results
         if r.get("name") in passed and r.get("median_ms") and r.get("measured_in", "alone") == "alone"
     ]
     batches = sorted({int(r["batch"]) for r in results})
@@ -79,10 +75,8 @@ def choose_backend(export_dir: str | Path, backends: Sequence[Backend], max_batc
 def measured_batch_invariance(export_dir: str | Path, backend_name: str) -> dict[str, Any] | None:
     """Parity's batch-invariance measurement of the backend ({"batches": [...], "bitwise": bool}), or None
     when the report has none for it."""
-    path = default_report_dir(export_dir) / PARITY_JSON
-    if not path.is_file():
-        return None
-    cells = (read_json(path, "parity report").get("batch_matrix") or {}).get("backends", {}).get(backend_name)
+    result = read_parity_result(export_dir)
+    cells = result.batch_matrix.backends.get(backend_name) if result is not None else None
     if not cells:
         return None
     return {
@@ -97,5 +91,5 @@ __all__ = [
     "choose_backend",
     "measured_batch_invariance",
     "parity_verdict",
-    "row_status",
+    "saved_verdicts",
 ]

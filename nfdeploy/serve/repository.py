@@ -32,11 +32,10 @@ from typing import Any
 from nfdeploy.artifacts import MANIFEST, EngineEntry, Manifest, make_staging_dir, sha256_file
 from nfdeploy.artifacts.run_dir import RUN_CONFIG
 from nfdeploy.check.backends import REFERENCE, export_backends, manifest_source
-from nfdeploy.check.parity import read_parity_rows
 from nfdeploy.errors import UserError, require
 from nfdeploy.preprocess import PREPROCESSING_JSON
 from nfdeploy.runtime.base import Backend
-from nfdeploy.serve.choice import choose_backend, measured_batch_invariance, parity_verdict, row_status
+from nfdeploy.serve.choice import choose_backend, measured_batch_invariance, parity_verdict, saved_verdicts
 from nfdeploy.serve.python_model import BATCH_OUTPUT, EXPORT_SUBDIR, RUN_SUBDIR
 from nfdeploy.status import Status
 
@@ -298,7 +297,7 @@ def write_python_model(
 def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -> list[PackagedModel]:
     manifest = Manifest.read(export_dir)
     base = model_name_of(manifest)
-    rows = read_parity_rows(export_dir)
+    verdicts = saved_verdicts(export_dir) or {}
     threads = opts.threads or (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -314,7 +313,7 @@ def write_native_models(export_dir: Path, staging: Path, opts: PackageOptions) -
             "inter_op_thread_count": "1",
             "nfdeploy.export_file": entry.file,
             "nfdeploy.sha256": entry.sha256,
-            "nfdeploy.check.parity": row_status(rows, checked_as).value,
+            "nfdeploy.check.parity": verdicts.get(checked_as, Status.UNCHECKED).value,
         }
         (staging / name / "1").mkdir(parents=True)
         shutil.copyfile(src, staging / name / "1" / PLATFORMS["onnxruntime_onnx"])

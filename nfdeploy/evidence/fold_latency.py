@@ -18,16 +18,16 @@ import torch
 
 from nfdeploy.artifacts import atomic_write_json, atomic_write_text
 from nfdeploy.check.backends import ExportSource, torch_backend
-from nfdeploy.errors import one_line
 from nfdeploy.machine import machine_info
 from nfdeploy.perf.fold_groups import source_norm
 from nfdeploy.perf.options import BenchOptions
+from nfdeploy.perf.result import NotTimed
 from nfdeploy.perf.rounds import STABILITY_BAND, WINDOW_ROUNDS, WINDOWS
 from nfdeploy.perf.sweep import CellPlan
-from nfdeploy.perf.timing import activate_measured
+from nfdeploy.perf.timing import activate_measured, not_timed
 from nfdeploy.precision import PRECISIONS
 from nfdeploy.render import markdown_table
-from nfdeploy.runtime.base import Backend, BackendBroken, BackendSpec, BackendUnavailable
+from nfdeploy.runtime.base import Backend, BackendSpec
 from nfdeploy.status import Status
 
 FOLD_LATENCY_JSON, FOLD_LATENCY_MD = "fold_latency.json", "fold_latency.md"
@@ -66,16 +66,6 @@ def fold_groups(
     return groups
 
 
-def _failure(name: str, e: BaseException, stage: str, **extra: Any) -> dict[str, Any]:
-    """A row for a member that did not give a number: skipped (cannot run here), broken (did not load) or
-    crashed (failed while timed), with its reason."""
-    if isinstance(e, BackendUnavailable):
-        status = Status.SKIPPED
-    else:
-        status = Status.BROKEN if stage == "load" or isinstance(e, BackendBroken) else Status.CRASHED
-    return {"name": name, **extra, "status": status, "reason": one_line(e)}
-
-
 class FoldTiming:
     """One fold_latency run: the cells' plan and what it found so far."""
 
@@ -87,13 +77,10 @@ class FoldTiming:
         self.failed: list[dict[str, Any]] = []
         self.over_budget: list[dict[str, Any]] = []
 
-    def record_failure(self, row: dict[str, Any]) -> None:
-        (self.skipped if row["status"] is Status.SKIPPED else self.failed).append(row)
-        self.log(
-            f"  {row['status']} {row['name']}"
-            + (f" batch {row['batch']}" if "batch" in row else "")
-            + f": {row['reason']}"
-        )
+    def record_failure(self, row: NotTimed) -> None:
+        """A member or cell without a number (perf.timing.not_timed: skipped, broken or crashed)."""
+        (self.skipped if row.status is Status.SKIPPED else self.failed).append(row.to_dict())
+        self.log(f"  {row.status.value} {row.name}" + (f" batch {row.batch}" if row.batch else "") + f": {row.reason}")
 
     def run_group(self, group: str, members: dict[str, Backend], batches: Sequence[int]) -> None:
         """All members of `group` active together, each batch one interleaved cell."""
@@ -105,7 +92,7 @@ class FoldTiming:
                     act_mb[variant] = activate_measured(b)
                     live[variant] = b
                 except Exception as e:  # noqa: BLE001 - a member that cannot start is a finding, not a crash
-                    self.record_failure(_failure(b.name, e, "load", group=group))
+                    self.record_failure(not_timed(b.name, e, stage="load", key=f"{group}/{variant}"))
             for n in batches if live else ():
                 if self.plan.budget_end is not None and time.perf_counter() > self.plan.budget_end:
                     reason = f"time budget of {self.plan.budget_s:.0f} s exhausted"
@@ -121,7 +108,7 @@ class FoldTiming:
         try:
             rows, ratios, info = self.plan.time_comparison(live, n, self.input_shape, self.own, act_mb)
         except Exception as e:  # noqa: BLE001 - one failing cell (OOM, a missing kernel) must not sink the rest
-            self.record_failure(_failure(group, e, "run", batch=n))
+            self.record_failure(not_timed(group, e, stage="run", batch=n))
             if device == "cuda":
                 torch.cuda.empty_cache()
             return

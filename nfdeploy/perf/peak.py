@@ -45,6 +45,22 @@ def best_seconds(call: Callable[[], Any], seconds: float) -> tuple[float, int]:
     return best, reps
 
 
+def matmul_peak(
+    device: str, precision: str, n: int, best_s: float, reps: int, what: str, **extra: Any
+) -> dict[str, Any]:
+    """The peak entry of an n x n x n matmul whose fastest call took `best_s`: 2 n^3 operations per call."""
+    gflops = 2.0 * n**3 / best_s / 1e9
+    return {
+        "device": device,
+        "precision": precision,
+        "gflops": gflops,
+        "n": n,
+        "repetitions": reps,
+        **extra,
+        "what": what,
+    }
+
+
 def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
     """Best float32 matmul GFLOP/s on torch's intra-op thread count: the faster of torch.mm and ONNX Runtime's
     MatMul (MLAS sgemm) where ONNX Runtime is installed. Both are measured because neither always wins:
@@ -61,17 +77,11 @@ def cpu_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
     rates = {name: 2.0 * n**3 / best / 1e9 for name, (best, _) in timed.items()}
     top = max(rates, key=rates.get)
     threads = torch.get_num_threads()
-    return {
-        "device": "cpu",
-        "precision": "fp32",
-        "gflops": rates[top],
-        "n": n,
-        "repetitions": timed[top][1],
-        "threads": threads,
-        "candidates_gflops": rates,
-        "what": f"best of {timed[top][1]} float32 {top} {n}x{n} on {threads} threads (faster of "
-        f"{' and '.join(f'{k} {v:.0f}' for k, v in rates.items())} GFLOP/s)",
-    }
+    what = (
+        f"best of {timed[top][1]} float32 {top} {n}x{n} on {threads} threads (faster of "
+        f"{' and '.join(f'{k} {v:.0f}' for k, v in rates.items())} GFLOP/s)"
+    )
+    return matmul_peak("cpu", "fp32", n, *timed[top], what, threads=threads, candidates_gflops=rates)
 
 
 def ort_matmul(kind: str, n: int = CPU_N, threads: int | None = None) -> Callable[[], Any]:
@@ -116,15 +126,8 @@ def cpu_int8_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]
         return no_peak("cpu", "int8", str(e))
     best, reps = best_seconds(run, seconds)
     threads = torch.get_num_threads()
-    return {
-        "device": "cpu",
-        "precision": "int8",
-        "gflops": 2.0 * n**3 / best / 1e9,
-        "n": n,
-        "repetitions": reps,
-        "threads": threads,
-        "what": f"best of {reps} ONNX Runtime MatMulInteger u8 x s8 -> int32 {n}x{n} on {threads} threads (giga-ops/s)",
-    }
+    what = f"best of {reps} ONNX Runtime MatMulInteger u8 x s8 -> int32 {n}x{n} on {threads} threads (giga-ops/s)"
+    return matmul_peak("cpu", "int8", n, best, reps, what, threads=threads)
 
 
 def cpu_bf16_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]:
@@ -137,15 +140,8 @@ def cpu_bf16_matmul_peak(seconds: float = 1.0, n: int = CPU_N) -> dict[str, Any]
     b = torch.randn(n, n, dtype=torch.bfloat16)
     best, reps = best_seconds(lambda: torch.mm(a, b), seconds)
     threads = torch.get_num_threads()
-    return {
-        "device": "cpu",
-        "precision": "bf16",
-        "gflops": 2.0 * n**3 / best / 1e9,
-        "n": n,
-        "repetitions": reps,
-        "threads": threads,
-        "what": f"best of {reps} bf16 torch.mm {n}x{n} on {threads} threads",
-    }
+    return matmul_peak("cpu", "bf16", n, best, reps, f"best of {reps} bf16 torch.mm {n}x{n} on {threads} threads",
+                       threads=threads)  # fmt: skip
 
 
 def native_cpu_bf16() -> bool:
@@ -187,14 +183,7 @@ def cuda_matmul_peak(precision: str, seconds: float = 1.0, n: int = CUDA_N) -> d
         torch.cuda.empty_cache()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-    return {
-        "device": "cuda",
-        "precision": precision,
-        "gflops": 2.0 * n**3 / best / 1e9,
-        "n": n,
-        "repetitions": reps,
-        "what": f"best of {reps} torch.mm {n}x{n} {precision} (CUDA events)",
-    }
+    return matmul_peak("cuda", precision, n, best, reps, f"best of {reps} torch.mm {n}x{n} {precision} (CUDA events)")
 
 
 def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, Any]:
@@ -211,14 +200,8 @@ def cuda_int8_matmul_peak(seconds: float = 1.0, n: int = CUDA_N) -> dict[str, An
     best, reps = best_cuda_seconds(lambda: torch._int_mm(a, b), seconds)
     a = b = None  # free the operands before empty_cache
     torch.cuda.empty_cache()
-    return {
-        "device": "cuda",
-        "precision": "int8",
-        "gflops": 2.0 * n**3 / best / 1e9,
-        "n": n,
-        "repetitions": reps,
-        "what": f"best of {reps} int8 torch._int_mm {n}x{n} -> int32 (CUDA events; giga-ops/s)",
-    }
+    what = f"best of {reps} int8 torch._int_mm {n}x{n} -> int32 (CUDA events; giga-ops/s)"
+    return matmul_peak("cuda", "int8", n, best, reps, what)
 
 
 def no_peak(device: str, precision: str, reason: str) -> dict[str, Any]:
@@ -301,6 +284,7 @@ __all__ = [
     "CPU_N",
     "above_peak_warning",
     "annotate_work",
+    "matmul_peak",
     "cpu_bf16_matmul_peak",
     "measure_again",
     "measure_peak",

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nfdeploy.artifacts import atomic_write_json, atomic_write_text
-from nfdeploy.check.backends import REFERENCE, export_backend, load_export_source
-from nfdeploy.check.parity import ParityOptions, load_parity_data, measure_parity
+from nfdeploy.artifacts import Manifest, atomic_write_json, atomic_write_text
+from nfdeploy.check.backends import REFERENCE, export_backend
+from nfdeploy.check.parity import ParityOptions, measure_parity
 from nfdeploy.check.parity_render import write_parity_report
 from nfdeploy.config import load_recipe
 from nfdeploy.export import ExportOptions, export_run
@@ -140,7 +140,7 @@ def r50_speed(work: Path, seconds: float, log) -> dict:
     run = write_random_run(work / "r50-run", normalization=(IMAGENET_MEAN, IMAGENET_STD))
     opts = ExportOptions(precisions=("fp32",), image_input=True, check=False)
     export = export_run(run, work / "r50-export", opts, log=log).out_dir
-    prep = load_export_source(export).manifest.input.image_preprocessing
+    prep = Manifest.read(export, verify_files=False).input.image_preprocessing
     pixels = np.random.default_rng(0).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
     return speed(export, prep.normalize(pixels).numpy(), pixels, seconds, log, model="nf_resnet50")
 
@@ -194,7 +194,7 @@ def study(args: argparse.Namespace, work: Path, argv: list[str] | None) -> int:
     made = exports(args, work, log)
     measured = measure_parity(made["fold"], ParityOptions(max_samples=100_000, only=("cpu",)), log=log)
     write_parity_report(measured.result, args.out / "parity-fold")
-    data = load_parity_data(load_export_source(made["fold"]), max_samples=100_000)
+    data = measured.reference  # the images parity judged: normalised (x) and the pixels they came from
     paths = write_pngs(data.pixels, work / "png")
     report = {
         "command": "python -m bench.image_input " + " ".join(sys.argv[1:] if argv is None else argv),

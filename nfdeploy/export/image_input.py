@@ -69,14 +69,14 @@ def image_input_net(folded64: nn.Module, prep: Preprocessing, mode: str) -> tupl
     the first conv as far as that is exact, or explicit; the record says which and why)."""
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
-    found = first_conv(folded64) if mode == "fold" else None
+    net = copy.deepcopy(folded64)
+    found = first_conv(net) if mode == "fold" else None
     if found is None:
         why = "asked for (--image-norm explicit)" if mode == "explicit" else "the network does not start with a conv"
-        net = nn.Sequential(PixelNormalize(prep), copy.deepcopy(folded64).float())
-        return net.eval(), {"normalization": "explicit", "explicit": ["Cast", "Div 255", "Sub mean", "Div std"],
-                            "why": why}  # fmt: skip
-    net = copy.deepcopy(folded64)
-    conv, padded = first_conv(net)
+        return nn.Sequential(PixelNormalize(prep), net.float()).eval(), {
+            "normalization": "explicit", "explicit": ["Cast", "Div 255", "Sub mean", "Div std"], "why": why
+        }  # fmt: skip
+    conv, padded = found
     scale = torch.tensor([1.0 / (PIXEL_DIVISOR * s) for s in prep.std], dtype=torch.float64)
     center = torch.tensor([PIXEL_DIVISOR * m for m in prep.mean], dtype=torch.float64)
     with torch.no_grad():

@@ -81,9 +81,11 @@ def top_classes(logits: np.ndarray, names: Sequence[str], k: int) -> list[list[t
     return [[(names[j], float(p[i, j])) for j in row] for i, row in enumerate(order)]
 
 
-def predict_backend(export_dir: Path, options: PredictOptions, log: Callable[[str], None]) -> tuple[Backend, str]:
-    """The backend to predict with and why: the named one, or serve's choice; refuses one that failed parity
-    unless allow_unchecked (an unchecked one is used with a warning)."""
+def predict_backend(
+    export_dir: Path, options: PredictOptions, log: Callable[[str], None]
+) -> tuple[Backend, str, Status]:
+    """The backend to predict with, why, and its parity verdict: the named one, or serve's choice; refuses one
+    that failed parity unless allow_unchecked (an unchecked one is used with a warning)."""
     if options.backend:
         name, why = options.backend, "named by --backend"
     else:
@@ -100,7 +102,7 @@ def predict_backend(export_dir: Path, options: PredictOptions, log: Callable[[st
     reason = backend.unavailable_reason()
     if reason:
         raise PredictError(f"{name} cannot run here: {reason}")
-    return backend, why
+    return backend, why, verdict
 
 
 def read_batch(prep: Preprocessing, paths: Sequence[Path]) -> tuple[list[Prediction], list[np.ndarray]]:
@@ -133,7 +135,7 @@ def predict_images(
         raise PredictError(f"{export_dir} records no image preprocessing (an export of an older nfdeploy, or of "
                            "data that is not images): export it again")  # fmt: skip
     names = manifest.input.class_names or [str(i) for i in range(manifest.num_classes or 0)]
-    backend, why = predict_backend(export_dir, options, log)
+    backend, why, verdict = predict_backend(export_dir, options, log)
     predictions: list[Prediction] = []
     with backend:
         for start in range(0, len(images), options.batch):
@@ -149,7 +151,7 @@ def predict_images(
             predictions += slots
             if progress is not None:
                 progress(len(chunk))
-    return PredictResult(backend.name, why, parity_verdict(export_dir, backend.name), predictions)
+    return PredictResult(backend.name, why, verdict, predictions)
 
 
 __all__ = [
